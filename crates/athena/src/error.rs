@@ -1,0 +1,93 @@
+//! Typed errors of the library. Every variant names the file, tensor or field at fault.
+
+use std::path::PathBuf;
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in athena, with enough context to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `config.json` (or another JSON file) is malformed or describes something unsupported.
+    #[error("{path}: {msg}")]
+    Config {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        msg: String,
+    },
+    /// A safetensors file or a sharded index is malformed.
+    #[error("{path}: {msg}")]
+    Checkpoint {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong, naming the tensor where there is one.
+        msg: String,
+    },
+    /// A tensor is missing, duplicated or has the wrong shape or dtype.
+    #[error("tensor `{name}`: {msg}")]
+    Tensor {
+        /// The tensor at fault.
+        name: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The tokenizer or chat template could not be loaded or applied.
+    #[error("{path}: {msg}")]
+    Tokenizer {
+        /// The file at fault (tokenizer.json, tokenizer_config.json).
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A model could not be found locally or on the hub.
+    #[error("model `{model}`: {msg}")]
+    Resolve {
+        /// The hub id or path that was asked for.
+        model: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A request (ids, sampling parameters, batch) is invalid.
+    #[error("invalid {field}: {msg}")]
+    Invalid {
+        /// The parameter at fault.
+        field: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An error from candle's tensor operations.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Config`].
+    pub fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Config { path: path.into(), msg: msg.into() }
+    }
+    /// Shorthand for [`Error::Checkpoint`].
+    pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Checkpoint { path: path.into(), msg: msg.into() }
+    }
+    /// Shorthand for [`Error::Tensor`].
+    pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Tensor { name: name.into(), msg: msg.into() }
+    }
+    /// Shorthand for [`Error::Tokenizer`].
+    pub fn tokenizer(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Tokenizer { path: path.into(), msg: msg.into() }
+    }
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(field: &'static str, msg: impl Into<String>) -> Self {
+        Error::Invalid { field, msg: msg.into() }
+    }
+}
