@@ -1,1 +1,3 @@
-//! Backends.
+//! Backends that run OLMoE. [`candle`] is the trainable path.
+
+pub mod candle;

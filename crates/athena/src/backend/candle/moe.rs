@@ -1,0 +1,144 @@
+//! `OlmoeSparseMoeBlock`: router softmax (f32) over all experts, then top-k, optional
+//! renormalisation, and `down(silu(gate(x)) · up(x))` summed with the routing weights.
+//!
+//! Token rows are grouped by expert and each routed expert runs once over its rows; experts
+//! no token chose are never touched. Experts are summed in ascending index order, as the
+//! reference does.
+
+use candle_core::{DType, Tensor};
+
+use super::linear::Linear;
+use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs};
+use crate::error::Result;
+
+/// The experts of one layer in the canonical stacked layout.
+#[derive(Debug, Clone)]
+struct Experts {
+    /// [E, I, H]
+    gate: Tensor,
+    /// [E, I, H]
+    up: Tensor,
+    /// [E, H, I]
+    down: Tensor,
+}
+
+/// A layer's router and experts.
+#[derive(Debug, Clone)]
+pub(crate) struct SparseMoeBlock {
+    gate: Linear,
+    experts: Experts,
+    top_k: usize,
+    norm_topk_prob: bool,
+}
+
+/// Routing of a batch of token rows: for each row its chosen experts and weights.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Routing {
+    /// Per row, `top_k` (expert, weight) pairs in descending probability.
+    pub choices: Vec<Vec<(usize, f32)>>,
+}
+
+impl Routing {
+    /// Softmax over each row of `logits` [N, E] in f32, top-k, optional renormalisation.
+    pub(crate) fn from_logits(logits: &Tensor, top_k: usize, norm_topk_prob: bool) -> Result<Self> {
+        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+        let probs: Vec<Vec<f32>> = probs.to_vec2()?;
+        let choices = probs
+            .into_iter()
+            .map(|row| {
+                let mut idx: Vec<usize> = (0..row.len()).collect();
+                // Descending probability; equal values keep the lower index first (stable).
+                idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                let mut chosen: Vec<(usize, f32)> = idx[..top_k].iter().map(|&e| (e, row[e])).collect();
+                if norm_topk_prob {
+                    let sum: f32 = chosen.iter().map(|c| c.1).sum();
+                    for c in &mut chosen {
+                        c.1 /= sum;
+                    }
+                }
+                chosen
+            })
+            .collect();
+        Ok(Routing { choices })
+    }
+
+    /// For each expert in ascending order: the rows routed to it and their weights.
+    pub(crate) fn by_expert(&self, num_experts: usize) -> Vec<(usize, Vec<u32>, Vec<f32>)> {
+        let mut groups: Vec<(Vec<u32>, Vec<f32>)> = vec![(vec![], vec![]); num_experts];
+        for (row, choices) in self.choices.iter().enumerate() {
+            for &(e, w) in choices {
+                groups[e].0.push(row as u32);
+                groups[e].1.push(w);
+            }
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (rows, _))| !rows.is_empty())
+            .map(|(e, (rows, w))| (e, rows, w))
+            .collect()
+    }
+}
+
+impl SparseMoeBlock {
+    pub(crate) fn new(r: &CheckpointReader, args: &OlmoeArgs, layer: usize) -> Result<Self> {
+        let (e, h) = (args.num_experts, args.hidden_size);
+        let gate = Linear::dense(r.tensor(&format!("model.layers.{layer}.mlp.gate.weight"), &[e, h])?, None);
+        Ok(SparseMoeBlock {
+            gate,
+            experts: Experts {
+                gate: r.experts(layer, ExpertProj::Gate)?,
+                up: r.experts(layer, ExpertProj::Up)?,
+                down: r.experts(layer, ExpertProj::Down)?,
+            },
+            top_k: args.num_experts_per_tok,
+            norm_topk_prob: args.norm_topk_prob,
+        })
+    }
+
+    /// x [B, T, H] → [B, T, H].
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let x = x.reshape((b * t, h))?;
+        let router_logits = self.gate.forward(&x)?;
+        let routing = Routing::from_logits(&router_logits, self.top_k, self.norm_topk_prob)?;
+        let num_experts = self.experts.gate.dim(0)?;
+        let mut out = x.zeros_like()?;
+        for (e, rows, weights) in routing.by_expert(num_experts) {
+            let n = rows.len();
+            let rows = Tensor::from_vec(rows, (n,), x.device())?;
+            let xs = x.index_select(&rows, 0)?;
+            let gate = xs.matmul(&self.experts.gate.get(e)?.t()?)?;
+            let up = xs.matmul(&self.experts.up.get(e)?.t()?)?;
+            let hidden = (candle_nn::ops::silu(&gate)? * up)?;
+            let y = hidden.matmul(&self.experts.down.get(e)?.t()?)?;
+            // The reference casts the routing weights to the router's dtype before scaling.
+            let w = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
+            let y = y.broadcast_mul(&w)?;
+            out = out.index_add(&rows, &y, 0)?;
+        }
+        Ok(out.reshape((b, t, h))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn routing_softmax_topk_and_renorm() {
+        let logits = Tensor::new(&[[0.0f32, 1.0, 2.0, 3.0]], &Device::Cpu).unwrap();
+        let r = Routing::from_logits(&logits, 2, false).unwrap();
+        let z: f32 = [0.0f32, 1.0, 2.0, 3.0].iter().map(|v| v.exp()).sum();
+        let (e0, w0) = r.choices[0][0];
+        let (e1, w1) = r.choices[0][1];
+        assert_eq!((e0, e1), (3, 2));
+        assert!((w0 - 3f32.exp() / z).abs() < 1e-6 && (w1 - 2f32.exp() / z).abs() < 1e-6);
+        let r = Routing::from_logits(&logits, 2, true).unwrap();
+        let s: f32 = r.choices[0].iter().map(|c| c.1).sum();
+        assert!((s - 1.0).abs() < 1e-6);
+        let groups = r.by_expert(4);
+        assert_eq!(groups.iter().map(|g| g.0).collect::<Vec<_>>(), vec![2, 3]);
+    }
+}

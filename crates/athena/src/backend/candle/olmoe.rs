@@ -1,0 +1,293 @@
+//! OLMoE on candle, in transformers' vocabulary.
+//! Reference: transformers/models/olmoe/modeling_olmoe.py (v5.24).
+//!
+//! Weights are immutable; the KV cache lives in a [`Session`].
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::linear::Linear;
+use super::moe::SparseMoeBlock;
+use super::rope::Rope;
+use super::session::{LayerCache, Session};
+use crate::checkpoint::{CheckpointReader, OlmoeArgs};
+use crate::error::{Error, Result};
+
+/// `OlmoeRMSNorm`: normalise in f32, cast back, then scale by the weight.
+#[derive(Debug, Clone)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(r: &CheckpointReader, name: &str, width: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm { weight: r.tensor(&format!("{name}.weight"), &[width])?, eps })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == DType::F32 {
+            // The fused kernel computes exactly x * rsqrt(mean(x²) + eps) * w in f32.
+            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+        }
+        let dtype = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?;
+        let variance = x32.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x32.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
+        Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// `OlmoeAttention`: q/k norms over the full projected width, optional clip, NeoX RoPE, GQA.
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    clip_qkv: Option<f64>,
+}
+
+fn linear(r: &CheckpointReader, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    let weight = r.tensor(&format!("{name}.weight"), &[out, inp])?;
+    let bias = if bias { Some(r.tensor(&format!("{name}.bias"), &[out])?) } else { None };
+    Ok(Linear::dense(weight, bias))
+}
+
+impl Attention {
+    fn new(r: &CheckpointReader, args: &OlmoeArgs, p: &str) -> Result<Self> {
+        let (h, hd) = (args.hidden_size, args.head_dim);
+        let (q_width, kv_width) = (args.num_attention_heads * hd, args.num_key_value_heads * hd);
+        let bias = args.attention_bias;
+        Ok(Attention {
+            q_proj: linear(r, &format!("{p}.q_proj"), q_width, h, bias)?,
+            k_proj: linear(r, &format!("{p}.k_proj"), kv_width, h, bias)?,
+            v_proj: linear(r, &format!("{p}.v_proj"), kv_width, h, bias)?,
+            o_proj: linear(r, &format!("{p}.o_proj"), h, q_width, bias)?,
+            q_norm: RmsNorm::new(r, &format!("{p}.q_norm"), q_width, args.rms_norm_eps)?,
+            k_norm: RmsNorm::new(r, &format!("{p}.k_norm"), kv_width, args.rms_norm_eps)?,
+            num_heads: args.num_attention_heads,
+            num_kv_heads: args.num_key_value_heads,
+            head_dim: hd,
+            clip_qkv: args.clip_qkv,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<LayerCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let mut q = self.q_norm.forward(&self.q_proj.forward(x)?)?;
+        let mut k = self.k_norm.forward(&self.k_proj.forward(x)?)?;
+        let mut v = self.v_proj.forward(x)?;
+        if let Some(c) = self.clip_qkv {
+            q = q.clamp(-c, c)?;
+            k = k.clamp(-c, c)?;
+            v = v.clamp(-c, c)?;
+        }
+        let q = q.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?;
+        let k = k.reshape((b, t, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        let v = v.reshape((b, t, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let q = rope.apply(&q, positions)?;
+        let k = rope.apply(&k, positions)?;
+
+        let (k, v) = match cache.take() {
+            None => (k, v),
+            Some(prev) => (Tensor::cat(&[&prev.k, &k], 2)?, Tensor::cat(&[&prev.v, &v], 2)?),
+        };
+        *cache = Some(LayerCache { k: k.clone(), v: v.clone() });
+
+        let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
+        let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let dtype = scores.dtype();
+        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        let out = probs.matmul(&v)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// [B, kv, T, D] → [B, kv·n, T, D], each kv head repeated n times in place.
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.expand((b, kv, n, t, d))?.reshape((b, kv * n, t, d))?)
+}
+
+/// `OlmoeDecoderLayer`: pre-norm attention, then pre-norm sparse MoE, both residual.
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: SparseMoeBlock,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(r: &CheckpointReader, args: &OlmoeArgs, layer: usize) -> Result<Self> {
+        let p = format!("model.layers.{layer}");
+        let eps = args.rms_norm_eps;
+        Ok(DecoderLayer {
+            self_attn: Attention::new(r, args, &format!("{p}.self_attn"))?,
+            mlp: SparseMoeBlock::new(r, args, layer)?,
+            input_layernorm: RmsNorm::new(r, &format!("{p}.input_layernorm"), args.hidden_size, eps)?,
+            post_attention_layernorm: RmsNorm::new(
+                r,
+                &format!("{p}.post_attention_layernorm"),
+                args.hidden_size,
+                eps,
+            )?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<LayerCache>,
+    ) -> Result<Tensor> {
+        let residual = x;
+        let h = self.input_layernorm.forward(x)?;
+        let h = self.self_attn.forward(&h, rope, positions, mask, cache)?;
+        let h = (residual + h)?;
+        let residual = &h;
+        let out = self.post_attention_layernorm.forward(&h)?;
+        let out = self.mlp.forward(&out)?;
+        Ok((residual + out)?)
+    }
+}
+
+/// `OlmoeForCausalLM`: embeddings, decoder layers, final norm, lm_head (tied or not).
+#[derive(Debug, Clone)]
+pub struct Olmoe {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    args: OlmoeArgs,
+    device: Device,
+    dtype: DType,
+}
+
+impl Olmoe {
+    /// Builds the model from a checkpoint; `on_layer(done, total)` reports progress.
+    pub fn new(
+        r: &CheckpointReader,
+        args: &OlmoeArgs,
+        mut on_layer: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let (v, h) = (args.vocab_size, args.hidden_size);
+        let embed_tokens = r.tensor("model.embed_tokens.weight", &[v, h])?;
+        let mut layers = Vec::with_capacity(args.num_hidden_layers);
+        for l in 0..args.num_hidden_layers {
+            layers.push(DecoderLayer::new(r, args, l)?);
+            on_layer(l + 1, args.num_hidden_layers);
+        }
+        let norm = RmsNorm::new(r, "model.norm", h, args.rms_norm_eps)?;
+        let lm_head = if args.tie_word_embeddings {
+            // Some exporters still write the tied copy; it must then equal the embedding's shape.
+            let _ = r.optional("lm_head.weight", &[v, h])?;
+            Linear::dense(embed_tokens.clone(), None)
+        } else {
+            Linear::dense(r.tensor("lm_head.weight", &[v, h])?, None)
+        };
+        let device = embed_tokens.device().clone();
+        let dtype = embed_tokens.dtype();
+        Ok(Olmoe {
+            rope: Rope::new(args, dtype, &device)?,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            args: args.clone(),
+            device,
+            dtype,
+        })
+    }
+
+    /// The model's arguments.
+    pub fn args(&self) -> &OlmoeArgs {
+        &self.args
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh session (empty KV cache) for this model.
+    pub fn session(&self) -> Session {
+        Session::new(self.layers.len(), self.args.max_position_embeddings)
+    }
+
+    /// Runs a step: appends `tokens` (one list per sequence) to `session` and returns the
+    /// final-norm hidden states [B, T, H] of the step's columns (left-padded on the first step).
+    pub fn forward_hidden(&self, tokens: &[Vec<u32>], session: &mut Session) -> Result<Tensor> {
+        let vocab = self.args.vocab_size;
+        if let Some(bad) = tokens.iter().flatten().find(|&&id| id as usize >= vocab) {
+            return Err(Error::invalid(
+                "token id",
+                format!("{bad} is out of range for vocab_size {vocab}"),
+            ));
+        }
+        let pad_id = self.args.pad_token_id.filter(|&p| (p as usize) < vocab).unwrap_or(0);
+        let (ids, width) = session.plan(tokens, pad_id)?;
+        let b = tokens.len();
+        let ids = Tensor::from_vec(ids, (b * width,), &self.device)?;
+        let positions = Tensor::from_vec(session.positions(width), (b, width), &self.device)?;
+        let mask = match session.mask(width) {
+            None => None,
+            Some((m, keys)) => Some(
+                Tensor::from_vec(m, (b, 1, width, keys), &self.device)?.to_dtype(self.dtype)?,
+            ),
+        };
+        let mut x = self.embed_tokens.index_select(&ids, 0)?.reshape((b, width, self.args.hidden_size))?;
+        for (layer, cache) in self.layers.iter().zip(session.layers.iter_mut()) {
+            x = layer.forward(&x, &self.rope, &positions, mask.as_ref(), cache)?;
+        }
+        session.advance(width);
+        self.norm.forward(&x)
+    }
+
+    /// Applies lm_head to hidden states [.., H] → logits [.., V] in the compute dtype.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Runs a step and returns the logits [B, T, V] of every column of the step.
+    pub fn forward(&self, tokens: &[Vec<u32>], session: &mut Session) -> Result<Tensor> {
+        let hidden = self.forward_hidden(tokens, session)?;
+        self.logits(&hidden)
+    }
+
+    /// Runs a step and returns only each sequence's last logits [B, V] (what decoding needs).
+    pub fn forward_last(&self, tokens: &[Vec<u32>], session: &mut Session) -> Result<Tensor> {
+        let hidden = self.forward_hidden(tokens, session)?;
+        let t = hidden.dim(1)?;
+        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+}

@@ -1,0 +1,132 @@
+//! Sequence state: the KV cache of a batch of sequences, owned by a session and never by the
+//! weights, so one loaded model serves many sessions.
+//!
+//! Sequences of different lengths are left-padded: column `c` of sequence `b` holds its token
+//! at position `c - pad[b]`, and columns before `pad[b]` are masked for every query.
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+
+/// Keys and values of one layer, [B, kv_heads, columns, head_dim].
+#[derive(Debug, Clone)]
+pub(crate) struct LayerCache {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+/// The state of a batch of sequences being run through the model.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub(crate) layers: Vec<Option<LayerCache>>,
+    pad: Vec<usize>,
+    columns: usize,
+    max_positions: usize,
+}
+
+impl Session {
+    pub(crate) fn new(num_layers: usize, max_positions: usize) -> Self {
+        Session { layers: vec![None; num_layers], pad: vec![], columns: 0, max_positions }
+    }
+
+    /// Number of sequences (0 before the first forward).
+    pub fn batch_size(&self) -> usize {
+        self.pad.len()
+    }
+
+    /// Tokens seen so far by sequence `b`.
+    pub fn seq_len(&self, b: usize) -> usize {
+        self.columns - self.pad.get(b).copied().unwrap_or(self.columns)
+    }
+
+    /// Cache columns so far (the longest sequence's length).
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// Left padding of each sequence.
+    pub fn padding(&self) -> &[usize] {
+        &self.pad
+    }
+
+    /// Plans a step adding `tokens` to the session: the first step may give sequences of
+    /// different lengths (they are left-padded); later steps give every sequence the same
+    /// number of tokens. Returns the padded ids [B, T] row-major and the step's width T.
+    pub(crate) fn plan(&mut self, tokens: &[Vec<u32>], pad_id: u32) -> Result<(Vec<u32>, usize)> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("tokens", "a step needs at least one sequence"));
+        }
+        let width = tokens.iter().map(Vec::len).max().unwrap_or(0);
+        if width == 0 {
+            return Err(Error::invalid("tokens", "every sequence of a step is empty"));
+        }
+        if self.columns == 0 {
+            self.pad = tokens.iter().map(|t| width - t.len()).collect();
+        } else {
+            if tokens.len() != self.pad.len() {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!("session has {} sequences, step gives {}", self.pad.len(), tokens.len()),
+                ));
+            }
+            if tokens.iter().any(|t| t.len() != width) {
+                return Err(Error::invalid(
+                    "tokens",
+                    "after the first step every sequence must get the same number of tokens",
+                ));
+            }
+        }
+        let longest = self.columns + width - self.pad.iter().min().copied().unwrap_or(0);
+        if longest > self.max_positions {
+            return Err(Error::invalid(
+                "tokens",
+                format!(
+                    "sequence length {longest} exceeds the model's max_position_embeddings {}",
+                    self.max_positions
+                ),
+            ));
+        }
+        let mut ids = Vec::with_capacity(tokens.len() * width);
+        for t in tokens {
+            ids.extend(std::iter::repeat_n(pad_id, width - t.len()));
+            ids.extend_from_slice(t);
+        }
+        Ok((ids, width))
+    }
+
+    /// Positions [B, T] of the step's tokens (pad columns get position 0).
+    pub(crate) fn positions(&self, width: usize) -> Vec<u32> {
+        let mut pos = Vec::with_capacity(self.pad.len() * width);
+        for &p in &self.pad {
+            for c in self.columns..self.columns + width {
+                pos.push(c.saturating_sub(p) as u32);
+            }
+        }
+        pos
+    }
+
+    /// The additive attention mask [B, 1, T, columns + T]: 0 where a query may look, -inf
+    /// elsewhere. A padding query looks at itself only, so its row stays finite. `None` when
+    /// nothing needs masking (one sequence, no padding, one new token).
+    pub(crate) fn mask(&self, width: usize) -> Option<(Vec<f32>, usize)> {
+        let keys = self.columns + width;
+        if width == 1 && self.pad.iter().all(|&p| p == 0) {
+            return None;
+        }
+        let mut m = Vec::with_capacity(self.pad.len() * width * keys);
+        for &p in &self.pad {
+            for q in self.columns..self.columns + width {
+                for k in 0..keys {
+                    let visible = (k <= q && k >= p) || k == q;
+                    m.push(if visible { 0.0 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        Some((m, keys))
+    }
+
+    /// Records that the step of `width` columns went through every layer.
+    pub(crate) fn advance(&mut self, width: usize) {
+        self.columns += width;
+    }
+}
