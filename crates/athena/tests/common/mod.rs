@@ -1,0 +1,56 @@
+//! Shared helpers for the integration tests: fixture paths and reference data.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use athena::backend::candle::{load_olmoe, Olmoe};
+use candle_core::{DType, Device, Tensor};
+
+/// Every fixture variant made by scripts/make_fixtures.py.
+pub const VARIANTS: &[&str] = &[
+    "base",
+    "gqa_normtopk",
+    "clip_bias",
+    "tied_bf16",
+    "sharded_f16",
+    "v5_fused",
+    "mlx_switch",
+];
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models").join(name)
+}
+
+pub struct Reference {
+    pub tensors: HashMap<String, Tensor>,
+    pub json: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load(name: &str) -> Reference {
+        let dir = fixture(name);
+        let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        Reference { tensors, json }
+    }
+    pub fn ids(&self, key: &str) -> Vec<u32> {
+        let t = &self.tensors[key];
+        t.to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+    }
+    pub fn get(&self, key: &str) -> &Tensor {
+        &self.tensors[key]
+    }
+}
+
+pub fn load(name: &str, dtype: DType) -> Olmoe {
+    load_olmoe(&fixture(name), &Device::Cpu, dtype, |_, _| {}).unwrap()
+}
+
+/// max |a - b| over all elements, in f32.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
