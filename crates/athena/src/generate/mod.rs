@@ -1,1 +1,25 @@
-//! Generation.
+//! Generation: everything between text and token ids, and between logits and the next token.
+//!
+//! - [`tokenizer`] loads `tokenizer.json`, `tokenizer_config.json` and the eos ids of a model
+//!   directory into a [`Tokenizer`].
+//! - [`chat`] renders conversations with the checkpoint's Jinja chat template ([`ChatTemplate`]),
+//!   in a sandbox that bounds both work and output.
+//! - [`sampler`] turns one row of logits into the next token ([`Sampler`], [`SamplingParams`]),
+//!   applying the processors in the order Hugging Face `generate` applies them.
+//! - [`stream`] turns generated ids into text without ever splitting a character
+//!   ([`TokenStream`]) and holds back text that may be the start of a stop string
+//!   ([`StopMatcher`]).
+//!
+//! The generation loop that drives the model with these pieces lives beside them.
+
+pub mod chat;
+pub mod sampler;
+pub mod stream;
+pub mod tokenizer;
+
+mod pyjson;
+
+pub use chat::{ChatMessage, ChatTemplate, SpecialTokens, DEFAULT_CHAT_TEMPLATE};
+pub use sampler::{Sampler, SamplingParams};
+pub use stream::{StopMatcher, TokenStream};
+pub use tokenizer::Tokenizer;
