@@ -1,1 +1,48 @@
-fn main() {}
+//! `athena`: the command line of the OLMoE runtime. Each subcommand lives in its own file
+//! and calls the library; logging goes to stderr, controlled by `RUST_LOG`.
+
+mod commands;
+mod model;
+
+use clap::{Parser, Subcommand};
+
+/// athena — run OLMoE (allenai/OLMoE-1B-7B and fine-tunes) exactly as transformers does.
+#[derive(Parser)]
+#[command(name = "athena", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streamed to stdout.
+    Generate(commands::generate::Args),
+    /// Write the float32 logits of every position of a sequence of ids to a .npy file.
+    Logits(commands::logits::Args),
+    /// Describe a checkpoint: architecture, parameters, bytes, dtype.
+    Info(commands::info::Args),
+    /// Measure load, prefill and decode speed and peak memory.
+    Bench(commands::bench::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Logits(a) => commands::logits::run(a),
+        Command::Info(a) => commands::info::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

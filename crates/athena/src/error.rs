@@ -72,22 +72,37 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::Config`].
     pub fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Config { path: path.into(), msg: msg.into() }
+        Error::Config {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     /// Shorthand for [`Error::Checkpoint`].
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.into(), msg: msg.into() }
+        Error::Checkpoint {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     /// Shorthand for [`Error::Tensor`].
     pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Tensor { name: name.into(), msg: msg.into() }
+        Error::Tensor {
+            name: name.into(),
+            msg: msg.into(),
+        }
     }
     /// Shorthand for [`Error::Tokenizer`].
     pub fn tokenizer(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Tokenizer { path: path.into(), msg: msg.into() }
+        Error::Tokenizer {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(field: &'static str, msg: impl Into<String>) -> Self {
-        Error::Invalid { field, msg: msg.into() }
+        Error::Invalid {
+            field,
+            msg: msg.into(),
+        }
     }
 }

@@ -11,5 +11,6 @@ pub mod backend;
 pub mod checkpoint;
 pub mod error;
 pub mod generate;
+pub mod io;
 
 pub use error::{Error, Result};

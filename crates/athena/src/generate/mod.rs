@@ -13,6 +13,7 @@
 //! The generation loop that drives the model with these pieces lives beside them.
 
 pub mod chat;
+pub mod generation;
 pub mod sampler;
 pub mod stream;
 pub mod tokenizer;
@@ -20,6 +21,7 @@ pub mod tokenizer;
 mod pyjson;
 
 pub use chat::{ChatMessage, ChatTemplate, SpecialTokens, DEFAULT_CHAT_TEMPLATE};
+pub use generation::{generate, FinishReason, GenerateParams, Generation};
 pub use sampler::{Sampler, SamplingParams};
 pub use stream::{StopMatcher, TokenStream};
 pub use tokenizer::Tokenizer;

@@ -19,7 +19,9 @@ pub const VARIANTS: &[&str] = &[
 ];
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models")
+        .join(name)
 }
 
 pub struct Reference {
@@ -30,13 +32,23 @@ pub struct Reference {
 impl Reference {
     pub fn load(name: &str) -> Reference {
         let dir = fixture(name);
-        let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let tensors =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+                .unwrap();
+        let json =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
         Reference { tensors, json }
     }
     pub fn ids(&self, key: &str) -> Vec<u32> {
         let t = &self.tensors[key];
-        t.to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+        t.to_dtype(DType::I64)
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u32)
+            .collect()
     }
     pub fn get(&self, key: &str) -> &Tensor {
         &self.tensors[key]
@@ -52,5 +64,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a.to_dtype(DType::F32).unwrap();
     let b = b.to_dtype(DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

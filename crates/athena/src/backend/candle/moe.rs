@@ -49,7 +49,8 @@ impl Routing {
                 let mut idx: Vec<usize> = (0..row.len()).collect();
                 // Descending probability; equal values keep the lower index first (stable).
                 idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                let mut chosen: Vec<(usize, f32)> = idx[..top_k].iter().map(|&e| (e, row[e])).collect();
+                let mut chosen: Vec<(usize, f32)> =
+                    idx[..top_k].iter().map(|&e| (e, row[e])).collect();
                 if norm_topk_prob {
                     let sum: f32 = chosen.iter().map(|c| c.1).sum();
                     for c in &mut chosen {
@@ -83,7 +84,10 @@ impl Routing {
 impl SparseMoeBlock {
     pub(crate) fn new(r: &CheckpointReader, args: &OlmoeArgs, layer: usize) -> Result<Self> {
         let (e, h) = (args.num_experts, args.hidden_size);
-        let gate = Linear::dense(r.tensor(&format!("model.layers.{layer}.mlp.gate.weight"), &[e, h])?, None);
+        let gate = Linear::dense(
+            r.tensor(&format!("model.layers.{layer}.mlp.gate.weight"), &[e, h])?,
+            None,
+        );
         Ok(SparseMoeBlock {
             gate,
             experts: Experts {

@@ -21,13 +21,20 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     fn new(r: &CheckpointReader, name: &str, width: usize, eps: f64) -> Result<Self> {
-        Ok(RmsNorm { weight: r.tensor(&format!("{name}.weight"), &[width])?, eps })
+        Ok(RmsNorm {
+            weight: r.tensor(&format!("{name}.weight"), &[width])?,
+            eps,
+        })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() == DType::F32 {
             // The fused kernel computes exactly x * rsqrt(mean(x²) + eps) * w in f32.
-            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+            return Ok(candle_nn::ops::rms_norm(
+                &x.contiguous()?,
+                &self.weight,
+                self.eps as f32,
+            )?);
         }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
@@ -54,7 +61,11 @@ struct Attention {
 
 fn linear(r: &CheckpointReader, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
     let weight = r.tensor(&format!("{name}.weight"), &[out, inp])?;
-    let bias = if bias { Some(r.tensor(&format!("{name}.bias"), &[out])?) } else { None };
+    let bias = if bias {
+        Some(r.tensor(&format!("{name}.bias"), &[out])?)
+    } else {
+        None
+    };
     Ok(Linear::dense(weight, bias))
 }
 
@@ -94,17 +105,30 @@ impl Attention {
             k = k.clamp(-c, c)?;
             v = v.clamp(-c, c)?;
         }
-        let q = q.reshape((b, t, self.num_heads, self.head_dim))?.transpose(1, 2)?;
-        let k = k.reshape((b, t, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?;
-        let v = v.reshape((b, t, self.num_kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let q = q
+            .reshape((b, t, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let k = k
+            .reshape((b, t, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let v = v
+            .reshape((b, t, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = rope.apply(&q, positions)?;
         let k = rope.apply(&k, positions)?;
 
         let (k, v) = match cache.take() {
             None => (k, v),
-            Some(prev) => (Tensor::cat(&[&prev.k, &k], 2)?, Tensor::cat(&[&prev.v, &v], 2)?),
+            Some(prev) => (
+                Tensor::cat(&[&prev.k, &k], 2)?,
+                Tensor::cat(&[&prev.v, &v], 2)?,
+            ),
         };
-        *cache = Some(LayerCache { k: k.clone(), v: v.clone() });
+        *cache = Some(LayerCache {
+            k: k.clone(),
+            v: v.clone(),
+        });
 
         let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
         let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
@@ -114,9 +138,12 @@ impl Attention {
             scores = scores.broadcast_add(mask)?;
         }
         let dtype = scores.dtype();
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
         let out = probs.matmul(&v)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 }
@@ -127,7 +154,9 @@ fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (b, kv, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.expand((b, kv, n, t, d))?.reshape((b, kv * n, t, d))?)
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, n, t, d))?
+        .reshape((b, kv * n, t, d))?)
 }
 
 /// `OlmoeDecoderLayer`: pre-norm attention, then pre-norm sparse MoE, both residual.
@@ -146,7 +175,12 @@ impl DecoderLayer {
         Ok(DecoderLayer {
             self_attn: Attention::new(r, args, &format!("{p}.self_attn"))?,
             mlp: SparseMoeBlock::new(r, args, layer)?,
-            input_layernorm: RmsNorm::new(r, &format!("{p}.input_layernorm"), args.hidden_size, eps)?,
+            input_layernorm: RmsNorm::new(
+                r,
+                &format!("{p}.input_layernorm"),
+                args.hidden_size,
+                eps,
+            )?,
             post_attention_layernorm: RmsNorm::new(
                 r,
                 &format!("{p}.post_attention_layernorm"),
@@ -254,18 +288,25 @@ impl Olmoe {
                 format!("{bad} is out of range for vocab_size {vocab}"),
             ));
         }
-        let pad_id = self.args.pad_token_id.filter(|&p| (p as usize) < vocab).unwrap_or(0);
+        let pad_id = self
+            .args
+            .pad_token_id
+            .filter(|&p| (p as usize) < vocab)
+            .unwrap_or(0);
         let (ids, width) = session.plan(tokens, pad_id)?;
         let b = tokens.len();
         let ids = Tensor::from_vec(ids, (b * width,), &self.device)?;
         let positions = Tensor::from_vec(session.positions(width), (b, width), &self.device)?;
         let mask = match session.mask(width) {
             None => None,
-            Some((m, keys)) => Some(
-                Tensor::from_vec(m, (b, 1, width, keys), &self.device)?.to_dtype(self.dtype)?,
-            ),
+            Some((m, keys)) => {
+                Some(Tensor::from_vec(m, (b, 1, width, keys), &self.device)?.to_dtype(self.dtype)?)
+            }
         };
-        let mut x = self.embed_tokens.index_select(&ids, 0)?.reshape((b, width, self.args.hidden_size))?;
+        let mut x =
+            self.embed_tokens
+                .index_select(&ids, 0)?
+                .reshape((b, width, self.args.hidden_size))?;
         for (layer, cache) in self.layers.iter().zip(session.layers.iter_mut()) {
             x = layer.forward(&x, &self.rope, &positions, mask.as_ref(), cache)?;
         }
@@ -274,20 +315,20 @@ impl Olmoe {
     }
 
     /// Applies lm_head to hidden states [.., H] → logits [.., V] in the compute dtype.
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)
     }
 
     /// Runs a step and returns the logits [B, T, V] of every column of the step.
     pub fn forward(&self, tokens: &[Vec<u32>], session: &mut Session) -> Result<Tensor> {
         let hidden = self.forward_hidden(tokens, session)?;
-        self.logits(&hidden)
+        self.lm_head(&hidden)
     }
 
     /// Runs a step and returns only each sequence's last logits [B, V] (what decoding needs).
     pub fn forward_last(&self, tokens: &[Vec<u32>], session: &mut Session) -> Result<Tensor> {
         let hidden = self.forward_hidden(tokens, session)?;
         let t = hidden.dim(1)?;
-        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+        self.lm_head(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
 }

@@ -26,7 +26,12 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(num_layers: usize, max_positions: usize) -> Self {
-        Session { layers: vec![None; num_layers], pad: vec![], columns: 0, max_positions }
+        Session {
+            layers: vec![None; num_layers],
+            pad: vec![],
+            columns: 0,
+            max_positions,
+        }
     }
 
     /// Number of sequences (0 before the first forward).
@@ -54,11 +59,17 @@ impl Session {
     /// number of tokens. Returns the padded ids [B, T] row-major and the step's width T.
     pub(crate) fn plan(&mut self, tokens: &[Vec<u32>], pad_id: u32) -> Result<(Vec<u32>, usize)> {
         if tokens.is_empty() {
-            return Err(Error::invalid("tokens", "a step needs at least one sequence"));
+            return Err(Error::invalid(
+                "tokens",
+                "a step needs at least one sequence",
+            ));
         }
         let width = tokens.iter().map(Vec::len).max().unwrap_or(0);
         if width == 0 {
-            return Err(Error::invalid("tokens", "every sequence of a step is empty"));
+            return Err(Error::invalid(
+                "tokens",
+                "every sequence of a step is empty",
+            ));
         }
         if self.columns == 0 {
             self.pad = tokens.iter().map(|t| width - t.len()).collect();
@@ -66,7 +77,11 @@ impl Session {
             if tokens.len() != self.pad.len() {
                 return Err(Error::invalid(
                     "tokens",
-                    format!("session has {} sequences, step gives {}", self.pad.len(), tokens.len()),
+                    format!(
+                        "session has {} sequences, step gives {}",
+                        self.pad.len(),
+                        tokens.len()
+                    ),
                 ));
             }
             if tokens.iter().any(|t| t.len() != width) {

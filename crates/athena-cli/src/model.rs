@@ -1,0 +1,100 @@
+//! Flags shared by every command that loads a model, and the loading itself.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use athena::backend::candle::{load_olmoe, Olmoe};
+use athena::checkpoint::hub;
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Compute dtype.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DtypeArg {
+    /// 32-bit float (exact parity with transformers).
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl From<DtypeArg> for DType {
+    fn from(d: DtypeArg) -> DType {
+        match d {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F16 => DType::F16,
+        }
+    }
+}
+
+/// Device to run on.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA if built in and present, else Metal if built in and present, else CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU (build with `--features cuda`).
+    Cuda,
+    /// The Metal GPU (build with `--features metal`).
+    Metal,
+}
+
+/// Which model to load and how.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A model directory, or a hub id such as `allenai/OLMoE-1B-7B-0924-Instruct`.
+    #[arg(long)]
+    pub model: String,
+    /// Compute dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// Device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+impl ModelArgs {
+    /// The local directory of the model (resolved through the HF cache for hub ids).
+    pub fn dir(&self) -> Result<PathBuf> {
+        Ok(hub::resolve(&self.model)?)
+    }
+
+    fn device(&self) -> Result<Device> {
+        Ok(match self.device {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::new_cuda(0).context("opening CUDA device 0")?,
+            DeviceArg::Metal => Device::new_metal(0).context("opening the Metal device")?,
+            DeviceArg::Auto => {
+                if candle_core::utils::cuda_is_available() {
+                    Device::new_cuda(0).context("opening CUDA device 0")?
+                } else if candle_core::utils::metal_is_available() {
+                    Device::new_metal(0).context("opening the Metal device")?
+                } else {
+                    Device::Cpu
+                }
+            }
+        })
+    }
+
+    /// Loads the model, with a progress bar on stderr.
+    pub fn load(&self) -> Result<(PathBuf, Olmoe)> {
+        let dir = self.dir()?;
+        let device = self.device()?;
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(dir.display().to_string());
+        let model = load_olmoe(&dir, &device, self.dtype.into(), |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
+        .with_context(|| format!("loading {}", dir.display()))?;
+        bar.finish_and_clear();
+        Ok((dir, model))
+    }
+}

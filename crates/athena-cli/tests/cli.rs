@@ -1,0 +1,198 @@
+//! The `athena` binary end to end on the committed fixtures.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models")
+        .join(name)
+}
+
+fn athena(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_athena"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn logits_writes_the_reference_logits_as_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.npy");
+    let model = fixture("gqa_normtopk");
+    let reference =
+        candle_core::safetensors::load(model.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let ids: Vec<i64> = reference["ids_a"].to_vec1().unwrap();
+    let ids = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let o = athena(&[
+        "logits",
+        "--model",
+        model.to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = Tensor::read_npy(&out).unwrap();
+    let want = &reference["logits_a"];
+    assert_eq!(got.dims(), want.dims());
+    let d: f32 = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(d <= 1e-4, "max |Δlogit| {d}");
+}
+
+#[test]
+fn info_reports_architecture_parameters_and_bytes() {
+    let o = athena(&[
+        "info",
+        "--model",
+        fixture("sharded_f16").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["architecture"], "OlmoeForCausalLM");
+    assert_eq!(v["dtype"], "float16");
+    assert_eq!(v["files"], 3);
+    assert!(v["params_active_per_token"].as_u64().unwrap() < v["params_total"].as_u64().unwrap());
+    // f16 storage: two bytes per parameter.
+    assert_eq!(
+        v["bytes"].as_u64().unwrap(),
+        2 * v["params_total"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn bench_prints_one_json_line_with_the_figures() {
+    let o = athena(&[
+        "bench",
+        "--model",
+        fixture("base").to_str().unwrap(),
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for key in ["prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_mb"] {
+        assert!(v[key].as_f64().is_some(), "{key} missing in {v}");
+    }
+}
+
+#[test]
+fn generate_streams_text_and_stops_at_max_tokens() {
+    let o = athena(&[
+        "generate",
+        "--model",
+        fixture("base").to_str().unwrap(),
+        "--prompt",
+        "The agent",
+        "--max-tokens",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("5 generated"), "{}", stderr(&o));
+    let chat = athena(&[
+        "generate",
+        "--model",
+        fixture("base").to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--chat",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "1",
+    ]);
+    assert!(chat.status.success(), "{}", stderr(&chat));
+}
+
+#[test]
+fn bad_input_fails_with_a_message_naming_what_is_wrong() {
+    let base = fixture("base");
+    let base = base.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.npy");
+    let out = out.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec![
+                "logits", "--model", base, "--ids", "1,99999", "--output", out,
+            ],
+            "99999",
+        ),
+        (
+            vec![
+                "logits",
+                "--model",
+                "/no/such/model",
+                "--ids",
+                "1",
+                "--output",
+                out,
+            ],
+            "/no/such/model",
+        ),
+        (
+            vec![
+                "logits",
+                "--model",
+                base,
+                "--ids",
+                "1",
+                "--output",
+                "/no/such/dir/x.npy",
+            ],
+            "/no/such/dir",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                base,
+                "--prompt",
+                "x",
+                "--temperature=-1",
+            ],
+            "temperature",
+        ),
+        (
+            vec![
+                "generate", "--model", base, "--prompt", "x", "--top-p", "1.5",
+            ],
+            "top_p",
+        ),
+        (
+            vec!["bench", "--model", base, "--prompt-tokens", "4000"],
+            "context",
+        ),
+    ] {
+        let o = athena(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{args:?}: `{needle}` not in: {e}");
+        assert!(!e.contains("panicked"), "{args:?} panicked: {e}");
+    }
+}
