@@ -12,5 +12,6 @@ pub mod checkpoint;
 pub mod error;
 pub mod generate;
 pub mod io;
+pub mod models;
 
 pub use error::{Error, Result};
