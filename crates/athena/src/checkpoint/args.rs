@@ -86,8 +86,10 @@ enum OneOrMany {
 
 #[derive(Debug, Deserialize)]
 struct RawRope {
-    #[serde(alias = "type")]
     rope_type: Option<String>,
+    /// The older spelling of `rope_type`; transformers may save both.
+    #[serde(rename = "type")]
+    legacy_type: Option<String>,
     rope_theta: Option<f64>,
     factor: Option<f64>,
 }
@@ -127,6 +129,21 @@ const MAX_DIM: usize = 1 << 20;
 const MAX_VOCAB: usize = 1 << 24;
 const MAX_LAYERS: usize = 4096;
 const MAX_EXPERTS: usize = 1 << 14;
+const MAX_POSITIONS: usize = 1 << 24;
+/// Entries of the RoPE cos/sin tables built at load (max positions × head_dim).
+const MAX_ROPE_ENTRIES: usize = 1 << 30;
+
+/// The field whose value does not parse, where the text is a JSON object: every field is
+/// optional, so the one that fails on its own is the culprit (serde's message does not say).
+fn bad_field(text: &str) -> Option<String> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+    map.into_iter()
+        .find(|(k, v)| {
+            let one = serde_json::Map::from_iter([(k.clone(), v.clone())]);
+            serde_json::from_value::<RawConfig>(serde_json::Value::Object(one)).is_err()
+        })
+        .map(|(k, _)| k)
+}
 
 impl OlmoeArgs {
     /// Reads and validates `config.json`.
@@ -140,8 +157,13 @@ impl OlmoeArgs {
 
     /// Parses and validates the text of a `config.json`; `path` is used in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text)
-            .map_err(|e| Error::config(path, format!("not a valid config.json: {e}")))?;
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| {
+            let msg = match bad_field(text) {
+                Some(field) => format!("invalid `{field}`: {e}"),
+                None => format!("not a valid config.json: {e}"),
+            };
+            Error::config(path, msg)
+        })?;
         let bad = |msg: String| Error::config(path, msg);
 
         match raw.model_type.as_deref() {
@@ -169,6 +191,7 @@ impl OlmoeArgs {
         let vocab_size = raw.vocab_size.unwrap_or(50304);
         let intermediate_size = raw.intermediate_size.unwrap_or(2048);
         let num_key_value_heads = raw.num_key_value_heads.unwrap_or(num_attention_heads);
+        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(4096);
 
         for (field, v, max) in [
             ("hidden_size", hidden_size, MAX_DIM),
@@ -179,12 +202,19 @@ impl OlmoeArgs {
             ("num_experts", num_experts, MAX_EXPERTS),
             ("num_experts_per_tok", num_experts_per_tok, MAX_EXPERTS),
             ("vocab_size", vocab_size, MAX_VOCAB),
+            (
+                "max_position_embeddings",
+                max_position_embeddings,
+                MAX_POSITIONS,
+            ),
         ] {
             if v == 0 {
                 return Err(bad(format!("`{field}` must be positive, got 0")));
             }
             if v > max {
-                return Err(bad(format!("`{field}` = {v} is beyond the supported maximum {max}")));
+                return Err(bad(format!(
+                    "`{field}` = {v} is beyond the supported maximum {max}"
+                )));
             }
         }
         if hidden_size % num_attention_heads != 0 && raw.head_dim.is_none() {
@@ -204,11 +234,17 @@ impl OlmoeArgs {
         }
         let head_dim = raw.head_dim.unwrap_or(hidden_size / num_attention_heads);
         if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_DIM {
-            return Err(bad(format!("`head_dim` must be a positive even number, got {head_dim}")));
+            return Err(bad(format!(
+                "`head_dim` must be a positive even number, got {head_dim}"
+            )));
+        }
+        if max_position_embeddings.saturating_mul(head_dim) > MAX_ROPE_ENTRIES {
+            return Err(bad(format!(
+                "`max_position_embeddings` {max_position_embeddings} × `head_dim` {head_dim} is beyond the supported maximum {MAX_ROPE_ENTRIES} RoPE table entries"
+            )));
         }
 
         // transformers 5 writes rope_parameters; older configs write rope_theta and rope_scaling.
-        let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
         let rope_theta = raw
             .rope_parameters
             .as_ref()
@@ -216,33 +252,61 @@ impl OlmoeArgs {
             .or(raw.rope_theta)
             .unwrap_or(10000.0);
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
-            return Err(bad(format!("`rope_theta` must be positive and finite, got {rope_theta}")));
+            return Err(bad(format!(
+                "`rope_theta` must be positive and finite, got {rope_theta}"
+            )));
         }
-        let rope_scaling = match rope.and_then(|r| r.rope_type.as_deref()) {
-            None | Some("default") => RopeScaling::Default,
-            Some("linear") => {
-                let factor = rope.and_then(|r| r.factor).ok_or_else(|| {
-                    bad("rope scaling `linear` needs a `factor`".into())
-                })?;
-                if !(factor.is_finite() && factor > 0.0) {
-                    return Err(bad(format!("rope scaling `factor` must be positive, got {factor}")));
+        // Both are checked, so that neither hides an unsupported scaling behind the other.
+        let scaling = |field: &str, r: &RawRope| -> Result<RopeScaling> {
+            match r.rope_type.as_deref().or(r.legacy_type.as_deref()) {
+                None | Some("default") => Ok(RopeScaling::Default),
+                Some("linear") => {
+                    let factor = r.factor.ok_or_else(|| {
+                        bad(format!("rope scaling `linear` in `{field}` needs a `factor`"))
+                    })?;
+                    if !(factor.is_finite() && factor > 0.0) {
+                        return Err(bad(format!(
+                            "rope scaling `factor` in `{field}` must be positive, got {factor}"
+                        )));
+                    }
+                    Ok(RopeScaling::Linear { factor })
                 }
-                RopeScaling::Linear { factor }
+                Some(other) => Err(bad(format!(
+                    "unsupported rope scaling type `{other}` in `{field}` (implemented: default, linear)"
+                ))),
             }
-            Some(other) => {
+        };
+        let from_parameters = raw
+            .rope_parameters
+            .as_ref()
+            .map(|r| scaling("rope_parameters", r))
+            .transpose()?;
+        let from_scaling = raw
+            .rope_scaling
+            .as_ref()
+            .map(|r| scaling("rope_scaling", r))
+            .transpose()?;
+        let rope_scaling = match (from_parameters, from_scaling) {
+            (Some(a), Some(b)) if a != b => {
                 return Err(bad(format!(
-                    "unsupported rope scaling type `{other}` (implemented: default, linear)"
+                    "`rope_parameters` ({a:?}) and `rope_scaling` ({b:?}) disagree"
                 )))
             }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => RopeScaling::Default,
         };
 
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-5);
         if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
-            return Err(bad(format!("`rms_norm_eps` must be finite and ≥ 0, got {rms_norm_eps}")));
+            return Err(bad(format!(
+                "`rms_norm_eps` must be finite and ≥ 0, got {rms_norm_eps}"
+            )));
         }
         if let Some(c) = raw.clip_qkv {
             if !(c.is_finite() && c > 0.0) {
-                return Err(bad(format!("`clip_qkv` must be positive and finite, got {c}")));
+                return Err(bad(format!(
+                    "`clip_qkv` must be positive and finite, got {c}"
+                )));
             }
         }
         let dtype = match raw.dtype.as_deref().or(raw.torch_dtype.as_deref()) {
@@ -275,7 +339,7 @@ impl OlmoeArgs {
             attention_bias: raw.attention_bias.unwrap_or(false),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             vocab_size,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            max_position_embeddings,
             dtype,
             eos_token_ids,
             pad_token_id: raw.pad_token_id,
@@ -301,7 +365,11 @@ impl OlmoeArgs {
         let h = self.hidden_size as u64;
         let q = (self.num_attention_heads * self.head_dim) as u64;
         let kv = (self.num_key_value_heads * self.head_dim) as u64;
-        let bias = if self.attention_bias { q + 2 * kv + h } else { 0 };
+        let bias = if self.attention_bias {
+            q + 2 * kv + h
+        } else {
+            0
+        };
         let attn = h * q + 2 * h * kv + q * h + bias + q + kv;
         let router = self.num_experts as u64 * h;
         let expert = 3 * h * self.intermediate_size as u64;
@@ -343,6 +411,12 @@ mod tests {
         .unwrap();
         assert_eq!(a.rope_theta, 500000.0);
         assert_eq!(a.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        // transformers may save both spellings of the type.
+        let a = parse(
+            r#"{"model_type":"olmoe","rope_scaling":{"type":"linear","rope_type":"linear","factor":2.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.rope_scaling, RopeScaling::Linear { factor: 2.0 });
     }
 
     #[test]
@@ -350,18 +424,64 @@ mod tests {
         for (json, needle) in [
             (r#"{"model_type":"llama"}"#, "model_type `llama`"),
             (r#"{"hidden_size":8}"#, "model_type"),
-            (r#"{"model_type":"olmoe","num_attention_heads":0}"#, "num_attention_heads"),
-            (r#"{"model_type":"olmoe","num_hidden_layers":0}"#, "num_hidden_layers"),
+            (
+                r#"{"model_type":"olmoe","num_attention_heads":0}"#,
+                "num_attention_heads",
+            ),
+            (
+                r#"{"model_type":"olmoe","num_hidden_layers":0}"#,
+                "num_hidden_layers",
+            ),
             (r#"{"model_type":"olmoe","num_experts":0}"#, "num_experts"),
             (r#"{"model_type":"olmoe","vocab_size":0}"#, "vocab_size"),
-            (r#"{"model_type":"olmoe","hidden_size":100,"num_attention_heads":16}"#, "not divisible"),
-            (r#"{"model_type":"olmoe","num_experts":4,"num_experts_per_tok":8}"#, "exceeds"),
-            (r#"{"model_type":"olmoe","hidden_act":"gelu"}"#, "hidden_act `gelu`"),
-            (r#"{"model_type":"olmoe","rope_scaling":{"type":"yarn","factor":4.0}}"#, "`yarn`"),
-            (r#"{"model_type":"olmoe","num_attention_heads":16,"num_key_value_heads":5}"#, "multiple"),
-            (r#"{"model_type":"olmoe","hidden_size":99999999999}"#, "maximum"),
-            (r#"{"model_type":"olmoe","torch_dtype":"int4"}"#, "dtype `int4`"),
-            (r#"{"model_type":"olmoe","hidden_size":"big"}"#, "hidden_size"),
+            (
+                r#"{"model_type":"olmoe","hidden_size":100,"num_attention_heads":16}"#,
+                "not divisible",
+            ),
+            (
+                r#"{"model_type":"olmoe","num_experts":4,"num_experts_per_tok":8}"#,
+                "exceeds",
+            ),
+            (
+                r#"{"model_type":"olmoe","hidden_act":"gelu"}"#,
+                "hidden_act `gelu`",
+            ),
+            (
+                r#"{"model_type":"olmoe","rope_scaling":{"type":"yarn","factor":4.0}}"#,
+                "`yarn`",
+            ),
+            (
+                r#"{"model_type":"olmoe","num_attention_heads":16,"num_key_value_heads":5}"#,
+                "multiple",
+            ),
+            (
+                r#"{"model_type":"olmoe","hidden_size":99999999999}"#,
+                "maximum",
+            ),
+            (
+                r#"{"model_type":"olmoe","torch_dtype":"int4"}"#,
+                "dtype `int4`",
+            ),
+            (
+                r#"{"model_type":"olmoe","hidden_size":"big"}"#,
+                "hidden_size",
+            ),
+            (
+                r#"{"model_type":"olmoe","rope_parameters":{"rope_type":"default"},"rope_scaling":{"type":"yarn","factor":4.0}}"#,
+                "`yarn` in `rope_scaling`",
+            ),
+            (
+                r#"{"model_type":"olmoe","max_position_embeddings":0}"#,
+                "max_position_embeddings",
+            ),
+            (
+                r#"{"model_type":"olmoe","max_position_embeddings":1099511627776}"#,
+                "max_position_embeddings",
+            ),
+            (
+                r#"{"model_type":"olmoe","max_position_embeddings":16000000,"head_dim":1024}"#,
+                "RoPE table",
+            ),
             ("not json", "not a valid config.json"),
         ] {
             let err = parse(json).unwrap_err().to_string();

@@ -2,7 +2,7 @@
 //! `model.safetensors.index.json`. Files are memory-mapped and validated by the `safetensors`
 //! crate when opened; errors name the file and, where there is one, the tensor (REFERENCE §6).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,9 @@ struct Shard {
 pub struct WeightFiles {
     shards: Vec<Shard>,
     by_name: BTreeMap<String, usize>,
+    /// What errors about the whole checkpoint name: the index, the single file, or the
+    /// directory of several files.
+    origin: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -74,7 +77,19 @@ impl WeightFiles {
             }
             shards.push(shard);
         }
-        Ok(WeightFiles { shards, by_name })
+        let origin = match paths {
+            [one] => one.clone(),
+            _ => paths
+                .first()
+                .and_then(|p| p.parent())
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        Ok(WeightFiles {
+            shards,
+            by_name,
+            origin,
+        })
     }
 
     fn open_index(dir: &Path, index: &Path) -> Result<Self> {
@@ -88,36 +103,50 @@ impl WeightFiles {
             path: dir.to_path_buf(),
             source,
         })?;
-        // Each shard once, in a stable order; every path must stay inside the model directory.
-        let mut files: Vec<String> = parsed.weight_map.values().cloned().collect();
-        files.sort();
-        files.dedup();
-        let mut paths = Vec::with_capacity(files.len());
-        for file in &files {
+        // In the HF cache a snapshot's files are symlinks into the repository's `blobs/`
+        // (`models--owner--name/snapshots/<rev>/x -> ../../blobs/<sha>`): there the boundary
+        // is the repository folder, elsewhere the model directory itself.
+        let repo = root
+            .parent()
+            .filter(|s| s.file_name() == Some("snapshots".as_ref()))
+            .and_then(Path::parent)
+            .filter(|r| {
+                r.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("models--"))
+            });
+        let bound = repo.unwrap_or(&root).to_path_buf();
+        // Each shard once, in a stable order; every path must stay inside the model directory
+        // and name a regular file.
+        let mut shards: BTreeMap<&str, PathBuf> = BTreeMap::new();
+        for (name, file) in &parsed.weight_map {
+            if shards.contains_key(file.as_str()) {
+                continue;
+            }
+            let refuse = |why: &str| {
+                Error::checkpoint(index, format!("shard `{file}` (for tensor `{name}`) {why}"))
+            };
             let rel = Path::new(file);
             let escapes = rel.is_absolute()
                 || rel
                     .components()
                     .any(|c| !matches!(c, std::path::Component::Normal(_)));
             if escapes {
-                return Err(Error::checkpoint(
-                    index,
-                    format!("shard path `{file}` leaves the model directory"),
-                ));
+                return Err(refuse("leaves the model directory"));
             }
             let path = dir.join(rel);
-            let real = path.canonicalize().map_err(|_| {
-                Error::checkpoint(index, format!("shard `{file}` is missing"))
-            })?;
-            if !real.starts_with(&root) {
-                return Err(Error::checkpoint(
-                    index,
-                    format!("shard `{file}` resolves outside the model directory (symlink?)"),
-                ));
+            let real = path.canonicalize().map_err(|_| refuse("is missing"))?;
+            if !real.starts_with(&bound) {
+                return Err(refuse("resolves outside the model directory (symlink?)"));
             }
-            paths.push(path);
+            if !real.is_file() {
+                return Err(refuse("is not a regular file"));
+            }
+            shards.insert(file, path);
         }
-        let files = Self::open_files(&paths)?;
+        let paths: Vec<PathBuf> = shards.into_values().collect();
+        let mut files = Self::open_files(&paths)?;
+        files.origin = index.to_path_buf();
         // The index and the shards must agree tensor by tensor.
         for (name, file) in &parsed.weight_map {
             match files.by_name.get(name) {
@@ -165,6 +194,18 @@ impl WeightFiles {
         self.by_name.contains_key(name)
     }
 
+    /// The index or file that lists the checkpoint's tensors, for errors about the whole.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The file that holds `name`.
+    pub fn path_of(&self, name: &str) -> Option<&Path> {
+        self.by_name
+            .get(name)
+            .map(|&i| self.shards[i].path.as_path())
+    }
+
     /// The shape of `name`, or an error naming the missing tensor.
     pub fn shape(&self, name: &str) -> Result<&[usize]> {
         let (shard, info) = self.info(name)?;
@@ -178,15 +219,13 @@ impl WeightFiles {
     }
 
     fn info(&self, name: &str) -> Result<(&Shard, &safetensors::tensor::TensorInfo)> {
+        let missing = || Error::tensor(name, format!("missing from {}", self.origin.display()));
         let shard = self
             .by_name
             .get(name)
             .map(|&i| &self.shards[i])
-            .ok_or_else(|| Error::tensor(name, "missing from the checkpoint"))?;
-        let info = shard
-            .metadata
-            .info(name)
-            .ok_or_else(|| Error::tensor(name, "missing from the checkpoint"))?;
+            .ok_or_else(missing)?;
+        let info = shard.metadata.info(name).ok_or_else(missing)?;
         Ok((shard, info))
     }
 
@@ -196,14 +235,15 @@ impl WeightFiles {
         let start = shard.header_len + 8 + info.data_offsets.0;
         let end = shard.header_len + 8 + info.data_offsets.1;
         let bytes = shard.mmap.get(start..end).ok_or_else(|| {
-            Error::checkpoint(&shard.path, format!("tensor `{name}`: data past the end of the file"))
+            Error::checkpoint(
+                &shard.path,
+                format!("tensor `{name}`: data past the end of the file"),
+            )
         })?;
-        let view = TensorView::new(info.dtype, info.shape.clone(), bytes).map_err(|e| {
-            Error::checkpoint(&shard.path, format!("tensor `{name}`: {e}"))
-        })?;
-        view.load(device).map_err(|e| {
-            Error::checkpoint(&shard.path, format!("tensor `{name}`: {e}"))
-        })
+        let view = TensorView::new(info.dtype, info.shape.clone(), bytes)
+            .map_err(|e| Error::checkpoint(&shard.path, format!("tensor `{name}`: {e}")))?;
+        view.load(device)
+            .map_err(|e| Error::checkpoint(&shard.path, format!("tensor `{name}`: {e}")))
     }
 
     /// The files backing the checkpoint.
@@ -222,7 +262,10 @@ impl WeightFiles {
 
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the mapping is read-only and athena never writes to checkpoint files while
         // they are mapped; a concurrent external writer is outside the contract, as in every
@@ -230,27 +273,43 @@ impl Shard {
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
             .map_err(|e| Error::checkpoint(path, describe(&e, &mmap)))?;
-        Ok(Shard { path: path.to_path_buf(), mmap, header_len, metadata })
+        Ok(Shard {
+            path: path.to_path_buf(),
+            mmap,
+            header_len,
+            metadata,
+        })
     }
 }
 
-/// The `safetensors` crate's verdict, made specific: which tensor is at fault where its error
-/// does not say.
+/// The `safetensors` crate's verdict, made specific: which tensor is at fault and how, where
+/// its error does not say.
 fn describe(err: &SafeTensorError, bytes: &[u8]) -> String {
     use SafeTensorError::*;
     match err {
-        HeaderTooSmall => "not a safetensors file: shorter than its 8-byte header length".into(),
-        HeaderTooLarge => "header length is larger than 100 MB".into(),
-        InvalidHeaderLength => "header length runs past the end of the file".into(),
+        HeaderTooSmall => format!(
+            "not a safetensors file: {} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        ),
+        HeaderTooLarge => format!(
+            "header length {} is larger than 100 MB",
+            header_len(bytes).unwrap_or_default()
+        ),
+        InvalidHeaderLength => format!(
+            "header length {} runs past the end of the file ({} bytes)",
+            header_len(bytes).unwrap_or_default(),
+            bytes.len()
+        ),
         InvalidHeader(e) => format!("header is not UTF-8: {e}"),
-        InvalidHeaderDeserialization(e) => format!("header is not valid safetensors JSON: {e}"),
-        InvalidOffset(name) => {
-            format!("tensor `{name}`: data offsets are inverted, overlapping or leave a gap")
-        }
-        MetadataIncompleteBuffer => {
-            "tensor data does not end at the end of the file (truncated or padded)".into()
-        }
-        TensorInvalidInfo | ValidationOverflow | MisalignedSlice => match culprit(bytes) {
+        InvalidHeaderDeserialization(e) => match bad_entry(bytes) {
+            Some((name, why)) => format!("tensor `{name}`: {why}"),
+            None => format!("header is not valid safetensors JSON: {e}"),
+        },
+        InvalidOffset(_)
+        | MetadataIncompleteBuffer
+        | TensorInvalidInfo
+        | ValidationOverflow
+        | MisalignedSlice => match culprit(bytes) {
             Some((name, why)) => format!("tensor `{name}`: {why}"),
             None => format!("invalid tensor metadata: {err}"),
         },
@@ -265,33 +324,98 @@ struct RawInfo {
     data_offsets: (u64, u64),
 }
 
-/// Finds the first tensor whose shape overflows or whose byte length disagrees with its
-/// shape and dtype. Only runs after the crate refused the header, to name the tensor.
-fn culprit(bytes: &[u8]) -> Option<(String, String)> {
-    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+fn header_len(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+/// The header's tensor entries, by name; `None` when it is not a JSON object.
+fn entries(bytes: &[u8]) -> Option<(usize, Vec<(String, serde_json::Value)>)> {
+    let n = usize::try_from(header_len(bytes)?).ok()?;
     let header = std::str::from_utf8(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
-    let map: HashMap<String, serde_json::Value> = serde_json::from_str(header).ok()?;
-    let mut infos: Vec<(String, RawInfo)> = map
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(header).ok()?;
+    Some((
+        n,
+        map.into_iter()
+            .filter(|(k, _)| k != "__metadata__")
+            .collect(),
+    ))
+}
+
+/// The first tensor entry that is not a valid safetensors entry (unknown dtype, missing field).
+fn bad_entry(bytes: &[u8]) -> Option<(String, String)> {
+    entries(bytes)?.1.into_iter().find_map(|(name, v)| {
+        let e = serde_json::from_value::<RawInfo>(v).err()?;
+        Some((name, format!("invalid header entry: {e}")))
+    })
+}
+
+/// Walks the tensors in data order as the crate's validation does and says what is wrong with
+/// the first one at fault: its offsets, its shape, its byte length, or where the data ends.
+/// Only runs after the crate refused the header, to name the tensor.
+fn culprit(bytes: &[u8]) -> Option<(String, String)> {
+    let (n, entries) = entries(bytes)?;
+    let data_len = (bytes.len() - 8 - n) as u64;
+    let mut infos: Vec<(String, RawInfo)> = entries
         .into_iter()
-        .filter(|(k, _)| k != "__metadata__")
         .filter_map(|(k, v)| Some((k, serde_json::from_value(v).ok()?)))
         .collect();
-    infos.sort_by_key(|(_, i)| i.data_offsets);
-    for (name, info) in infos {
-        let elems = info.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        let Some(bits) = elems.and_then(|e| e.checked_mul(info.dtype.bitsize() as u64)) else {
-            return Some((name, format!("shape {:?} overflows", info.shape)));
-        };
-        let len = info.data_offsets.1.saturating_sub(info.data_offsets.0);
-        if bits % 8 != 0 || bits / 8 != len {
-            return Some((
-                name,
-                format!(
-                    "byte length {len} does not match shape {:?} × {:?}",
-                    info.shape, info.dtype
+    infos.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    let mut end = 0u64;
+    let mut prev: Option<&str> = None;
+    for (name, info) in &infos {
+        let (s, e) = info.data_offsets;
+        let fault = |why: String| Some((name.clone(), why));
+        if e < s {
+            return fault(format!("data offsets [{s}, {e}] are inverted"));
+        }
+        if s != end {
+            return fault(match prev {
+                Some(p) if s < end => {
+                    format!("data offsets [{s}, {e}] overlap tensor `{p}`, which ends at {end}")
+                }
+                Some(p) => format!(
+                    "data offsets [{s}, {e}] leave a gap of {} bytes after tensor `{p}`",
+                    s - end
                 ),
+                None => format!(
+                    "data offsets [{s}, {e}] leave a gap of {s} bytes at the start of the data"
+                ),
+            });
+        }
+        let elems = info.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let Some(bits) = elems.and_then(|x| x.checked_mul(info.dtype.bitsize() as u64)) else {
+            return fault(format!("shape {:?} overflows", info.shape));
+        };
+        if bits % 8 != 0 {
+            return fault(format!(
+                "shape {:?} of {:?} is not a whole number of bytes",
+                info.shape, info.dtype
             ));
         }
+        if bits / 8 != e - s {
+            return fault(format!(
+                "holds {} bytes but shape {:?} of {:?} needs {}",
+                e - s,
+                info.shape,
+                info.dtype,
+                bits / 8
+            ));
+        }
+        end = e;
+        prev = Some(name);
     }
-    None
+    match prev {
+        Some(p) if end > data_len => Some((
+            p.to_string(),
+            format!("data ends at byte {end}, but the file holds only {data_len} bytes of data (truncated?)"),
+        )),
+        Some(p) if end < data_len => Some((
+            p.to_string(),
+            format!(
+                "{} bytes of data follow this last tensor (padded or corrupt file)",
+                data_len - end
+            ),
+        )),
+        _ => None,
+    }
 }

@@ -14,7 +14,11 @@ use crate::error::{Error, Result};
 /// Files a model directory needs besides its weights.
 const REQUIRED: &[&str] = &["config.json"];
 /// Files used when present.
-const OPTIONAL: &[&str] = &["tokenizer.json", "tokenizer_config.json", "generation_config.json"];
+const OPTIONAL: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
 
 /// Returns a local directory holding `model`: the path itself if it exists, else the
 /// snapshot directory of the hub id in the HF cache (downloading unless offline).
@@ -22,7 +26,10 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     let path = Path::new(model);
     if path.exists() {
         if !path.is_dir() {
-            return Err(Error::Resolve { model: model.into(), msg: "is not a directory".into() });
+            return Err(Error::Resolve {
+                model: model.into(),
+                msg: "is not a directory".into(),
+            });
         }
         return Ok(path.to_path_buf());
     }
@@ -51,7 +58,8 @@ fn looks_like_hub_id(model: &str) -> bool {
 }
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
 }
 
 fn cache() -> Cache {
@@ -67,8 +75,10 @@ struct Index {
 }
 
 fn shard_names(index_path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index_path)
-        .map_err(|source| Error::Io { path: index_path.into(), source })?;
+    let text = std::fs::read_to_string(index_path).map_err(|source| Error::Io {
+        path: index_path.into(),
+        source,
+    })?;
     let index: Index = serde_json::from_str(&text)
         .map_err(|e| Error::checkpoint(index_path, format!("not a valid index: {e}")))?;
     let mut names: Vec<String> = index.weight_map.into_values().collect();
@@ -86,14 +96,18 @@ fn from_cache(model: &str, repo: &Repo, cache: &Cache) -> Result<PathBuf> {
             cache.path().display()
         ),
     };
-    let config = cached.get("config.json").ok_or_else(|| missing("config.json"))?;
+    let config = cached
+        .get("config.json")
+        .ok_or_else(|| missing("config.json"))?;
     let weights = if let Some(index) = cached.get(INDEX_FILE) {
         for shard in shard_names(&index)? {
             cached.get(&shard).ok_or_else(|| missing(&shard))?;
         }
         index
     } else {
-        cached.get(SINGLE_FILE).ok_or_else(|| missing(SINGLE_FILE))?
+        cached
+            .get(SINGLE_FILE)
+            .ok_or_else(|| missing(SINGLE_FILE))?
     };
     let _ = weights;
     config
@@ -103,9 +117,11 @@ fn from_cache(model: &str, repo: &Repo, cache: &Cache) -> Result<PathBuf> {
 }
 
 fn download(model: &str, repo: Repo) -> Result<PathBuf> {
-    let fail = |what: &str, e: hf_hub::api::sync::ApiError| Error::Resolve {
+    let fail = |what: &str, e: hf_hub::api::sync::ApiError| {
+        Error::Resolve {
         model: model.into(),
         msg: format!("could not fetch `{what}` from the hub: {e} (set HF_HUB_OFFLINE=1 to use the cache only)"),
+    }
     };
     let api = ApiBuilder::from_cache(cache())
         .with_progress(true)
@@ -132,7 +148,10 @@ fn download(model: &str, repo: Repo) -> Result<PathBuf> {
             api.get(SINGLE_FILE).map_err(|e| fail(SINGLE_FILE, e))?;
         }
     }
-    snapshot.ok_or_else(|| Error::Resolve { model: model.into(), msg: "empty snapshot path".into() })
+    snapshot.ok_or_else(|| Error::Resolve {
+        model: model.into(),
+        msg: "empty snapshot path".into(),
+    })
 }
 
 #[cfg(test)]
@@ -148,10 +167,16 @@ mod tests {
         let err = resolve("definitely/not-here-and-offline").map(|_| ());
         // Either offline (cache miss) or online (fetch failure): both are Resolve errors naming the model.
         if let Err(e) = err {
-            assert!(e.to_string().contains("definitely/not-here-and-offline"), "{e}");
+            assert!(
+                e.to_string().contains("definitely/not-here-and-offline"),
+                "{e}"
+            );
         }
         let err = resolve("no-such-dir").unwrap_err().to_string();
-        assert!(err.contains("no-such-dir") && err.contains("owner/name"), "{err}");
+        assert!(
+            err.contains("no-such-dir") && err.contains("owner/name"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -165,7 +190,9 @@ mod tests {
         let repo = Repo::model("acme/tiny".into());
         let cache = Cache::new(tmp.path().to_path_buf());
         // No weights yet: a clear miss.
-        let err = from_cache("acme/tiny", &repo, &cache).unwrap_err().to_string();
+        let err = from_cache("acme/tiny", &repo, &cache)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model.safetensors"), "{err}");
         std::fs::write(snap.join("model.safetensors"), b"x").unwrap();
         assert_eq!(from_cache("acme/tiny", &repo, &cache).unwrap(), snap);

@@ -68,7 +68,12 @@ pub struct CheckpointReader<'a> {
 
 impl<'a> CheckpointReader<'a> {
     /// Detects the expert layout from layer 0 and prepares to read in `dtype` on `device`.
-    pub fn new(files: &'a WeightFiles, args: &'a OlmoeArgs, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn new(
+        files: &'a WeightFiles,
+        args: &'a OlmoeArgs,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let p = "model.layers.0.mlp";
         let layout = if files.contains(&format!("{p}.switch_mlp.gate_proj.weight")) {
             ExpertLayout::SwitchMlp
@@ -79,7 +84,10 @@ impl<'a> CheckpointReader<'a> {
         } else {
             return Err(Error::tensor(
                 format!("{p}.experts"),
-                "no experts found in layer 0 (looked for the HF per-expert, transformers-v5 fused and mlx-lm switch_mlp layouts)",
+                format!(
+                    "no experts found in layer 0 of {} (looked for the HF per-expert, transformers-v5 fused and mlx-lm switch_mlp layouts)",
+                    files.origin().display()
+                ),
             ));
         };
         tracing::debug!(?layout, "expert layout");
@@ -102,9 +110,13 @@ impl<'a> CheckpointReader<'a> {
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let stored = self.files.shape(name)?;
         if stored != shape {
+            let file = self.files.path_of(name).unwrap_or(self.files.origin());
             return Err(Error::tensor(
                 name,
-                format!("shape {stored:?} does not match the config's {shape:?}"),
+                format!(
+                    "shape {stored:?} in {} does not match the config's {shape:?}",
+                    file.display()
+                ),
             ));
         }
         self.used.borrow_mut().insert(name.to_string());
@@ -123,19 +135,29 @@ impl<'a> CheckpointReader<'a> {
 
     /// The stacked [E, out, in] weights of one projection of layer `layer`'s experts.
     pub fn experts(&self, layer: usize, proj: ExpertProj) -> Result<Tensor> {
-        let (e, h, i) = (self.args.num_experts, self.args.hidden_size, self.args.intermediate_size);
+        let (e, h, i) = (
+            self.args.num_experts,
+            self.args.hidden_size,
+            self.args.intermediate_size,
+        );
         let (out, inp) = match proj {
             ExpertProj::Gate | ExpertProj::Up => (i, h),
             ExpertProj::Down => (h, i),
         };
         let p = format!("model.layers.{layer}.mlp");
         match self.layout {
-            ExpertLayout::SwitchMlp => {
-                self.tensor(&format!("{p}.switch_mlp.{}.weight", proj.name()), &[e, out, inp])
-            }
+            ExpertLayout::SwitchMlp => self.tensor(
+                &format!("{p}.switch_mlp.{}.weight", proj.name()),
+                &[e, out, inp],
+            ),
             ExpertLayout::PerExpert => {
                 let mats = (0..e)
-                    .map(|x| self.tensor(&format!("{p}.experts.{x}.{}.weight", proj.name()), &[out, inp]))
+                    .map(|x| {
+                        self.tensor(
+                            &format!("{p}.experts.{x}.{}.weight", proj.name()),
+                            &[out, inp],
+                        )
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::stack(&mats, 0)?)
             }
@@ -165,8 +187,16 @@ impl<'a> CheckpointReader<'a> {
             [first, rest @ ..] => Err(Error::tensor(
                 *first,
                 format!(
-                    "unexpected tensor in the checkpoint{} (does config.json match the weights?)",
-                    if rest.is_empty() { String::new() } else { format!(" (and {} more)", rest.len()) }
+                    "unexpected tensor in {}{} (does config.json match the weights?)",
+                    self.files
+                        .path_of(first)
+                        .unwrap_or(self.files.origin())
+                        .display(),
+                    if rest.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (and {} more)", rest.len())
+                    }
                 ),
             )),
         }
