@@ -1,6 +1,7 @@
 //! `athena`: the command line of the OLMoE runtime. Each subcommand lives in its own file
 //! and calls the library; logging goes to stderr, controlled by `RUST_LOG`.
 
+mod agent;
 mod commands;
 mod model;
 
@@ -24,6 +25,12 @@ enum Command {
     Info(commands::info::Args),
     /// Measure load, prefill and decode speed and peak memory.
     Bench(commands::bench::Args),
+    /// Load the model as the agent does (MLX first, else candle) and report why.
+    Load(commands::load::Args),
+    /// Pooled hidden states of texts.
+    Encode(commands::encode::Args),
+    /// Decide what to do with a new fact given existing memories (memory action head).
+    Act(commands::act::Args),
 }
 
 fn main() {
@@ -40,6 +47,9 @@ fn main() {
         Command::Logits(a) => commands::logits::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Load(a) => commands::load::run(a),
+        Command::Encode(a) => commands::encode::run(a),
+        Command::Act(a) => commands::act::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

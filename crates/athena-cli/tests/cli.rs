@@ -196,3 +196,108 @@ fn bad_input_fails_with_a_message_naming_what_is_wrong() {
         assert!(!e.contains("panicked"), "{args:?} panicked: {e}");
     }
 }
+
+#[test]
+fn load_reports_the_backend_and_every_attempt_as_json() {
+    let base = fixture("base");
+    let o = athena(&["load", "--model", base.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["backend"], "candle");
+    assert_eq!(v["action_head"], true);
+    assert_eq!(v["attempts"][0]["backend"], "mlx");
+    assert_eq!(v["attempts"][0]["outcome"], "skipped");
+    assert_eq!(
+        v["attempts"][0]["reason"],
+        "not compiled in (build with --features mlx)"
+    );
+    assert_eq!(v["attempts"][1]["outcome"], "loaded");
+
+    let o = athena(&[
+        "load",
+        "--model",
+        base.to_str().unwrap(),
+        "--use-mlx",
+        "false",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["attempts"][0]["reason"], "disabled by use_mlx=false");
+
+    // A config file, overridden by flags.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("athena.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model_name = {:?}\nuse_mlx = false\n",
+            base.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let o = athena(&["load", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = athena(&["load", "--model", "/no/such/olmoe", "--json"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("error: No inference backend available (MLX and candle both unavailable)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn encode_prints_one_embedding_per_text() {
+    let o = athena(&[
+        "encode",
+        "--model",
+        fixture("base").to_str().unwrap(),
+        "--text",
+        "hello",
+        "--text",
+        "the agent",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = v["embeddings"].as_array().unwrap();
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0].as_array().unwrap().len(), 64);
+}
+
+#[test]
+fn act_decides_with_the_head_and_refuses_bad_memories() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = dir.path().join("memories.jsonl");
+    std::fs::write(&mem, "{\"id\": \"m1\", \"text\": \"The user lives in Paris.\"}\n\n{\"id\": \"m2\", \"text\": \"The user likes tea.\"}\n").unwrap();
+    let base = fixture("base");
+    let args = [
+        "act",
+        "--model",
+        base.to_str().unwrap(),
+        "--fact",
+        "The user moved to Rome.",
+        "--memories",
+        mem.to_str().unwrap(),
+        "--json",
+    ];
+    let o = athena(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(["ADD", "UPDATE", "DELETE", "NOOP"].contains(&v["op"].as_str().unwrap()));
+    assert_eq!(v["probabilities"].as_object().unwrap().len(), 4);
+    // Deterministic: the same seed gives the same decision.
+    let again = athena(&args);
+    assert_eq!(o.stdout, again.stdout);
+
+    std::fs::write(
+        &mem,
+        "{\"id\": \"m1\", \"text\": \"a\"}\n{\"id\": \"m1\"}\n",
+    )
+    .unwrap();
+    let o = athena(&args);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("memories.jsonl") && e.contains("line 2"), "{e}");
+}

@@ -64,6 +64,23 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// No backend could load the model; `reasons` says why each one was passed over.
+    #[error("No inference backend available (MLX and candle both unavailable): {reasons}")]
+    NoBackend {
+        /// Each backend's reason, in the order they were tried.
+        reasons: String,
+    },
+    /// The model has not been loaded yet.
+    #[error("the model is not loaded: call load() first")]
+    NotLoaded,
+    /// The operation exists only on the trainable candle path.
+    #[error("{what} needs the candle path; this model runs on {backend}")]
+    NeedsCandle {
+        /// What was asked for.
+        what: &'static str,
+        /// The backend the model runs on.
+        backend: crate::backend::BackendKind,
+    },
     /// An error from candle's tensor operations.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -95,7 +95,9 @@ fn a_padded_batch_equals_its_sequences_one_by_one() {
         }
         for (row, prompt) in [(0usize, &a), (1, &b)] {
             let mut single = model.session();
-            model.forward(std::slice::from_ref(prompt), &mut single).unwrap();
+            model
+                .forward(std::slice::from_ref(prompt), &mut single)
+                .unwrap();
             for (i, step) in steps.iter().enumerate() {
                 let alone = model
                     .forward_last(&[vec![step[row]]], &mut single)

@@ -1,6 +1,9 @@
 //! One file per subcommand.
 
+pub mod act;
 pub mod bench;
+pub mod encode;
 pub mod generate;
 pub mod info;
+pub mod load;
 pub mod logits;

@@ -5,6 +5,10 @@
 //! [`candle`] is the trainable path.
 
 pub mod candle;
+pub mod mlx;
+pub mod registry;
+
+pub use registry::{Availability, BackendProvider};
 
 use serde::{Deserialize, Serialize};
 

@@ -128,9 +128,12 @@ impl WeightFiles {
             };
             let rel = Path::new(file);
             let escapes = rel.is_absolute()
-                || rel
-                    .components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+                || rel.components().any(|c| {
+                    !matches!(
+                        c,
+                        std::path::Component::Normal(_) | std::path::Component::CurDir
+                    )
+                });
             if escapes {
                 return Err(refuse("leaves the model directory"));
             }

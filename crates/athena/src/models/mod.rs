@@ -1,3 +1,6 @@
-//! The model layer the agent talks to: [`action_head`] decides what to do with a new fact.
+//! The model layer the agent talks to: [`olmoe::OlmoeModel`] loads OLMoE on the best backend
+//! available, encodes text, and (on the trainable candle path) attaches the
+//! [`action_head::MemoryActionHead`] that decides what to do with a new fact.
 
 pub mod action_head;
+pub mod olmoe;

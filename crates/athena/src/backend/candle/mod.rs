@@ -3,6 +3,7 @@
 mod linear;
 mod moe;
 mod olmoe;
+mod provider;
 mod rope;
 mod session;
 
@@ -12,6 +13,7 @@ use candle_core::{DType, Device};
 
 pub use linear::Linear;
 pub use olmoe::Olmoe;
+pub use provider::CandleProvider;
 pub use session::Session;
 
 use crate::checkpoint::{CheckpointReader, OlmoeArgs, WeightFiles};

@@ -1,0 +1,85 @@
+//! Flags of the commands that load the model the way the agent does (`OlmoeModel::load()`):
+//! MLX first when enabled and available, else candle with the memory action head.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use athena::config::{ComputeDtype, DeviceKind, OlmoeConfig};
+use athena::models::olmoe::OlmoeModel;
+
+use crate::model::{DeviceArg, DtypeArg};
+
+/// How to load the model.
+#[derive(Debug, clap::Args)]
+pub struct LoadFlags {
+    /// A model directory, or a hub id such as `allenai/OLMoE-1B-7B-0924-Instruct`
+    /// (overrides `model_name` in --config).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// An OlmoeConfig file (.toml or .json); flags given here override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Try MLX first (default true).
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub use_mlx: Option<bool>,
+    /// Checkpoint for the MLX path (default: --model).
+    #[arg(long)]
+    pub mlx_model_path: Option<String>,
+    /// Compute dtype on the candle path.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Device for the candle path.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+    /// A trained action head directory (head.safetensors + head_config.json).
+    #[arg(long)]
+    pub head: Option<PathBuf>,
+}
+
+impl LoadFlags {
+    /// The configuration these flags describe.
+    pub fn config(&self) -> Result<OlmoeConfig> {
+        let mut c = match &self.config {
+            Some(path) => OlmoeConfig::from_file(path)?,
+            None => OlmoeConfig::default(),
+        };
+        if let Some(m) = &self.model {
+            c.model_name = m.clone();
+        } else if self.config.is_none() {
+            anyhow::bail!("give --model (or a --config file with model_name)");
+        }
+        if let Some(v) = self.use_mlx {
+            c.use_mlx = v;
+        }
+        if let Some(p) = &self.mlx_model_path {
+            c.mlx_model_path = Some(p.clone());
+        }
+        if let Some(d) = self.dtype {
+            c.dtype = match d {
+                DtypeArg::F32 => ComputeDtype::F32,
+                DtypeArg::Bf16 => ComputeDtype::Bf16,
+                DtypeArg::F16 => ComputeDtype::F16,
+            };
+        }
+        if let Some(d) = self.device {
+            c.device = match d {
+                DeviceArg::Auto => DeviceKind::Auto,
+                DeviceArg::Cpu => DeviceKind::Cpu,
+                DeviceArg::Cuda => DeviceKind::Cuda,
+                DeviceArg::Metal => DeviceKind::Metal,
+            };
+        }
+        if let Some(h) = &self.head {
+            c.action_head_path = Some(h.clone());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Loads the model; the report says which backend runs it and why.
+    pub fn load(&self) -> Result<OlmoeModel> {
+        let mut model = OlmoeModel::new(self.config()?);
+        model.load()?;
+        Ok(model)
+    }
+}

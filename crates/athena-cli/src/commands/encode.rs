@@ -1,0 +1,34 @@
+//! `athena encode`: pooled final-norm hidden states of texts.
+
+use anyhow::Result;
+
+use crate::agent::LoadFlags;
+
+/// Flags of `athena encode`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    load: LoadFlags,
+    /// A text to encode (repeatable).
+    #[arg(long, required = true)]
+    text: Vec<String>,
+    /// Print `{"embeddings": [[...], ...]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `athena encode`.
+pub fn run(a: Args) -> Result<()> {
+    let model = a.load.load()?;
+    let texts: Vec<&str> = a.text.iter().map(String::as_str).collect();
+    let embeddings = model.encode(&texts)?;
+    if a.json {
+        println!("{}", serde_json::json!({ "embeddings": embeddings }));
+    } else {
+        for (t, e) in texts.iter().zip(&embeddings) {
+            let head: Vec<String> = e.iter().take(4).map(|v| format!("{v:.4}")).collect();
+            println!("{t:?}: [{} …] ({} dims)", head.join(", "), e.len());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! How backends are offered to the loader: each provider says whether it can run here and,
+//! if so, loads a model. The loader tries them in order and reports why each one was skipped.
+
+use super::{Backend, BackendKind};
+use crate::config::OlmoeConfig;
+use crate::error::Result;
+
+/// Whether a backend can run in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// Compiled in, and its device works.
+    Available,
+    /// Not part of this build.
+    NotCompiled(String),
+    /// Compiled in, but no usable device.
+    NoDevice(String),
+}
+
+/// A backend as the loader sees it.
+pub trait BackendProvider: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Whether it can run here.
+    fn availability(&self) -> Availability;
+    /// Loads `model` (a local directory or hub id) according to `config`.
+    fn load(&self, config: &OlmoeConfig, model: &str) -> Result<Box<dyn Backend>>;
+}

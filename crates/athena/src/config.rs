@@ -1,0 +1,195 @@
+//! `OlmoeConfig`: what the caller asks for. Readable from TOML or JSON; every field has a
+//! documented default, so an empty file is a valid configuration.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Pooling;
+use crate::error::{Error, Result};
+use crate::models::action_head::ActionHeadConfig;
+
+/// Weight quantization applied at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Quantization {
+    /// Weights as stored (or converted to `dtype`).
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// Group-wise 8-bit.
+    #[serde(rename = "8bit")]
+    Int8,
+    /// Group-wise 4-bit.
+    #[serde(rename = "4bit")]
+    Int4,
+}
+
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// CUDA if compiled in and present, else Metal if compiled in and present, else CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU.
+    Cuda,
+    /// The Metal GPU.
+    Metal,
+}
+
+/// Compute dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    /// 32-bit float: exact parity with transformers.
+    #[default]
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl From<ComputeDtype> for candle_core::DType {
+    fn from(d: ComputeDtype) -> Self {
+        match d {
+            ComputeDtype::F32 => candle_core::DType::F32,
+            ComputeDtype::Bf16 => candle_core::DType::BF16,
+            ComputeDtype::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+/// The default model: OLMoE's instruction-tuned release.
+pub const DEFAULT_MODEL: &str = "allenai/OLMoE-1B-7B-0924-Instruct";
+
+/// What the caller asks of [`crate::models::olmoe::OlmoeModel`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OlmoeConfig {
+    /// Hub id or local directory. Default: `allenai/OLMoE-1B-7B-0924-Instruct`.
+    pub model_name: String,
+    /// Try MLX first when it is available. Default: `true`.
+    pub use_mlx: bool,
+    /// Checkpoint for the MLX path (e.g. an mlx-community conversion). Default: `model_name`.
+    pub mlx_model_path: Option<String>,
+    /// Quantization on the candle path. Default: `none`.
+    pub quantization: Quantization,
+    /// A LoRA adapter directory applied after loading. Default: none.
+    pub lora_path: Option<PathBuf>,
+    /// Device for the candle path. Default: `auto`.
+    pub device: DeviceKind,
+    /// Compute dtype. Default: `f32`.
+    pub dtype: ComputeDtype,
+    /// How `encode` pools hidden states. Default: `mean`.
+    pub pooling: Pooling,
+    /// The memory action head attached on the candle path.
+    pub action_head: ActionHeadConfig,
+    /// A trained head to load instead of a freshly initialised one. Default: none.
+    pub action_head_path: Option<PathBuf>,
+}
+
+impl Default for OlmoeConfig {
+    fn default() -> Self {
+        OlmoeConfig {
+            model_name: DEFAULT_MODEL.to_string(),
+            use_mlx: true,
+            mlx_model_path: None,
+            quantization: Quantization::None,
+            lora_path: None,
+            device: DeviceKind::Auto,
+            dtype: ComputeDtype::F32,
+            pooling: Pooling::Mean,
+            action_head: ActionHeadConfig::default(),
+            action_head_path: None,
+        }
+    }
+}
+
+impl OlmoeConfig {
+    /// A default configuration for `model_name`.
+    pub fn for_model(model_name: impl Into<String>) -> Self {
+        OlmoeConfig {
+            model_name: model_name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads a `.toml` or `.json` file (by extension; anything else is tried as TOML).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: OlmoeConfig = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))?
+        } else {
+            toml::from_str(&text).map_err(|e| Error::config(path, e.to_string()))?
+        };
+        config
+            .validate()
+            .map_err(|e| Error::config(path, e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Checks the fields that can be checked without loading anything.
+    pub fn validate(&self) -> Result<()> {
+        if self.model_name.trim().is_empty() {
+            return Err(Error::invalid("model_name", "is empty"));
+        }
+        self.action_head.validate()
+    }
+
+    /// The checkpoint the MLX path loads: `mlx_model_path` if set, else `model_name`.
+    pub fn mlx_path(&self) -> &str {
+        self.mlx_model_path.as_deref().unwrap_or(&self.model_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = OlmoeConfig::default();
+        assert_eq!(c.model_name, DEFAULT_MODEL);
+        assert!(c.use_mlx);
+        assert_eq!(c.mlx_path(), DEFAULT_MODEL);
+        assert_eq!(c.quantization, Quantization::None);
+        assert_eq!(c.device, DeviceKind::Auto);
+        assert_eq!(c.dtype, ComputeDtype::F32);
+    }
+
+    #[test]
+    fn reads_toml_and_json_and_names_bad_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("athena.toml");
+        std::fs::write(
+            &toml_path,
+            "model_name = \"fixtures/x\"\nuse_mlx = false\nquantization = \"4bit\"\ndevice = \"cpu\"\n[action_head]\nseed = 7\n",
+        )
+        .unwrap();
+        let c = OlmoeConfig::from_file(&toml_path).unwrap();
+        assert!(!c.use_mlx);
+        assert_eq!(c.quantization, Quantization::Int4);
+        assert_eq!(c.action_head.seed, 7);
+        let json_path = dir.path().join("athena.json");
+        std::fs::write(&json_path, r#"{"model_name":"m","mlx_model_path":"mlx/m"}"#).unwrap();
+        assert_eq!(
+            OlmoeConfig::from_file(&json_path).unwrap().mlx_path(),
+            "mlx/m"
+        );
+        std::fs::write(&json_path, r#"{"use_mxl": true}"#).unwrap();
+        let err = OlmoeConfig::from_file(&json_path).unwrap_err().to_string();
+        assert!(
+            err.contains("athena.json") && err.contains("use_mxl"),
+            "{err}"
+        );
+        std::fs::write(&toml_path, "quantization = \"3bit\"").unwrap();
+        let err = OlmoeConfig::from_file(&toml_path).unwrap_err().to_string();
+        assert!(err.contains("athena.toml") && err.contains("3bit"), "{err}");
+    }
+}

@@ -1,0 +1,339 @@
+//! `OlmoeModel`: load OLMoE on the best backend available, and say why.
+//!
+//! `load()` tries MLX first when `use_mlx` is set and MLX is available (compiled in and a
+//! usable device); an MLX model carries no action head. Otherwise — MLX disabled, unavailable,
+//! or failing to load — it loads the candle path (tokenizer, model, then the
+//! [`MemoryActionHead`]), the only trainable one. Every backend tried or skipped is recorded in
+//! the [`LoadReport`], with the same words in the log and in errors.
+
+use std::path::Path;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use super::action_head::{Action, MemoryActionHead};
+use crate::backend::candle::CandleProvider;
+use crate::backend::mlx::MlxProvider;
+use crate::backend::{Availability, Backend, BackendKind, BackendProvider};
+use crate::checkpoint::hub;
+use crate::config::OlmoeConfig;
+use crate::error::{Error, Result};
+use crate::generate::Tokenizer;
+
+/// What happened to one backend during `load()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Not tried: disabled, not compiled in, or no device.
+    Skipped,
+    /// Tried and failed.
+    Failed,
+    /// Tried and chosen.
+    Loaded,
+}
+
+/// One backend's entry in the [`LoadReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The backend.
+    pub backend: BackendKind,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Why (for skipped and failed backends), or what was loaded.
+    pub reason: String,
+}
+
+/// The result of `load()`: which backend runs the model, and why each one before it did not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// The backend chosen.
+    pub backend: BackendKind,
+    /// Whether the memory action head is attached (candle only).
+    pub action_head: bool,
+    /// The checkpoint the chosen backend loaded.
+    pub model_path: String,
+    /// Every backend tried or skipped, in order.
+    pub attempts: Vec<Attempt>,
+}
+
+/// A memory the agent holds: an id and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Stable identifier.
+    pub id: String,
+    /// The memory's text.
+    pub text: String,
+}
+
+struct Loaded {
+    backend: Box<dyn Backend>,
+    tokenizer: Tokenizer,
+    head: Option<MemoryActionHead>,
+    report: LoadReport,
+}
+
+/// OLMoE as the agent sees it. Create with [`OlmoeModel::new`], then [`OlmoeModel::load`].
+pub struct OlmoeModel {
+    config: OlmoeConfig,
+    mlx: Box<dyn BackendProvider>,
+    candle: CandleProvider,
+    loaded: Option<Loaded>,
+}
+
+impl OlmoeModel {
+    /// A model to be loaded according to `config`. Nothing is read until [`Self::load`].
+    pub fn new(config: OlmoeConfig) -> Self {
+        Self::with_mlx_provider(config, Box::new(MlxProvider))
+    }
+
+    /// Like [`Self::new`] with another MLX provider (a build's own, or one that simulates MLX's
+    /// availability in tests). The candle path is always the real one.
+    pub fn with_mlx_provider(config: OlmoeConfig, mlx: Box<dyn BackendProvider>) -> Self {
+        OlmoeModel {
+            config,
+            mlx,
+            candle: CandleProvider,
+            loaded: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OlmoeConfig {
+        &self.config
+    }
+
+    /// Loads the model: MLX first when enabled and available, else (or on its failure) candle.
+    pub fn load(&mut self) -> Result<&LoadReport> {
+        let _span =
+            tracing::info_span!("OlmoeModel::load", model = %self.config.model_name).entered();
+        self.loaded = None;
+        self.config.validate()?;
+        let mut attempts = Vec::new();
+
+        // MLX: only when asked for and available.
+        let mlx_skip = if !self.config.use_mlx {
+            Some("disabled by use_mlx=false".to_string())
+        } else {
+            match self.mlx.availability() {
+                Availability::Available => None,
+                Availability::NotCompiled(why) | Availability::NoDevice(why) => Some(why),
+            }
+        };
+        match mlx_skip {
+            Some(reason) => {
+                tracing::info!("MLX skipped: {reason}");
+                attempts.push(Attempt {
+                    backend: BackendKind::Mlx,
+                    outcome: Outcome::Skipped,
+                    reason,
+                });
+            }
+            None => {
+                let path = self.config.mlx_path().to_string();
+                tracing::info!("Loading OLMoE via MLX: {path}");
+                match self.load_with(BackendKind::Mlx, &path) {
+                    Ok((backend, tokenizer)) => {
+                        attempts.push(Attempt {
+                            backend: BackendKind::Mlx,
+                            outcome: Outcome::Loaded,
+                            reason: format!("loaded {path}"),
+                        });
+                        return Ok(self.finish(backend, tokenizer, None, path, attempts));
+                    }
+                    Err(e) => {
+                        let reason = format!("failed: {e}");
+                        tracing::warn!("MLX load failed, falling back to candle: {e}");
+                        attempts.push(Attempt {
+                            backend: BackendKind::Mlx,
+                            outcome: Outcome::Failed,
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+
+        // candle: the trainable path, with the action head.
+        let path = self.config.model_name.clone();
+        tracing::info!("Loading OLMoE via candle: {path}");
+        let candle = self
+            .load_with(BackendKind::Candle, &path)
+            .and_then(|(backend, tokenizer)| {
+                let head = self.attach_head(backend.as_ref())?;
+                Ok((backend, tokenizer, head))
+            });
+        match candle {
+            Ok((backend, tokenizer, head)) => {
+                attempts.push(Attempt {
+                    backend: BackendKind::Candle,
+                    outcome: Outcome::Loaded,
+                    reason: format!("loaded {path}"),
+                });
+                Ok(self.finish(backend, tokenizer, Some(head), path, attempts))
+            }
+            Err(e) => {
+                attempts.push(Attempt {
+                    backend: BackendKind::Candle,
+                    outcome: Outcome::Failed,
+                    reason: format!("failed: {e}"),
+                });
+                let reasons = attempts
+                    .iter()
+                    .map(|a| format!("{}: {}", a.backend, a.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let err = Error::NoBackend { reasons };
+                tracing::error!("{err}");
+                Err(err)
+            }
+        }
+    }
+
+    fn load_with(&self, kind: BackendKind, model: &str) -> Result<(Box<dyn Backend>, Tokenizer)> {
+        let provider: &dyn BackendProvider = match kind {
+            BackendKind::Mlx => self.mlx.as_ref(),
+            BackendKind::Candle => &self.candle,
+        };
+        let backend = provider.load(&self.config, model)?;
+        let tokenizer = Tokenizer::from_dir(&hub::resolve(model)?)?;
+        Ok((backend, tokenizer))
+    }
+
+    fn attach_head(&self, backend: &dyn Backend) -> Result<MemoryActionHead> {
+        let width = backend.args().hidden_size;
+        let head = match &self.config.action_head_path {
+            Some(dir) => MemoryActionHead::load(dir, &Device::Cpu)?,
+            None => MemoryActionHead::new(self.config.action_head.clone(), width, &Device::Cpu)?,
+        };
+        if head.input_dim() != width {
+            return Err(Error::invalid(
+                "action_head_path",
+                format!(
+                    "the head takes {} features, the model gives {width}",
+                    head.input_dim()
+                ),
+            ));
+        }
+        Ok(head)
+    }
+
+    fn finish(
+        &mut self,
+        backend: Box<dyn Backend>,
+        tokenizer: Tokenizer,
+        head: Option<MemoryActionHead>,
+        model_path: String,
+        attempts: Vec<Attempt>,
+    ) -> &LoadReport {
+        let report = LoadReport {
+            backend: backend.kind(),
+            action_head: head.is_some(),
+            model_path,
+            attempts,
+        };
+        let loaded = self.loaded.insert(Loaded {
+            backend,
+            tokenizer,
+            head,
+            report,
+        });
+        &loaded.report
+    }
+
+    /// The backend running the model; `None` until loaded.
+    pub fn backend(&self) -> Option<BackendKind> {
+        self.loaded.as_ref().map(|l| l.backend.kind())
+    }
+
+    /// Whether `load()` has succeeded.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.is_some()
+    }
+
+    /// The report of the last successful `load()`.
+    pub fn report(&self) -> Option<&LoadReport> {
+        self.loaded.as_ref().map(|l| &l.report)
+    }
+
+    /// The memory action head: present after a candle load, `None` on MLX or before loading.
+    pub fn action_head(&self) -> Option<&MemoryActionHead> {
+        self.loaded.as_ref().and_then(|l| l.head.as_ref())
+    }
+
+    /// The loaded model, over plain data.
+    pub fn model(&self) -> Option<&dyn Backend> {
+        self.loaded.as_ref().map(|l| l.backend.as_ref())
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.loaded.as_ref().map(|l| &l.tokenizer)
+    }
+
+    fn loaded(&self) -> Result<&Loaded> {
+        self.loaded.as_ref().ok_or(Error::NotLoaded)
+    }
+
+    /// Final-norm hidden states of each text, pooled as the config says, computed as one
+    /// padded batch: one vector of `hidden_size` floats per text.
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let loaded = self.loaded()?;
+        let _span = tracing::info_span!("encode", texts = texts.len()).entered();
+        if texts.is_empty() {
+            return Ok(vec![]);
+        }
+        let batch = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let ids = loaded.tokenizer.encode(text, true)?;
+                if ids.is_empty() {
+                    return Err(Error::invalid("texts", format!("text {i} has no tokens")));
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        loaded.backend.encode(&batch, self.config.pooling)
+    }
+
+    /// Decides what to do with `fact` given the agent's `memories` (candle path only).
+    pub fn act(&self, fact: &str, memories: &[Memory]) -> Result<Action> {
+        let loaded = self.loaded()?;
+        let head = loaded.head.as_ref().ok_or(Error::NeedsCandle {
+            what: "the memory action head",
+            backend: loaded.backend.kind(),
+        })?;
+        let mut texts = vec![fact];
+        texts.extend(memories.iter().map(|m| m.text.as_str()));
+        let mut vectors = self.encode(&texts)?.into_iter();
+        let fact_vec = vectors.next().ok_or(Error::NotLoaded)?;
+        let candidates: Vec<(String, Vec<f32>)> =
+            memories.iter().map(|m| m.id.clone()).zip(vectors).collect();
+        head.decide(&fact_vec, &candidates)
+    }
+}
+
+/// Reads a memories file: one JSON object `{"id": "...", "text": "..."}` per line; blank lines
+/// are skipped. Errors name the file and line.
+pub fn read_memories(path: &Path) -> Result<Vec<Memory>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out: Vec<Memory> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m: Memory = serde_json::from_str(line)
+            .map_err(|e| Error::config(path, format!("line {}: {e}", n + 1)))?;
+        if out.iter().any(|o| o.id == m.id) {
+            return Err(Error::config(
+                path,
+                format!("line {}: duplicate memory id `{}`", n + 1, m.id),
+            ));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
