@@ -74,6 +74,109 @@ pub struct OlmoeArgs {
     pub eos_token_ids: Vec<u32>,
     /// Padding id declared in config.json.
     pub pad_token_id: Option<u32>,
+    /// mlx-lm affine quantization declared in config.json, if the checkpoint is quantized.
+    pub quantization: Option<CheckpointQuantization>,
+}
+
+/// Bits and group size of one affine-quantized module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSpec {
+    /// Bits per weight: 2, 3, 4, 5, 6 or 8.
+    pub bits: u8,
+    /// Weights per scale/bias pair: 32, 64 or 128.
+    pub group_size: usize,
+}
+
+/// mlx-lm's `quantization` block: a default and per-module overrides (`false` = not quantized).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointQuantization {
+    /// The default for every module.
+    pub default: QuantSpec,
+    /// Overrides by module name (e.g. `model.layers.0.mlp.gate`); `None` means unquantized.
+    pub overrides: std::collections::BTreeMap<String, Option<QuantSpec>>,
+}
+
+impl CheckpointQuantization {
+    /// The spec of `module` (a name without `.weight`), or `None` if it is left unquantized.
+    pub fn spec(&self, module: &str) -> Option<QuantSpec> {
+        match self.overrides.get(module) {
+            Some(o) => *o,
+            None => Some(self.default),
+        }
+    }
+}
+
+fn quant_spec(
+    path: &Path,
+    field: &str,
+    bits: Option<u64>,
+    group: Option<u64>,
+) -> Result<QuantSpec> {
+    let bits = bits.ok_or_else(|| Error::config(path, format!("`{field}` has no `bits`")))?;
+    let group =
+        group.ok_or_else(|| Error::config(path, format!("`{field}` has no `group_size`")))?;
+    if ![2, 3, 4, 5, 6, 8].contains(&bits) {
+        return Err(Error::config(
+            path,
+            format!("`{field}.bits` = {bits} is not one of 2, 3, 4, 5, 6, 8"),
+        ));
+    }
+    if ![32, 64, 128].contains(&group) {
+        return Err(Error::config(
+            path,
+            format!("`{field}.group_size` = {group} is not one of 32, 64, 128"),
+        ));
+    }
+    Ok(QuantSpec {
+        bits: bits as u8,
+        group_size: group as usize,
+    })
+}
+
+fn parse_quantization(
+    path: &Path,
+    raw: &serde_json::Map<String, serde_json::Value>,
+) -> Result<CheckpointQuantization> {
+    use serde_json::Value;
+    let num = |v: Option<&Value>| v.and_then(Value::as_u64);
+    if let Some(mode) = raw.get("mode").and_then(Value::as_str) {
+        if mode != "affine" {
+            return Err(Error::config(
+                path,
+                format!("`quantization.mode` `{mode}` is not supported (only `affine`)"),
+            ));
+        }
+    }
+    let default = quant_spec(
+        path,
+        "quantization",
+        num(raw.get("bits")),
+        num(raw.get("group_size")),
+    )?;
+    let mut overrides = std::collections::BTreeMap::new();
+    for (key, v) in raw {
+        if matches!(key.as_str(), "bits" | "group_size" | "mode") {
+            continue;
+        }
+        let field = format!("quantization.{key}");
+        let spec = match v {
+            Value::Bool(false) => None,
+            Value::Object(o) => Some(quant_spec(
+                path,
+                &field,
+                num(o.get("bits")),
+                num(o.get("group_size")),
+            )?),
+            other => {
+                return Err(Error::config(
+                    path,
+                    format!("`{field}` must be an object or false, got {other}"),
+                ))
+            }
+        };
+        overrides.insert(key.clone(), spec);
+    }
+    Ok(CheckpointQuantization { default, overrides })
 }
 
 /// One id or a list of ids, as `eos_token_id` may be written.
@@ -122,6 +225,8 @@ struct RawConfig {
     torch_dtype: Option<String>,
     eos_token_id: Option<OneOrMany>,
     pad_token_id: Option<u32>,
+    quantization: Option<serde_json::Map<String, serde_json::Value>>,
+    quantization_config: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Upper bounds that keep a hostile config from asking for absurd allocations.
@@ -343,6 +448,21 @@ impl OlmoeArgs {
             dtype,
             eos_token_ids,
             pad_token_id: raw.pad_token_id,
+            quantization: match raw
+                .quantization
+                .as_ref()
+                .or(raw.quantization_config.as_ref())
+            {
+                None => None,
+                Some(q) => {
+                    if let Some(method) = q.get("quant_method") {
+                        return Err(bad(format!(
+                            "quantization method {method} is not supported (athena reads mlx-lm affine checkpoints)"
+                        )));
+                    }
+                    Some(parse_quantization(path, q)?)
+                }
+            },
         })
     }
 
@@ -390,6 +510,56 @@ mod tests {
         "num_experts_per_tok":8,"vocab_size":50304,"max_position_embeddings":4096,
         "rope_theta":10000.0,"rms_norm_eps":1e-05,"eos_token_id":50279,"pad_token_id":1,
         "tie_word_embeddings":false,"torch_dtype":"bfloat16","clip_qkv":null}"#;
+
+    #[test]
+    fn mlx_quantization_block_with_overrides() {
+        let a = parse(
+            r#"{"model_type":"olmoe","quantization":{"group_size":64,"bits":4,"mode":"affine",
+            "model.layers.0.mlp.gate":{"group_size":64,"bits":8},"lm_head":false}}"#,
+        )
+        .unwrap();
+        let q = a.quantization.unwrap();
+        assert_eq!(
+            q.spec("model.layers.1.self_attn.q_proj"),
+            Some(QuantSpec {
+                bits: 4,
+                group_size: 64
+            })
+        );
+        assert_eq!(
+            q.spec("model.layers.0.mlp.gate"),
+            Some(QuantSpec {
+                bits: 8,
+                group_size: 64
+            })
+        );
+        assert_eq!(q.spec("lm_head"), None);
+        for (json, needle) in [
+            (
+                r#"{"model_type":"olmoe","quantization":{"group_size":64,"bits":7}}"#,
+                "bits` = 7",
+            ),
+            (
+                r#"{"model_type":"olmoe","quantization":{"group_size":48,"bits":4}}"#,
+                "group_size` = 48",
+            ),
+            (
+                r#"{"model_type":"olmoe","quantization":{"group_size":64,"bits":4,"mode":"mxfp4"}}"#,
+                "mxfp4",
+            ),
+            (
+                r#"{"model_type":"olmoe","quantization_config":{"quant_method":"bitsandbytes"}}"#,
+                "bitsandbytes",
+            ),
+            (
+                r#"{"model_type":"olmoe","quantization":{"group_size":64,"bits":4,"lm_head":3}}"#,
+                "quantization.lm_head",
+            ),
+        ] {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains(needle), "expected `{needle}` in `{err}`");
+        }
+    }
 
     #[test]
     fn olmoe_1b_7b_parameter_counts() {

@@ -245,8 +245,11 @@ impl WeightFiles {
         })?;
         let view = TensorView::new(info.dtype, info.shape.clone(), bytes)
             .map_err(|e| Error::checkpoint(&shard.path, format!("tensor `{name}`: {e}")))?;
-        view.load(device)
-            .map_err(|e| Error::checkpoint(&shard.path, format!("tensor `{name}`: {e}")))
+        let tensor = view
+            .load(device)
+            .map_err(|e| Error::checkpoint(&shard.path, format!("tensor `{name}`: {e}")))?;
+        shard.release(start, end - start);
+        Ok(tensor)
     }
 
     /// The files backing the checkpoint.
@@ -264,6 +267,23 @@ impl WeightFiles {
 }
 
 impl Shard {
+    /// Drops the mapped pages of a range whose bytes were copied out, so a loaded checkpoint
+    /// does not stay resident twice (once mapped, once converted).
+    fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        {
+            // SAFETY: the mapping is a read-only view of a file; no reference into this range
+            // outlives `load` (the bytes were copied into the tensor), and dropped pages of a
+            // file mapping are read back from the file if touched again.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+
     fn open(path: &Path) -> Result<Self> {
         let io = |source| Error::Io {
             path: path.to_path_buf(),
