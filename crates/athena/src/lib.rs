@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod io;
+pub mod lora;
 pub mod models;
 
 pub use error::{Error, Result};
