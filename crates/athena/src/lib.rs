@@ -36,5 +36,6 @@ pub mod generate;
 pub mod io;
 pub mod lora;
 pub mod models;
+pub mod quant;
 
 pub use error::{Error, Result};

@@ -1,0 +1,14 @@
+//! Quantized weights: MLX's affine format and its CPU kernels.
+//!
+//! [`QMatrix`] holds a [rows, cols] weight in the layout mlx-lm checkpoints use (`weight` u32
+//! packed codes, `scales` and `biases` per group of columns, `w = scale * q + bias`). It is
+//! read from such a checkpoint with [`QMatrix::from_mlx`], made from f32 weights at load time
+//! with [`QMatrix::quantize`] (bit-identical to `mx.quantize`), written back with
+//! [`QMatrix::to_mlx`], and applied with [`QMatrix::matmul`] without ever dequantizing the
+//! whole matrix. `fixtures/quant/` holds MLX's own outputs for the parity tests.
+
+mod affine;
+mod matmul;
+mod pack;
+
+pub use affine::{AffineParams, QMatrix};
