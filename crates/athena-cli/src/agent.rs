@@ -7,7 +7,7 @@ use anyhow::Result;
 use athena::config::{ComputeDtype, DeviceKind, OlmoeConfig};
 use athena::models::olmoe::OlmoeModel;
 
-use crate::model::{DeviceArg, DtypeArg};
+use crate::model::{DeviceArg, DtypeArg, QuantArg};
 
 /// How to load the model.
 #[derive(Debug, clap::Args)]
@@ -31,6 +31,15 @@ pub struct LoadFlags {
     /// Device for the candle path.
     #[arg(long, value_enum)]
     pub device: Option<DeviceArg>,
+    /// Quantize the weights at load time (candle path).
+    #[arg(long, value_enum)]
+    pub quantization: Option<QuantArg>,
+    /// A LoRA adapter directory (PEFT or mlx-lm), candle path.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Merge the adapter into the weights.
+    #[arg(long, requires = "lora")]
+    pub merge_lora: bool,
     /// A trained action head directory (head.safetensors + head_config.json).
     #[arg(long)]
     pub head: Option<PathBuf>,
@@ -68,6 +77,15 @@ impl LoadFlags {
                 DeviceArg::Cuda => DeviceKind::Cuda,
                 DeviceArg::Metal => DeviceKind::Metal,
             };
+        }
+        if let Some(q) = self.quantization {
+            c.quantization = q.into();
+        }
+        if let Some(l) = &self.lora {
+            c.lora_path = Some(l.clone());
+        }
+        if self.merge_lora {
+            c.merge_lora = true;
         }
         if let Some(h) = &self.head {
             c.action_head_path = Some(h.clone());

@@ -31,6 +31,8 @@ enum Command {
     Encode(commands::encode::Args),
     /// Decide what to do with a new fact given existing memories (memory action head).
     Act(commands::act::Args),
+    /// Write an mlx-lm affine-quantized checkpoint.
+    Quantize(commands::quantize::Args),
 }
 
 fn main() {
@@ -50,6 +52,7 @@ fn main() {
         Command::Load(a) => commands::load::run(a),
         Command::Encode(a) => commands::encode::run(a),
         Command::Act(a) => commands::act::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use athena::backend::candle::{load_olmoe, Olmoe};
+use athena::backend::candle::{load_olmoe_with, LoadOptions, Olmoe};
 use athena::checkpoint::hub;
+use athena::config::Quantization;
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,6 +44,29 @@ pub enum DeviceArg {
     Metal,
 }
 
+/// Weight quantization at load time.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum QuantArg {
+    /// Weights as stored.
+    None,
+    /// Group-wise 8-bit (MLX affine, group 64).
+    #[value(name = "8bit")]
+    Int8,
+    /// Group-wise 4-bit (MLX affine, group 64).
+    #[value(name = "4bit")]
+    Int4,
+}
+
+impl From<QuantArg> for Quantization {
+    fn from(q: QuantArg) -> Quantization {
+        match q {
+            QuantArg::None => Quantization::None,
+            QuantArg::Int8 => Quantization::Int8,
+            QuantArg::Int4 => Quantization::Int4,
+        }
+    }
+}
+
 /// Which model to load and how.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -55,6 +79,15 @@ pub struct ModelArgs {
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// Quantize the weights at load time.
+    #[arg(long, value_enum, default_value = "none")]
+    pub quantization: QuantArg,
+    /// A LoRA adapter directory (PEFT or mlx-lm).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Merge the adapter into the weights instead of computing it apart.
+    #[arg(long, requires = "lora")]
+    pub merge_lora: bool,
 }
 
 impl ModelArgs {
@@ -89,7 +122,12 @@ impl ModelArgs {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_message(dir.display().to_string());
-        let model = load_olmoe(&dir, &device, self.dtype.into(), |done, total| {
+        let opts = LoadOptions {
+            quantization: self.quantization.into(),
+            lora_path: self.lora.clone(),
+            merge_lora: self.merge_lora,
+        };
+        let model = load_olmoe_with(&dir, &device, self.dtype.into(), &opts, |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
         })

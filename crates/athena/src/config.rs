@@ -77,8 +77,10 @@ pub struct OlmoeConfig {
     pub mlx_model_path: Option<String>,
     /// Quantization on the candle path. Default: `none`.
     pub quantization: Quantization,
-    /// A LoRA adapter directory applied after loading. Default: none.
+    /// A LoRA adapter directory (PEFT or mlx-lm) applied after loading. Default: none.
     pub lora_path: Option<PathBuf>,
+    /// Merge the adapter into the weights instead of computing it apart. Default: `false`.
+    pub merge_lora: bool,
     /// Device for the candle path. Default: `auto`.
     pub device: DeviceKind,
     /// Compute dtype. Default: `f32`.
@@ -99,6 +101,7 @@ impl Default for OlmoeConfig {
             mlx_model_path: None,
             quantization: Quantization::None,
             lora_path: None,
+            merge_lora: false,
             device: DeviceKind::Auto,
             dtype: ComputeDtype::F32,
             pooling: Pooling::Mean,

@@ -7,3 +7,4 @@ pub mod generate;
 pub mod info;
 pub mod load;
 pub mod logits;
+pub mod quantize;

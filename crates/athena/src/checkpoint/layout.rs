@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::args::OlmoeArgs;
+use super::args::{OlmoeArgs, QuantSpec};
 use super::files::WeightFiles;
 use crate::error::{Error, Result};
 
@@ -101,6 +101,11 @@ impl<'a> CheckpointReader<'a> {
         })
     }
 
+    /// The device tensors are loaded onto.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The layout detected.
     pub fn layout(&self) -> ExpertLayout {
         self.layout
@@ -124,6 +129,15 @@ impl<'a> CheckpointReader<'a> {
         Ok(t.to_dtype(self.dtype)?)
     }
 
+    /// Like [`Self::tensor`], but keeps the stored dtype when it is a float type.
+    pub fn tensor_stored(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.raw(name, shape)?;
+        Ok(match t.dtype() {
+            DType::F32 | DType::BF16 | DType::F16 => t,
+            _ => t.to_dtype(self.dtype)?,
+        })
+    }
+
     /// Like [`Self::tensor`], but `None` when the checkpoint does not have it.
     pub fn optional(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.files.contains(name) {
@@ -133,44 +147,127 @@ impl<'a> CheckpointReader<'a> {
         }
     }
 
-    /// The stacked [E, out, in] weights of one projection of layer `layer`'s experts.
-    pub fn experts(&self, layer: usize, proj: ExpertProj) -> Result<Tensor> {
-        let (e, h, i) = (
-            self.args.num_experts,
-            self.args.hidden_size,
-            self.args.intermediate_size,
-        );
-        let (out, inp) = match proj {
+    fn expert_shape(&self, proj: ExpertProj) -> (usize, usize) {
+        let (h, i) = (self.args.hidden_size, self.args.intermediate_size);
+        match proj {
             ExpertProj::Gate | ExpertProj::Up => (i, h),
             ExpertProj::Down => (h, i),
-        };
+        }
+    }
+
+    /// The stacked [E, out, in] weights of one projection of layer `layer`'s experts.
+    pub fn experts(&self, layer: usize, proj: ExpertProj) -> Result<Tensor> {
+        let (e, (out, inp)) = (self.args.num_experts, self.expert_shape(proj));
         let p = format!("model.layers.{layer}.mlp");
         match self.layout {
             ExpertLayout::SwitchMlp => self.tensor(
                 &format!("{p}.switch_mlp.{}.weight", proj.name()),
                 &[e, out, inp],
             ),
-            ExpertLayout::PerExpert => {
-                let mats = (0..e)
-                    .map(|x| {
-                        self.tensor(
-                            &format!("{p}.experts.{x}.{}.weight", proj.name()),
-                            &[out, inp],
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&mats, 0)?)
-            }
+            ExpertLayout::PerExpert => Ok(Tensor::stack(&self.expert_matrices(layer, proj)?, 0)?),
             ExpertLayout::FusedGateUp => match proj {
-                ExpertProj::Down => self.tensor(&format!("{p}.experts.down_proj"), &[e, h, i]),
+                ExpertProj::Down => self.tensor(&format!("{p}.experts.down_proj"), &[e, out, inp]),
                 ExpertProj::Gate | ExpertProj::Up => {
                     // Loaded twice (once per half); the narrow copies only the half needed.
-                    let both = self.tensor(&format!("{p}.experts.gate_up_proj"), &[e, 2 * i, h])?;
-                    let start = if proj == ExpertProj::Gate { 0 } else { i };
-                    Ok(both.narrow(1, start, i)?.contiguous()?)
+                    let both =
+                        self.tensor(&format!("{p}.experts.gate_up_proj"), &[e, 2 * out, inp])?;
+                    let start = if proj == ExpertProj::Gate { 0 } else { out };
+                    Ok(both.narrow(1, start, out)?.contiguous()?)
                 }
             },
         }
+    }
+
+    /// One [out, in] matrix per expert. In the per-expert layout each is read on its own, so
+    /// a caller that converts them one by one (quantization) never holds the whole stack.
+    pub fn expert_matrices(&self, layer: usize, proj: ExpertProj) -> Result<Vec<Tensor>> {
+        let (e, (out, inp)) = (self.args.num_experts, self.expert_shape(proj));
+        match self.layout {
+            ExpertLayout::PerExpert => (0..e)
+                .map(|x| {
+                    let name = format!(
+                        "model.layers.{layer}.mlp.experts.{x}.{}.weight",
+                        proj.name()
+                    );
+                    self.tensor(&name, &[out, inp])
+                })
+                .collect(),
+            ExpertLayout::SwitchMlp | ExpertLayout::FusedGateUp => {
+                let stack = self.experts(layer, proj)?;
+                (0..e).map(|x| Ok(stack.get(x)?)).collect()
+            }
+        }
+    }
+
+    /// The name of a layer's stacked expert module in the mlx-lm layout.
+    pub fn switch_module(layer: usize, proj: ExpertProj) -> String {
+        format!("model.layers.{layer}.mlp.switch_mlp.{}", proj.name())
+    }
+
+    /// Whether `module` (a name without `.weight`) is stored affine-quantized: it has `.scales`.
+    pub fn is_quantized(&self, module: &str) -> bool {
+        self.files.contains(&format!("{module}.scales"))
+    }
+
+    /// The stored `weight`, `scales` and `biases` of an affine-quantized module, with its
+    /// bits and group size from config.json. `lead` are leading dimensions (`[E]` for stacked
+    /// experts); `out`/`inp` the logical matrix shape. Shapes are checked here; the packing
+    /// itself is checked by the quantized matrix type.
+    pub fn quantized(
+        &self,
+        module: &str,
+        lead: &[usize],
+        out: usize,
+        inp: usize,
+    ) -> Result<(Tensor, Tensor, Tensor, QuantSpec)> {
+        let spec = self
+            .args
+            .quantization
+            .as_ref()
+            .ok_or_else(|| {
+                Error::tensor(
+                    format!("{module}.scales"),
+                    "the checkpoint is quantized but config.json has no `quantization` block",
+                )
+            })?
+            .spec(module)
+            .ok_or_else(|| {
+                Error::tensor(
+                    format!("{module}.scales"),
+                    "present, but config.json marks this module as not quantized",
+                )
+            })?;
+        if inp % spec.group_size != 0 || (inp * spec.bits as usize) % 32 != 0 {
+            return Err(Error::tensor(
+                format!("{module}.weight"),
+                format!(
+                    "{inp} input features do not split into groups of {} at {} bits",
+                    spec.group_size, spec.bits
+                ),
+            ));
+        }
+        let shape =
+            |last: usize| -> Vec<usize> { lead.iter().copied().chain([out, last]).collect() };
+        let weight = self.raw(
+            &format!("{module}.weight"),
+            &shape(inp * spec.bits as usize / 32),
+        )?;
+        let scales = self.raw(&format!("{module}.scales"), &shape(inp / spec.group_size))?;
+        let biases = self.raw(&format!("{module}.biases"), &shape(inp / spec.group_size))?;
+        Ok((weight, scales, biases, spec))
+    }
+
+    /// Loads `name` in its stored dtype after checking its shape.
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let stored = self.files.shape(name)?;
+        if stored != shape {
+            return Err(Error::tensor(
+                name,
+                format!("shape {stored:?} does not match the expected {shape:?}"),
+            ));
+        }
+        self.used.borrow_mut().insert(name.to_string());
+        self.files.load(name, &self.device)
     }
 
     /// Refuses any tensor that was not read: a checkpoint with extra tensors is not the model

@@ -2,6 +2,7 @@
 //! expert layouts translated to the canonical one, and hub/cache lookup.
 
 pub mod args;
+pub mod convert;
 pub mod files;
 pub mod hub;
 pub mod layout;

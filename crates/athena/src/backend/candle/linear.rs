@@ -1,9 +1,13 @@
 //! The one linear abstraction: every projection of the model goes through [`Linear`], so the
-//! model is written once whatever the weights' representation.
+//! model is written once whatever the weights' representation — dense, affine-quantized, or
+//! either with an unmerged LoRA update.
 
-use candle_core::{Module, Tensor};
+use std::sync::Arc;
 
-use crate::error::Result;
+use candle_core::{DType, Module, Tensor};
+
+use crate::error::{Error, Result};
+use crate::quant::QMatrix;
 
 /// A linear layer `y = x·Wᵀ + b` with `W` stored [out, in] as in the checkpoint.
 #[derive(Debug, Clone)]
@@ -14,6 +18,24 @@ pub enum Linear {
         weight: Tensor,
         /// [out].
         bias: Option<Tensor>,
+    },
+    /// MLX affine-quantized weights; the matmul runs on the packed weights (CPU).
+    Quantized {
+        /// The packed matrix.
+        weight: Arc<QMatrix>,
+        /// [out].
+        bias: Option<Tensor>,
+    },
+    /// `base(x) + scale · (x·Aᵀ)·Bᵀ`, the update computed in f32 (PEFT's unmerged LoRA).
+    Lora {
+        /// The frozen layer.
+        base: Box<Linear>,
+        /// [r, in], f32.
+        a: Tensor,
+        /// [out, r], f32.
+        b: Tensor,
+        /// α/r (or α/√r with rsLoRA, or mlx-lm's absolute scale).
+        scale: f64,
     },
 }
 
@@ -30,6 +52,40 @@ impl Linear {
                 let l = candle_nn::Linear::new(weight.clone(), bias.clone());
                 Ok(l.forward(x)?)
             }
+            Linear::Quantized { weight, bias } => {
+                if !x.device().is_cpu() {
+                    return Err(Error::invalid(
+                        "device",
+                        "quantized weights run on the CPU in this version",
+                    ));
+                }
+                let dims = x.dims().to_vec();
+                let inp = dims.last().copied().unwrap_or(0);
+                if inp != weight.cols() {
+                    return Err(Error::invalid(
+                        "input",
+                        format!("{inp} features for a layer that takes {}", weight.cols()),
+                    ));
+                }
+                let m = dims.iter().rev().skip(1).product::<usize>();
+                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let y = weight.matmul(&xs, m)?;
+                let mut shape = dims;
+                if let Some(last) = shape.last_mut() {
+                    *last = weight.rows();
+                }
+                let y = Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?;
+                match bias {
+                    Some(b) => Ok(y.broadcast_add(b)?),
+                    None => Ok(y),
+                }
+            }
+            Linear::Lora { base, a, b, scale } => {
+                let y = base.forward(x)?;
+                let x32 = x.to_dtype(DType::F32)?;
+                let delta = x32.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+                Ok((y + (delta * *scale)?.to_dtype(x.dtype())?)?)
+            }
         }
     }
 
@@ -37,6 +93,69 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         match self {
             Linear::Dense { weight, .. } => weight.dims()[0],
+            Linear::Quantized { weight, .. } => weight.rows(),
+            Linear::Lora { base, .. } => base.out_features(),
+        }
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let tensor_bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            Linear::Dense { weight, bias } => {
+                tensor_bytes(weight) + bias.as_ref().map_or(0, tensor_bytes)
+            }
+            Linear::Quantized { weight, bias } => {
+                weight.storage_bytes() + bias.as_ref().map_or(0, tensor_bytes)
+            }
+            Linear::Lora { base, a, b, .. } => {
+                base.weight_bytes() + tensor_bytes(a) + tensor_bytes(b)
+            }
+        }
+    }
+}
+
+/// Token embeddings: a dense table or an affine-quantized one (mlx-lm quantizes it too).
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    /// [vocab, hidden] in the compute dtype.
+    Dense(Tensor),
+    /// [vocab, hidden] quantized; rows are dequantized on lookup.
+    Quantized(Arc<QMatrix>),
+}
+
+impl Embedding {
+    /// Rows of `ids` (u32, flat) → [n, hidden] in `dtype`.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(table) => {
+                let ids = Tensor::from_slice(ids, (ids.len(),), table.device())?;
+                Ok(table.index_select(&ids, 0)?.to_dtype(dtype)?)
+            }
+            Embedding::Quantized(q) => {
+                let h = q.cols();
+                let mut out = vec![0f32; ids.len() * h];
+                for (row, &id) in out.chunks_mut(h).zip(ids) {
+                    q.dequantize_row(id as usize, row)?;
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), h), device)?.to_dtype(dtype)?)
+            }
+        }
+    }
+
+    /// The same table as an output projection (tied lm_head).
+    pub fn as_linear(&self) -> Linear {
+        match self {
+            Embedding::Dense(t) => Linear::dense(t.clone(), None),
+            Embedding::Quantized(q) => Linear::Quantized {
+                weight: q.clone(),
+                bias: None,
+            },
         }
     }
 }

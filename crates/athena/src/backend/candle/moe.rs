@@ -8,18 +8,21 @@
 use candle_core::{DType, Tensor};
 
 use super::linear::Linear;
-use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs};
+use super::weights::Weights;
+use crate::checkpoint::{ExpertProj, OlmoeArgs};
 use crate::error::Result;
+use crate::lora::{ExpertProjKind, LoraTarget};
 
-/// The experts of one layer in the canonical stacked layout.
+/// The experts of one layer: one [`Linear`] per expert and projection (dense experts are
+/// views of the canonical stacked [E, out, in] tensors).
 #[derive(Debug, Clone)]
 struct Experts {
-    /// [E, I, H]
-    gate: Tensor,
-    /// [E, I, H]
-    up: Tensor,
-    /// [E, H, I]
-    down: Tensor,
+    /// [I, H] each.
+    gate: Vec<Linear>,
+    /// [I, H] each.
+    up: Vec<Linear>,
+    /// [H, I] each.
+    down: Vec<Linear>,
 }
 
 /// A layer's router and experts.
@@ -82,18 +85,30 @@ impl Routing {
 }
 
 impl SparseMoeBlock {
-    pub(crate) fn new(r: &CheckpointReader, args: &OlmoeArgs, layer: usize) -> Result<Self> {
+    pub(crate) fn new(w: &Weights, args: &OlmoeArgs, layer: usize) -> Result<Self> {
         let (e, h) = (args.num_experts, args.hidden_size);
-        let gate = Linear::dense(
-            r.tensor(&format!("model.layers.{layer}.mlp.gate.weight"), &[e, h])?,
-            None,
-        );
+        let name = format!("model.layers.{layer}.mlp.gate");
+        let gate = w.linear(
+            &name,
+            e,
+            h,
+            false,
+            Some(LoraTarget::Router { layer }),
+            false,
+        )?;
+        let experts = |proj: ExpertProj, kind: ExpertProjKind| {
+            w.experts(layer, proj, |expert| LoraTarget::Expert {
+                layer,
+                expert,
+                proj: kind,
+            })
+        };
         Ok(SparseMoeBlock {
             gate,
             experts: Experts {
-                gate: r.experts(layer, ExpertProj::Gate)?,
-                up: r.experts(layer, ExpertProj::Up)?,
-                down: r.experts(layer, ExpertProj::Down)?,
+                gate: experts(ExpertProj::Gate, ExpertProjKind::Gate)?,
+                up: experts(ExpertProj::Up, ExpertProjKind::Up)?,
+                down: experts(ExpertProj::Down, ExpertProjKind::Down)?,
             },
             top_k: args.num_experts_per_tok,
             norm_topk_prob: args.norm_topk_prob,
@@ -106,16 +121,16 @@ impl SparseMoeBlock {
         let x = x.reshape((b * t, h))?;
         let router_logits = self.gate.forward(&x)?;
         let routing = Routing::from_logits(&router_logits, self.top_k, self.norm_topk_prob)?;
-        let num_experts = self.experts.gate.dim(0)?;
+        let num_experts = self.experts.gate.len();
         let mut out = x.zeros_like()?;
         for (e, rows, weights) in routing.by_expert(num_experts) {
             let n = rows.len();
             let rows = Tensor::from_vec(rows, (n,), x.device())?;
             let xs = x.index_select(&rows, 0)?;
-            let gate = xs.matmul(&self.experts.gate.get(e)?.t()?)?;
-            let up = xs.matmul(&self.experts.up.get(e)?.t()?)?;
+            let gate = self.experts.gate[e].forward(&xs)?;
+            let up = self.experts.up[e].forward(&xs)?;
             let hidden = (candle_nn::ops::silu(&gate)? * up)?;
-            let y = hidden.matmul(&self.experts.down.get(e)?.t()?)?;
+            let y = self.experts.down[e].forward(&hidden)?;
             // The reference casts the routing weights to the router's dtype before scaling.
             let w = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
             let y = y.broadcast_mul(&w)?;

@@ -5,12 +5,14 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::linear::Linear;
+use super::linear::{Embedding, Linear};
 use super::moe::SparseMoeBlock;
 use super::rope::Rope;
 use super::session::{LayerCache, Session};
+use super::weights::Weights;
 use crate::checkpoint::{CheckpointReader, OlmoeArgs};
 use crate::error::{Error, Result};
+use crate::lora::{AttnProj, LoraTarget};
 
 /// `OlmoeRMSNorm`: normalise in f32, cast back, then scale by the weight.
 #[derive(Debug, Clone)]
@@ -59,28 +61,23 @@ struct Attention {
     clip_qkv: Option<f64>,
 }
 
-fn linear(r: &CheckpointReader, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-    let weight = r.tensor(&format!("{name}.weight"), &[out, inp])?;
-    let bias = if bias {
-        Some(r.tensor(&format!("{name}.bias"), &[out])?)
-    } else {
-        None
-    };
-    Ok(Linear::dense(weight, bias))
-}
-
 impl Attention {
-    fn new(r: &CheckpointReader, args: &OlmoeArgs, p: &str) -> Result<Self> {
+    fn new(w: &Weights, args: &OlmoeArgs, layer: usize) -> Result<Self> {
+        let p = format!("model.layers.{layer}.self_attn");
         let (h, hd) = (args.hidden_size, args.head_dim);
         let (q_width, kv_width) = (args.num_attention_heads * hd, args.num_key_value_heads * hd);
         let bias = args.attention_bias;
+        let proj = |name: &str, out: usize, inp: usize, which: AttnProj| {
+            let target = LoraTarget::Attn { layer, proj: which };
+            w.linear(&format!("{p}.{name}"), out, inp, bias, Some(target), true)
+        };
         Ok(Attention {
-            q_proj: linear(r, &format!("{p}.q_proj"), q_width, h, bias)?,
-            k_proj: linear(r, &format!("{p}.k_proj"), kv_width, h, bias)?,
-            v_proj: linear(r, &format!("{p}.v_proj"), kv_width, h, bias)?,
-            o_proj: linear(r, &format!("{p}.o_proj"), h, q_width, bias)?,
-            q_norm: RmsNorm::new(r, &format!("{p}.q_norm"), q_width, args.rms_norm_eps)?,
-            k_norm: RmsNorm::new(r, &format!("{p}.k_norm"), kv_width, args.rms_norm_eps)?,
+            q_proj: proj("q_proj", q_width, h, AttnProj::Q)?,
+            k_proj: proj("k_proj", kv_width, h, AttnProj::K)?,
+            v_proj: proj("v_proj", kv_width, h, AttnProj::V)?,
+            o_proj: proj("o_proj", h, q_width, AttnProj::O)?,
+            q_norm: RmsNorm::new(w.r, &format!("{p}.q_norm"), q_width, args.rms_norm_eps)?,
+            k_norm: RmsNorm::new(w.r, &format!("{p}.k_norm"), kv_width, args.rms_norm_eps)?,
             num_heads: args.num_attention_heads,
             num_kv_heads: args.num_key_value_heads,
             head_dim: hd,
@@ -169,24 +166,15 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(r: &CheckpointReader, args: &OlmoeArgs, layer: usize) -> Result<Self> {
+    fn new(w: &Weights, args: &OlmoeArgs, layer: usize) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let eps = args.rms_norm_eps;
+        let norm = |name: &str| RmsNorm::new(w.r, &format!("{p}.{name}"), args.hidden_size, eps);
         Ok(DecoderLayer {
-            self_attn: Attention::new(r, args, &format!("{p}.self_attn"))?,
-            mlp: SparseMoeBlock::new(r, args, layer)?,
-            input_layernorm: RmsNorm::new(
-                r,
-                &format!("{p}.input_layernorm"),
-                args.hidden_size,
-                eps,
-            )?,
-            post_attention_layernorm: RmsNorm::new(
-                r,
-                &format!("{p}.post_attention_layernorm"),
-                args.hidden_size,
-                eps,
-            )?,
+            self_attn: Attention::new(w, args, layer)?,
+            mlp: SparseMoeBlock::new(w, args, layer)?,
+            input_layernorm: norm("input_layernorm")?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
         })
     }
 
@@ -212,7 +200,7 @@ impl DecoderLayer {
 /// `OlmoeForCausalLM`: embeddings, decoder layers, final norm, lm_head (tied or not).
 #[derive(Debug, Clone)]
 pub struct Olmoe {
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -224,28 +212,28 @@ pub struct Olmoe {
 
 impl Olmoe {
     /// Builds the model from a checkpoint; `on_layer(done, total)` reports progress.
-    pub fn new(
-        r: &CheckpointReader,
+    pub(crate) fn new(
+        w: &Weights,
         args: &OlmoeArgs,
         mut on_layer: impl FnMut(usize, usize),
     ) -> Result<Self> {
         let (v, h) = (args.vocab_size, args.hidden_size);
-        let embed_tokens = r.tensor("model.embed_tokens.weight", &[v, h])?;
+        let embed_tokens = w.embedding()?;
         let mut layers = Vec::with_capacity(args.num_hidden_layers);
         for l in 0..args.num_hidden_layers {
-            layers.push(DecoderLayer::new(r, args, l)?);
+            layers.push(DecoderLayer::new(w, args, l)?);
             on_layer(l + 1, args.num_hidden_layers);
         }
-        let norm = RmsNorm::new(r, "model.norm", h, args.rms_norm_eps)?;
+        let norm = RmsNorm::new(w.r, "model.norm", h, args.rms_norm_eps)?;
         let lm_head = if args.tie_word_embeddings {
-            // Some exporters still write the tied copy; it must then equal the embedding's shape.
-            let _ = r.optional("lm_head.weight", &[v, h])?;
-            Linear::dense(embed_tokens.clone(), None)
+            // Some exporters still write the tied copy; it must then have the embedding's shape.
+            let _ = w.r.optional("lm_head.weight", &[v, h])?;
+            w.tied_head(&embed_tokens)?
         } else {
-            Linear::dense(r.tensor("lm_head.weight", &[v, h])?, None)
+            w.linear("lm_head", v, h, false, None, true)?
         };
-        let device = embed_tokens.device().clone();
-        let dtype = embed_tokens.dtype();
+        let device = w.r.device().clone();
+        let dtype = w.dtype();
         Ok(Olmoe {
             rope: Rope::new(args, dtype, &device)?,
             embed_tokens,
@@ -295,7 +283,6 @@ impl Olmoe {
             .unwrap_or(0);
         let (ids, width) = session.plan(tokens, pad_id)?;
         let b = tokens.len();
-        let ids = Tensor::from_vec(ids, (b * width,), &self.device)?;
         let positions = Tensor::from_vec(session.positions(width), (b, width), &self.device)?;
         let mask = match session.mask(width) {
             None => None,
@@ -303,10 +290,10 @@ impl Olmoe {
                 Some(Tensor::from_vec(m, (b, 1, width, keys), &self.device)?.to_dtype(self.dtype)?)
             }
         };
-        let mut x =
-            self.embed_tokens
-                .index_select(&ids, 0)?
-                .reshape((b, width, self.args.hidden_size))?;
+        let mut x = self
+            .embed_tokens
+            .forward(&ids, self.dtype, &self.device)?
+            .reshape((b, width, self.args.hidden_size))?;
         for (layer, cache) in self.layers.iter().zip(session.layers.iter_mut()) {
             x = layer.forward(&x, &self.rope, &positions, mask.as_ref(), cache)?;
         }

