@@ -44,6 +44,9 @@ pub struct QuantizeReport {
 
 struct Writer {
     tensors: HashMap<String, Tensor>,
+    params: AffineParams,
+    /// Modules written with other parameters than the default (or dense: `None`).
+    overrides: std::collections::BTreeMap<String, Option<AffineParams>>,
 }
 
 impl Writer {
@@ -52,17 +55,67 @@ impl Writer {
         Ok(())
     }
 
-    fn quantized(&mut self, module: &str, q: &QMatrix) -> Result<()> {
-        let (w, s, b) = q.to_mlx(DType::F32)?;
-        self.tensors.insert(format!("{module}.weight"), w);
-        self.tensors.insert(format!("{module}.scales"), s);
-        self.tensors.insert(format!("{module}.biases"), b);
+    /// The parameters `module` gets for `cols` columns, recording any departure from the
+    /// default; `None` means it stays dense.
+    fn fit(&mut self, module: &str, cols: usize) -> Option<AffineParams> {
+        let fitted = self.params.fitting(cols);
+        if fitted != Some(self.params) {
+            self.overrides.insert(module.to_string(), fitted);
+        }
+        fitted
+    }
+
+    /// Writes `module` quantized, or dense when its width fits no group size.
+    fn linear(&mut self, module: &str, w: &Tensor) -> Result<()> {
+        let (rows, cols) = w.dims2()?;
+        match self.fit(module, cols) {
+            Some(p) => {
+                let (qw, s, b) = quantize(module, w, rows, cols, p)?.to_mlx(DType::F32)?;
+                self.tensors.insert(format!("{module}.weight"), qw);
+                self.tensors.insert(format!("{module}.scales"), s);
+                self.tensors.insert(format!("{module}.biases"), b);
+            }
+            None => self.dense(format!("{module}.weight"), w.clone())?,
+        }
+        Ok(())
+    }
+
+    /// Writes stacked experts `mats` as one `switch_mlp` module.
+    fn experts(&mut self, module: &str, mats: Vec<Tensor>) -> Result<()> {
+        let Some(first) = mats.first() else {
+            return Ok(());
+        };
+        let (rows, cols) = first.dims2()?;
+        match self.fit(module, cols) {
+            Some(p) => {
+                let (mut ws, mut ss, mut bs) = (vec![], vec![], vec![]);
+                for (x, m) in mats.iter().enumerate() {
+                    let (qw, s, b) = quantize(&format!("{module}[{x}]"), m, rows, cols, p)?
+                        .to_mlx(DType::F32)?;
+                    ws.push(qw);
+                    ss.push(s);
+                    bs.push(b);
+                }
+                self.tensors
+                    .insert(format!("{module}.weight"), Tensor::stack(&ws, 0)?);
+                self.tensors
+                    .insert(format!("{module}.scales"), Tensor::stack(&ss, 0)?);
+                self.tensors
+                    .insert(format!("{module}.biases"), Tensor::stack(&bs, 0)?);
+            }
+            None => self.dense(format!("{module}.weight"), Tensor::stack(&mats, 0)?)?,
+        }
         Ok(())
     }
 }
 
-fn quantize(module: &str, w: &Tensor, params: AffineParams) -> Result<QMatrix> {
-    let (rows, cols) = w.dims2()?;
+fn quantize(
+    module: &str,
+    w: &Tensor,
+    rows: usize,
+    cols: usize,
+    params: AffineParams,
+) -> Result<QMatrix> {
     let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     QMatrix::quantize(module, &data, rows, cols, params)
 }
@@ -91,17 +144,16 @@ pub fn quantize_checkpoint(
     let files = WeightFiles::open(input)?;
     let r = CheckpointReader::new(&files, &args, &Device::Cpu, DType::F32)?;
     let (v, h, e) = (args.vocab_size, args.hidden_size, args.num_experts);
-    let (hd, i) = (args.head_dim, args.intermediate_size);
+    let hd = args.head_dim;
     let (qw, kvw) = (args.num_attention_heads * hd, args.num_key_value_heads * hd);
     let mut w = Writer {
         tensors: HashMap::new(),
+        params,
+        overrides: Default::default(),
     };
 
     let embed = r.tensor("model.embed_tokens.weight", &[v, h])?;
-    w.quantized(
-        "model.embed_tokens",
-        &quantize("model.embed_tokens", &embed, params)?,
-    )?;
+    w.linear("model.embed_tokens", &embed)?;
     drop(embed);
     for l in 0..args.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -118,7 +170,7 @@ pub fn quantize_checkpoint(
         ] {
             let module = format!("{p}.self_attn.{proj}");
             let weight = r.tensor(&format!("{module}.weight"), &[out_f, in_f])?;
-            w.quantized(&module, &quantize(&module, &weight, params)?)?;
+            w.linear(&module, &weight)?;
             if args.attention_bias {
                 let name = format!("{module}.bias");
                 let t = r.tensor(&name, &[out_f])?;
@@ -135,22 +187,8 @@ pub fn quantize_checkpoint(
         w.dense(router, t)?;
         for proj in [ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down] {
             let module = CheckpointReader::switch_module(l, proj);
-            let (mut ws, mut ss, mut bs) = (vec![], vec![], vec![]);
-            for (x, m) in r.expert_matrices(l, proj)?.into_iter().enumerate() {
-                let (qw_, s, b) =
-                    quantize(&format!("{module}[{x}]"), &m, params)?.to_mlx(DType::F32)?;
-                ws.push(qw_);
-                ss.push(s);
-                bs.push(b);
-            }
-            w.tensors
-                .insert(format!("{module}.weight"), Tensor::stack(&ws, 0)?);
-            w.tensors
-                .insert(format!("{module}.scales"), Tensor::stack(&ss, 0)?);
-            w.tensors
-                .insert(format!("{module}.biases"), Tensor::stack(&bs, 0)?);
+            w.experts(&module, r.expert_matrices(l, proj)?)?;
         }
-        let _ = i;
         on_layer(l + 1, args.num_hidden_layers);
     }
     let norm = r.tensor("model.norm.weight", &[h])?;
@@ -159,7 +197,7 @@ pub fn quantize_checkpoint(
         let _ = r.optional("lm_head.weight", &[v, h])?;
     } else {
         let head = r.tensor("lm_head.weight", &[v, h])?;
-        w.quantized("lm_head", &quantize("lm_head", &head, params)?)?;
+        w.linear("lm_head", &head)?;
     }
     r.finish()?;
     let input_bytes = files.data_bytes();
@@ -187,7 +225,7 @@ pub fn quantize_checkpoint(
         let weights = tmp.join(super::files::SINGLE_FILE);
         candle_core::safetensors::save(&w.tensors, &weights)?;
         let bytes = std::fs::metadata(&weights).map_err(io(&weights))?.len();
-        write_config(&config_path, &tmp.join("config.json"), params)?;
+        write_config(&config_path, &tmp.join("config.json"), params, &w.overrides)?;
         for f in SIDE_FILES {
             let src = input.join(f);
             if src.is_file() {
@@ -227,14 +265,28 @@ pub fn quantize_checkpoint(
 
 /// The input's config.json with mlx-lm's `quantization` block (and its `quantization_config`
 /// copy) and float32 as the dtype of the dense tensors.
-fn write_config(input: &Path, output: &Path, params: AffineParams) -> Result<()> {
+fn write_config(
+    input: &Path,
+    output: &Path,
+    params: AffineParams,
+    overrides: &std::collections::BTreeMap<String, Option<AffineParams>>,
+) -> Result<()> {
     let text = std::fs::read_to_string(input).map_err(|source| Error::Io {
         path: input.into(),
         source,
     })?;
     let mut config: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&text).map_err(|e| Error::config(input, e.to_string()))?;
-    let q = serde_json::json!({ "group_size": params.group_size, "bits": params.bits, "mode": "affine" });
+    let spec = |p: &AffineParams| serde_json::json!({ "group_size": p.group_size, "bits": p.bits, "mode": "affine" });
+    let mut q = spec(&params);
+    if let Some(map) = q.as_object_mut() {
+        for (module, p) in overrides {
+            map.insert(
+                module.clone(),
+                p.as_ref().map_or(serde_json::Value::Bool(false), spec),
+            );
+        }
+    }
     config.insert("quantization".into(), q.clone());
     config.insert("quantization_config".into(), q);
     config.insert("dtype".into(), "float32".into());

@@ -47,6 +47,16 @@ impl TryFrom<RawAffineParams> for AffineParams {
 }
 
 impl AffineParams {
+    /// These parameters for a matrix of `cols` columns, or the same bits with a smaller group
+    /// size (64, then 32) when `cols` needs it; `None` when no supported group size divides it.
+    pub fn fitting(self, cols: usize) -> Option<AffineParams> {
+        [self.group_size, 64, 32]
+            .into_iter()
+            .filter(|&g| g <= self.group_size && g > 0)
+            .find(|&g| cols % g == 0)
+            .and_then(|g| AffineParams::new(self.bits, g).ok())
+    }
+
     /// Validated parameters: `bits` ∈ {2, 3, 4, 5, 6, 8}, `group_size` ∈ {32, 64, 128}.
     pub fn new(bits: u8, group_size: usize) -> Result<Self> {
         if !BITS.contains(&bits) {

@@ -32,16 +32,6 @@ pub(crate) struct Weights<'a> {
     pub dtype: DType,
 }
 
-/// `params`, or the same bits with a smaller group size (64 → 32) when `cols` needs it; `None`
-/// when no supported group size divides `cols`.
-pub(crate) fn fit_group(params: AffineParams, cols: usize) -> Option<AffineParams> {
-    [params.group_size, 64, 32]
-        .into_iter()
-        .filter(|&g| g <= params.group_size)
-        .find(|&g| cols % g == 0)
-        .and_then(|g| AffineParams::new(params.bits, g).ok())
-}
-
 /// W + scale·B·A, computed in f32 and returned in `w`'s dtype.
 fn merged(w: &Tensor, d: &LoraDelta) -> Result<Tensor> {
     let delta = (d.b.matmul(&d.a)? * d.scale)?;
@@ -73,7 +63,7 @@ impl Weights<'_> {
         params: AffineParams,
     ) -> Result<Option<Arc<QMatrix>>> {
         let (rows, cols) = w.dims2()?;
-        let Some(params) = fit_group(params, cols) else {
+        let Some(params) = params.fitting(cols) else {
             tracing::debug!(name, cols, "width fits no group size; kept dense");
             return Ok(None);
         };
