@@ -19,6 +19,9 @@ BIN=${CARGO_TARGET_DIR:-target}/release/athena
 for dt in f32 bf16; do
   "$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" --dtype "$dt" --json
 done
+for q in 8bit 4bit; do
+  "$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" --quantization "$q" --json
+done
 for dt in float32 bfloat16; do
   "$PY" "$ANCHORS/anchor_hf.py" "$MODEL" "$P" "$D" "$dt"
 done

@@ -4,7 +4,6 @@
 mod common;
 
 use athena::backend::candle::{load_olmoe_with, LoadOptions, Olmoe};
-use athena::backend::Backend;
 use athena::config::Quantization;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_abs_diff};
@@ -29,14 +28,7 @@ fn load(opts: &LoadOptions) -> Olmoe {
 }
 
 fn logits(model: &Olmoe, ids: &[u32]) -> Tensor {
-    let rows = Backend::logits(model, ids).unwrap();
-    let (n, v) = (rows.len(), rows[0].len());
-    Tensor::from_vec(
-        rows.into_iter().flatten().collect::<Vec<f32>>(),
-        (n, v),
-        &Device::Cpu,
-    )
-    .unwrap()
+    common::logits_tensor(model, ids)
 }
 
 fn reference(name: &str) -> (Vec<u32>, Tensor, Tensor) {

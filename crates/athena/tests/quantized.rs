@@ -5,7 +5,6 @@
 mod common;
 
 use athena::backend::candle::{load_olmoe_with, LoadOptions, Olmoe};
-use athena::backend::Backend;
 use athena::checkpoint::convert::quantize_checkpoint;
 use athena::config::Quantization;
 use athena::quant::AffineParams;
@@ -17,14 +16,7 @@ fn load(name: &str, opts: &LoadOptions) -> Olmoe {
 }
 
 fn logits(model: &Olmoe, ids: &[u32]) -> Tensor {
-    let rows = Backend::logits(model, ids).unwrap();
-    let (n, v) = (rows.len(), rows[0].len());
-    Tensor::from_vec(
-        rows.into_iter().flatten().collect::<Vec<f32>>(),
-        (n, v),
-        &Device::Cpu,
-    )
-    .unwrap()
+    common::logits_tensor(model, ids)
 }
 
 /// Top-1 agreement and mean KL(reference ‖ candidate) over positions.

@@ -55,6 +55,7 @@ pub fn run(a: Args) -> Result<()> {
     let report = serde_json::json!({
         "engine": format!("athena {} (candle)", env!("CARGO_PKG_VERSION")),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+        "quantization": format!("{:?}", a.model.quantization).to_lowercase(),
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,

@@ -121,7 +121,8 @@ pub fn generate(
                 break;
             }
         }
-        if tokens.len() == params.max_tokens || session.seq_len(0) + 1 > context {
+        // The whole sequence (prompt and generated tokens) stays within the context.
+        if tokens.len() == params.max_tokens || prompt.len() + tokens.len() >= context {
             break;
         }
         logits = first_row(session.step(&[vec![id]])?)?;

@@ -75,3 +75,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Float32 logits [n, vocab] of one sequence through the backend contract.
+pub fn logits_tensor(model: &dyn athena::backend::Backend, ids: &[u32]) -> Tensor {
+    let rows = model.logits(ids).unwrap();
+    let (n, v) = (rows.len(), rows[0].len());
+    Tensor::from_vec(
+        rows.into_iter().flatten().collect::<Vec<f32>>(),
+        (n, v),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
