@@ -164,7 +164,14 @@ impl<'a> CheckpointReader<'a> {
                 &format!("{p}.switch_mlp.{}.weight", proj.name()),
                 &[e, out, inp],
             ),
-            ExpertLayout::PerExpert => Ok(Tensor::stack(&self.expert_matrices(layer, proj)?, 0)?),
+            ExpertLayout::PerExpert => {
+                // Fill the stack expert by expert: no second copy of the whole projection.
+                let stack = Tensor::zeros((e, out, inp), self.dtype, &self.device)?;
+                self.for_each_expert(layer, proj, |x, m| {
+                    Ok(stack.slice_set(&m.unsqueeze(0)?, 0, x)?)
+                })?;
+                Ok(stack)
+            }
             ExpertLayout::FusedGateUp => match proj {
                 ExpertProj::Down => self.tensor(&format!("{p}.experts.down_proj"), &[e, out, inp]),
                 ExpertProj::Gate | ExpertProj::Up => {
@@ -178,25 +185,44 @@ impl<'a> CheckpointReader<'a> {
         }
     }
 
-    /// One [out, in] matrix per expert. In the per-expert layout each is read on its own, so
-    /// a caller that converts them one by one (quantization) never holds the whole stack.
-    pub fn expert_matrices(&self, layer: usize, proj: ExpertProj) -> Result<Vec<Tensor>> {
+    /// Calls `f(expert, matrix)` with each expert's [out, in] matrix in order. In the
+    /// per-expert layout each is read only when its turn comes, so a caller that converts them
+    /// one by one (quantization) never holds more than one.
+    pub fn for_each_expert(
+        &self,
+        layer: usize,
+        proj: ExpertProj,
+        mut f: impl FnMut(usize, Tensor) -> Result<()>,
+    ) -> Result<()> {
         let (e, (out, inp)) = (self.args.num_experts, self.expert_shape(proj));
         match self.layout {
-            ExpertLayout::PerExpert => (0..e)
-                .map(|x| {
+            ExpertLayout::PerExpert => {
+                for x in 0..e {
                     let name = format!(
                         "model.layers.{layer}.mlp.experts.{x}.{}.weight",
                         proj.name()
                     );
-                    self.tensor(&name, &[out, inp])
-                })
-                .collect(),
+                    f(x, self.tensor(&name, &[out, inp])?)?;
+                }
+            }
             ExpertLayout::SwitchMlp | ExpertLayout::FusedGateUp => {
                 let stack = self.experts(layer, proj)?;
-                (0..e).map(|x| Ok(stack.get(x)?)).collect()
+                for x in 0..e {
+                    f(x, stack.get(x)?)?;
+                }
             }
         }
+        Ok(())
+    }
+
+    /// One [out, in] matrix per expert, all at once.
+    pub fn expert_matrices(&self, layer: usize, proj: ExpertProj) -> Result<Vec<Tensor>> {
+        let mut mats = Vec::with_capacity(self.args.num_experts);
+        self.for_each_expert(layer, proj, |_, m| {
+            mats.push(m);
+            Ok(())
+        })?;
+        Ok(mats)
     }
 
     /// The name of a layer's stacked expert module in the mlx-lm layout.

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::scalars::Scalars;
 use super::{matmul, pack};
 use crate::error::{Error, Result};
 
@@ -123,9 +124,9 @@ pub struct QMatrix {
     /// [rows, cols * bits / 32], row-major.
     packed: Vec<u32>,
     /// [rows, cols / group_size], row-major.
-    scales: Vec<f32>,
+    scales: Scalars,
     /// [rows, cols / group_size], row-major.
-    biases: Vec<f32>,
+    biases: Scalars,
     scales_dtype: DType,
 }
 
@@ -225,8 +226,8 @@ impl QMatrix {
             cols,
             params,
             packed,
-            scales,
-            biases,
+            scales: Scalars::F32(scales),
+            biases: Scalars::F32(biases),
             scales_dtype: DType::F32,
         })
     }
@@ -313,8 +314,8 @@ impl QMatrix {
             cols,
             params,
             packed,
-            scales,
-            biases,
+            scales: Scalars::F32(scales),
+            biases: Scalars::F32(biases),
             scales_dtype,
         })
     }
@@ -332,9 +333,9 @@ impl QMatrix {
         let groups = self.groups();
         let packed_cols = groups * self.params.group_words();
         let weight = Tensor::from_vec(self.packed.clone(), (self.rows, packed_cols), &Device::Cpu)?;
-        let scales = Tensor::from_vec(self.scales.clone(), (self.rows, groups), &Device::Cpu)?
+        let scales = Tensor::from_vec(self.scales.to_f32_vec(), (self.rows, groups), &Device::Cpu)?
             .to_dtype(dtype)?;
-        let biases = Tensor::from_vec(self.biases.clone(), (self.rows, groups), &Device::Cpu)?
+        let biases = Tensor::from_vec(self.biases.to_f32_vec(), (self.rows, groups), &Device::Cpu)?
             .to_dtype(dtype)?;
         Ok((weight, scales, biases))
     }
@@ -381,15 +382,15 @@ impl QMatrix {
         let group_words = self.params.group_words();
         let (Some(words), Some(scales), Some(biases)) = (
             self.packed.chunks_exact(groups * group_words).nth(row),
-            self.scales.chunks_exact(groups).nth(row),
-            self.biases.chunks_exact(groups).nth(row),
+            self.scales.row(row, groups),
+            self.biases.row(row, groups),
         ) else {
             return;
         };
         for (((words, &scale), &bias), out) in words
             .chunks_exact(group_words)
-            .zip(scales)
-            .zip(biases)
+            .zip(scales.iter())
+            .zip(biases.iter())
             .zip(out.chunks_exact_mut(self.params.group_size))
         {
             pack::unpack(self.params.bits, words, out);
@@ -433,11 +434,25 @@ impl QMatrix {
         ))
     }
 
-    /// Bytes held in memory: the packed codes plus the f32 scales and biases.
+    /// Bytes held in memory: the packed codes plus the scales and biases.
     pub fn storage_bytes(&self) -> usize {
-        std::mem::size_of_val(self.packed.as_slice())
-            + std::mem::size_of_val(self.scales.as_slice())
-            + std::mem::size_of_val(self.biases.as_slice())
+        std::mem::size_of_val(self.packed.as_slice()) + self.scales.bytes() + self.biases.bytes()
+    }
+
+    /// The same matrix with its scales and biases held in f16, halving their memory (a
+    /// quarter of a 4-bit matrix's bytes at group size 64). Refused when a value does not fit
+    /// f16's range.
+    pub fn with_half_scales(self, name: &str) -> Result<Self> {
+        let (scales, biases) = (self.scales.to_f16(), self.biases.to_f16());
+        if !scales.all_finite() || !biases.all_finite() {
+            return Err(Error::tensor(name, "scales or biases exceed the f16 range"));
+        }
+        Ok(QMatrix {
+            scales,
+            biases,
+            scales_dtype: DType::F16,
+            ..self
+        })
     }
 }
 
@@ -620,14 +635,14 @@ mod tests {
                 for (i, (&orig, &back)) in w.iter().zip(&d).enumerate() {
                     let (r, c) = (i / cols, i % cols);
                     let g = r * (cols / gs) + c / gs;
-                    let step = m.scales[g].abs();
+                    let step = m.scales.get(g).abs();
                     let row_words = cols / 32 * usize::from(bits);
                     let gw = m.params.group_words();
                     let words = &m.packed[r * row_words + (c / gs) * gw..][..gw];
                     pack::unpack(bits, words, &mut codes);
                     let code = codes[c % gs];
                     let err = (orig - back).abs();
-                    let slack = 1e-6 * (orig.abs() + m.biases[g].abs()) + 1e-12;
+                    let slack = 1e-6 * (orig.abs() + m.biases.get(g).abs()) + 1e-12;
                     // MLX shrinks the step so that the edge of larger magnitude is an integer
                     // number of steps from zero; the opposite extreme can then fall just past
                     // the last code and be clamped, losing up to one whole step.
@@ -826,7 +841,7 @@ mod tests {
         let half = QMatrix::from_mlx("t", &w, &s, &b, m.params()).unwrap();
         assert_eq!(half.scales_dtype(), DType::BF16);
         assert_eq!(half.packed, m.packed);
-        for (h, f) in half.scales.iter().zip(&m.scales) {
+        for (h, f) in half.scales.to_f32_vec().iter().zip(&m.scales.to_f32_vec()) {
             assert!((h - f).abs() <= f.abs() / 128.0, "{h} vs {f}");
         }
         assert!(matches!(
@@ -900,7 +915,7 @@ mod tests {
             QMatrix::from_mlx(name, &w, &su, &bu, p).unwrap_err(),
             "scales",
         );
-        let mut bad = m.scales.clone();
+        let mut bad = m.scales.to_f32_vec();
         bad[5] = f32::INFINITY;
         let sb = Tensor::from_vec(bad, (rows, 2), &Device::Cpu).unwrap();
         let msg = named(
@@ -908,7 +923,7 @@ mod tests {
             "scales",
         );
         assert!(msg.contains("[2, 1]"), "{msg}");
-        let mut bad = m.biases.clone();
+        let mut bad = m.biases.to_f32_vec();
         bad[0] = f32::NAN;
         let bb = Tensor::from_vec(bad, (rows, 2), &Device::Cpu).unwrap();
         named(

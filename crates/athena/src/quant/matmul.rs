@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use super::scalars::Scalars;
 use super::{pack, AffineParams};
 
 /// A borrowed view of a [`super::QMatrix`]'s storage.
@@ -22,9 +23,9 @@ pub(super) struct Packed<'a> {
     /// [rows, cols * bits / 32].
     pub packed: &'a [u32],
     /// [rows, cols / group_size].
-    pub scales: &'a [f32],
+    pub scales: &'a Scalars,
     /// [rows, cols / group_size].
-    pub biases: &'a [f32],
+    pub biases: &'a Scalars,
 }
 
 /// Bytes of input rows per tile: small enough to stay in a core's L2 cache.
@@ -86,6 +87,7 @@ fn rows_block(
     let tile = (TILE_BYTES / (w.cols * std::mem::size_of::<f32>())).clamp(1, m);
     let mut q = vec![0f32; gs];
     let mut acc = vec![0f64; tile];
+    let (mut scale_buf, mut bias_buf) = (Vec::with_capacity(groups), Vec::with_capacity(groups));
     let mut i0 = 0;
     while i0 < m {
         let i1 = (i0 + tile).min(m);
@@ -95,8 +97,8 @@ fn rows_block(
             let row = first_row + r;
             let (Some(words), Some(scales), Some(biases)) = (
                 w.packed.chunks_exact(row_words).nth(row),
-                w.scales.chunks_exact(groups).nth(row),
-                w.biases.chunks_exact(groups).nth(row),
+                w.scales.row_into(row, groups, &mut scale_buf),
+                w.biases.row_into(row, groups, &mut bias_buf),
             ) else {
                 continue;
             };

@@ -10,5 +10,6 @@
 mod affine;
 mod matmul;
 mod pack;
+mod scalars;
 
 pub use affine::{AffineParams, QMatrix};

@@ -219,12 +219,8 @@ impl Olmoe {
     ) -> Result<Self> {
         let (v, h) = (args.vocab_size, args.hidden_size);
         let embed_tokens = w.embedding()?;
-        let mut layers = Vec::with_capacity(args.num_hidden_layers);
-        for l in 0..args.num_hidden_layers {
-            layers.push(DecoderLayer::new(w, args, l)?);
-            on_layer(l + 1, args.num_hidden_layers);
-        }
-        let norm = RmsNorm::new(w.r, "model.norm", h, args.rms_norm_eps)?;
+        // The vocabulary-sized matrices first: converting them needs the most scratch memory,
+        // which is then free again before the layers accumulate.
         let lm_head = if args.tie_word_embeddings {
             // Some exporters still write the tied copy; it must then have the embedding's shape.
             let _ = w.r.optional("lm_head.weight", &[v, h])?;
@@ -232,6 +228,12 @@ impl Olmoe {
         } else {
             w.linear("lm_head", v, h, false, None, true)?
         };
+        let mut layers = Vec::with_capacity(args.num_hidden_layers);
+        for l in 0..args.num_hidden_layers {
+            layers.push(DecoderLayer::new(w, args, l)?);
+            on_layer(l + 1, args.num_hidden_layers);
+        }
+        let norm = RmsNorm::new(w.r, "model.norm", h, args.rms_norm_eps)?;
         let device = w.r.device().clone();
         let dtype = w.dtype();
         Ok(Olmoe {

@@ -197,22 +197,19 @@ impl Weights<'_> {
                 .collect::<Result<_>>()?
         } else if self.opts.quantize.is_some() || merge {
             // Expert by expert: never more than one dense expert matrix converted at a time.
-            self.r
-                .expert_matrices(layer, proj)?
-                .into_iter()
-                .zip(&deltas)
-                .enumerate()
-                .map(|(x, (w, d))| {
-                    let w = match (d, self.opts.merge_lora) {
-                        (Some(d), true) => merged(&w, d)?,
-                        _ => w,
-                    };
-                    Ok(match self.opts.quantize {
-                        Some(p) => self.quantize(&format!("{module}[{x}]"), w, p)?,
-                        None => Linear::dense(w, None),
-                    })
-                })
-                .collect::<Result<_>>()?
+            let mut bases = Vec::with_capacity(e);
+            self.r.for_each_expert(layer, proj, |x, w| {
+                let w = match (deltas[x], self.opts.merge_lora) {
+                    (Some(d), true) => merged(&w, d)?,
+                    _ => w,
+                };
+                bases.push(match self.opts.quantize {
+                    Some(p) => self.quantize(&format!("{module}[{x}]"), w, p)?,
+                    None => Linear::dense(w, None),
+                });
+                Ok(())
+            })?;
+            bases
         } else {
             let stack = self.r.experts(layer, proj)?;
             (0..e)
@@ -241,16 +238,22 @@ impl Weights<'_> {
                 spec.group_size,
             )?));
         }
-        // Load-time quantization leaves the embedding table dense: a lookup reads one row, so
-        // quantizing it saves memory but no bandwidth, and its error feeds every layer. It is
-        // kept in its stored dtype (bf16 for OLMoE) and rows are cast on lookup.
+        // At 8 bits the embedding table stays dense: a lookup reads one row, so quantizing it
+        // saves memory but no bandwidth, and its error feeds every layer. It is kept in its
+        // stored dtype (bf16 for OLMoE) and rows are cast on lookup. At 4 bits (and below) it
+        // is quantized too, as mlx-lm does, for memory.
         let name = format!("{module}.weight");
-        let table = if self.opts.quantize.is_some() {
-            self.r.tensor_stored(&name, &[v, h])?
-        } else {
-            self.r.tensor(&name, &[v, h])?
-        };
-        Ok(Embedding::Dense(table))
+        match self.opts.quantize {
+            Some(p) if p.bits <= 4 => {
+                let table = self.r.tensor(&name, &[v, h])?;
+                Ok(match self.quantize_matrix(module, &table, p)? {
+                    Some(q) => Embedding::Quantized(q),
+                    None => Embedding::Dense(table),
+                })
+            }
+            Some(_) => Ok(Embedding::Dense(self.r.tensor_stored(&name, &[v, h])?)),
+            None => Ok(Embedding::Dense(self.r.tensor(&name, &[v, h])?)),
+        }
     }
 
     /// lm_head when it is tied to the embedding: the same table, quantized when asked.

@@ -1,0 +1,87 @@
+//! Per-group scales or biases, kept as f32 or, to halve their memory, as f16.
+
+use std::borrow::Cow;
+
+use half::f16;
+
+/// One value per group, row-major [rows, groups].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalars {
+    /// Full precision (what MLX checkpoints in f32 and `mx.quantize` give).
+    F32(Vec<f32>),
+    /// Half precision: 2 bytes a group instead of 4.
+    F16(Vec<f16>),
+}
+
+impl Scalars {
+    /// Row `row` as f32 values, `None` past the end.
+    pub(crate) fn row(&self, row: usize, groups: usize) -> Option<Cow<'_, [f32]>> {
+        match self {
+            Scalars::F32(v) => v.chunks_exact(groups).nth(row).map(Cow::Borrowed),
+            Scalars::F16(v) => v
+                .chunks_exact(groups)
+                .nth(row)
+                .map(|r| Cow::Owned(r.iter().map(|h| h.to_f32()).collect())),
+        }
+    }
+
+    /// Row `row` as f32 values, converted into `buf` when stored as f16 (no allocation once
+    /// `buf` has grown); `None` past the end.
+    pub(crate) fn row_into<'a>(
+        &'a self,
+        row: usize,
+        groups: usize,
+        buf: &'a mut Vec<f32>,
+    ) -> Option<&'a [f32]> {
+        match self {
+            Scalars::F32(v) => v.chunks_exact(groups).nth(row),
+            Scalars::F16(v) => {
+                let r = v.chunks_exact(groups).nth(row)?;
+                buf.clear();
+                buf.extend(r.iter().map(|h| h.to_f32()));
+                Some(buf.as_slice())
+            }
+        }
+    }
+
+    /// Value `i` (in range).
+    #[cfg(test)]
+    pub(crate) fn get(&self, i: usize) -> f32 {
+        match self {
+            Scalars::F32(v) => v[i],
+            Scalars::F16(v) => v[i].to_f32(),
+        }
+    }
+
+    /// All values as f32.
+    pub(crate) fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            Scalars::F32(v) => v.clone(),
+            Scalars::F16(v) => v.iter().map(|h| h.to_f32()).collect(),
+        }
+    }
+
+    /// The same values rounded to f16.
+    pub(crate) fn to_f16(&self) -> Scalars {
+        match self {
+            Scalars::F32(v) => Scalars::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+            Scalars::F16(v) => Scalars::F16(v.clone()),
+        }
+    }
+
+    /// Whether every value is finite (f16 overflows to infinity past 65504).
+    pub(crate) fn all_finite(&self) -> bool {
+        match self {
+            Scalars::F32(v) => v.iter().all(|x| x.is_finite()),
+            Scalars::F16(v) => v.iter().all(|x| x.is_finite()),
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Scalars::F32(v) => std::mem::size_of_val(v.as_slice()),
+            Scalars::F16(v) => std::mem::size_of_val(v.as_slice()),
+        }
+    }
+}
