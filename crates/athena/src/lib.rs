@@ -37,5 +37,6 @@ pub mod io;
 pub mod lora;
 pub mod models;
 pub mod quant;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,5 @@
+//! Training the memory action head on the candle path: data, rewards and the GRPO objective.
+
+pub mod data;
+pub mod grpo;
+pub mod reward;
