@@ -73,10 +73,16 @@ impl Weights<'_> {
         )?)))
     }
 
-    fn quantize(&self, name: &str, w: Tensor, params: AffineParams) -> Result<Linear> {
+    fn quantize(
+        &self,
+        name: &str,
+        w: Tensor,
+        bias: Option<Tensor>,
+        params: AffineParams,
+    ) -> Result<Linear> {
         Ok(match self.quantize_matrix(name, &w, params)? {
-            Some(weight) => Linear::Quantized { weight, bias: None },
-            None => Linear::dense(w, None),
+            Some(weight) => Linear::Quantized { weight, bias },
+            None => Linear::dense(w.to_dtype(self.dtype)?, bias),
         })
     }
 
@@ -98,12 +104,12 @@ impl Weights<'_> {
         )?))
     }
 
-    /// The dense or quantized base of `module`, with any LoRA merged in when asked.
+    /// The dense or quantized base of `module` with its `bias`, any LoRA merged in when asked.
     fn base(
         &self,
         module: &str,
-        out: usize,
-        inp: usize,
+        (out, inp): (usize, usize),
+        bias: Option<Tensor>,
         delta: Option<&LoraDelta>,
         quantizable: bool,
     ) -> Result<Linear> {
@@ -116,16 +122,16 @@ impl Weights<'_> {
             }
             let (w, s, b, spec) = self.r.quantized(module, &[], out, inp)?;
             let weight = self.stored_matrix(module, &w, &s, &b, spec.bits, spec.group_size)?;
-            return Ok(Linear::Quantized { weight, bias: None });
+            return Ok(Linear::Quantized { weight, bias });
         }
         let mut w = self.r.tensor(&format!("{module}.weight"), &[out, inp])?;
         if let (Some(d), true) = (delta, self.opts.merge_lora) {
             w = merged(&w, d)?;
         }
-        Ok(match self.opts.quantize {
-            Some(p) if quantizable => self.quantize(module, w, p)?,
-            _ => Linear::dense(w, None),
-        })
+        match self.opts.quantize {
+            Some(p) if quantizable => self.quantize(module, w, bias, p),
+            _ => Ok(Linear::dense(w, bias)),
+        }
     }
 
     /// The linear layer `module` [out, in] (with `.bias` when `bias`), LoRA-wrapped for `target`.
@@ -139,17 +145,11 @@ impl Weights<'_> {
         quantizable: bool,
     ) -> Result<Linear> {
         let delta = self.delta(target);
-        let base = self.base(module, out, inp, delta, quantizable)?;
-        let base = if bias {
-            let b = Some(self.r.tensor(&format!("{module}.bias"), &[out])?);
-            match base {
-                Linear::Dense { weight, .. } => Linear::Dense { weight, bias: b },
-                Linear::Quantized { weight, .. } => Linear::Quantized { weight, bias: b },
-                lora @ Linear::Lora { .. } => lora,
-            }
-        } else {
-            base
+        let bias = match bias {
+            true => Some(self.r.tensor(&format!("{module}.bias"), &[out])?),
+            false => None,
         };
+        let base = self.base(module, (out, inp), bias, delta, quantizable)?;
         Ok(with_lora(base, delta, self.opts.merge_lora))
     }
 
@@ -204,7 +204,7 @@ impl Weights<'_> {
                     _ => w,
                 };
                 bases.push(match self.opts.quantize {
-                    Some(p) => self.quantize(&format!("{module}[{x}]"), w, p)?,
+                    Some(p) => self.quantize(&format!("{module}[{x}]"), w, None, p)?,
                     None => Linear::dense(w, None),
                 });
                 Ok(())
@@ -259,7 +259,7 @@ impl Weights<'_> {
     /// lm_head when it is tied to the embedding: the same table, quantized when asked.
     pub fn tied_head(&self, embedding: &Embedding) -> Result<Linear> {
         match (embedding, self.opts.quantize) {
-            (Embedding::Dense(table), Some(p)) => self.quantize("lm_head", table.clone(), p),
+            (Embedding::Dense(table), Some(p)) => self.quantize("lm_head", table.clone(), None, p),
             (e, _) => Ok(e.as_linear()),
         }
     }
