@@ -33,6 +33,10 @@ enum Command {
     Act(commands::act::Args),
     /// Write an mlx-lm affine-quantized checkpoint.
     Quantize(commands::quantize::Args),
+    /// Train the memory action head (GRPO or SFT) on frozen backbone features.
+    TrainHead(commands::train_head::Args),
+    /// Write a synthetic memory task (JSONL) to try train-head on.
+    SynthMemory(commands::synth_memory::Args),
 }
 
 fn main() {
@@ -53,6 +57,8 @@ fn main() {
         Command::Encode(a) => commands::encode::run(a),
         Command::Act(a) => commands::act::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::TrainHead(a) => commands::train_head::run(a),
+        Command::SynthMemory(a) => commands::synth_memory::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -301,3 +301,80 @@ fn act_decides_with_the_head_and_refuses_bad_memories() {
     let e = stderr(&o);
     assert!(e.contains("memories.jsonl") && e.contains("line 2"), "{e}");
 }
+
+#[test]
+fn train_head_trains_saves_and_act_uses_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    for (n, seed, file) in [("120", "1", "train.jsonl"), ("40", "2", "eval.jsonl")] {
+        let o = athena(&["synth-memory", "--n", n, "--seed", seed, "--out", &p(file)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let base = fixture("base");
+    let base = base.to_str().unwrap();
+    let args = [
+        "train-head",
+        "--model",
+        base,
+        "--train",
+        &p("train.jsonl"),
+        "--eval",
+        &p("eval.jsonl"),
+        "--out",
+        &p("head"),
+        "--mode",
+        "sft",
+        "--steps",
+        "60",
+        "--lr",
+        "1e-2",
+        "--json",
+    ];
+    let o = athena(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for key in ["eval_accuracy", "eval_reward", "steps", "seconds"] {
+        assert!(v[key].is_number(), "{key} missing in {v}");
+    }
+    // Training on the synthetic task beats chance (25%) on held-out examples.
+    assert!(v["eval_accuracy"].as_f64().unwrap() > v["initial_eval_accuracy"].as_f64().unwrap());
+    let log = std::fs::read_to_string(dir.path().join("head/train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 60);
+    let o = athena(&[
+        "act",
+        "--model",
+        base,
+        "--head",
+        &p("head"),
+        "--fact",
+        "Alice moved to Rome.",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A bad training line is refused with its number; β > 0 without a reference head too.
+    std::fs::write(
+        dir.path().join("bad.jsonl"),
+        "{\"fact\": \"x\", \"memories\": [], \"label\": {\"op\": \"JUMP\"}}\n",
+    )
+    .unwrap();
+    let mut bad = args.to_vec();
+    let train_at = bad.iter().position(|a| *a == "--train").unwrap() + 1;
+    let bad_path = p("bad.jsonl");
+    bad[train_at] = &bad_path;
+    let o = athena(&bad);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 1") && stderr(&o).contains("JUMP"),
+        "{}",
+        stderr(&o)
+    );
+    let mut beta = args.to_vec();
+    let mode_at = beta.iter().position(|a| *a == "--mode").unwrap() + 1;
+    beta[mode_at] = "grpo";
+    beta.extend(["--beta", "0.1"]);
+    let o = athena(&beta);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("beta"), "{}", stderr(&o));
+}

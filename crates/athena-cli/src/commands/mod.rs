@@ -8,3 +8,5 @@ pub mod info;
 pub mod load;
 pub mod logits;
 pub mod quantize;
+pub mod synth_memory;
+pub mod train_head;
