@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use athena::config::{ComputeDtype, DeviceKind, OlmoeConfig};
+use athena::config::{ComputeDtype, OlmoeConfig};
 use athena::models::olmoe::OlmoeModel;
 
 use crate::model::{DeviceArg, DtypeArg, QuantArg};
@@ -71,12 +71,7 @@ impl LoadFlags {
             };
         }
         if let Some(d) = self.device {
-            c.device = match d {
-                DeviceArg::Auto => DeviceKind::Auto,
-                DeviceArg::Cpu => DeviceKind::Cpu,
-                DeviceArg::Cuda => DeviceKind::Cuda,
-                DeviceArg::Metal => DeviceKind::Metal,
-            };
+            c.device = d.into();
         }
         if let Some(q) = self.quantization {
             c.quantization = q.into();

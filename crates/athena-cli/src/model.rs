@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use athena::backend::candle::{load_olmoe_with, LoadOptions, Olmoe};
+use athena::backend::candle::{load_olmoe_with, CandleProvider, LoadOptions, Olmoe};
 use athena::checkpoint::hub;
-use athena::config::Quantization;
+use athena::config::{DeviceKind, Quantization};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -67,6 +67,17 @@ impl From<QuantArg> for Quantization {
     }
 }
 
+impl From<DeviceArg> for DeviceKind {
+    fn from(d: DeviceArg) -> DeviceKind {
+        match d {
+            DeviceArg::Auto => DeviceKind::Auto,
+            DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::Cuda => DeviceKind::Cuda,
+            DeviceArg::Metal => DeviceKind::Metal,
+        }
+    }
+}
+
 /// Which model to load and how.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -97,20 +108,7 @@ impl ModelArgs {
     }
 
     fn device(&self) -> Result<Device> {
-        Ok(match self.device {
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::new_cuda(0).context("opening CUDA device 0")?,
-            DeviceArg::Metal => Device::new_metal(0).context("opening the Metal device")?,
-            DeviceArg::Auto => {
-                if candle_core::utils::cuda_is_available() {
-                    Device::new_cuda(0).context("opening CUDA device 0")?
-                } else if candle_core::utils::metal_is_available() {
-                    Device::new_metal(0).context("opening the Metal device")?
-                } else {
-                    Device::Cpu
-                }
-            }
-        })
+        Ok(CandleProvider::device(self.device.into())?)
     }
 
     /// Loads the model, with a progress bar on stderr.

@@ -10,7 +10,8 @@ use crate::error::Result;
 pub struct CandleProvider;
 
 impl CandleProvider {
-    fn device(kind: crate::config::DeviceKind) -> Result<Device> {
+    /// The candle device for `kind`: `auto` takes CUDA, then Metal, when built in and present.
+    pub fn device(kind: crate::config::DeviceKind) -> Result<Device> {
         use crate::config::DeviceKind;
         let unavailable = |what: &str, e: candle_core::Error| {
             crate::error::Error::invalid("device", format!("{what} is not available: {e}"))
