@@ -42,6 +42,25 @@ struct IndexFile {
     weight_map: BTreeMap<String, String>,
 }
 
+/// Reads a sharded checkpoint's index: tensor name → shard file.
+fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let parsed: IndexFile = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(index, format!("not a valid index: {e}")))?;
+    Ok(parsed.weight_map)
+}
+
+/// The shard files a sharded checkpoint's index names, each once, sorted.
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = read_index(index)?.into_values().collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 impl WeightFiles {
     /// Opens the checkpoint in `dir`: the sharded index if present, else `model.safetensors`.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -93,12 +112,7 @@ impl WeightFiles {
     }
 
     fn open_index(dir: &Path, index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
-            path: index.to_path_buf(),
-            source,
-        })?;
-        let parsed: IndexFile = serde_json::from_str(&text)
-            .map_err(|e| Error::checkpoint(index, format!("not a valid index: {e}")))?;
+        let weight_map = read_index(index)?;
         let root = dir.canonicalize().map_err(|source| Error::Io {
             path: dir.to_path_buf(),
             source,
@@ -119,7 +133,7 @@ impl WeightFiles {
         // Each shard once, in a stable order; every path must stay inside the model directory
         // and name a regular file.
         let mut shards: BTreeMap<&str, PathBuf> = BTreeMap::new();
-        for (name, file) in &parsed.weight_map {
+        for (name, file) in &weight_map {
             if shards.contains_key(file.as_str()) {
                 continue;
             }
@@ -151,7 +165,7 @@ impl WeightFiles {
         let mut files = Self::open_files(&paths)?;
         files.origin = index.to_path_buf();
         // The index and the shards must agree tensor by tensor.
-        for (name, file) in &parsed.weight_map {
+        for (name, file) in &weight_map {
             match files.by_name.get(name) {
                 None => {
                     return Err(Error::checkpoint(
@@ -174,7 +188,7 @@ impl WeightFiles {
         if let Some((name, &i)) = files
             .by_name
             .iter()
-            .find(|(name, _)| !parsed.weight_map.contains_key(*name))
+            .find(|(name, _)| !weight_map.contains_key(*name))
         {
             return Err(Error::checkpoint(
                 index,

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo};
-use serde::Deserialize;
 
-use super::files::{INDEX_FILE, SINGLE_FILE};
+use super::files::{shard_names, INDEX_FILE, SINGLE_FILE};
 use crate::error::{Error, Result};
 
 /// Files a model directory needs besides its weights.
@@ -67,24 +66,6 @@ fn cache() -> Cache {
         Some(dir) => Cache::new(dir.into()),
         None => Cache::from_env(),
     }
-}
-
-#[derive(Deserialize)]
-struct Index {
-    weight_map: std::collections::BTreeMap<String, String>,
-}
-
-fn shard_names(index_path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index_path).map_err(|source| Error::Io {
-        path: index_path.into(),
-        source,
-    })?;
-    let index: Index = serde_json::from_str(&text)
-        .map_err(|e| Error::checkpoint(index_path, format!("not a valid index: {e}")))?;
-    let mut names: Vec<String> = index.weight_map.into_values().collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
 }
 
 fn from_cache(model: &str, repo: &Repo, cache: &Cache) -> Result<PathBuf> {
