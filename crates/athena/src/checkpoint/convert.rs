@@ -67,10 +67,9 @@ impl Writer {
 
     /// Writes `module` quantized, or dense when its width fits no group size.
     fn linear(&mut self, module: &str, w: &Tensor) -> Result<()> {
-        let (rows, cols) = w.dims2()?;
-        match self.fit(module, cols) {
+        match self.fit(module, w.dim(1)?) {
             Some(p) => {
-                let (qw, s, b) = quantize(module, w, rows, cols, p)?.to_mlx(DType::F32)?;
+                let (qw, s, b) = QMatrix::quantize_tensor(module, w, p)?.to_mlx(DType::F32)?;
                 self.tensors.insert(format!("{module}.weight"), qw);
                 self.tensors.insert(format!("{module}.scales"), s);
                 self.tensors.insert(format!("{module}.biases"), b);
@@ -85,12 +84,11 @@ impl Writer {
         let Some(first) = mats.first() else {
             return Ok(());
         };
-        let (rows, cols) = first.dims2()?;
-        match self.fit(module, cols) {
+        match self.fit(module, first.dim(1)?) {
             Some(p) => {
                 let (mut ws, mut ss, mut bs) = (vec![], vec![], vec![]);
                 for (x, m) in mats.iter().enumerate() {
-                    let (qw, s, b) = quantize(&format!("{module}[{x}]"), m, rows, cols, p)?
+                    let (qw, s, b) = QMatrix::quantize_tensor(&format!("{module}[{x}]"), m, p)?
                         .to_mlx(DType::F32)?;
                     ws.push(qw);
                     ss.push(s);
@@ -107,17 +105,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-fn quantize(
-    module: &str,
-    w: &Tensor,
-    rows: usize,
-    cols: usize,
-    params: AffineParams,
-) -> Result<QMatrix> {
-    let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    QMatrix::quantize(module, &data, rows, cols, params)
 }
 
 /// Quantizes the checkpoint in `input` into a new mlx-lm checkpoint at `out`.

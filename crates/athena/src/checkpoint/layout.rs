@@ -147,7 +147,8 @@ impl<'a> CheckpointReader<'a> {
         }
     }
 
-    fn expert_shape(&self, proj: ExpertProj) -> (usize, usize) {
+    /// The [out, in] shape of one expert's `proj` matrix.
+    pub fn expert_shape(&self, proj: ExpertProj) -> (usize, usize) {
         let (h, i) = (self.args.hidden_size, self.args.intermediate_size);
         match proj {
             ExpertProj::Gate | ExpertProj::Up => (i, h),

@@ -232,6 +232,13 @@ impl QMatrix {
         })
     }
 
+    /// [`QMatrix::quantize`] of a 2-D weight tensor in any float dtype.
+    pub fn quantize_tensor(name: &str, w: &Tensor, params: AffineParams) -> Result<Self> {
+        let (rows, cols) = w.dims2()?;
+        let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Self::quantize(name, &data, rows, cols, params)
+    }
+
     /// Reads a quantized Linear from an mlx-lm checkpoint: `weight` u32 [rows, cols * bits /
     /// 32], `scales` and `biases` [rows, cols / group_size] in any float dtype. The number of
     /// columns comes from the scales' shape. Errors name the tensor, e.g.

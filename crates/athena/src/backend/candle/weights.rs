@@ -62,15 +62,12 @@ impl Weights<'_> {
         w: &Tensor,
         params: AffineParams,
     ) -> Result<Option<Arc<QMatrix>>> {
-        let (rows, cols) = w.dims2()?;
+        let cols = w.dim(1)?;
         let Some(params) = params.fitting(cols) else {
             tracing::debug!(name, cols, "width fits no group size; kept dense");
             return Ok(None);
         };
-        let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Some(Arc::new(QMatrix::quantize(
-            name, &data, rows, cols, params,
-        )?)))
+        Ok(Some(Arc::new(QMatrix::quantize_tensor(name, w, params)?)))
     }
 
     fn quantize(
@@ -161,15 +158,8 @@ impl Weights<'_> {
         proj: ExpertProj,
         target: impl Fn(usize) -> LoraTarget,
     ) -> Result<Vec<Linear>> {
-        let (e, h, i) = (
-            self.args.num_experts,
-            self.args.hidden_size,
-            self.args.intermediate_size,
-        );
-        let (out, inp) = match proj {
-            ExpertProj::Gate | ExpertProj::Up => (i, h),
-            ExpertProj::Down => (h, i),
-        };
+        let e = self.args.num_experts;
+        let (out, inp) = self.r.expert_shape(proj);
         let deltas: Vec<Option<&LoraDelta>> = (0..e).map(|x| self.delta(Some(target(x)))).collect();
         let merge = self.opts.merge_lora && deltas.iter().any(Option::is_some);
         let module = CheckpointReader::switch_module(layer, proj);
