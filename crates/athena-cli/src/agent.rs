@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use athena::config::{ComputeDtype, OlmoeConfig};
+use athena::config::OlmoeConfig;
 use athena::models::olmoe::OlmoeModel;
 
 use crate::model::{DeviceArg, DtypeArg, QuantArg};
@@ -64,11 +64,7 @@ impl LoadFlags {
             c.mlx_model_path = Some(p.clone());
         }
         if let Some(d) = self.dtype {
-            c.dtype = match d {
-                DtypeArg::F32 => ComputeDtype::F32,
-                DtypeArg::Bf16 => ComputeDtype::Bf16,
-                DtypeArg::F16 => ComputeDtype::F16,
-            };
+            c.dtype = d.into();
         }
         if let Some(d) = self.device {
             c.device = d.into();

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use athena::backend::candle::{load_olmoe_with, CandleProvider, LoadOptions, Olmoe};
 use athena::checkpoint::hub;
-use athena::config::{DeviceKind, Quantization};
-use candle_core::{DType, Device};
+use athena::config::{ComputeDtype, DeviceKind, Quantization};
+use candle_core::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -21,12 +21,12 @@ pub enum DtypeArg {
     F16,
 }
 
-impl From<DtypeArg> for DType {
-    fn from(d: DtypeArg) -> DType {
+impl From<DtypeArg> for ComputeDtype {
+    fn from(d: DtypeArg) -> ComputeDtype {
         match d {
-            DtypeArg::F32 => DType::F32,
-            DtypeArg::Bf16 => DType::BF16,
-            DtypeArg::F16 => DType::F16,
+            DtypeArg::F32 => ComputeDtype::F32,
+            DtypeArg::Bf16 => ComputeDtype::Bf16,
+            DtypeArg::F16 => ComputeDtype::F16,
         }
     }
 }
@@ -125,10 +125,16 @@ impl ModelArgs {
             lora_path: self.lora.clone(),
             merge_lora: self.merge_lora,
         };
-        let model = load_olmoe_with(&dir, &device, self.dtype.into(), &opts, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })
+        let model = load_olmoe_with(
+            &dir,
+            &device,
+            ComputeDtype::from(self.dtype).into(),
+            &opts,
+            |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            },
+        )
         .with_context(|| format!("loading {}", dir.display()))?;
         bar.finish_and_clear();
         Ok((dir, model))

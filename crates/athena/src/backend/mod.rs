@@ -64,6 +64,4 @@ pub trait DecodeSession {
     /// Appends `tokens` (one list per sequence; lengths may differ on the first step only)
     /// and returns each sequence's last float32 logits [batch][vocab].
     fn step(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<Vec<f32>>>;
-    /// Tokens seen so far by sequence `b`.
-    fn seq_len(&self, b: usize) -> usize;
 }

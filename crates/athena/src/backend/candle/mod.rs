@@ -147,8 +147,4 @@ impl crate::backend::DecodeSession for CandleSession<'_> {
         let logits = self.model.forward_last(tokens, &mut self.session)?;
         Ok(logits.to_dtype(DType::F32)?.to_vec2()?)
     }
-
-    fn seq_len(&self, b: usize) -> usize {
-        self.session.seq_len(b)
-    }
 }
