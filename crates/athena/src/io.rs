@@ -44,6 +44,73 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     result
 }
 
+/// Longest JSONL line read (1 MiB).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// Largest JSONL file read (1 GiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Calls `f(n, line)` for every non-blank line of the JSONL file `path` (`n` counts from 1),
+/// reading with bounded memory. A line over [`MAX_LINE_BYTES`], a file over
+/// [`MAX_FILE_BYTES`], a line that is not UTF-8, or a reason returned by `f` ends the read with
+/// an [`Error::Config`] naming the file and `line N`.
+pub fn for_each_jsonl_line(
+    path: &Path,
+    mut f: impl FnMut(usize, &str) -> std::result::Result<(), String>,
+) -> Result<()> {
+    use std::io::{BufRead, BufReader, Read};
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(Error::config(
+            path,
+            format!("file is {len} bytes, over the limit of {MAX_FILE_BYTES}"),
+        ));
+    }
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut total: u64 = 0;
+    for n in 1usize.. {
+        buf.clear();
+        let read = reader
+            .by_ref()
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        total += read as u64;
+        if total > MAX_FILE_BYTES {
+            return Err(Error::config(
+                path,
+                format!("file is over the limit of {MAX_FILE_BYTES} bytes"),
+            ));
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        } else if buf.len() > MAX_LINE_BYTES {
+            return Err(Error::config(
+                path,
+                format!("line {n}: longer than {MAX_LINE_BYTES} bytes"),
+            ));
+        }
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        let line = std::str::from_utf8(&buf)
+            .map_err(|e| Error::config(path, format!("line {n}: not UTF-8: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        f(n, line).map_err(|msg| Error::config(path, format!("line {n}: {msg}")))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -316,24 +316,14 @@ impl OlmoeModel {
 /// Reads a memories file: one JSON object `{"id": "...", "text": "..."}` per line; blank lines
 /// are skipped. Errors name the file and line.
 pub fn read_memories(path: &Path) -> Result<Vec<Memory>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let mut out: Vec<Memory> = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let m: Memory = serde_json::from_str(line)
-            .map_err(|e| Error::config(path, format!("line {}: {e}", n + 1)))?;
+    crate::io::for_each_jsonl_line(path, |_, line| {
+        let m: Memory = serde_json::from_str(line).map_err(|e| e.to_string())?;
         if out.iter().any(|o| o.id == m.id) {
-            return Err(Error::config(
-                path,
-                format!("line {}: duplicate memory id `{}`", n + 1, m.id),
-            ));
+            return Err(format!("duplicate memory id `{}`", m.id));
         }
         out.push(m);
-    }
+        Ok(())
+    })?;
     Ok(out)
 }

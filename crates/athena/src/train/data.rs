@@ -8,19 +8,17 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::io::for_each_jsonl_line;
 use crate::models::action_head::ActionHeadConfig;
 use crate::models::olmoe::Memory;
 
-/// Longest accepted line, in bytes (without its newline).
-pub const MAX_LINE_BYTES: usize = 1 << 20;
-/// Largest accepted file, in bytes.
-pub const MAX_FILE_BYTES: u64 = 1 << 30;
+pub use crate::io::{MAX_FILE_BYTES, MAX_LINE_BYTES};
 
 /// The right decision for an example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,59 +123,11 @@ pub fn parse_example(line: &str, cfg: &ActionHeadConfig) -> std::result::Result<
 /// no example are [`Error::Config`] naming the file and, for a line, `line N: <reason>`.
 pub fn read_examples(path: &Path, cfg: &ActionHeadConfig) -> Result<Vec<Example>> {
     cfg.validate()?;
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(Error::config(
-            path,
-            format!("file is {len} bytes, over the limit of {MAX_FILE_BYTES}"),
-        ));
-    }
-    let mut reader = BufReader::new(file);
     let mut examples = Vec::new();
-    let mut buf = Vec::new();
-    let mut total: u64 = 0;
-    for n in 1usize.. {
-        buf.clear();
-        let read = reader
-            .by_ref()
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(io)?;
-        if read == 0 {
-            break;
-        }
-        total += read as u64;
-        if total > MAX_FILE_BYTES {
-            return Err(Error::config(
-                path,
-                format!("file is over the limit of {MAX_FILE_BYTES} bytes"),
-            ));
-        }
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-        } else if buf.len() > MAX_LINE_BYTES {
-            return Err(Error::config(
-                path,
-                format!("line {n}: longer than {MAX_LINE_BYTES} bytes"),
-            ));
-        }
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
-        }
-        let line = std::str::from_utf8(&buf)
-            .map_err(|e| Error::config(path, format!("line {n}: not UTF-8: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let example = parse_example(line, cfg)
-            .map_err(|msg| Error::config(path, format!("line {n}: {msg}")))?;
-        examples.push(example);
-    }
+    for_each_jsonl_line(path, |_, line| {
+        examples.push(parse_example(line, cfg)?);
+        Ok(())
+    })?;
     if examples.is_empty() {
         return Err(Error::config(path, "no examples: the file is empty"));
     }
