@@ -353,7 +353,7 @@ fn train_head_trains_saves_and_act_uses_the_head() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    // A bad training line is refused with its number; β > 0 without a reference head too.
+    // A bad training line is refused with its number; a negative β too.
     std::fs::write(
         dir.path().join("bad.jsonl"),
         "{\"fact\": \"x\", \"memories\": [], \"label\": {\"op\": \"JUMP\"}}\n",
@@ -373,7 +373,7 @@ fn train_head_trains_saves_and_act_uses_the_head() {
     let mut beta = args.to_vec();
     let mode_at = beta.iter().position(|a| *a == "--mode").unwrap() + 1;
     beta[mode_at] = "grpo";
-    beta.extend(["--beta", "0.1"]);
+    beta.push("--beta=-1");
     let o = athena(&beta);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("beta"), "{}", stderr(&o));

@@ -1,16 +1,20 @@
 //! `athena train-head`: train the memory action head (GRPO or SFT) on the candle path, with the
-//! backbone frozen; writes the head (head.safetensors + head_config.json) and a JSONL step log.
+//! backbone frozen. Features are encoded once and cached on disk; writes the head
+//! (head.safetensors + head_config.json), checkpoints and a JSONL step log.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use athena::backend::BackendKind;
+use athena::models::action_head::MemoryActionHead;
 use athena::train::data::read_examples;
-use athena::train::features::FeatureSet;
-use athena::train::grpo::GrpoConfig;
+use athena::train::features::{FeatureStore, DEFAULT_ENCODE_BATCH};
+use athena::train::grpo::{GrpoConfig, LossType};
 use athena::train::reward::LabelReward;
-use athena::train::trainer::{train, Mode, TrainConfig};
+use athena::train::trainer::{
+    checkpoint_path, checkpoint_step, head_for_training, train, Event, Mode, TrainConfig,
+    TrainOptions,
+};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -25,6 +29,15 @@ enum ModeArg {
     Sft,
 }
 
+/// Aggregation of the GRPO loss (as TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LossArg {
+    Grpo,
+    Dapo,
+    DrGrpo,
+    Bnpo,
+}
+
 /// Flags of `athena train-head`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,7 +49,7 @@ pub struct Args {
     /// Held-out examples, same format.
     #[arg(long)]
     eval: PathBuf,
-    /// Where to write the trained head and train_log.jsonl.
+    /// Where to write the trained head, train_log.jsonl, the checkpoint and the feature cache.
     #[arg(long)]
     out: PathBuf,
     /// Objective.
@@ -45,27 +58,86 @@ pub struct Args {
     /// Actions sampled per example (GRPO).
     #[arg(long, default_value_t = 8)]
     group_size: usize,
-    /// Clip range ε of the policy ratio.
+    /// Clip range ε of the policy ratio (below 1 − ε).
     #[arg(long, default_value_t = 0.2)]
     epsilon: f64,
-    /// KL coefficient β (0: no reference head).
+    /// Upper clip range ε_high (above 1 + ε_high); ε when unset.
+    #[arg(long)]
+    epsilon_high: Option<f64>,
+    /// KL coefficient β against the frozen reference head (0: none).
     #[arg(long, default_value_t = 0.0)]
     beta: f64,
+    /// The reference head of the KL penalty; a frozen copy of the initial head when unset.
+    #[arg(long)]
+    ref_head: Option<PathBuf>,
+    /// Aggregation of the GRPO loss.
+    #[arg(long, value_enum, default_value = "dapo")]
+    loss_type: LossArg,
+    /// Optimisation steps per sampled batch (GRPO).
+    #[arg(long, default_value_t = 2)]
+    mu: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
+    /// Steps of linear learning-rate warm-up.
+    #[arg(long, default_value_t = 10)]
+    warmup_steps: usize,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
     /// Optimisation steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 1500)]
     steps: usize,
     /// Examples per step.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Evaluate on --eval every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    /// Write a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    /// Continue from the checkpoint in --out, bit for bit.
+    #[arg(long)]
+    resume: bool,
+    /// Feature cache directory (default: OUT/feature_cache).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Seed of batch order and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print a JSON summary as the last line of stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Keeps the log lines of steps up to `step` (a resumed run rewrites the rest).
+fn truncate_log(path: &std::path::Path, step: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    athena::io::write_atomic(path, |tmp| {
+        std::fs::write(tmp, &kept).map_err(|source| athena::Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })?;
+    Ok(())
 }
 
 /// Runs `athena train-head`.
@@ -78,54 +150,103 @@ pub fn run(a: Args) -> Result<()> {
         steps: a.steps,
         batch_size: a.batch_size,
         group_size: a.group_size,
+        mu: a.mu,
         lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup_steps: a.warmup_steps,
+        max_grad_norm: a.max_grad_norm,
         seed: a.seed,
+        eval_every: a.eval_every,
         grpo: GrpoConfig {
             epsilon: a.epsilon,
+            epsilon_high: a.epsilon_high,
             beta: a.beta,
+            loss_type: match a.loss_type {
+                LossArg::Grpo => LossType::Grpo,
+                LossArg::Dapo => LossType::Dapo,
+                LossArg::DrGrpo => LossType::DrGrpo,
+                LossArg::Bnpo => LossType::Bnpo,
+            },
             ..GrpoConfig::default()
         },
-        ..TrainConfig::default()
     };
     cfg.validate()?;
     let model = a.load.load()?;
-    if model.backend() == Some(BackendKind::Mlx) {
-        bail!("training the action head needs the candle path; load with --use-mlx false");
-    }
-    let head = model
-        .action_head()
-        .context("training the action head needs the candle path")?;
+    let head = head_for_training(&model)?;
     let train_set = read_examples(&a.train, head.config())?;
     let eval_set = read_examples(&a.eval, head.config())?;
-    let features = FeatureSet::build(&model, &[&train_set, &eval_set], 16, &Device::Cpu)?;
-
+    let reference = match &a.ref_head {
+        Some(dir) => Some(MemoryActionHead::load(dir, &Device::Cpu)?),
+        None => None,
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let cache_dir = a
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| a.out.join("feature_cache"));
+    let mut features =
+        FeatureStore::for_model(&model, Some(&cache_dir), DEFAULT_ENCODE_BATCH, &Device::Cpu)?;
+
     let log_path = a.out.join("train_log.jsonl");
-    let mut log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    let start_step = if a.resume {
+        let step = checkpoint_step(&checkpoint_path(&a.out))?;
+        truncate_log(&log_path, step)?;
+        step
+    } else {
+        0
+    };
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(a.resume)
+        .write(true)
+        .truncate(!a.resume)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let bar = ProgressBar::new(cfg.steps as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    bar.set_position(start_step as u64);
+    let opts = TrainOptions {
+        reference: reference.as_ref(),
+        checkpoint_dir: Some(a.out.clone()),
+        checkpoint_every: a.checkpoint_every,
+        resume: a.resume,
+    };
     let mut log_error = None;
     let report = train(
         head,
-        &features,
+        &mut features,
         &train_set,
         &eval_set,
         &LabelReward::default(),
         &cfg,
-        |step| {
-            bar.set_position(step.step as u64 + 1);
-            bar.set_message(format!(
-                "reward {:.3} acc {:.3}",
-                step.reward_mean, step.accuracy
-            ));
-            if let Err(e) = serde_json::to_string(step)
-                .map_err(std::io::Error::other)
-                .and_then(|l| writeln!(log, "{l}"))
-            {
-                log_error.get_or_insert(e);
+        &opts,
+        |event| match event {
+            Event::Step(step) => {
+                bar.set_position(step.step as u64);
+                bar.set_message(format!(
+                    "reward {:.3}±{:.3} acc {:.3} kl {:.4} clip {:.3} H {:.3}",
+                    step.reward_mean,
+                    step.reward_std,
+                    step.accuracy,
+                    step.kl,
+                    step.clip_fraction,
+                    step.entropy
+                ));
+                if let Err(e) = serde_json::to_string(step)
+                    .map_err(std::io::Error::other)
+                    .and_then(|l| writeln!(log, "{l}"))
+                {
+                    log_error.get_or_insert(e);
+                }
+            }
+            Event::Epoch(e) => bar.println(format!(
+                "epoch {} done at step {}: {:.2} s ({:.2} s encoding {} texts)",
+                e.epoch, e.end_step, e.seconds, e.encode_seconds, e.encoded_texts
+            )),
+            Event::Checkpoint { checkpoint, path } => {
+                tracing::info!("checkpoint after step {checkpoint}: {}", path.display())
             }
         },
     )?;
@@ -134,12 +255,15 @@ pub fn run(a: Args) -> Result<()> {
         bail!("writing {}: {e}", log_path.display());
     }
     head.save(&a.out)?;
+    let epoch_seconds: Vec<f64> = report.epochs.iter().map(|e| e.seconds).collect();
     let summary = serde_json::json!({
         "eval_accuracy": report.eval_accuracy,
         "eval_reward": report.eval_reward,
         "initial_eval_accuracy": report.initial_eval_accuracy,
         "steps": report.steps,
         "seconds": report.seconds,
+        "epoch_seconds": epoch_seconds,
+        "features": features.stats(),
         "head": a.out.display().to_string(),
     });
     if a.json {

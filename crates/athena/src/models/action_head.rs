@@ -17,11 +17,13 @@
 //! m_j' = tanh(P m_j + p)
 //! c    = Σ_j softmax_j(f'·m_j' / √d) m_j'  attention over the memories; 0 when M = 0
 //! op   = W_op [f'; c; f' ⊙ c] + b_op        operation logits          (op.weight, op.bias)
-//! t_j  = (W_t f' + w_s) · m_j'              target logits, bilinear + bias (target.weight, target.bias)
+//! t_j  = (W_t f' + w_s) · m_j'              target logits: bilinear   (target.weight, target.bias)
+//!      + u · tanh(U [f' ⊙ m_j'; |f' − m_j'|] + u_b)
+//!                                           plus a match MLP  (match.*, match_out.*)
 //! ```
 //!
-//! When there are no memories, the operations that need a target get logit `-inf`, so their
-//! probability is exactly 0. This mask is part of [`MemoryActionHead::scores`], so a policy
+//! When there are no memories, the operations that need a target get logit [`MASKED_LOGIT`]
+//! (-1e30), so their probability is exactly 0. This mask is part of [`MemoryActionHead::scores`], so a policy
 //! trained on the scores is the policy that [`MemoryActionHead::decide`] follows.
 //!
 //! The parameters live in a [`VarMap`] under the names above and every step is a
@@ -29,8 +31,8 @@
 //!
 //! # On disk
 //!
-//! A saved head is a directory holding [`WEIGHTS_FILE`] (the six tensors by name, f32) and
-//! [`CONFIG_FILE`] (`{"config": .., "input_dim": .., "format_version": 1}`), each written
+//! A saved head is a directory holding [`WEIGHTS_FILE`] (the nine tensors by name, f32) and
+//! [`CONFIG_FILE`] (`{"config": .., "input_dim": .., "format_version": 2}`), each written
 //! atomically, weights first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,7 +55,7 @@ pub const WEIGHTS_FILE: &str = "head.safetensors";
 /// File name of a saved head's configuration.
 pub const CONFIG_FILE: &str = "head_config.json";
 /// The version of the on-disk format written by [`MemoryActionHead::save`].
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Largest accepted [`ActionHeadConfig::proj_dim`].
 const MAX_PROJ_DIM: usize = 65536;
@@ -167,11 +169,26 @@ pub struct Action {
 #[derive(Debug, Clone)]
 pub struct HeadScores {
     /// Operation logits, `[n_ops]`, in the order of [`ActionHeadConfig::operations`]; target
-    /// operations are `-inf` when there are no memories.
+    /// operations are [`MASKED_LOGIT`] when there are no memories.
     pub op_logits: Tensor,
     /// Target logits, `[M]`, one per memory; `None` when there are no memories.
     pub target_logits: Option<Tensor>,
 }
+
+/// The head's raw, differentiable scores for a batch of facts
+/// ([`MemoryActionHead::batch_scores`]).
+#[derive(Debug, Clone)]
+pub struct BatchScores {
+    /// Operation logits, `[B, n_ops]`; target operations are [`MASKED_LOGIT`] for examples
+    /// without memories.
+    pub op_logits: Tensor,
+    /// Target logits, `[B, M]`, padding [`MASKED_LOGIT`]; `None` when `M` is 0.
+    pub target_logits: Option<Tensor>,
+}
+
+/// The logit of what cannot be chosen: finite, so that gradients stay finite, and so far
+/// below any real logit that its probability is exactly 0 in f32.
+pub const MASKED_LOGIT: f32 = -1e30;
 
 /// The contents of [`CONFIG_FILE`].
 #[derive(Serialize, Deserialize)]
@@ -191,7 +208,7 @@ struct ParamSpec {
 }
 
 /// The head's parameters, in initialisation order (which fixes what a seed produces).
-fn param_specs(config: &ActionHeadConfig, input_dim: usize) -> [ParamSpec; 6] {
+fn param_specs(config: &ActionHeadConfig, input_dim: usize) -> [ParamSpec; 9] {
     let (d, n) = (config.proj_dim, config.operations.len());
     let spec = |name, shape: &[usize], fan_in| ParamSpec {
         name,
@@ -205,6 +222,9 @@ fn param_specs(config: &ActionHeadConfig, input_dim: usize) -> [ParamSpec; 6] {
         spec("op.bias", &[n], 3 * d),
         spec("target.weight", &[d, d], d),
         spec("target.bias", &[d], d),
+        spec("match.weight", &[d, 2 * d], 2 * d),
+        spec("match.bias", &[d], 2 * d),
+        spec("match_out.weight", &[1, d], d),
     ]
 }
 
@@ -274,8 +294,9 @@ pub struct MemoryActionHead {
     op_bias: Tensor,
     target_weight: Tensor,
     target_bias: Tensor,
-    /// `[n_ops]`: 0 for operations without a target, `-inf` for those with one.
-    no_memory_mask: Tensor,
+    match_weight: Tensor,
+    match_bias: Tensor,
+    match_out_weight: Tensor,
 }
 
 impl std::fmt::Debug for MemoryActionHead {
@@ -340,18 +361,9 @@ impl MemoryActionHead {
         let op_bias = take("op.bias")?;
         let target_weight = take("target.weight")?;
         let target_bias = take("target.bias")?;
-        let mask: Vec<f32> = config
-            .operations
-            .iter()
-            .map(|op| {
-                if config.is_target(op) {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let no_memory_mask = Tensor::from_vec(mask, config.operations.len(), device)?;
+        let match_weight = take("match.weight")?;
+        let match_bias = take("match.bias")?;
+        let match_out_weight = take("match_out.weight")?;
         Ok(Self {
             config,
             input_dim,
@@ -363,8 +375,20 @@ impl MemoryActionHead {
             op_bias,
             target_weight,
             target_bias,
-            no_memory_mask,
+            match_weight,
+            match_bias,
+            match_out_weight,
         })
+    }
+
+    /// A copy of the head with parameters of its own, equal to the head's now: later updates
+    /// of either leave the other alone (the frozen reference of the GRPO KL penalty).
+    pub fn frozen_copy(&self) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for (name, t) in self.named_tensors() {
+            tensors.insert(name, t.copy()?);
+        }
+        Self::from_tensors(self.config.clone(), self.input_dim, tensors, &self.device)
     }
 
     /// The configuration the head was built with.
@@ -389,7 +413,7 @@ impl MemoryActionHead {
     }
 
     /// The parameters by name, in [`param_specs`] order.
-    fn named_tensors(&self) -> [(&'static str, &Tensor); 6] {
+    fn named_tensors(&self) -> [(&'static str, &Tensor); 9] {
         [
             ("proj.weight", &self.proj_weight),
             ("proj.bias", &self.proj_bias),
@@ -397,6 +421,9 @@ impl MemoryActionHead {
             ("op.bias", &self.op_bias),
             ("target.weight", &self.target_weight),
             ("target.bias", &self.target_bias),
+            ("match.weight", &self.match_weight),
+            ("match.bias", &self.match_bias),
+            ("match_out.weight", &self.match_out_weight),
         ]
     }
 
@@ -406,7 +433,7 @@ impl MemoryActionHead {
     }
 
     /// Differentiable scores for a fact `[D]` against memories `[M, D]` (`M` may be 0), both
-    /// f32 on the head's device.
+    /// f32 on the head's device: [`Self::batch_scores`] of a batch of one.
     pub fn scores(&self, fact: &Tensor, memories: &Tensor) -> Result<HeadScores> {
         let width = self.input_dim;
         if fact.dims() != [width] {
@@ -424,7 +451,53 @@ impl MemoryActionHead {
                 ))
             }
         };
-        for (field, t) in [("fact", fact), ("memories", memories)] {
+        let batch = self.batch_scores(&fact.unsqueeze(0)?, &memories.unsqueeze(0)?, &[m])?;
+        Ok(HeadScores {
+            op_logits: batch.op_logits.squeeze(0)?,
+            target_logits: match batch.target_logits {
+                Some(t) if m > 0 => Some(t.squeeze(0)?),
+                _ => None,
+            },
+        })
+    }
+
+    /// Differentiable scores of a batch: facts `[B, D]`, memories `[B, M, D]` padded to the
+    /// longest list (`M` may be 0), and the number of real memories of each example
+    /// (`counts[b] <= M`; padding rows are ignored whatever they hold). Every step is one
+    /// batched candle op, so a training step costs a handful of ops whatever `B` is.
+    ///
+    /// Padding targets, and target operations of examples without memories, get the logit
+    /// [`MASKED_LOGIT`]: their probability is exactly 0 and every gradient stays finite.
+    pub fn batch_scores(
+        &self,
+        facts: &Tensor,
+        memories: &Tensor,
+        counts: &[usize],
+    ) -> Result<BatchScores> {
+        let width = self.input_dim;
+        let b = counts.len();
+        if facts.dims() != [b, width] {
+            return Err(Error::invalid(
+                "fact",
+                format!("expected shape [{b}, {width}], got {:?}", facts.dims()),
+            ));
+        }
+        let m = match memories.dims() {
+            &[bb, m, w] if bb == b && w == width => m,
+            dims => {
+                return Err(Error::invalid(
+                    "memories",
+                    format!("expected shape [{b}, M, {width}], got {dims:?}"),
+                ))
+            }
+        };
+        if let Some(c) = counts.iter().find(|&&c| c > m) {
+            return Err(Error::invalid(
+                "memories",
+                format!("a count of {c} memories exceeds the padded length {m}"),
+            ));
+        }
+        for (field, t) in [("fact", facts), ("memories", memories)] {
             if t.dtype() != DType::F32 {
                 return Err(Error::invalid(
                     field,
@@ -432,38 +505,69 @@ impl MemoryActionHead {
                 ));
             }
         }
+        let d = self.config.proj_dim;
+        let device = &self.device;
+        // [B, n_ops]: MASKED_LOGIT on target operations of examples without memories.
+        let op_mask: Vec<f32> = counts
+            .iter()
+            .flat_map(|&c| {
+                self.config.operations.iter().map(move |op| {
+                    if c == 0 && self.config.is_target(op) {
+                        MASKED_LOGIT
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let op_mask = Tensor::from_vec(op_mask, (b, self.config.operations.len()), device)?;
 
-        let f = self.project(&fact.unsqueeze(0)?)?; // [1, d]
+        let f = self.project(facts)?; // [B, d]
         if m == 0 {
             let c = f.zeros_like()?;
-            let op_logits = self
-                .op_logits(&f, &c)?
-                .broadcast_add(&self.no_memory_mask)?;
-            return Ok(HeadScores {
-                op_logits,
+            return Ok(BatchScores {
+                op_logits: (self.op_logits(&f, &c)? + op_mask)?,
                 target_logits: None,
             });
         }
-        let mem = self.project(memories)?; // [M, d]
-        let mem_t = mem.t()?; // [d, M]
-        let scale = (self.config.proj_dim as f64).sqrt();
-        let attention = candle_nn::ops::softmax(&(f.matmul(&mem_t)? / scale)?, D::Minus1)?; // [1, M]
-        let c = attention.matmul(&mem)?; // [1, d]
-        let op_logits = self.op_logits(&f, &c)?;
-        let query = f
-            .matmul(&self.target_weight.t()?)?
-            .broadcast_add(&self.target_bias)?; // [1, d]
-        let target_logits = query.matmul(&mem_t)?.squeeze(0)?; // [M]
-        Ok(HeadScores {
+        // [B, M]: 0 on real memories, MASKED_LOGIT on padding; [B, 1]: 1 where any memory.
+        let pad: Vec<f32> = counts
+            .iter()
+            .flat_map(|&c| (0..m).map(move |j| if j < c { 0.0 } else { MASKED_LOGIT }))
+            .collect();
+        let pad = Tensor::from_vec(pad, (b, m), device)?;
+        let any: Vec<f32> = counts.iter().map(|&c| f32::from(u8::from(c > 0))).collect();
+        let any = Tensor::from_vec(any, (b, 1), device)?;
+
+        let mem = self
+            .project(&memories.reshape((b * m, width))?)?
+            .reshape((b, m, d))?; // [B, M, d]
+        let scale = (d as f64).sqrt();
+        let att = (mem.matmul(&f.unsqueeze(2)?)?.squeeze(2)? / scale)?; // [B, M]
+        let att = candle_nn::ops::softmax(&(att + &pad)?, D::Minus1)?.broadcast_mul(&any)?;
+        let c = att.unsqueeze(1)?.matmul(&mem)?.squeeze(1)?; // [B, d]
+        let op_logits = (self.op_logits(&f, &c)? + op_mask)?;
+        let query = linear(&f, &self.target_weight, &self.target_bias)?; // [B, d]
+        let bilinear = mem.matmul(&query.unsqueeze(2)?)?.squeeze(2)?; // [B, M]
+                                                                      // The match MLP over [f' ⊙ m_j'; |f' − m_j'|], one score per memory.
+        let fb = f.unsqueeze(1)?.broadcast_as((b, m, d))?;
+        let pair =
+            Tensor::cat(&[(&fb * &mem)?, (&fb - &mem)?.abs()?], 2)?.reshape((b * m, 2 * d))?;
+        let hidden = linear(&pair, &self.match_weight, &self.match_bias)?.tanh()?;
+        let matched = hidden
+            .matmul(&self.match_out_weight.t()?)?
+            .reshape((b, m))?;
+        let target_logits = ((bilinear + matched)? + pad)?; // [B, M]
+        Ok(BatchScores {
             op_logits,
             target_logits: Some(target_logits),
         })
     }
 
-    /// `W_op [f'; c; f' ⊙ c] + b_op`, `[n_ops]`.
+    /// `W_op [f'; c; f' ⊙ c] + b_op`, `[B, n_ops]`.
     fn op_logits(&self, f: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let features = Tensor::cat(&[f, c, &(f * c)?], 1)?; // [1, 3d]
-        Ok(linear(&features, &self.op_weight, &self.op_bias)?.squeeze(0)?)
+        let features = Tensor::cat(&[f, c, &(f * c)?], 1)?; // [B, 3d]
+        Ok(linear(&features, &self.op_weight, &self.op_bias)?)
     }
 
     /// Decides what to do with `fact` given `memories` (id, hidden state). Every width must be
@@ -863,7 +967,7 @@ mod tests {
         let a = parameters(&head(0));
         let b = parameters(&head(0));
         let c = parameters(&head(1));
-        assert_eq!(a.len(), 6);
+        assert_eq!(a.len(), 9);
         assert_eq!(a, b);
         for (name, values) in &a {
             assert_ne!(values, &c[name], "{name} does not depend on the seed");
@@ -1005,7 +1109,7 @@ mod tests {
             .unwrap();
         let grads = loss.backward().unwrap();
         let vars = head.varmap().data().lock().unwrap();
-        assert_eq!(vars.len(), 6);
+        assert_eq!(vars.len(), 9);
         for (name, var) in vars.iter() {
             let grad = grads
                 .get(var.as_tensor())
@@ -1080,7 +1184,7 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join(CONFIG_FILE)).unwrap()).unwrap();
         assert_eq!(json["input_dim"], WIDTH);
-        assert_eq!(json["format_version"], 1);
+        assert_eq!(json["format_version"], 2);
         assert_eq!(json["config"]["seed"], 1);
     }
 
@@ -1113,7 +1217,7 @@ mod tests {
             |v| v["config"]["temperature"] = 1.into(),
             |v| v["config"]["target_operations"] = serde_json::json!(["MERGE"]),
             |v| v["config"]["operations"] = serde_json::json!(["ADD", "ADD", "UPDATE", "DELETE"]),
-            |v| v["format_version"] = 2.into(),
+            |v| v["format_version"] = 1.into(),
             |v| v["input_dim"] = 0.into(),
         ];
         for edit in edits {

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::io::for_each_jsonl_line;
 use crate::models::action_head::ActionHeadConfig;
 use crate::models::olmoe::Memory;
+use crate::train::rng::SplitMix64;
 
 pub use crate::io::{MAX_FILE_BYTES, MAX_LINE_BYTES};
 
@@ -153,31 +154,6 @@ pub fn write_examples(path: &Path, examples: &[Example]) -> Result<()> {
     })
 }
 
-/// SplitMix64: a small generator whose output is fixed by its seed on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`; `n` must be positive.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-}
-
 const NAMES: [&str; 16] = [
     "Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory",
     "Niaj", "Olivia", "Peggy", "Rupert", "Sybil",
@@ -297,7 +273,7 @@ const OPS: [&str; 4] = ["ADD", "UPDATE", "DELETE", "NOOP"];
 /// examples (exactly, when `n` is a multiple of 4) and chance accuracy is 25%. The labels use
 /// the default [`ActionHeadConfig`] operations (`UPDATE` and `DELETE` take a target).
 pub fn synthetic_examples(n: usize, seed: u64) -> Vec<Example> {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut ops = OPS;
     let mut examples = Vec::with_capacity(n);
     for i in 0..n {
@@ -403,14 +379,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ex.label.target, None);
-    }
-
-    #[test]
-    fn the_generator_is_fixed_by_its_seed() {
-        let mut a = SplitMix64(7);
-        let mut b = SplitMix64(7);
-        for _ in 0..10 {
-            assert_eq!(a.next_u64(), b.next_u64());
-        }
     }
 }

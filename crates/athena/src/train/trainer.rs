@@ -1,23 +1,33 @@
-//! Training the [`MemoryActionHead`] on precomputed backbone features ([`FeatureSet`]):
+//! Training the [`MemoryActionHead`] on frozen backbone features ([`FeatureStore`]):
 //! supervised cross-entropy ([`Mode::Sft`]) or GRPO on sampled actions ([`Mode::Grpo`]), with
-//! AdamW, linear LR warm-up and clipping of the global gradient norm.
+//! AdamW, linear LR warm-up, clipping of the global gradient norm, an optional k3 KL penalty
+//! against a frozen reference head, periodic evaluation, and atomic checkpoints from which a
+//! run resumes bit for bit.
+//!
+//! Every example of a step is scored in one batched pass of the head
+//! ([`MemoryActionHead::batch_scores`]); the features of a step's texts are encoded when the
+//! step first needs them, so the first epoch pays for the backbone and later ones do not.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::BackendKind;
 use crate::error::{Error, Result};
-use crate::models::action_head::{HeadScores, MemoryActionHead};
+use crate::models::action_head::{BatchScores, MemoryActionHead};
+use crate::models::olmoe::OlmoeModel;
+use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::data::Example;
-use crate::train::features::FeatureSet;
+use crate::train::features::FeatureStore;
 use crate::train::grpo::{group_advantages, grpo_loss, mean_entropy, GrpoConfig};
+use crate::train::optim::{AdamW, AdamWParams};
 use crate::train::reward::{is_correct, Reward};
+use crate::train::rng::SplitMix64;
+
+/// Examples scored per pass when evaluating.
+const EVAL_BATCH: usize = 256;
 
 /// What the head is trained on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -54,7 +64,8 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     /// Seed of batch order and action sampling. Default 0.
     pub seed: u64,
-    /// The GRPO objective. `beta` must be 0: no reference policy is kept.
+    /// The GRPO objective; with `beta > 0` a frozen reference head is kept (see
+    /// [`TrainOptions::reference`]).
     pub grpo: GrpoConfig,
     /// Evaluate every this many steps (0: only at the end). Default 0.
     pub eval_every: usize,
@@ -109,14 +120,7 @@ impl TrainConfig {
                 format!("must be finite and >= 0, got {}", self.max_grad_norm),
             ));
         }
-        self.grpo.validate()?;
-        if self.mode == Mode::Grpo && self.grpo.beta != 0.0 {
-            return Err(Error::invalid(
-                "beta",
-                "must be 0: training keeps no reference policy",
-            ));
-        }
-        Ok(())
+        self.grpo.validate()
     }
 
     /// The learning rate of step `step` (0-based): linear warm-up, then constant.
@@ -130,7 +134,7 @@ impl TrainConfig {
 }
 
 /// What one optimisation batch did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepLog {
     /// 1-based step.
     pub step: usize,
@@ -142,7 +146,7 @@ pub struct StepLog {
     pub reward_std: f32,
     /// Fraction of those actions that are correct.
     pub accuracy: f32,
-    /// KL against the reference (0: none is kept).
+    /// Mean k3 KL of the sampled actions against the reference head (0 when none is kept).
     pub kl: f32,
     /// Fraction of clipped ratios (GRPO; 0 for SFT).
     pub clip_fraction: f32,
@@ -151,8 +155,48 @@ pub struct StepLog {
     /// Learning rate used.
     pub lr: f64,
     /// Greedy accuracy on the evaluation set, on evaluation steps.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_accuracy: Option<f32>,
+    /// Mean greedy reward on the evaluation set, on evaluation steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_reward: Option<f32>,
+    /// The epoch this step completed, with its timing (only in the [`Event::Step`] of that
+    /// step; timings are not kept in [`TrainReport::history`], which a resumed run repeats
+    /// exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_end: Option<EpochLog>,
+}
+
+/// One pass over the training set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// The step that completed it.
+    pub end_step: usize,
+    /// Wall time of its steps, feature encoding included, evaluations excluded.
+    pub seconds: f64,
+    /// Of which encoding texts with the backbone.
+    pub encode_seconds: f64,
+    /// Texts the backbone encoded during the epoch (0 once every text is cached).
+    pub encoded_texts: usize,
+}
+
+/// A line of the training log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Event {
+    /// A step.
+    Step(StepLog),
+    /// An epoch's timing.
+    Epoch(EpochLog),
+    /// A checkpoint written after `checkpoint` steps.
+    Checkpoint {
+        /// Steps done.
+        checkpoint: usize,
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// Greedy accuracy and mean reward on a set of examples.
@@ -167,9 +211,9 @@ pub struct Evaluation {
 /// The outcome of [`train`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainReport {
-    /// Steps taken.
+    /// Steps taken in all (those of a resumed run's earlier part included).
     pub steps: usize,
-    /// Wall time of training, evaluations included.
+    /// Wall time of this run's training, evaluations included.
     pub seconds: f64,
     /// Greedy accuracy on the evaluation set before training.
     pub initial_eval_accuracy: f32,
@@ -177,8 +221,38 @@ pub struct TrainReport {
     pub eval_accuracy: f32,
     /// Mean greedy reward on the evaluation set after training.
     pub eval_reward: f32,
-    /// One entry per step.
+    /// One entry per step (from step 1, also when resumed).
     pub history: Vec<StepLog>,
+    /// One entry per completed epoch.
+    pub epochs: Vec<EpochLog>,
+}
+
+/// How a run is set up beyond its hyper-parameters.
+#[derive(Debug, Default)]
+pub struct TrainOptions<'a> {
+    /// The frozen reference head of the KL penalty. When `beta > 0` and this is `None`, a
+    /// frozen copy of the head as it is before the first step is kept (and checkpointed).
+    pub reference: Option<&'a MemoryActionHead>,
+    /// Where checkpoints go ([`checkpoint::CHECKPOINT_FILE`] in this directory).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Write a checkpoint every this many steps (0: only at the end, when a directory is set).
+    pub checkpoint_every: usize,
+    /// Continue from the checkpoint in `checkpoint_dir` (an error when there is none).
+    pub resume: bool,
+}
+
+/// The head of a loaded model, to train. Training needs the candle path: a model that runs
+/// on MLX (which carries no trainable head) is refused with [`Error::NeedsCandle`], whose
+/// message says to load it with `use_mlx=false`.
+pub fn head_for_training(model: &OlmoeModel) -> Result<&MemoryActionHead> {
+    let backend = model.backend().ok_or(Error::NotLoaded)?;
+    match model.action_head() {
+        Some(head) if backend == BackendKind::Candle => Ok(head),
+        _ => Err(Error::NeedsCandle {
+            what: "training the action head (load the model with use_mlx=false)",
+            backend,
+        }),
+    }
 }
 
 /// Index of the largest value, the first on ties (as [`MemoryActionHead::decide`]).
@@ -190,10 +264,6 @@ fn argmax(values: &[f32]) -> usize {
         }
     }
     best
-}
-
-fn scores(head: &MemoryActionHead, features: &FeatureSet, ex: &Example) -> Result<HeadScores> {
-    head.scores(&features.fact(ex)?, &features.memories(ex)?)
 }
 
 fn op_index(head: &MemoryActionHead, op: &str) -> Result<usize> {
@@ -208,28 +278,46 @@ fn is_target_op(head: &MemoryActionHead, op: &str) -> bool {
     head.config().target_operations.iter().any(|t| t == op)
 }
 
-/// The greedy action: the most probable operation and, for target operations, memory.
-fn greedy(
+fn batch_scores(
     head: &MemoryActionHead,
-    ex: &Example,
-    s: &HeadScores,
-) -> Result<(String, Option<String>)> {
-    let ops = s.op_logits.to_vec1::<f32>()?;
-    let op = head.config().operations[argmax(&ops)].clone();
-    let mut target = None;
-    if is_target_op(head, &op) {
-        if let Some(t) = &s.target_logits {
-            let t = t.to_vec1::<f32>()?;
-            target = ex.memories.get(argmax(&t)).map(|m| m.id.clone());
-        }
-    }
-    Ok((op, target))
+    features: &FeatureStore,
+    batch: &[&Example],
+) -> Result<BatchScores> {
+    let (facts, memories, counts) = features.batch(batch)?;
+    head.batch_scores(&facts, &memories, &counts)
 }
 
-/// Greedy accuracy and mean reward of `head` on `examples` (zeros when there are none).
+/// Greedy actions `(op, target)` of every example of a batch.
+fn greedy(
+    head: &MemoryActionHead,
+    batch: &[&Example],
+    s: &BatchScores,
+) -> Result<Vec<(String, Option<String>)>> {
+    let ops = s.op_logits.to_vec2::<f32>()?;
+    let targets = match &s.target_logits {
+        Some(t) => Some(t.to_vec2::<f32>()?),
+        None => None,
+    };
+    let mut out = Vec::with_capacity(batch.len());
+    for (i, ex) in batch.iter().enumerate() {
+        let op = head.config().operations[argmax(&ops[i])].clone();
+        let mut target = None;
+        if is_target_op(head, &op) && !ex.memories.is_empty() {
+            if let Some(t) = &targets {
+                let row = &t[i][..ex.memories.len()];
+                target = ex.memories.get(argmax(row)).map(|m| m.id.clone());
+            }
+        }
+        out.push((op, target));
+    }
+    Ok(out)
+}
+
+/// Greedy accuracy and mean reward of `head` on `examples` (zeros when there are none),
+/// encoding the texts not held yet.
 pub fn evaluate(
     head: &MemoryActionHead,
-    features: &FeatureSet,
+    features: &mut FeatureStore,
     examples: &[Example],
     reward: &dyn Reward,
 ) -> Result<Evaluation> {
@@ -239,12 +327,15 @@ pub fn evaluate(
             reward: 0.0,
         });
     }
+    features.ensure_examples(examples)?;
     let (mut correct, mut total) = (0usize, 0f64);
-    for ex in examples {
-        let s = scores(head, features, ex)?;
-        let (op, target) = greedy(head, ex, &s)?;
-        correct += usize::from(is_correct(ex, &op, target.as_deref()));
-        total += f64::from(reward.reward(ex, &op, target.as_deref()));
+    for chunk in examples.chunks(EVAL_BATCH) {
+        let batch: Vec<&Example> = chunk.iter().collect();
+        let s = batch_scores(head, features, &batch)?;
+        for (ex, (op, target)) in batch.iter().zip(greedy(head, &batch, &s)?) {
+            correct += usize::from(is_correct(ex, &op, target.as_deref()));
+            total += f64::from(reward.reward(ex, &op, target.as_deref()));
+        }
     }
     let n = examples.len() as f64;
     Ok(Evaluation {
@@ -254,22 +345,22 @@ pub fn evaluate(
 }
 
 /// The head's variables in name order (so that every sum over them is reproducible).
-fn sorted_vars(head: &MemoryActionHead) -> Vec<Var> {
+pub(crate) fn sorted_vars(head: &MemoryActionHead) -> Vec<(String, Var)> {
     let data = head
         .varmap()
         .data()
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut named: Vec<(&String, &Var)> = data.iter().collect();
-    named.sort_by(|a, b| a.0.cmp(b.0));
-    named.into_iter().map(|(_, v)| v.clone()).collect()
+    let mut named: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
 }
 
 /// Backward pass, clipping to `max_norm` (0: none), and one optimiser step.
-fn optimise(opt: &mut AdamW, vars: &[Var], loss: &Tensor, max_norm: f64) -> Result<()> {
-    let mut grads: GradStore = loss.backward()?;
+fn optimise(opt: &mut AdamW, loss: &Tensor, max_norm: f64) -> Result<()> {
+    let mut grads = loss.backward()?;
     let mut sq = 0f64;
-    for v in vars {
+    for (_, v) in opt.vars() {
         if let Some(g) = grads.get(v.as_tensor()) {
             sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
         }
@@ -283,15 +374,15 @@ fn optimise(opt: &mut AdamW, vars: &[Var], loss: &Tensor, max_norm: f64) -> Resu
     }
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
-        for v in vars {
+        let vars: Vec<Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
+        for v in &vars {
             if let Some(g) = grads.get(v.as_tensor()) {
                 let scaled = (g * scale)?;
                 grads.insert(v.as_tensor(), scaled);
             }
         }
     }
-    opt.step(&grads)?;
-    Ok(())
+    opt.step(&grads)
 }
 
 fn mean_std(values: &[f32]) -> (f32, f32) {
@@ -324,28 +415,105 @@ fn sample(p: &[f32], u: f64) -> usize {
     last
 }
 
-/// One sampled action: operation index, target index, log-prob under the sampling policy.
-struct Sampled {
-    op: usize,
-    target: Option<usize>,
-    logp: f32,
+/// Where a run stands: everything a checkpoint must hold besides the tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Progress {
+    pub step: usize,
+    pub rng: u64,
+    pub order: Vec<usize>,
+    pub cursor: usize,
+    pub epoch: usize,
+    pub initial_eval_accuracy: f32,
+    pub history: Vec<StepLog>,
+    pub epochs: Vec<EpochLog>,
 }
 
-/// Trains `head` in place on `train`, evaluating on `eval`; `on_step` sees every step's log.
+/// Trains `head` in place on `train`, evaluating on `eval`; `on_event` sees every step,
+/// epoch and checkpoint, in order (the JSONL log is these events, one a line).
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     head: &MemoryActionHead,
-    features: &FeatureSet,
+    features: &mut FeatureStore,
     train: &[Example],
     eval: &[Example],
     reward: &dyn Reward,
     cfg: &TrainConfig,
-    mut on_step: impl FnMut(&StepLog),
+    opts: &TrainOptions,
+    mut on_event: impl FnMut(&Event),
 ) -> Result<TrainReport> {
     cfg.validate()?;
     if train.is_empty() {
         return Err(Error::invalid("train", "no training examples"));
     }
-    if features.dim() != head.input_dim() {
+    let start = Instant::now();
+    let vars = sorted_vars(head);
+    let mut opt = AdamW::new(
+        vars,
+        AdamWParams {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..AdamWParams::default()
+        },
+    )?;
+    let ckpt_path = opts
+        .checkpoint_dir
+        .as_deref()
+        .map(|d| d.join(checkpoint::CHECKPOINT_FILE));
+    let kl_wanted = cfg.mode == Mode::Grpo && (cfg.grpo.beta > 0.0 || opts.reference.is_some());
+
+    let (mut progress, own_reference) = if opts.resume {
+        let path = ckpt_path
+            .as_deref()
+            .ok_or_else(|| Error::invalid("resume", "needs a checkpoint directory"))?;
+        let ck = Checkpoint::read(path)?;
+        ck.check_compatible(path, head, cfg, train.len())?;
+        let reference = ck.restore(path, head, &mut opt)?;
+        let mut progress = ck.progress;
+        // JSON does not carry every f64 exactly; the learning rates follow from the
+        // (checked equal) configuration.
+        for log in &mut progress.history {
+            log.lr = cfg.lr_at(log.step.saturating_sub(1));
+        }
+        (progress, reference)
+    } else {
+        if features.dim() != 0 && features.dim() != head.input_dim() {
+            return Err(Error::invalid(
+                "features",
+                format!(
+                    "width {} does not match the head's input_dim {}",
+                    features.dim(),
+                    head.input_dim()
+                ),
+            ));
+        }
+        let initial = evaluate(head, features, eval, reward)?;
+        let reference = if kl_wanted && opts.reference.is_none() {
+            Some(head.frozen_copy()?)
+        } else {
+            None
+        };
+        let progress = Progress {
+            step: 0,
+            rng: cfg.seed,
+            order: (0..train.len()).collect(),
+            cursor: train.len(),
+            epoch: 0,
+            initial_eval_accuracy: initial.accuracy,
+            history: Vec::with_capacity(cfg.steps),
+            epochs: Vec::new(),
+        };
+        (progress, reference)
+    };
+    let reference = opts.reference.or(own_reference.as_ref());
+    if let Some(r) = reference {
+        if r.input_dim() != head.input_dim() || r.config().operations != head.config().operations {
+            return Err(Error::invalid(
+                "reference",
+                "the reference head's input width or operations differ from the head's",
+            ));
+        }
+    }
+    if features.dim() != 0 && features.dim() != head.input_dim() {
         return Err(Error::invalid(
             "features",
             format!(
@@ -355,57 +523,113 @@ pub fn train(
             ),
         ));
     }
-    let start = Instant::now();
-    let initial = evaluate(head, features, eval, reward)?;
-    let vars = sorted_vars(head);
-    let mut opt = AdamW::new(
-        vars.clone(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..ParamsAdamW::default()
-        },
-    )?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut cursor = order.len();
-    let mut history = Vec::with_capacity(cfg.steps);
 
-    for step in 0..cfg.steps {
+    let mut rng = SplitMix64::new(progress.rng);
+    let (mut epoch_seconds, mut epoch_encode, mut epoch_encoded) = (0f64, 0f64, 0usize);
+    while progress.step < cfg.steps {
+        let step = progress.step;
+        let step_start = Instant::now();
+        let before = features.stats();
         let mut batch = Vec::with_capacity(cfg.batch_size);
+        let mut epoch_done = false;
         while batch.len() < cfg.batch_size {
-            if cursor == order.len() {
-                order.shuffle(&mut rng);
-                cursor = 0;
+            if progress.cursor == progress.order.len() {
+                rng.shuffle(&mut progress.order);
+                progress.cursor = 0;
             }
-            batch.push(&train[order[cursor]]);
-            cursor += 1;
+            batch.push(&train[progress.order[progress.cursor]]);
+            progress.cursor += 1;
+            if progress.cursor == progress.order.len() {
+                epoch_done = true;
+            }
+        }
+        features.ensure_examples(batch.iter().copied())?;
+        if features.dim() != head.input_dim() {
+            return Err(Error::invalid(
+                "features",
+                format!(
+                    "width {} does not match the head's input_dim {}",
+                    features.dim(),
+                    head.input_dim()
+                ),
+            ));
         }
         let lr = cfg.lr_at(step);
-        opt.set_learning_rate(lr);
+        opt.params.lr = lr;
         let mut log = match cfg.mode {
-            Mode::Sft => sft_step(head, features, &batch, reward, &mut opt, &vars, cfg)?,
+            Mode::Sft => sft_step(head, features, &batch, reward, &mut opt, cfg)?,
             Mode::Grpo => grpo_step(
-                head, features, &batch, reward, &mut opt, &vars, cfg, &mut rng,
+                head, reference, features, &batch, reward, &mut opt, cfg, &mut rng,
             )?,
         };
-        log.step = step + 1;
+        let after = features.stats();
+        epoch_seconds += step_start.elapsed().as_secs_f64();
+        epoch_encode += after.encode_seconds - before.encode_seconds;
+        epoch_encoded += after.encoded - before.encoded;
+        progress.step = step + 1;
+        log.step = progress.step;
         log.lr = lr;
-        if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 {
-            log.eval_accuracy = Some(evaluate(head, features, eval, reward)?.accuracy);
+        if cfg.eval_every > 0 && progress.step % cfg.eval_every == 0 {
+            let e = evaluate(head, features, eval, reward)?;
+            log.eval_accuracy = Some(e.accuracy);
+            log.eval_reward = Some(e.reward);
         }
-        on_step(&log);
-        history.push(log);
+        progress.history.push(log.clone());
+        if epoch_done {
+            progress.epoch += 1;
+            let e = EpochLog {
+                epoch: progress.epoch,
+                end_step: progress.step,
+                seconds: epoch_seconds,
+                encode_seconds: epoch_encode,
+                encoded_texts: epoch_encoded,
+            };
+            (epoch_seconds, epoch_encode, epoch_encoded) = (0.0, 0.0, 0);
+            log.epoch_end = Some(e.clone());
+            on_event(&Event::Step(log));
+            on_event(&Event::Epoch(e.clone()));
+            progress.epochs.push(e);
+            features.flush()?;
+        } else {
+            on_event(&Event::Step(log));
+        }
+        let due = opts.checkpoint_every > 0 && progress.step % opts.checkpoint_every == 0;
+        if let (Some(path), true) = (&ckpt_path, due || progress.step == cfg.steps) {
+            progress.rng = rng.state();
+            features.flush()?;
+            checkpoint::write(path, head, &opt, own_reference.as_ref(), cfg, &progress)?;
+            on_event(&Event::Checkpoint {
+                checkpoint: progress.step,
+                path: path.clone(),
+            });
+        }
     }
+    features.flush()?;
     let last = evaluate(head, features, eval, reward)?;
+    features.flush()?;
+    if let Some(log) = progress.history.last_mut() {
+        log.eval_accuracy = Some(last.accuracy);
+        log.eval_reward = Some(last.reward);
+    }
     Ok(TrainReport {
-        steps: cfg.steps,
+        steps: progress.step,
         seconds: start.elapsed().as_secs_f64(),
-        initial_eval_accuracy: initial.accuracy,
+        initial_eval_accuracy: progress.initial_eval_accuracy,
         eval_accuracy: last.accuracy,
         eval_reward: last.reward,
-        history,
+        history: progress.history,
+        epochs: progress.epochs,
     })
+}
+
+/// The checkpoint file of a directory.
+pub fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join(checkpoint::CHECKPOINT_FILE)
+}
+
+/// The step a checkpoint file was written after.
+pub fn checkpoint_step(path: &Path) -> Result<usize> {
+    Ok(Checkpoint::read(path)?.progress.step)
 }
 
 fn empty_log() -> StepLog {
@@ -420,95 +644,144 @@ fn empty_log() -> StepLog {
         entropy: 0.0,
         lr: 0.0,
         eval_accuracy: None,
+        eval_reward: None,
+        epoch_end: None,
     }
+}
+
+/// `[B, 1]` u32 indices and `[B, 1]` f32 weights of the labelled targets (0 and 0 without).
+fn label_targets(batch: &[&Example], device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let mut idx = Vec::with_capacity(batch.len());
+    let mut used = Vec::with_capacity(batch.len());
+    for ex in batch {
+        match &ex.label.target {
+            Some(t) => {
+                let i =
+                    ex.memories.iter().position(|m| &m.id == t).ok_or_else(|| {
+                        Error::invalid("label", format!("target `{t}` is no memory"))
+                    })?;
+                idx.push(i as u32);
+                used.push(1f32);
+            }
+            None => {
+                idx.push(0);
+                used.push(0.0);
+            }
+        }
+    }
+    let b = batch.len();
+    Ok((
+        Tensor::from_vec(idx, (b, 1), device)?,
+        Tensor::from_vec(used, (b, 1), device)?,
+    ))
 }
 
 fn sft_step(
     head: &MemoryActionHead,
-    features: &FeatureSet,
+    features: &FeatureStore,
     batch: &[&Example],
     reward: &dyn Reward,
     opt: &mut AdamW,
-    vars: &[Var],
     cfg: &TrainConfig,
 ) -> Result<StepLog> {
-    let mut terms = Vec::with_capacity(batch.len());
-    let mut op_logits = Vec::with_capacity(batch.len());
-    let (mut rewards, mut correct) = (Vec::with_capacity(batch.len()), 0usize);
-    for ex in batch {
-        let s = scores(head, features, ex)?;
-        let (op, target) = greedy(head, ex, &s)?;
+    let device = head.device().clone();
+    let b = batch.len();
+    let s = batch_scores(head, features, batch)?;
+    let (mut rewards, mut correct) = (Vec::with_capacity(b), 0usize);
+    for (ex, (op, target)) in batch.iter().zip(greedy(head, batch, &s)?) {
         correct += usize::from(is_correct(ex, &op, target.as_deref()));
         rewards.push(reward.reward(ex, &op, target.as_deref()));
-        let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?;
-        let mut nll = op_lp.get(op_index(head, &ex.label.op)?)?.neg()?;
-        if let Some(t) = &ex.label.target {
-            let ti = ex
-                .memories
-                .iter()
-                .position(|m| &m.id == t)
-                .ok_or_else(|| Error::invalid("label", format!("target `{t}` is no memory")))?;
-            let logits = s
-                .target_logits
-                .as_ref()
-                .ok_or_else(|| Error::invalid("label", "a target without memories"))?;
-            let t_lp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-            nll = (nll - t_lp.get(ti)?)?;
-        }
-        terms.push(nll);
-        op_logits.push(s.op_logits.detach());
     }
-    let loss = (Tensor::stack(&terms, 0)?.sum_all()? / batch.len() as f64)?;
+    let labels = batch
+        .iter()
+        .map(|ex| op_index(head, &ex.label.op).map(|i| i as u32))
+        .collect::<Result<Vec<_>>>()?;
+    let labels = Tensor::from_vec(labels, (b, 1), &device)?;
+    let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?;
+    let mut ll = op_lp.gather(&labels, 1)?; // [B, 1]
+    if let Some(t) = &s.target_logits {
+        let (idx, used) = label_targets(batch, &device)?;
+        let t_lp = candle_nn::ops::log_softmax(t, D::Minus1)?;
+        ll = (ll + t_lp.gather(&idx, 1)?.mul(&used)?)?;
+    }
+    let loss = (ll.sum_all()?.neg()? / b as f64)?;
     let loss_value = loss.to_scalar::<f32>()?;
-    optimise(opt, vars, &loss, cfg.max_grad_norm)?;
+    optimise(opt, &loss, cfg.max_grad_norm)?;
     let (reward_mean, reward_std) = mean_std(&rewards);
     Ok(StepLog {
         loss: loss_value,
         reward_mean,
         reward_std,
-        accuracy: correct as f32 / batch.len() as f32,
-        entropy: mean_entropy(&Tensor::stack(&op_logits, 0)?)?,
+        accuracy: correct as f32 / b as f32,
+        entropy: mean_entropy(&s.op_logits)?,
         ..empty_log()
     })
+}
+
+/// Log-probs `[B·G, 1]` of sampled actions under `head`: operation plus, where one was
+/// sampled, target.
+fn action_logp(
+    head: &MemoryActionHead,
+    features: &FeatureStore,
+    batch: &[&Example],
+    ops: &Tensor,
+    targets: &Tensor,
+    used: &Tensor,
+) -> Result<Tensor> {
+    let s = batch_scores(head, features, batch)?;
+    let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?;
+    let mut lp = op_lp.gather(ops, 1)?; // [B, G]
+    if let Some(t) = &s.target_logits {
+        let t_lp = candle_nn::ops::log_softmax(t, D::Minus1)?;
+        lp = (lp + t_lp.gather(targets, 1)?.mul(used)?)?;
+    }
+    Ok(lp.flatten_all()?.unsqueeze(1)?)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn grpo_step(
     head: &MemoryActionHead,
-    features: &FeatureSet,
+    reference: Option<&MemoryActionHead>,
+    features: &FeatureStore,
     batch: &[&Example],
     reward: &dyn Reward,
     opt: &mut AdamW,
-    vars: &[Var],
     cfg: &TrainConfig,
-    rng: &mut StdRng,
+    rng: &mut SplitMix64,
 ) -> Result<StepLog> {
     let g = cfg.group_size;
+    let b = batch.len();
+    let n = b * g;
     let device = head.device().clone();
     // Sampling pass.
-    let mut sampled: Vec<Vec<Sampled>> = Vec::with_capacity(batch.len());
-    let mut rewards = Vec::with_capacity(batch.len() * g);
-    let mut op_logits = Vec::with_capacity(batch.len());
+    let s = batch_scores(head, features, batch)?;
+    let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?.to_vec2::<f32>()?;
+    let t_lp = match &s.target_logits {
+        Some(t) => Some(candle_nn::ops::log_softmax(t, D::Minus1)?.to_vec2::<f32>()?),
+        None => None,
+    };
+    let (mut ops, mut targets, mut used) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut old = Vec::with_capacity(n);
+    let mut rewards = Vec::with_capacity(n);
     let mut correct = 0usize;
-    for ex in batch {
-        let s = scores(head, features, ex)?;
-        let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?.to_vec1::<f32>()?;
-        let op_p: Vec<f32> = op_lp.iter().map(|l| l.exp()).collect();
-        let t_lp = match &s.target_logits {
-            Some(t) => Some(candle_nn::ops::log_softmax(t, D::Minus1)?.to_vec1::<f32>()?),
-            None => None,
-        };
-        let mut group = Vec::with_capacity(g);
+    for (i, ex) in batch.iter().enumerate() {
+        let op_p: Vec<f32> = op_lp[i].iter().map(|l| l.exp()).collect();
+        let t_p: Option<Vec<f32>> = t_lp
+            .as_ref()
+            .map(|t| t[i][..ex.memories.len()].iter().map(|l| l.exp()).collect());
         for _ in 0..g {
-            let op = sample(&op_p, rng.random::<f64>());
+            let op = sample(&op_p, rng.next_f64());
             let name = &head.config().operations[op];
-            let mut logp = op_lp[op];
+            let mut logp = op_lp[i][op];
             let mut target = None;
-            if is_target_op(head, name) {
-                if let Some(t_lp) = &t_lp {
-                    let t_p: Vec<f32> = t_lp.iter().map(|l| l.exp()).collect();
-                    let ti = sample(&t_p, rng.random::<f64>());
-                    logp += t_lp[ti];
+            if is_target_op(head, name) && !ex.memories.is_empty() {
+                if let (Some(t_lp), Some(t_p)) = (&t_lp, &t_p) {
+                    let ti = sample(t_p, rng.next_f64());
+                    logp += t_lp[i][ti];
                     target = Some(ti);
                 }
             }
@@ -517,45 +790,39 @@ fn grpo_step(
                 .map(|m| m.id.as_str());
             correct += usize::from(is_correct(ex, name, target_id));
             rewards.push(reward.reward(ex, name, target_id));
-            group.push(Sampled { op, target, logp });
+            ops.push(op as u32);
+            targets.push(target.unwrap_or(0) as u32);
+            used.push(if target.is_some() { 1f32 } else { 0.0 });
+            old.push(logp);
         }
-        sampled.push(group);
-        op_logits.push(s.op_logits.detach());
     }
+    let ops = Tensor::from_vec(ops, (b, g), &device)?;
+    let targets = Tensor::from_vec(targets, (b, g), &device)?;
+    let used = Tensor::from_vec(used, (b, g), &device)?;
     let adv = group_advantages(&rewards, g, cfg.grpo.scale_rewards, cfg.grpo.adv_eps as f32)?;
-    let n = batch.len() * g;
     let advantages = Tensor::from_vec(adv, n, &device)?;
-    let old: Vec<f32> = sampled.iter().flatten().map(|a| a.logp).collect();
     let old_logp = Tensor::from_vec(old, (n, 1), &device)?;
-    let mask = Tensor::ones((n, 1), candle_core::DType::F32, &device)?;
+    let mask = Tensor::ones((n, 1), DType::F32, &device)?;
+    let ref_logp = match reference {
+        Some(r) => Some(action_logp(r, features, batch, &ops, &targets, &used)?.detach()),
+        None => None,
+    };
 
     let (mut loss_sum, mut clip_sum, mut kl_sum) = (0f32, 0f32, 0f32);
     for _ in 0..cfg.mu {
-        let mut parts = Vec::with_capacity(batch.len());
-        for (ex, group) in batch.iter().zip(&sampled) {
-            let s = scores(head, features, ex)?;
-            let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?;
-            let ops: Vec<u32> = group.iter().map(|a| a.op as u32).collect();
-            let ops = Tensor::from_vec(ops, g, &device)?;
-            let mut lp = op_lp.index_select(&ops, 0)?;
-            if let Some(t) = &s.target_logits {
-                let t_lp = candle_nn::ops::log_softmax(t, D::Minus1)?;
-                let idx: Vec<u32> = group.iter().map(|a| a.target.unwrap_or(0) as u32).collect();
-                let used: Vec<f32> = group
-                    .iter()
-                    .map(|a| if a.target.is_some() { 1.0 } else { 0.0 })
-                    .collect();
-                let picked = t_lp.index_select(&Tensor::from_vec(idx, g, &device)?, 0)?;
-                lp = (lp + picked.mul(&Tensor::from_vec(used, g, &device)?)?)?;
-            }
-            parts.push(lp);
-        }
-        let logp = Tensor::cat(&parts, 0)?.reshape((n, 1))?;
-        let out = grpo_loss(&cfg.grpo, &logp, &old_logp, None, &advantages, &mask)?;
+        let logp = action_logp(head, features, batch, &ops, &targets, &used)?;
+        let out = grpo_loss(
+            &cfg.grpo,
+            &logp,
+            &old_logp,
+            ref_logp.as_ref(),
+            &advantages,
+            &mask,
+        )?;
         loss_sum += out.loss.to_scalar::<f32>()?;
         clip_sum += out.clip_fraction;
         kl_sum += out.kl_mean;
-        optimise(opt, vars, &out.loss, cfg.max_grad_norm)?;
+        optimise(opt, &out.loss, cfg.max_grad_norm)?;
     }
     let mu = cfg.mu as f32;
     let (reward_mean, reward_std) = mean_std(&rewards);
@@ -566,7 +833,7 @@ fn grpo_step(
         accuracy: correct as f32 / n as f32,
         kl: kl_sum / mu,
         clip_fraction: clip_sum / mu,
-        entropy: mean_entropy(&Tensor::stack(&op_logits, 0)?)?,
+        entropy: mean_entropy(&s.op_logits)?,
         ..empty_log()
     })
 }
@@ -626,7 +893,7 @@ mod tests {
             "max_grad_norm"
         );
         let mut c = base.clone();
-        c.grpo.beta = 0.1;
+        c.grpo.beta = -0.1;
         assert_eq!(field(c), "beta");
     }
 
