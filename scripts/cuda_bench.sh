@@ -16,10 +16,8 @@ if [ ! -f "$MODEL/config.json" ]; then
   "$PY" scripts/make_random_olmoe.py "$MODEL" --preset full --device cuda
 fi
 "$BIN" bench --model "$MODEL" --device cuda --dtype bf16 --prompt-tokens 512 --gen-tokens 64 --json
-for b in 16 64; do
-  "$BIN" bench --model "$MODEL" --device cuda --dtype bf16 --batch "$b" --prompt-tokens 128 --gen-tokens 64 --json
-done
 "$PY" "$ANCHOR" "$MODEL" 512 64 bfloat16 cuda
 for b in 16 64; do
+  "$BIN" bench --model "$MODEL" --device cuda --dtype bf16 --batch "$b" --prompt-tokens 128 --gen-tokens 64 --json
   "$PY" scripts/hf_batched.py "$MODEL" "$b" 128 64 bfloat16 cuda
 done

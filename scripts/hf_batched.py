@@ -35,10 +35,20 @@ def main():
             out = m(tok, past_key_values=past, use_cache=True)
             past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         sync(); td = time.perf_counter() - t0
+        # Distinct experts the routers pick in one more (untimed) decode step, per layer.
+        try:
+            out = m(tok, past_key_values=past, use_cache=True, output_router_logits=True)
+            k = m.config.num_experts_per_tok
+            distinct = [len(torch.unique(r.topk(k, dim=-1).indices)) for r in out.router_logits]
+            distinct = round(sum(distinct) / len(distinct), 1)
+        except Exception as e:  # the timing stands without it
+            distinct = f"unavailable: {e}"
     print(json.dumps({"engine": f"transformers {transformers.__version__} torch {torch.__version__}",
                       "dtype": str(dt), "device": dev, "batch": B, "prompt_tokens": P,
                       "gen_tokens": D, "prefill_tok_s": round(B * P / tp, 1),
-                      "decode_tok_s": round(B * D / td, 2)}))
+                      "decode_tok_s": round(B * D / td, 2),
+                      "distinct_experts_per_layer": distinct,
+                      "num_experts": m.config.num_experts}))
 
 
 if __name__ == "__main__":
