@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use athena::backend::candle::{load_olmoe_with, CandleProvider, LoadOptions, Olmoe};
-use athena::checkpoint::hub;
-use athena::config::{ComputeDtype, DeviceKind, Quantization};
-use candle_core::Device;
+use athena::backend::mlx::MlxProvider;
+use athena::backend::{Backend, BackendKind, BackendProvider, DecodeSession, Pooling};
+use athena::checkpoint::{hub, OlmoeArgs};
+use athena::config::{ComputeDtype, DeviceKind, OlmoeConfig, Quantization};
+use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -78,6 +80,16 @@ impl From<DeviceArg> for DeviceKind {
     }
 }
 
+/// The engine that runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// candle (CPU, CUDA, Metal): every flag applies.
+    Candle,
+    /// MLX through libmlx (build with `--features athena/mlx`); float32 on the CPU, no
+    /// load-time quantization or LoRA (mlx-lm quantized checkpoints load as they are).
+    Mlx,
+}
+
 /// Which model to load and how.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -99,6 +111,52 @@ pub struct ModelArgs {
     /// Merge the adapter into the weights instead of computing it apart.
     #[arg(long, requires = "lora")]
     pub merge_lora: bool,
+    /// The engine (commands that accept either).
+    #[arg(long, value_enum, default_value = "candle")]
+    pub backend: BackendArg,
+}
+
+/// A model loaded on the backend `--backend` names.
+pub enum AnyModel {
+    /// The candle engine.
+    Candle(Box<Olmoe>),
+    /// Another engine, behind the backend contract.
+    Other(Box<dyn Backend>),
+}
+
+impl AnyModel {
+    /// The compute dtype (MLX computes in float32).
+    pub fn dtype(&self) -> DType {
+        match self {
+            AnyModel::Candle(m) => m.dtype(),
+            AnyModel::Other(_) => DType::F32,
+        }
+    }
+
+    fn inner(&self) -> &dyn Backend {
+        match self {
+            AnyModel::Candle(m) => m.as_ref(),
+            AnyModel::Other(b) => b.as_ref(),
+        }
+    }
+}
+
+impl Backend for AnyModel {
+    fn kind(&self) -> BackendKind {
+        self.inner().kind()
+    }
+    fn args(&self) -> &OlmoeArgs {
+        self.inner().args()
+    }
+    fn session(&self) -> Box<dyn DecodeSession + '_> {
+        self.inner().session()
+    }
+    fn logits(&self, ids: &[u32]) -> athena::Result<Vec<Vec<f32>>> {
+        self.inner().logits(ids)
+    }
+    fn encode(&self, batch: &[Vec<u32>], pooling: Pooling) -> athena::Result<Vec<Vec<f32>>> {
+        self.inner().encode(batch, pooling)
+    }
 }
 
 impl ModelArgs {
@@ -111,8 +169,37 @@ impl ModelArgs {
         Ok(CandleProvider::device(self.device.into())?)
     }
 
-    /// Loads the model, with a progress bar on stderr.
+    /// Loads the model on the backend `--backend` names.
+    pub fn load_any(&self) -> Result<(PathBuf, AnyModel)> {
+        match self.backend {
+            BackendArg::Candle => {
+                let (dir, model) = self.load()?;
+                Ok((dir, AnyModel::Candle(Box::new(model))))
+            }
+            BackendArg::Mlx => {
+                let dir = self.dir()?;
+                let mut config = OlmoeConfig::for_model(self.model.clone());
+                config.device = self.device.into();
+                config.dtype = self.dtype.into();
+                config.quantization = self.quantization.into();
+                config.lora_path = self.lora.clone();
+                config.merge_lora = self.merge_lora;
+                let model = MlxProvider
+                    .load(&config, &dir.to_string_lossy())
+                    .with_context(|| format!("loading {} on MLX", dir.display()))?;
+                Ok((dir, AnyModel::Other(model)))
+            }
+        }
+    }
+
+    /// Loads the model on candle, with a progress bar on stderr.
     pub fn load(&self) -> Result<(PathBuf, Olmoe)> {
+        if self.backend != BackendArg::Candle {
+            anyhow::bail!(
+                "--backend {:?}: this command runs on candle only (`athena logits` and `athena bench` take --backend mlx)",
+                self.backend
+            );
+        }
         let dir = self.dir()?;
         let device = self.device()?;
         let bar = ProgressBar::new(0).with_style(

@@ -74,6 +74,13 @@ fn config(model: &str) -> OlmoeConfig {
     OlmoeConfig::for_model(fixture(model).to_string_lossy())
 }
 
+/// A config that asks for the candle path (the one with the action head) in every build.
+fn candle_config(model: &str) -> OlmoeConfig {
+    let mut c = config(model);
+    c.use_mlx = false;
+    c
+}
+
 fn memories() -> Vec<Memory> {
     vec![
         Memory {
@@ -142,14 +149,17 @@ fn b_use_mlx_false_loads_candle_or_fails_with_both_reasons() {
 #[test]
 fn c_mlx_unavailable_falls_to_candle() {
     // This build's own MLX provider: compiled out.
-    let mut m = OlmoeModel::new(config("base"));
-    let report = m.load().unwrap().clone();
-    assert_eq!(report.backend, BackendKind::Candle);
-    assert_eq!(report.attempts[0].outcome, Outcome::Skipped);
-    assert_eq!(
-        report.attempts[0].reason,
-        "not compiled in (build with --features mlx)"
-    );
+    #[cfg(not(feature = "mlx"))]
+    {
+        let mut m = OlmoeModel::new(config("base"));
+        let report = m.load().unwrap().clone();
+        assert_eq!(report.backend, BackendKind::Candle);
+        assert_eq!(report.attempts[0].outcome, Outcome::Skipped);
+        assert_eq!(
+            report.attempts[0].reason,
+            "not compiled in (build with --features mlx)"
+        );
+    }
     // Compiled in but no device.
     let mut m = OlmoeModel::with_mlx_provider(
         config("base"),
@@ -181,7 +191,7 @@ fn d_no_action_head_after_an_mlx_load() {
 
 #[test]
 fn e_action_head_after_a_candle_load() {
-    let mut m = OlmoeModel::new(config("base"));
+    let mut m = OlmoeModel::new(candle_config("base"));
     assert!(m.action_head().is_none());
     let report = m.load().unwrap().clone();
     assert!(report.action_head);
@@ -282,13 +292,13 @@ fn encode_of_a_batch_equals_encode_one_by_one_and_matches_transformers() {
 
 #[test]
 fn a_saved_head_loads_back_with_identical_decisions() {
-    let mut m = OlmoeModel::new(config("base"));
+    let mut m = OlmoeModel::new(candle_config("base"));
     m.load().unwrap();
     let dir = tempfile::tempdir().unwrap();
     m.action_head().unwrap().save(dir.path()).unwrap();
     let before = m.act("The user moved to Rome.", &memories()).unwrap();
 
-    let mut c = config("base");
+    let mut c = candle_config("base");
     c.action_head.seed = 99; // ignored: the saved head wins
     c.action_head_path = Some(dir.path().to_path_buf());
     let mut again = OlmoeModel::new(c);
@@ -300,7 +310,7 @@ fn a_saved_head_loads_back_with_identical_decisions() {
     let file = dir.path().join("head.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let mut c = config("base");
+    let mut c = candle_config("base");
     c.action_head_path = Some(dir.path().to_path_buf());
     let mut broken = OlmoeModel::new(c);
     let err = broken.load().unwrap_err().to_string();
@@ -313,4 +323,94 @@ fn encode_and_act_before_load_are_errors() {
     let m = OlmoeModel::new(config("base"));
     assert!(matches!(m.encode(&["x"]), Err(Error::NotLoaded)));
     assert!(matches!(m.act("x", &[]), Err(Error::NotLoaded)));
+}
+
+/// The real MLX backend (libmlx) in the same selection tests.
+#[cfg(feature = "mlx")]
+mod real_mlx {
+    use super::*;
+    use athena::backend::mlx::MlxProvider;
+
+    fn mlx_config(mlx_model: &std::path::Path) -> OlmoeConfig {
+        let mut c = config("base");
+        c.mlx_model_path = Some(mlx_model.to_string_lossy().into_owned());
+        c
+    }
+
+    #[test]
+    #[traced_test]
+    fn a_mlx_is_tried_first_and_loads() {
+        assert_eq!(MlxProvider.availability(), Availability::Available);
+        let c = mlx_config(&fixture("mlx_q4"));
+        let mut m = OlmoeModel::new(c.clone());
+        let report = m.load().unwrap().clone();
+        assert_eq!(report.backend, BackendKind::Mlx);
+        assert_eq!(report.model_path, c.mlx_path());
+        assert_eq!(report.attempts.len(), 1);
+        assert_eq!(report.attempts[0].outcome, Outcome::Loaded);
+        assert!(logs_contain("Loading OLMoE via MLX:"));
+        let model = m.model().unwrap();
+        assert_eq!(model.kind(), BackendKind::Mlx);
+        assert_eq!(m.encode(&["hello"]).unwrap()[0].len(), 64);
+        // The real engine: a 4-bit mlx-lm checkpoint gives mlx-lm's logits.
+        let r = candle_core::safetensors::load(
+            fixture("mlx_q4").join("reference.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ids: Vec<u32> = r["ids_a"]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u32)
+            .collect();
+        let got = common::logits_tensor(model, &ids);
+        let d = max_abs_diff(&got, &r["logits_a"]);
+        assert!(d <= 1e-3, "MLX vs mlx-lm: {d}");
+    }
+
+    #[test]
+    fn d_no_action_head_after_a_real_mlx_load() {
+        let mut m = OlmoeModel::new(config("base"));
+        let report = m.load().unwrap().clone();
+        assert_eq!(report.backend, BackendKind::Mlx);
+        assert!(!report.action_head);
+        assert!(m.action_head().is_none());
+        let err = m
+            .act("The user moved to Rome.", &memories())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs the candle path") && err.contains("mlx"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    #[traced_test]
+    fn a_corrupt_mlx_checkpoint_falls_back_to_candle_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture("mlx_q4");
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let shard = dir.path().join("model.safetensors");
+        let bytes = std::fs::read(&shard).unwrap();
+        std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+        let mut m = OlmoeModel::new(mlx_config(dir.path()));
+        let report = m.load().unwrap().clone();
+        assert_eq!(report.backend, BackendKind::Candle);
+        assert_eq!(report.attempts[0].backend, BackendKind::Mlx);
+        assert_eq!(report.attempts[0].outcome, Outcome::Failed);
+        assert!(
+            report.attempts[0].reason.starts_with("failed:")
+                && report.attempts[0].reason.contains("model.safetensors"),
+            "{}",
+            report.attempts[0].reason
+        );
+        assert_eq!(report.attempts[1].outcome, Outcome::Loaded);
+        assert!(report.action_head);
+        assert!(logs_contain("MLX load failed, falling back to candle"));
+    }
 }

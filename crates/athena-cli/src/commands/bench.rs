@@ -29,7 +29,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--prompt-tokens must be at least 1");
     }
     let t0 = Instant::now();
-    let (_, model) = a.model.load()?;
+    let (_, model) = a.model.load_any()?;
     let load_s = t0.elapsed().as_secs_f64();
     let vocab = model.args().vocab_size;
     if a.prompt_tokens + a.gen_tokens > model.args().max_position_embeddings {
@@ -53,7 +53,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let decode_s = t0.elapsed().as_secs_f64();
     let report = serde_json::json!({
-        "engine": format!("athena {} (candle)", env!("CARGO_PKG_VERSION")),
+        "engine": format!("athena {} ({})", env!("CARGO_PKG_VERSION"), model.kind()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
         "quantization": format!("{:?}", a.model.quantization).to_lowercase(),
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),

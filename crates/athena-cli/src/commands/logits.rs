@@ -1,5 +1,5 @@
 //! `athena logits`: the parity hook. Writes the float32 logits of every position of a
-//! sequence of ids as an [n, vocab] `.npy` file, atomically.
+//! sequence of ids as an [n, vocab] `.npy` file, atomically, on the backend `--backend` names.
 
 use std::path::PathBuf;
 
@@ -27,7 +27,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.ids.is_empty() {
         bail!("--ids: give at least one token id");
     }
-    let (_, model) = a.model.load()?;
+    let (_, model) = a.model.load_any()?;
     let rows = model.logits(&a.ids)?;
     let (n, v) = (rows.len(), rows.first().map_or(0, Vec::len));
     let flat: Vec<f32> = rows.into_iter().flatten().collect();

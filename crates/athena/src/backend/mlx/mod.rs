@@ -1,10 +1,23 @@
-//! The MLX backend (Apple's MLX through libmlx). This build does not include it: the type
-//! still exists, so backend selection can name it and say why it was skipped.
+//! The MLX backend: OLMoE on Apple's MLX through libmlx, the kernels mlx-lm uses, called
+//! through athena's own C ABI shim (`csrc/athena_mlx.{h,cpp}`, built by `build.rs`).
+//!
+//! Built only with `--features mlx`; without it the provider still exists, so backend selection
+//! can name it and say why it was skipped ([`NOT_COMPILED`]). MLX is available when compiled in
+//! and able to create its default device (the GPU where MLX has one, else the CPU).
+
+#[cfg(feature = "mlx")]
+mod ffi;
+#[cfg(feature = "mlx")]
+mod load;
+#[cfg(feature = "mlx")]
+mod model;
 
 use super::registry::{Availability, BackendProvider};
 use super::{Backend, BackendKind};
 use crate::config::OlmoeConfig;
-use crate::error::{Error, Result};
+#[cfg(not(feature = "mlx"))]
+use crate::error::Error;
+use crate::error::Result;
 
 /// What the MLX backend reports when it is compiled out.
 pub const NOT_COMPILED: &str = "not compiled in (build with --features mlx)";
@@ -13,6 +26,7 @@ pub const NOT_COMPILED: &str = "not compiled in (build with --features mlx)";
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MlxProvider;
 
+#[cfg(not(feature = "mlx"))]
 impl BackendProvider for MlxProvider {
     fn kind(&self) -> BackendKind {
         BackendKind::Mlx
@@ -27,5 +41,30 @@ impl BackendProvider for MlxProvider {
             model: model.to_string(),
             msg: format!("MLX backend {NOT_COMPILED}"),
         })
+    }
+}
+
+#[cfg(feature = "mlx")]
+mod enabled;
+#[cfg(feature = "mlx")]
+pub use enabled::{load_mlx, MlxDevice, MlxOlmoe};
+
+#[cfg(feature = "mlx")]
+impl BackendProvider for MlxProvider {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Mlx
+    }
+
+    fn availability(&self) -> Availability {
+        match enabled::default_device() {
+            Ok(_) => Availability::Available,
+            Err(why) => Availability::NoDevice(format!(
+                "no device: MLX could not create its default device: {why}"
+            )),
+        }
+    }
+
+    fn load(&self, config: &OlmoeConfig, model: &str) -> Result<Box<dyn Backend>> {
+        Ok(Box::new(enabled::load_for(config, model)?))
     }
 }

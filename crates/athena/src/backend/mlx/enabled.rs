@@ -1,0 +1,238 @@
+//! The MLX backend proper: device selection, loading, and the backend contract over the model
+//! of `model.rs`. MLX calls are serialised by one lock per model: libmlx evaluates graphs on a
+//! shared stream, and athena never has two threads inside it at once.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use super::ffi::{self, Array};
+use super::model::{Cache, Olmoe};
+use crate::backend::{Backend, BackendKind, DecodeSession, Pooling};
+use crate::checkpoint::{hub, OlmoeArgs};
+use crate::config::{DeviceKind, OlmoeConfig, Quantization};
+use crate::error::{Error, Result};
+
+/// Where MLX computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlxDevice {
+    /// The CPU (`mlx-cpu` on Linux). Everything is float32 there.
+    Cpu,
+    /// Metal on Apple silicon, or CUDA in MLX's CUDA builds.
+    Gpu,
+}
+
+/// MLX's default device, made once per process: the GPU when MLX has one, else the CPU.
+pub(super) fn default_device() -> std::result::Result<MlxDevice, String> {
+    static DEVICE: OnceLock<std::result::Result<MlxDevice, String>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let device = if ffi::gpu_available() {
+                MlxDevice::Gpu
+            } else {
+                MlxDevice::Cpu
+            };
+            use_device(device)
+                .map(|()| {
+                    tracing::debug!(?device, version = %ffi::version(), "MLX device");
+                    device
+                })
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+fn use_device(device: MlxDevice) -> Result<()> {
+    ffi::set_device(device == MlxDevice::Gpu)
+}
+
+/// OLMoE on MLX.
+pub struct MlxOlmoe {
+    model: Olmoe,
+    device: MlxDevice,
+    lock: Mutex<()>,
+}
+
+/// Loads the checkpoint in `dir` on MLX's default device. mlx-lm checkpoints (experts stacked
+/// as `switch_mlp`, affine-quantized modules with per-module overrides) and HF checkpoints
+/// (experts stacked at load) are both read; errors name the file or tensor at fault.
+pub fn load_mlx(dir: &Path) -> Result<MlxOlmoe> {
+    let device = default_device().map_err(|why| {
+        Error::invalid(
+            "device",
+            format!("MLX could not create its default device: {why}"),
+        )
+    })?;
+    load_on(dir, device)
+}
+
+fn load_on(dir: &Path, device: MlxDevice) -> Result<MlxOlmoe> {
+    let _span = tracing::info_span!("load_mlx", dir = %dir.display(), ?device).entered();
+    let model = super::load::load(dir, |_, _| {})?;
+    tracing::info!(
+        layers = model.args.num_hidden_layers,
+        experts = model.args.num_experts,
+        quantized = model.args.quantization.is_some(),
+        mlx = %ffi::version(),
+        "model loaded on MLX"
+    );
+    Ok(MlxOlmoe {
+        model,
+        device,
+        lock: Mutex::new(()),
+    })
+}
+
+/// What `OlmoeModel::load` asks of MLX: the device in `config`, the checkpoint `model`.
+pub(super) fn load_for(config: &OlmoeConfig, model: &str) -> Result<MlxOlmoe> {
+    if config.quantization != Quantization::None {
+        return Err(Error::invalid(
+            "quantization",
+            "load-time quantization runs on the candle path; MLX reads checkpoints already quantized (`athena quantize`, `mlx_lm.convert -q`)",
+        ));
+    }
+    if config.lora_path.is_some() {
+        return Err(Error::invalid(
+            "lora_path",
+            "LoRA adapters run on the candle path only",
+        ));
+    }
+    let device = match config.device {
+        DeviceKind::Auto => {
+            default_device().map_err(|why| Error::invalid("device", format!("MLX: {why}")))?
+        }
+        DeviceKind::Cpu => {
+            use_device(MlxDevice::Cpu)?;
+            MlxDevice::Cpu
+        }
+        DeviceKind::Metal | DeviceKind::Cuda => {
+            if !ffi::gpu_available() {
+                return Err(Error::invalid(
+                    "device",
+                    format!(
+                        "{:?} was asked for, but this MLX build has no GPU",
+                        config.device
+                    ),
+                ));
+            }
+            use_device(MlxDevice::Gpu)?;
+            MlxDevice::Gpu
+        }
+    };
+    if config.dtype != crate::config::ComputeDtype::F32 {
+        tracing::info!(dtype = ?config.dtype, "MLX computes in float32");
+    }
+    load_on(&hub::resolve(model)?, device)
+}
+
+impl MlxOlmoe {
+    /// The device the model computes on.
+    pub fn device(&self) -> MlxDevice {
+        self.device
+    }
+
+    fn locked(&self) -> MutexGuard<'_, ()> {
+        // A panic elsewhere while holding the lock leaves no MLX state half-changed that a
+        // later call could trip on: every call builds its own graph.
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logits of the last position of `ids` after what `cache` holds.
+    fn last_logits(&self, ids: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
+        let h = self.model.hidden(ids, cache)?;
+        let (l, d) = (ids.len(), self.model.args.hidden_size);
+        let last = h.slice(&[0, l - 1, 0], &[1, l, d])?;
+        self.model.head(&last)?.to_f32()
+    }
+}
+
+fn rows(flat: Vec<f32>, width: usize) -> Vec<Vec<f32>> {
+    flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+impl Backend for MlxOlmoe {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Mlx
+    }
+
+    fn args(&self) -> &OlmoeArgs {
+        &self.model.args
+    }
+
+    fn session(&self) -> Box<dyn DecodeSession + '_> {
+        Box::new(MlxSession {
+            model: self,
+            caches: Vec::new(),
+        })
+    }
+
+    fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let _guard = self.locked();
+        let mut cache = Cache::new(self.model.layers.len());
+        let h = self.model.hidden(ids, &mut cache)?;
+        let logits = self.model.head(&h)?.to_f32()?;
+        Ok(rows(logits, self.model.args.vocab_size))
+    }
+
+    fn encode(&self, batch: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        let _guard = self.locked();
+        let d = self.model.args.hidden_size;
+        batch
+            .iter()
+            .map(|ids| {
+                let mut cache = Cache::new(self.model.layers.len());
+                let h: Array = self.model.hidden(ids, &mut cache)?;
+                let hidden = rows(h.to_f32()?, d);
+                Ok(match pooling {
+                    Pooling::Mean => {
+                        let n = hidden.len() as f32;
+                        (0..d)
+                            .map(|j| hidden.iter().map(|r| r[j]).sum::<f32>() / n)
+                            .collect()
+                    }
+                    Pooling::Last => hidden.last().cloned().unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A decoding session on MLX: one KV cache per sequence.
+struct MlxSession<'a> {
+    model: &'a MlxOlmoe,
+    caches: Vec<Cache>,
+}
+
+impl DecodeSession for MlxSession<'_> {
+    fn step(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("tokens", "an empty batch"));
+        }
+        if self.caches.is_empty() {
+            let layers = self.model.model.layers.len();
+            self.caches = tokens.iter().map(|_| Cache::new(layers)).collect();
+        } else {
+            if tokens.len() != self.caches.len() {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!(
+                        "{} sequences, but the session holds {}",
+                        tokens.len(),
+                        self.caches.len()
+                    ),
+                ));
+            }
+            if tokens.iter().any(|t| t.len() != tokens[0].len()) {
+                return Err(Error::invalid(
+                    "tokens",
+                    "after the first step every sequence takes the same number of tokens",
+                ));
+            }
+        }
+        let _guard = self.model.locked();
+        tokens
+            .iter()
+            .zip(self.caches.iter_mut())
+            .map(|(ids, cache)| self.model.last_logits(ids, cache))
+            .collect()
+    }
+}

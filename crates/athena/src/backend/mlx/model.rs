@@ -1,0 +1,375 @@
+//! OLMoE's forward pass on MLX arrays, in the reference's names (REFERENCE §1;
+//! `transformers/models/olmoe/modeling_olmoe.py`). The kernels are those mlx-lm uses
+//! (`mlx_lm/models/olmoe.py`, `switch_layers.py`): `quantized_matmul`, `gather_mm` /
+//! `gather_qmm` over experts stacked [E, out, in], `fast::rms_norm`, `fast::rope`,
+//! `fast::scaled_dot_product_attention`. Where mlx-lm departs from transformers, this file
+//! follows transformers: `clip_qkv` clamps q, k and v after the norms, and the RoPE base and
+//! linear scaling come from `rope_parameters` as well as `rope_theta` / `rope_scaling`.
+
+use super::ffi::Array;
+use crate::checkpoint::{OlmoeArgs, RopeScaling};
+use crate::error::{Error, Result};
+
+/// A linear layer: dense or affine-quantized, with an optional bias.
+pub(super) enum Linear {
+    /// `weight` [out, in].
+    Dense { weight: Array, bias: Option<Array> },
+    /// mlx-lm's packed `weight`, `scales` and `biases` (REFERENCE §2).
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        group_size: usize,
+        bits: u8,
+        bias: Option<Array>,
+    },
+}
+
+impl Linear {
+    /// x @ Wᵀ (+ bias), as mlx-lm's `nn.Linear` / `nn.QuantizedLinear` compute it.
+    pub(super) fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            Linear::Dense { weight, bias } => {
+                let wt = weight.swapaxes(-1, -2)?;
+                match bias {
+                    Some(b) => Array::addmm(b, x, &wt),
+                    None => x.matmul(&wt),
+                }
+            }
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+                bias,
+            } => {
+                let y = x.quantized_matmul(weight, scales, biases, *group_size, *bits)?;
+                match bias {
+                    Some(b) => y.add(b),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
+/// The token embedding: a dense table or a quantized one (rows dequantized on lookup).
+pub(super) enum Embedding {
+    /// [vocab, hidden].
+    Dense(Array),
+    /// Packed rows with their scales and biases.
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        group_size: usize,
+        bits: u8,
+    },
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &Array) -> Result<Array> {
+        match self {
+            Embedding::Dense(table) => table.take(ids, 0),
+            Embedding::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+            } => Array::dequantize(
+                &weight.take(ids, 0)?,
+                &scales.take(ids, 0)?,
+                &biases.take(ids, 0)?,
+                *group_size,
+                *bits,
+            ),
+        }
+    }
+
+    /// The table used as the output projection (tied embeddings).
+    fn as_linear(&self, x: &Array) -> Result<Array> {
+        match self {
+            Embedding::Dense(table) => x.matmul(&table.swapaxes(-1, -2)?),
+            Embedding::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+            } => x.quantized_matmul(weight, scales, biases, *group_size, *bits),
+        }
+    }
+}
+
+/// One projection of every expert of a layer, stacked [E, out, in].
+pub(super) enum Experts {
+    /// Float weights.
+    Dense(Array),
+    /// Packed weights, scales and biases, each with the leading expert axis.
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        group_size: usize,
+        bits: u8,
+    },
+}
+
+impl Experts {
+    /// x [.., 1, in] times the expert of each index: [.., k, 1, out].
+    fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array> {
+        match self {
+            Experts::Dense(w) => x.gather_mm(&w.swapaxes(-1, -2)?, indices, sorted),
+            Experts::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+            } => x.gather_qmm(weight, scales, biases, indices, *group_size, *bits, sorted),
+        }
+    }
+}
+
+/// `self_attn`.
+pub(super) struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub q_norm: Array,
+    pub k_norm: Array,
+}
+
+/// `mlp`: the router and the experts.
+pub(super) struct SparseMoeBlock {
+    pub gate: Linear,
+    pub gate_proj: Experts,
+    pub up_proj: Experts,
+    pub down_proj: Experts,
+}
+
+/// One decoder layer.
+pub(super) struct DecoderLayer {
+    pub input_layernorm: Array,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Array,
+    pub mlp: SparseMoeBlock,
+}
+
+/// The whole model's weights, immutable once loaded.
+pub(super) struct Olmoe {
+    pub args: OlmoeArgs,
+    pub embed_tokens: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Array,
+    /// `None` when tied to the embedding.
+    pub lm_head: Option<Linear>,
+}
+
+/// The keys and values one layer has seen: [1, kv_heads, positions, head_dim].
+#[derive(Default)]
+pub(super) struct LayerCache {
+    kv: Option<(Array, Array)>,
+}
+
+/// One sequence's KV cache.
+pub(super) struct Cache {
+    pub layers: Vec<LayerCache>,
+    /// Positions already cached.
+    pub offset: usize,
+}
+
+impl Cache {
+    pub(super) fn new(layers: usize) -> Self {
+        Cache {
+            layers: (0..layers).map(|_| LayerCache::default()).collect(),
+            offset: 0,
+        }
+    }
+}
+
+/// Below this many (token, expert) pairs the rows go to the experts unsorted, as in mlx-lm.
+const SORT_THRESHOLD: usize = 64;
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Array,
+        args: &OlmoeArgs,
+        cache: &mut LayerCache,
+        offset: usize,
+    ) -> Result<Array> {
+        let shape = x.shape();
+        let (b, l) = (shape[0], shape[1]);
+        let (h, kvh, hd) = (
+            args.num_attention_heads,
+            args.num_key_value_heads,
+            args.head_dim,
+        );
+        let eps = args.rms_norm_eps as f32;
+        let mut q = self.q_norm_apply(&self.q_proj.forward(x)?, &self.q_norm, eps)?;
+        let mut k = self.q_norm_apply(&self.k_proj.forward(x)?, &self.k_norm, eps)?;
+        let mut v = self.v_proj.forward(x)?;
+        // transformers clamps after the norms; mlx-lm ignores clip_qkv.
+        if let Some(c) = args.clip_qkv {
+            let c = c as f32;
+            q = q.clip(-c, c)?;
+            k = k.clip(-c, c)?;
+            v = v.clip(-c, c)?;
+        }
+        let heads = |t: &Array, n: usize| t.reshape(&[b, l, n, hd])?.transpose(&[0, 2, 1, 3]);
+        let (q, k, v) = (heads(&q, h)?, heads(&k, kvh)?, heads(&v, kvh)?);
+        let scale = match args.rope_scaling {
+            RopeScaling::Default => 1.0,
+            RopeScaling::Linear { factor } => (1.0 / factor) as f32,
+        };
+        let theta = args.rope_theta as f32;
+        let q = q.rope(hd, theta, scale, offset)?;
+        let k = k.rope(hd, theta, scale, offset)?;
+        let (k, v) = match cache.kv.take() {
+            Some((pk, pv)) => (
+                Array::concatenate(&[&pk, &k], 2)?,
+                Array::concatenate(&[&pv, &v], 2)?,
+            ),
+            None => (k, v),
+        };
+        let o = Array::sdpa(&q, &k, &v, (hd as f32).powf(-0.5), l > 1)?;
+        cache.kv = Some((k, v));
+        let o = o.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, h * hd])?;
+        self.o_proj.forward(&o)
+    }
+
+    /// q_norm / k_norm: RMSNorm over the whole projected width.
+    fn q_norm_apply(&self, x: &Array, weight: &Array, eps: f32) -> Result<Array> {
+        x.rms_norm(Some(weight), eps)
+    }
+}
+
+impl SparseMoeBlock {
+    fn forward(&self, x: &Array, args: &OlmoeArgs) -> Result<Array> {
+        let shape = x.shape();
+        let d = shape[2];
+        let n = shape[0] * shape[1];
+        let k = args.num_experts_per_tok;
+        let x_flat = x.reshape(&[n, d])?;
+        // Softmax over all experts in float32, then the top k.
+        let probs = self.gate.forward(&x_flat)?.softmax(-1, true)?;
+        let indices = probs
+            .negative()?
+            .argpartition(k - 1, -1)?
+            .slice(&[0, 0], &[n, k])?;
+        let mut scores = probs.take_along_axis(&indices, -1)?;
+        if args.norm_topk_prob {
+            scores = scores.divide(&scores.sum(-1, true)?)?;
+        }
+        let y = self.switch_glu(&x_flat, &indices, n, k, d)?;
+        let y = y.multiply(&scores.reshape(&[n, k, 1])?)?.sum(-2, false)?;
+        y.reshape(&shape)
+    }
+
+    /// Each token row through its k experts: [n, k, d]. Many rows are first sorted by expert,
+    /// so each expert's weights are read once, as mlx-lm's `SwitchGLU` does.
+    fn switch_glu(
+        &self,
+        x: &Array,
+        indices: &Array,
+        n: usize,
+        k: usize,
+        d: usize,
+    ) -> Result<Array> {
+        let sort = n * k >= SORT_THRESHOLD;
+        let (x, idx, inv) = if sort {
+            let flat = indices.reshape(&[n * k])?;
+            let order = flat.argsort(0)?;
+            let inv = order.argsort(0)?;
+            let rows = order.floor_divide(&Array::scalar(k as u32)?)?;
+            let x = x.reshape(&[n, 1, d])?.take(&rows, 0)?;
+            (x, flat.take(&order, 0)?, Some(inv))
+        } else {
+            (x.reshape(&[n, 1, 1, d])?, indices.reshape(&[n, k])?, None)
+        };
+        let up = self.up_proj.forward(&x, &idx, sort)?;
+        let gate = self.gate_proj.forward(&x, &idx, sort)?;
+        let act = gate.multiply(&gate.sigmoid()?)?.multiply(&up)?;
+        let y = self.down_proj.forward(&act, &idx, sort)?;
+        match inv {
+            Some(inv) => y.take(&inv, 0)?.reshape(&[n, k, d]),
+            None => y.reshape(&[n, k, d]),
+        }
+    }
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: &Array,
+        args: &OlmoeArgs,
+        cache: &mut LayerCache,
+        offset: usize,
+    ) -> Result<Array> {
+        let eps = args.rms_norm_eps as f32;
+        let h = x.add(&self.self_attn.forward(
+            &x.rms_norm(Some(&self.input_layernorm), eps)?,
+            args,
+            cache,
+            offset,
+        )?)?;
+        h.add(&self.mlp.forward(
+            &h.rms_norm(Some(&self.post_attention_layernorm), eps)?,
+            args,
+        )?)
+    }
+}
+
+impl Olmoe {
+    /// Checks ids against the vocabulary and the context length left in `cache`.
+    fn check(&self, ids: &[u32], cache: &Cache) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::invalid("ids", "no tokens to run"));
+        }
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.args.vocab_size) {
+            return Err(Error::invalid(
+                "ids",
+                format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.args.vocab_size
+                ),
+            ));
+        }
+        let end = cache.offset + ids.len();
+        if end > self.args.max_position_embeddings {
+            return Err(Error::invalid(
+                "ids",
+                format!(
+                    "{end} positions exceed the model's context of {}",
+                    self.args.max_position_embeddings
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Final-norm hidden states [1, L, hidden] of `ids` following what `cache` holds.
+    pub(super) fn hidden(&self, ids: &[u32], cache: &mut Cache) -> Result<Array> {
+        self.check(ids, cache)?;
+        let tokens = Array::from_slice(ids, &[1, ids.len()])?;
+        let mut h = self.embed_tokens.lookup(&tokens)?;
+        let offset = cache.offset;
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward(&h, &self.args, c, offset)?;
+        }
+        cache.offset += ids.len();
+        h.rms_norm(Some(&self.norm), self.args.rms_norm_eps as f32)
+    }
+
+    /// Logits of hidden states [.., hidden].
+    pub(super) fn head(&self, h: &Array) -> Result<Array> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => self.embed_tokens.as_linear(h),
+        }
+    }
+}
