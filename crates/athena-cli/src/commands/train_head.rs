@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use athena::models::action_head::MemoryActionHead;
+use athena::models::action_head::{ActionHeadConfig, MemoryActionHead};
 use athena::train::data::read_examples;
 use athena::train::features::{FeatureStore, DEFAULT_ENCODE_BATCH};
 use athena::train::grpo::{GrpoConfig, LossType};
@@ -106,9 +106,13 @@ pub struct Args {
     /// Feature cache directory (default: OUT/feature_cache).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Seed of batch order and sampling.
+    /// Seed of batch order and sampling (and of a fresh head's initialisation).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Train a fresh head of this projection width instead of the model's own head
+    /// (the configured or `--head` one).
+    #[arg(long)]
+    proj_dim: Option<usize>,
     /// Print a JSON summary as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -172,7 +176,20 @@ pub fn run(a: Args) -> Result<()> {
     };
     cfg.validate()?;
     let model = a.load.load()?;
-    let head = head_for_training(&model)?;
+    let loaded = head_for_training(&model)?;
+    let fresh = match a.proj_dim {
+        Some(proj_dim) => Some(MemoryActionHead::new(
+            ActionHeadConfig {
+                proj_dim,
+                seed: a.seed,
+                ..loaded.config().clone()
+            },
+            loaded.input_dim(),
+            &Device::Cpu,
+        )?),
+        None => None,
+    };
+    let head = fresh.as_ref().unwrap_or(loaded);
     let train_set = read_examples(&a.train, head.config())?;
     let eval_set = read_examples(&a.eval, head.config())?;
     let reference = match &a.ref_head {
