@@ -37,6 +37,8 @@ enum Command {
     TrainHead(commands::train_head::Args),
     /// Write a synthetic memory task (JSONL) to try train-head on.
     SynthMemory(commands::synth_memory::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching).
+    Serve(commands::serve::Args),
 }
 
 fn main() {
@@ -59,6 +61,7 @@ fn main() {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::TrainHead(a) => commands::train_head::run(a),
         Command::SynthMemory(a) => commands::synth_memory::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

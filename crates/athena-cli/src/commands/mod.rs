@@ -8,5 +8,6 @@ pub mod info;
 pub mod load;
 pub mod logits;
 pub mod quantize;
+pub mod serve;
 pub mod synth_memory;
 pub mod train_head;

@@ -65,6 +65,171 @@ pub struct Generation {
     pub decode: Duration,
 }
 
+/// One sequence's generation as a state machine, driven by whoever runs the model: it takes
+/// each row of logits, samples, detokenizes, watches for eos, stop strings and the token
+/// budget, and says which token to feed next. [`generate`] drives one on a session; the server
+/// drives many on a [`crate::backend::SlotBatch`].
+#[derive(Debug)]
+pub struct SequenceGenerator {
+    sampler: Sampler,
+    stream: TokenStream,
+    stops: StopMatcher,
+    history: Vec<u32>,
+    tokens: Vec<u32>,
+    prompt_tokens: usize,
+    context: usize,
+    max_tokens: usize,
+    skip_special_tokens: bool,
+    finish_reason: Option<FinishReason>,
+}
+
+/// What one row of logits produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    /// Text completed by this token (possibly empty; never part of a character or of a stop
+    /// string).
+    pub text: String,
+    /// The token to feed the model next; `None` once the sequence is finished.
+    pub next: Option<u32>,
+    /// Set when the sequence has just finished.
+    pub finished: Option<FinishReason>,
+}
+
+impl SequenceGenerator {
+    /// Checks the prompt against `context` (the model's `max_position_embeddings`) and the
+    /// sampling parameters, and starts a sequence.
+    pub fn new(prompt: &[u32], params: &GenerateParams, context: usize) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "the prompt has no tokens"));
+        }
+        if prompt.len() >= context {
+            return Err(Error::invalid(
+                "prompt",
+                format!(
+                    "{} tokens leave no room in the model's context of {context}",
+                    prompt.len()
+                ),
+            ));
+        }
+        Ok(SequenceGenerator {
+            sampler: Sampler::new(params.sampling.clone())?,
+            stream: TokenStream::new(params.skip_special_tokens),
+            stops: StopMatcher::new(params.stop.iter().cloned()),
+            history: prompt.to_vec(),
+            tokens: Vec::new(),
+            prompt_tokens: prompt.len(),
+            context,
+            max_tokens: params.max_tokens,
+            skip_special_tokens: params.skip_special_tokens,
+            finish_reason: (params.max_tokens == 0).then_some(FinishReason::Length),
+        })
+    }
+
+    /// Why the sequence ended, once it has.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish_reason
+    }
+
+    /// Tokens produced so far (without eos).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Tokens in the prompt.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// Takes the logits of the last position: samples a token and returns the text it
+    /// completes and what to feed next. Called after the sequence finished, it does nothing.
+    pub fn advance(&mut self, tokenizer: &Tokenizer, logits: &[f32]) -> Result<Advance> {
+        let mut text = String::new();
+        if self.finish_reason.is_some() {
+            return Ok(Advance {
+                text,
+                next: None,
+                finished: None,
+            });
+        }
+        let id = self.sampler.sample(logits, &self.history)?;
+        let mut finished = None;
+        if tokenizer.is_eos(id) {
+            finished = Some(FinishReason::Stop);
+        } else {
+            self.tokens.push(id);
+            self.history.push(id);
+            if let Some(piece) = self.stream.push(tokenizer, id)? {
+                let (out, stopped) = self.stops.push(&piece);
+                text.push_str(&out);
+                if stopped {
+                    finished = Some(FinishReason::Stop);
+                }
+            }
+            // The whole sequence (prompt and generated tokens) stays within the context.
+            if finished.is_none()
+                && (self.tokens.len() >= self.max_tokens
+                    || self.prompt_tokens + self.tokens.len() >= self.context)
+            {
+                finished = Some(FinishReason::Length);
+            }
+        }
+        if let Some(reason) = finished {
+            self.finish_reason = Some(reason);
+            text.push_str(&self.flush(tokenizer)?);
+        }
+        Ok(Advance {
+            text,
+            next: finished.is_none().then_some(id),
+            finished,
+        })
+    }
+
+    /// Ends the sequence early (a cancelled request): what text was held back is returned.
+    pub fn stop(&mut self, tokenizer: &Tokenizer, reason: FinishReason) -> Result<String> {
+        if self.finish_reason.is_some() {
+            return Ok(String::new());
+        }
+        self.finish_reason = Some(reason);
+        self.flush(tokenizer)
+    }
+
+    /// The text still held by the detokenizer and the stop matcher, at the end.
+    fn flush(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let mut text = String::new();
+        if !self.stops.is_stopped() {
+            if let Some(rest) = self.stream.finish(tokenizer)? {
+                let (out, stopped) = self.stops.push(&rest);
+                text.push_str(&out);
+                if stopped {
+                    self.finish_reason = Some(FinishReason::Stop);
+                }
+            }
+        }
+        let rest = self.stops.finish();
+        if !rest.is_empty() && !self.stops.is_stopped() {
+            text.push_str(&rest);
+        }
+        Ok(text)
+    }
+
+    /// The finished generation (timings zero; the driver fills them in).
+    pub fn into_generation(self, tokenizer: &Tokenizer) -> Result<Generation> {
+        let text = tokenizer.decode(&self.tokens, self.skip_special_tokens)?;
+        let text = match self.stops.stop_string().and_then(|s| text.find(s)) {
+            Some(cut) => text[..cut].to_string(),
+            None => text,
+        };
+        Ok(Generation {
+            text,
+            tokens: self.tokens,
+            prompt_tokens: self.prompt_tokens,
+            finish_reason: self.finish_reason.unwrap_or(FinishReason::Length),
+            prefill: Duration::ZERO,
+            decode: Duration::ZERO,
+        })
+    }
+}
+
 /// Generates a continuation of `prompt` on `model`, calling `on_text` with each piece of text
 /// as soon as it is complete (never a partial UTF-8 character, never a part of a stop string).
 pub fn generate(
@@ -75,82 +240,27 @@ pub fn generate(
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let _span = tracing::info_span!("generate", prompt_tokens = prompt.len()).entered();
-    if prompt.is_empty() {
-        return Err(Error::invalid("prompt", "the prompt has no tokens"));
-    }
-    let context = model.args().max_position_embeddings;
-    if prompt.len() >= context {
-        return Err(Error::invalid(
-            "prompt",
-            format!(
-                "{} tokens leave no room in the model's context of {context}",
-                prompt.len()
-            ),
-        ));
-    }
-    let mut sampler = Sampler::new(params.sampling.clone())?;
-    let mut stream = TokenStream::new(params.skip_special_tokens);
-    let mut stops = StopMatcher::new(params.stop.iter().cloned());
-    let mut history = prompt.to_vec();
-    let mut tokens = Vec::new();
-    let mut finish_reason = FinishReason::Length;
-    let mut emit = |piece: &str, stops: &mut StopMatcher| -> bool {
-        let (out, stopped) = stops.push(piece);
-        if !out.is_empty() {
-            on_text(&out);
-        }
-        stopped
-    };
-
+    let mut seq = SequenceGenerator::new(prompt, params, model.args().max_position_embeddings)?;
     let start = Instant::now();
     let mut session = model.session();
     let mut logits = first_row(session.step(&[prompt.to_vec()])?)?;
     let prefill = start.elapsed();
     let start = Instant::now();
-    while tokens.len() < params.max_tokens {
-        let id = sampler.sample(&logits, &history)?;
-        if tokenizer.is_eos(id) {
-            finish_reason = FinishReason::Stop;
-            break;
+    while seq.finish_reason().is_none() {
+        let step = seq.advance(tokenizer, &logits)?;
+        if !step.text.is_empty() {
+            on_text(&step.text);
         }
-        tokens.push(id);
-        history.push(id);
-        if let Some(piece) = stream.push(tokenizer, id)? {
-            if emit(&piece, &mut stops) {
-                finish_reason = FinishReason::Stop;
-                break;
-            }
+        match step.next {
+            Some(id) => logits = first_row(session.step(&[vec![id]])?)?,
+            None => break,
         }
-        // The whole sequence (prompt and generated tokens) stays within the context.
-        if tokens.len() == params.max_tokens || prompt.len() + tokens.len() >= context {
-            break;
-        }
-        logits = first_row(session.step(&[vec![id]])?)?;
-    }
-    if !stops.is_stopped() {
-        if let Some(rest) = stream.finish(tokenizer)? {
-            if emit(&rest, &mut stops) {
-                finish_reason = FinishReason::Stop;
-            }
-        }
-    }
-    let rest = stops.finish();
-    if !rest.is_empty() && !stops.is_stopped() {
-        on_text(&rest);
     }
     let decode = start.elapsed();
-    let text = tokenizer.decode(&tokens, params.skip_special_tokens)?;
-    let text = match stops.stop_string().and_then(|s| text.find(s)) {
-        Some(cut) => text[..cut].to_string(),
-        None => text,
-    };
     Ok(Generation {
-        text,
-        tokens,
-        prompt_tokens: prompt.len(),
-        finish_reason,
         prefill,
         decode,
+        ..seq.into_generation(tokenizer)?
     })
 }
 

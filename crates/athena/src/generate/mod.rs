@@ -21,7 +21,9 @@ pub mod tokenizer;
 mod pyjson;
 
 pub use chat::{ChatMessage, ChatTemplate, SpecialTokens, DEFAULT_CHAT_TEMPLATE};
-pub use generation::{generate, FinishReason, GenerateParams, Generation};
+pub use generation::{
+    generate, Advance, FinishReason, GenerateParams, Generation, SequenceGenerator,
+};
 pub use sampler::{Sampler, SamplingParams};
 pub use stream::{StopMatcher, TokenStream};
 pub use tokenizer::Tokenizer;

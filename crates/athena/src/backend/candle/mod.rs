@@ -109,6 +109,13 @@ impl crate::backend::Backend for Olmoe {
         })
     }
 
+    fn slots(&self) -> Box<dyn crate::backend::SlotBatch + '_> {
+        Box::new(CandleSlots {
+            model: self,
+            slots: Vec::new(),
+        })
+    }
+
     fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let mut s = Olmoe::session(self);
         let logits = self.forward(&[ids.to_vec()], &mut s)?.squeeze(0)?;
@@ -133,6 +140,73 @@ impl crate::backend::Backend for Olmoe {
             out.push(pooled.to_vec1()?);
         }
         Ok(out)
+    }
+}
+
+/// Continuous batching on candle: each slot a single-sequence [`Session`]; a step runs all
+/// listed slots through one forward pass ([`Olmoe::forward_each`]).
+struct CandleSlots<'a> {
+    model: &'a Olmoe,
+    slots: Vec<Option<Session>>,
+}
+
+impl crate::backend::SlotBatch for CandleSlots<'_> {
+    fn insert(&mut self, prompt: &[u32]) -> Result<(crate::backend::Slot, Vec<f32>)> {
+        let mut session = self.model.session();
+        let logits = self
+            .model
+            .forward_last(&[prompt.to_vec()], &mut session)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
+        Ok((crate::backend::take_slot(&mut self.slots, session), logits))
+    }
+
+    fn step(&mut self, steps: &[(crate::backend::Slot, u32)]) -> Result<Vec<Vec<f32>>> {
+        crate::backend::check_step(&self.slots, steps)?;
+        if steps.is_empty() {
+            return Ok(vec![]);
+        }
+        // Slots in ascending order, so that each session can be borrowed mutably once.
+        let mut order: Vec<usize> = (0..steps.len()).collect();
+        order.sort_by_key(|&i| steps[i].0);
+        let mut sessions: Vec<(&mut Session, u32)> = Vec::with_capacity(steps.len());
+        let mut rest: &mut [Option<Session>] = &mut self.slots;
+        let mut base = 0;
+        for &i in &order {
+            let (slot, token) = steps[i];
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(slot - base);
+            let (first, tail) = tail.split_first_mut().ok_or_else(|| {
+                crate::error::Error::invalid("slot", format!("{slot} is out of range"))
+            })?;
+            let session = first.as_mut().ok_or_else(|| {
+                crate::error::Error::invalid("slot", format!("{slot} holds no sequence"))
+            })?;
+            sessions.push((session, token));
+            rest = tail;
+            base = slot + 1;
+        }
+        let logits: Vec<Vec<f32>> = self
+            .model
+            .forward_each(&mut sessions)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?;
+        // Back to the caller's order.
+        let mut out = vec![Vec::new(); steps.len()];
+        for (row, &i) in logits.into_iter().zip(&order) {
+            out[i] = row;
+        }
+        Ok(out)
+    }
+
+    fn remove(&mut self, slot: crate::backend::Slot) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = None;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.iter().flatten().count()
     }
 }
 

@@ -85,14 +85,8 @@ impl Attention {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        positions: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut Option<LayerCache>,
-    ) -> Result<Tensor> {
+    /// Projects `x` [B, T, H] to rotated q [B, heads, T, D] and k, v [B, kv_heads, T, D].
+    fn qkv(&self, x: &Tensor, rope: &Rope, positions: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let mut q = self.q_norm.forward(&self.q_proj.forward(x)?)?;
         let mut k = self.k_norm.forward(&self.k_proj.forward(x)?)?;
@@ -112,9 +106,19 @@ impl Attention {
             .reshape((b, t, self.num_kv_heads, self.head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = rope.apply(&q, positions)?;
-        let k = rope.apply(&k, positions)?;
+        Ok((rope.apply(&q, positions)?, rope.apply(&k, positions)?, v))
+    }
 
+    /// Appends k, v to `cache` and attends q [B, heads, T, D] over the whole cache; returns
+    /// [B, heads, T, D].
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<LayerCache>,
+    ) -> Result<Tensor> {
         let (k, v) = match cache.take() {
             None => (k, v),
             Some(prev) => (
@@ -137,11 +141,47 @@ impl Attention {
         let dtype = scores.dtype();
         let probs =
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        let out = probs.matmul(&v)?;
+        Ok(probs.matmul(&v)?)
+    }
+
+    /// [B, heads, T, D] → o_proj over [B, T, heads·D].
+    fn output(&self, out: &Tensor) -> Result<Tensor> {
+        let (b, _, t, _) = out.dims4()?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<LayerCache>,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x, rope, positions)?;
+        let out = self.attend(&q, k, v, mask, cache)?;
+        self.output(&out)
+    }
+
+    /// One new token for each of B sequences, `x` [B, 1, H], each attending over its own
+    /// cache: the projections see all B rows at once, attention runs per sequence.
+    fn forward_each(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        caches: &mut [&mut Option<LayerCache>],
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x, rope, positions)?;
+        let mut outs = Vec::with_capacity(caches.len());
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let (qi, ki, vi) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
+            outs.push(self.attend(&qi, ki, vi, None, cache)?);
+        }
+        self.output(&Tensor::cat(&outs, 0)?)
     }
 }
 
@@ -194,6 +234,21 @@ impl DecoderLayer {
         let out = self.post_attention_layernorm.forward(&h)?;
         let out = self.mlp.forward(&out)?;
         Ok((residual + out)?)
+    }
+
+    /// [`Self::forward`] for one new token of each of B sequences with their own caches.
+    fn forward_each(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        caches: &mut [&mut Option<LayerCache>],
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let h = (x + self.self_attn.forward_each(&h, rope, positions, caches)?)?;
+        let out = self.post_attention_layernorm.forward(&h)?;
+        let out = self.mlp.forward(&out)?;
+        Ok((h + out)?)
     }
 }
 
@@ -319,5 +374,50 @@ impl Olmoe {
         let hidden = self.forward_hidden(tokens, session)?;
         let t = hidden.dim(1)?;
         self.lm_head(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+}
+
+impl Olmoe {
+    /// Appends one token to each of several single-sequence sessions that may hold different
+    /// lengths, in one forward pass: embeddings, projections, MoE and lm_head run over all rows
+    /// at once; attention runs per sequence over its own cache. Returns the last logits [N, V].
+    pub fn forward_each(&self, steps: &mut [(&mut Session, u32)]) -> Result<Tensor> {
+        let vocab = self.args.vocab_size;
+        let n = steps.len();
+        if n == 0 {
+            return Err(Error::invalid(
+                "tokens",
+                "a step needs at least one sequence",
+            ));
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (session, id) in steps.iter() {
+            if *id as usize >= vocab {
+                return Err(Error::invalid(
+                    "token id",
+                    format!("{id} is out of range for vocab_size {vocab}"),
+                ));
+            }
+            positions.push(session.next_position()? as u32);
+            ids.push(*id);
+        }
+        let positions = Tensor::from_vec(positions, (n, 1), &self.device)?;
+        let mut x = self
+            .embed_tokens
+            .forward(&ids, self.dtype, &self.device)?
+            .reshape((n, 1, self.args.hidden_size))?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut caches: Vec<&mut Option<LayerCache>> = steps
+                .iter_mut()
+                .map(|(s, _)| s.layers.get_mut(l))
+                .collect::<Option<_>>()
+                .ok_or_else(|| Error::invalid("session", "a session of another model"))?;
+            x = layer.forward_each(&x, &self.rope, &positions, &mut caches)?;
+        }
+        for (session, _) in steps.iter_mut() {
+            session.advance(1);
+        }
+        self.lm_head(&self.norm.forward(&x)?.squeeze(1)?)
     }
 }

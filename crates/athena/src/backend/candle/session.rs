@@ -140,6 +140,28 @@ impl Session {
         Some((m, keys))
     }
 
+    /// The position of the next token of a single-sequence session without padding, as a
+    /// one-token step on its own would give it; errors when the context is full.
+    pub(crate) fn next_position(&self) -> Result<usize> {
+        if self.pad.len() != 1 || self.pad[0] != 0 {
+            return Err(Error::invalid(
+                "session",
+                "only an unpadded single-sequence session can join a batched step",
+            ));
+        }
+        if self.columns + 1 > self.max_positions {
+            return Err(Error::invalid(
+                "tokens",
+                format!(
+                    "sequence length {} exceeds the model's max_position_embeddings {}",
+                    self.columns + 1,
+                    self.max_positions
+                ),
+            ));
+        }
+        Ok(self.columns)
+    }
+
     /// Records that the step of `width` columns went through every layer.
     pub(crate) fn advance(&mut self, width: usize) {
         self.columns += width;

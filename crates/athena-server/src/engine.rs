@@ -1,0 +1,377 @@
+//! The scheduler: one thread owns the model's [`SlotBatch`] and decodes every running
+//! sequence together, one batched step at a time (continuous batching). Requests join between
+//! steps, as soon as a slot is free; a sequence whose client has gone away is removed before
+//! the next step; a finished one leaves at once.
+//!
+//! Each sequence's sampling, detokenizing and stop logic is the library's
+//! [`SequenceGenerator`], the same state machine `athena generate` runs.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use athena::backend::{Slot, SlotBatch};
+use athena::generate::{FinishReason, GenerateParams, SequenceGenerator, Tokenizer};
+use athena::models::olmoe::OlmoeModel;
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One sequence to generate: a prompt already checked against the context.
+#[derive(Debug)]
+pub struct Job {
+    /// Prompt ids.
+    pub prompt: Vec<u32>,
+    /// Budget, sampling and stop strings.
+    pub params: GenerateParams,
+    /// Added to the logits of these token ids before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// The choice this sequence answers (`n` > 1 sends several jobs on one channel).
+    pub index: u32,
+    /// Where text and the end go; the job is dropped once the receiver is.
+    pub events: UnboundedSender<Event>,
+}
+
+/// What the scheduler tells a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Text of choice `index` (never part of a character or of a stop string).
+    Text {
+        /// The choice.
+        index: u32,
+        /// The text.
+        text: String,
+    },
+    /// Choice `index` is finished.
+    Done {
+        /// The choice.
+        index: u32,
+        /// Why it ended.
+        finish_reason: FinishReason,
+        /// Tokens in its prompt.
+        prompt_tokens: usize,
+        /// Tokens produced.
+        completion_tokens: usize,
+    },
+    /// Choice `index` failed inside the engine.
+    Failed {
+        /// The choice.
+        index: u32,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Counters the scheduler keeps, read by `/health` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Sequences holding a slot.
+    pub running: AtomicUsize,
+    /// Sequences waiting for a slot.
+    pub waiting: AtomicUsize,
+    /// Batched decode steps run.
+    pub steps: AtomicU64,
+    /// Tokens produced.
+    pub tokens: AtomicU64,
+    /// Sequences finished normally.
+    pub finished: AtomicU64,
+    /// Sequences removed because their client went away.
+    pub cancelled: AtomicU64,
+    /// Sequences failed by an engine error.
+    pub failed: AtomicU64,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    /// Sequences holding a slot.
+    pub running: usize,
+    /// Sequences waiting for a slot.
+    pub waiting: usize,
+    /// Batched decode steps run.
+    pub steps: u64,
+    /// Tokens produced.
+    pub tokens: u64,
+    /// Sequences finished normally.
+    pub finished: u64,
+    /// Sequences removed because their client went away.
+    pub cancelled: u64,
+    /// Sequences failed by an engine error.
+    pub failed: u64,
+}
+
+impl Stats {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            running: self.running.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            steps: self.steps.load(Ordering::Relaxed),
+            tokens: self.tokens.load(Ordering::Relaxed),
+            finished: self.finished.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The handle requests use to reach the scheduler thread.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    jobs: mpsc::Sender<Job>,
+    stats: Arc<Stats>,
+    cancel_all: Arc<AtomicBool>,
+}
+
+impl Engine {
+    /// Starts the scheduler thread on `model`, running at most `max_running` sequences at once.
+    pub fn start(model: Arc<OlmoeModel>, max_running: usize) -> std::io::Result<Engine> {
+        let (jobs, rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let cancel_all = Arc::new(AtomicBool::new(false));
+        let (s, c) = (stats.clone(), cancel_all.clone());
+        std::thread::Builder::new()
+            .name("athena-scheduler".into())
+            .spawn(move || run(&model, rx, &s, &c, max_running.max(1)))?;
+        Ok(Engine {
+            jobs,
+            stats,
+            cancel_all,
+        })
+    }
+
+    /// Queues a sequence. Fails only when the scheduler has stopped.
+    pub fn submit(&self, job: Job) -> Result<(), SchedulerStopped> {
+        self.jobs.send(job).map_err(|_| SchedulerStopped)
+    }
+
+    /// The scheduler's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Ends every sequence at its next step (shutdown past its grace period).
+    pub fn cancel_all(&self) {
+        self.cancel_all.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The scheduler thread is gone; nothing can be queued.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the scheduler has stopped")]
+pub struct SchedulerStopped;
+
+/// A sequence holding a slot.
+struct Running {
+    slot: Slot,
+    next: u32,
+    seq: SequenceGenerator,
+    job: Job,
+}
+
+/// The scheduler loop; returns when every sender is gone and no work is left.
+fn run(
+    model: &OlmoeModel,
+    rx: mpsc::Receiver<Job>,
+    stats: &Stats,
+    cancel_all: &AtomicBool,
+    max_running: usize,
+) {
+    let (Some(backend), Some(tokenizer)) = (model.model(), model.tokenizer()) else {
+        tracing::error!("the scheduler started on a model that is not loaded");
+        return;
+    };
+    let context = backend.args().max_position_embeddings;
+    let mut batch = backend.slots();
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut running: Vec<Running> = Vec::new();
+    loop {
+        if running.is_empty() && waiting.is_empty() {
+            match rx.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => return,
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            waiting.push_back(job);
+        }
+        let before = waiting.len();
+        waiting.retain(|j| !j.events.is_closed());
+        stats
+            .cancelled
+            .fetch_add((before - waiting.len()) as u64, Ordering::Relaxed);
+        if cancel_all.load(Ordering::SeqCst) {
+            for job in waiting.drain(..) {
+                fail(&job, "the server is shutting down", stats);
+            }
+            for r in running.drain(..) {
+                batch.remove(r.slot);
+                fail(&r.job, "the server is shutting down", stats);
+            }
+            publish(stats, &running, &waiting);
+            continue;
+        }
+
+        // Join: prefill new sequences while slots are free.
+        while running.len() < max_running {
+            let Some(job) = waiting.pop_front() else {
+                break;
+            };
+            if let Some(r) = join(batch.as_mut(), tokenizer, context, job, stats) {
+                running.push(r);
+            }
+        }
+        // Leave: clients that went away free their slots before the step.
+        running.retain(|r| {
+            let gone = r.job.events.is_closed();
+            if gone {
+                batch.remove(r.slot);
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(slot = r.slot, "client went away; slot freed");
+            }
+            !gone
+        });
+        publish(stats, &running, &waiting);
+        if running.is_empty() {
+            continue;
+        }
+
+        // One batched step for every running sequence.
+        let steps: Vec<(Slot, u32)> = running.iter().map(|r| (r.slot, r.next)).collect();
+        let start = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| batch.step(&steps)));
+        let rows = match result {
+            Ok(Ok(rows)) if rows.len() == steps.len() => rows,
+            other => {
+                let message = match other {
+                    Ok(Ok(_)) => "the backend returned the wrong number of rows".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "the engine panicked during a decode step".to_string(),
+                };
+                tracing::error!(sequences = steps.len(), "decode step failed: {message}");
+                for r in running.drain(..) {
+                    batch.remove(r.slot);
+                    fail(&r.job, &message, stats);
+                }
+                // A panic may leave the batch in any state: start a fresh one.
+                batch = backend.slots();
+                publish(stats, &running, &waiting);
+                continue;
+            }
+        };
+        stats.steps.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(batch = steps.len(), elapsed = ?start.elapsed(), "decode step");
+        let mut still = Vec::with_capacity(running.len());
+        for (mut r, mut row) in running.drain(..).zip(rows) {
+            match advance(&mut r.seq, tokenizer, &r.job, &mut row, stats) {
+                Some(next) => {
+                    r.next = next;
+                    still.push(r);
+                }
+                None => batch.remove(r.slot),
+            }
+        }
+        running = still;
+        publish(stats, &running, &waiting);
+    }
+}
+
+fn publish(stats: &Stats, running: &[Running], waiting: &VecDeque<Job>) {
+    stats.running.store(running.len(), Ordering::Relaxed);
+    stats.waiting.store(waiting.len(), Ordering::Relaxed);
+}
+
+fn fail(job: &Job, message: &str, stats: &Stats) {
+    stats.failed.fetch_add(1, Ordering::Relaxed);
+    let _ = job.events.send(Event::Failed {
+        index: job.index,
+        message: message.to_string(),
+    });
+}
+
+/// Prefills a new sequence into a slot and takes its first token; `None` when it is already
+/// finished (or failed).
+fn join(
+    batch: &mut dyn SlotBatch,
+    tokenizer: &Tokenizer,
+    context: usize,
+    job: Job,
+    stats: &Stats,
+) -> Option<Running> {
+    let mut seq = match SequenceGenerator::new(&job.prompt, &job.params, context) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(&job, &e.to_string(), stats);
+            return None;
+        }
+    };
+    let inserted = catch_unwind(AssertUnwindSafe(|| batch.insert(&job.prompt)));
+    let (slot, mut logits) = match inserted {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            fail(&job, &e.to_string(), stats);
+            return None;
+        }
+        Err(_) => {
+            fail(&job, "the engine panicked during prefill", stats);
+            return None;
+        }
+    };
+    match advance(&mut seq, tokenizer, &job, &mut logits, stats) {
+        Some(next) => Some(Running {
+            slot,
+            next,
+            seq,
+            job,
+        }),
+        None => {
+            batch.remove(slot);
+            None
+        }
+    }
+}
+
+/// Feeds one row of logits to a sequence and tells its client; the next token, or `None`
+/// when the sequence is finished.
+fn advance(
+    seq: &mut SequenceGenerator,
+    tokenizer: &Tokenizer,
+    job: &Job,
+    logits: &mut [f32],
+    stats: &Stats,
+) -> Option<u32> {
+    for &(id, bias) in &job.logit_bias {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l += bias;
+        }
+    }
+    let before = seq.tokens().len();
+    let step = match seq.advance(tokenizer, logits) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(job, &e.to_string(), stats);
+            return None;
+        }
+    };
+    stats
+        .tokens
+        .fetch_add((seq.tokens().len() - before) as u64, Ordering::Relaxed);
+    if !step.text.is_empty() {
+        let _ = job.events.send(Event::Text {
+            index: job.index,
+            text: step.text,
+        });
+    }
+    if let Some(finish_reason) = step.finished {
+        stats.finished.fetch_add(1, Ordering::Relaxed);
+        let _ = job.events.send(Event::Done {
+            index: job.index,
+            finish_reason,
+            prompt_tokens: seq.prompt_tokens(),
+            completion_tokens: seq.tokens().len(),
+        });
+        return None;
+    }
+    step.next
+}

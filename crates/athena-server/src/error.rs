@@ -1,0 +1,167 @@
+//! Errors as OpenAI spells them: `{"error": {"message", "type", "param", "code"}}`, each
+//! knowing its HTTP status.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error answered to a client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The request field at fault, if one is.
+    pub param: Option<String>,
+    /// A short machine-readable code.
+    pub code: Option<&'static str>,
+    /// Seconds to wait before retrying (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400: a request that parses but asks for something invalid.
+    pub fn bad_request(param: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            param: Some(param.to_string()),
+            ..Self::new(StatusCode::BAD_REQUEST, message)
+        }
+    }
+
+    /// 400: a body that is not JSON (or not UTF-8).
+    pub fn malformed(message: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("invalid_json"),
+            ..Self::new(StatusCode::BAD_REQUEST, message)
+        }
+    }
+
+    /// 422: JSON of the wrong shape (a missing field, a wrong type).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    /// 413: a body past the server's limit.
+    pub fn too_large(limit: usize) -> Self {
+        ApiError {
+            code: Some("body_too_large"),
+            ..Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body exceeds {limit} bytes"),
+            )
+        }
+    }
+
+    /// 429: the queue is full.
+    pub fn overloaded(capacity: usize) -> Self {
+        ApiError {
+            code: Some("queue_full"),
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("the server is busy ({capacity} requests running or queued); retry later"),
+            )
+        }
+    }
+
+    /// 503: shutting down.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
+
+    /// 404: no such route or model.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 500: the engine failed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// OpenAI's error type for this status.
+    pub fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        serde_json::to_string(&Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind(),
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        })
+        .unwrap_or_else(|_| r#"{"error":{"message":"error","type":"server_error"}}"#.into())
+    }
+}
+
+impl From<athena::Error> for ApiError {
+    /// Invalid input is the client's fault; anything else is the server's.
+    fn from(e: athena::Error) -> Self {
+        match &e {
+            athena::Error::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            athena::Error::NeedsCandle { .. } => ApiError {
+                code: Some("backend_unsupported"),
+                ..ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            },
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, "{}", self.message);
+        } else {
+            tracing::debug!(status = %self.status, "{}", self.message);
+        }
+        let mut res = (self.status, self.body()).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(s) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        res
+    }
+}

@@ -1,0 +1,738 @@
+//! The HTTP handlers: parse the body once into validated types, hand generation to the
+//! scheduler, answer in OpenAI's shapes.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use athena::generate::{ChatMessage, ChatTemplate, FinishReason, GenerateParams};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::api::{
+    self, ChatRequest, CompletionRequest, Content, EmbeddingInput, EmbeddingRequest,
+    GenerationRequest, MemoryActionRequest, Prompt, Usage,
+};
+use crate::engine::{Event, Job};
+use crate::error::ApiError;
+use crate::{AppState, Ticket};
+
+type Shared = Arc<AppState>;
+
+pub(crate) fn router(state: Shared) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/memory/actions", post(memory_actions))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                ..ApiError::not_found("method not allowed on this route")
+            }
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// The body as `T`: 413 past the size limit, 400 for bytes that are not JSON (or not UTF-8),
+/// 422 for JSON of the wrong shape.
+fn parse<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.config.max_body_bytes)
+        } else {
+            ApiError::malformed(format!("reading the request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable(format!("invalid request: {e}"))
+        }
+        _ => ApiError::malformed(format!("the body is not valid JSON: {e}")),
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn request_id(prefix: &str) -> String {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{nanos:08x}{n:06x}")
+}
+
+fn admit(state: &AppState, n: usize) -> Result<Ticket, ApiError> {
+    if state.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    state
+        .admission
+        .try_acquire(n)
+        .ok_or_else(|| ApiError::overloaded(state.admission.capacity))
+}
+
+async fn health(State(s): State<Shared>) -> Response {
+    let stats = s.engine.stats().snapshot();
+    let status = if s.draining.load(Ordering::SeqCst) {
+        "draining"
+    } else {
+        "ok"
+    };
+    let code = if status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": status,
+        "backend": s.model.backend().map(|b| b.to_string()),
+        "model": s.config.model_id,
+        "running": stats.running,
+        "waiting": stats.waiting,
+        "requests_in_server": s.admission.held.load(Ordering::SeqCst),
+        "max_concurrency": s.config.max_concurrency,
+        "queue": s.config.queue,
+        "uptime_s": s.started.elapsed().as_secs(),
+    });
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    let st = s.engine.stats().snapshot();
+    let text = format!(
+        "# TYPE athena_running_sequences gauge\nathena_running_sequences {}\n\
+         # TYPE athena_waiting_sequences gauge\nathena_waiting_sequences {}\n\
+         # TYPE athena_decode_steps_total counter\nathena_decode_steps_total {}\n\
+         # TYPE athena_generated_tokens_total counter\nathena_generated_tokens_total {}\n\
+         # TYPE athena_sequences_finished_total counter\nathena_sequences_finished_total {}\n\
+         # TYPE athena_sequences_cancelled_total counter\nathena_sequences_cancelled_total {}\n\
+         # TYPE athena_sequences_failed_total counter\nathena_sequences_failed_total {}\n",
+        st.running, st.waiting, st.steps, st.tokens, st.finished, st.cancelled, st.failed
+    );
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn models(State(s): State<Shared>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": s.config.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "athena",
+            "backend": s.model.backend().map(|b| b.to_string()),
+            "max_model_len": s.model.model().map(|m| m.args().max_position_embeddings),
+        }],
+    }))
+}
+
+/// The chat's messages as the template sees them.
+fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    if req.messages.len() > api::MAX_MESSAGES {
+        return Err(ApiError::bad_request(
+            "messages",
+            format!(
+                "at most {} messages, got {}",
+                api::MAX_MESSAGES,
+                req.messages.len()
+            ),
+        ));
+    }
+    req.messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if m.role.is_empty() {
+                return Err(ApiError::bad_request(
+                    "messages",
+                    format!("message {i} has an empty role"),
+                ));
+            }
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            (kind, _) => {
+                                return Err(ApiError::bad_request(
+                                    "messages",
+                                    format!(
+                                    "message {i}: content parts of type `{kind}` are not supported"
+                                ),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(ChatMessage::new(m.role.clone(), content))
+        })
+        .collect()
+}
+
+/// The prompt ids of a chat, through the checkpoint's template or athena's default one.
+fn chat_prompt(state: &AppState, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
+    let tok = state
+        .model
+        .tokenizer()
+        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
+    let builtin;
+    let template = match tok.chat_template() {
+        Some(t) => t,
+        None => {
+            builtin = ChatTemplate::builtin(tok.special_tokens().clone())?;
+            &builtin
+        }
+    };
+    // A template that refuses the conversation (`raise_exception`) is the client's problem.
+    let text = template
+        .render(msgs, true)
+        .map_err(|e| ApiError::bad_request("messages", e.to_string()))?;
+    Ok(tok.encode(&text, false)?)
+}
+
+fn context(state: &AppState) -> Result<(usize, usize), ApiError> {
+    let m = state
+        .model
+        .model()
+        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
+    Ok((m.args().max_position_embeddings, m.args().vocab_size))
+}
+
+/// Submits every choice of every prompt on one channel.
+fn submit(
+    state: &AppState,
+    prompts: Vec<(Vec<u32>, GenerateParams)>,
+    req: &GenerationRequest,
+) -> Result<UnboundedReceiver<Event>, ApiError> {
+    let (tx, rx) = unbounded_channel();
+    let mut index = 0u32;
+    for (prompt, params) in prompts {
+        for i in 0..req.n {
+            let job = Job {
+                prompt: prompt.clone(),
+                params: GenerationRequest::for_choice(&params, i),
+                logit_bias: req.logit_bias.clone(),
+                index,
+                events: tx.clone(),
+            };
+            state
+                .engine
+                .submit(job)
+                .map_err(|_| ApiError::unavailable("the scheduler has stopped"))?;
+            index += 1;
+        }
+    }
+    Ok(rx)
+}
+
+/// One finished choice.
+struct Choice {
+    text: String,
+    finish_reason: Option<FinishReason>,
+}
+
+/// Waits for every choice; the usage counts each prompt once.
+async fn collect(
+    mut rx: UnboundedReceiver<Event>,
+    choices: usize,
+    n: usize,
+) -> Result<(Vec<Choice>, Usage), ApiError> {
+    let mut out: Vec<Choice> = (0..choices)
+        .map(|_| Choice {
+            text: String::new(),
+            finish_reason: None,
+        })
+        .collect();
+    let mut usage = Usage::default();
+    let mut done = 0;
+    while done < choices {
+        match rx.recv().await {
+            Some(Event::Text { index, text }) => {
+                if let Some(c) = out.get_mut(index as usize) {
+                    c.text.push_str(&text);
+                }
+            }
+            Some(Event::Done {
+                index,
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                if let Some(c) = out.get_mut(index as usize) {
+                    c.finish_reason = Some(finish_reason);
+                }
+                if index as usize % n == 0 {
+                    usage.prompt_tokens += prompt_tokens;
+                }
+                usage.completion_tokens += completion_tokens;
+                done += 1;
+            }
+            Some(Event::Failed { message, .. }) => return Err(ApiError::internal(message)),
+            None => return Err(ApiError::internal("the scheduler stopped")),
+        }
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok((out, usage))
+}
+
+/// What a streamed chunk looks like for each endpoint.
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+fn chunk(
+    kind: Kind,
+    id: &str,
+    model: &str,
+    created: u64,
+    choices: serde_json::Value,
+) -> serde_json::Value {
+    let object = match kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Completion => "text_completion",
+    };
+    json!({"id": id, "object": object, "created": created, "model": model, "choices": choices})
+}
+
+fn data(v: &serde_json::Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+/// Server-sent events of a generation, ending with `[DONE]`. The stream owns the receiver and
+/// the ticket: a client that goes away drops both, and the scheduler frees the sequences.
+fn sse(
+    kind: Kind,
+    state: &AppState,
+    rx: UnboundedReceiver<Event>,
+    ticket: Ticket,
+    choices: usize,
+    n: usize,
+    include_usage: bool,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let id = request_id(match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Completion => "cmpl",
+    });
+    let model = state.config.model_id.clone();
+    let created = now();
+    // The role opens every chat choice.
+    let opening: Vec<SseEvent> = match kind {
+        Kind::Chat => (0..choices)
+            .map(|i| {
+                data(&chunk(
+                    kind,
+                    &id,
+                    &model,
+                    created,
+                    json!([{
+                    "index": i, "delta": {"role": "assistant", "content": ""},
+                    "logprobs": null, "finish_reason": null}]),
+                ))
+            })
+            .collect(),
+        Kind::Completion => vec![],
+    };
+    struct St {
+        rx: UnboundedReceiver<Event>,
+        _ticket: Ticket,
+        done: usize,
+        usage: Usage,
+        finished: bool,
+    }
+    let st = St {
+        rx,
+        _ticket: ticket,
+        done: 0,
+        usage: Usage::default(),
+        finished: false,
+    };
+    let body = stream::unfold(st, move |mut st| {
+        let (id, model) = (id.clone(), model.clone());
+        async move {
+            if st.finished {
+                return None;
+            }
+            let mut events = Vec::new();
+            if st.done == choices {
+                st.finished = true;
+                if include_usage {
+                    st.usage.total_tokens = st.usage.prompt_tokens + st.usage.completion_tokens;
+                    let mut c = chunk(kind, &id, &model, created, json!([]));
+                    c["usage"] = json!(st.usage);
+                    events.push(data(&c));
+                }
+                events.push(SseEvent::default().data("[DONE]"));
+                return Some((events, st));
+            }
+            match st.rx.recv().await {
+                Some(Event::Text { index, text }) => {
+                    let choice = match kind {
+                        Kind::Chat => json!([{"index": index, "delta": {"content": text},
+                            "logprobs": null, "finish_reason": null}]),
+                        Kind::Completion => json!([{"index": index, "text": text,
+                            "logprobs": null, "finish_reason": null}]),
+                    };
+                    events.push(data(&chunk(kind, &id, &model, created, choice)));
+                }
+                Some(Event::Done {
+                    index,
+                    finish_reason,
+                    prompt_tokens,
+                    completion_tokens,
+                }) => {
+                    st.done += 1;
+                    if index as usize % n == 0 {
+                        st.usage.prompt_tokens += prompt_tokens;
+                    }
+                    st.usage.completion_tokens += completion_tokens;
+                    let reason = api::finish_reason(finish_reason);
+                    let choice = match kind {
+                        Kind::Chat => json!([{"index": index, "delta": {},
+                            "logprobs": null, "finish_reason": reason}]),
+                        Kind::Completion => json!([{"index": index, "text": "",
+                            "logprobs": null, "finish_reason": reason}]),
+                    };
+                    events.push(data(&chunk(kind, &id, &model, created, choice)));
+                }
+                Some(Event::Failed { message, .. }) => {
+                    st.finished = true;
+                    let e = ApiError::internal(message);
+                    events.push(SseEvent::default().data(e.body()));
+                }
+                None => {
+                    st.finished = true;
+                    events.push(
+                        SseEvent::default()
+                            .data(ApiError::internal("the scheduler stopped").body()),
+                    );
+                }
+            }
+            Some((events, st))
+        }
+    })
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
+    let all = stream::iter(opening.into_iter().map(Ok)).chain(body);
+    Sse::new(all).keep_alive(KeepAlive::default())
+}
+
+async fn chat(
+    State(s): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(&s, body)?;
+    let (ctx, vocab) = context(&s)?;
+    let gen = req.sampling.parse(vocab)?;
+    let msgs = messages(&req)?;
+    let ids = chat_prompt(&s, &msgs)?;
+    let params = gen.fit(ids.len(), ctx)?;
+    let ticket = admit(&s, gen.n)?;
+    let rx = submit(&s, vec![(ids, params)], &gen)?;
+    if gen.stream {
+        return Ok(
+            sse(Kind::Chat, &s, rx, ticket, gen.n, gen.n, gen.include_usage).into_response(),
+        );
+    }
+    let (choices, usage) = collect(rx, gen.n, gen.n).await?;
+    drop(ticket);
+    let choices: Vec<_> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"index": i, "message": {"role": "assistant", "content": c.text},
+                "logprobs": null,
+                "finish_reason": c.finish_reason.map(api::finish_reason)})
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": request_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": now(),
+        "model": s.config.model_id,
+        "choices": choices,
+        "usage": usage,
+    }))
+    .into_response())
+}
+
+async fn completions(
+    State(s): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(&s, body)?;
+    let (ctx, vocab) = context(&s)?;
+    let gen = req.sampling.parse(vocab)?;
+    if req.echo == Some(true) {
+        return Err(ApiError::bad_request("echo", "`echo` is not supported"));
+    }
+    let tok = s
+        .model
+        .tokenizer()
+        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
+    let ids_of = |ids: &[i64]| -> Result<Vec<u32>, ApiError> {
+        ids.iter()
+            .map(|&i| {
+                u32::try_from(i)
+                    .ok()
+                    .filter(|&i| (i as usize) < vocab)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "prompt",
+                            format!("token id {i} is not below the vocabulary size {vocab}"),
+                        )
+                    })
+            })
+            .collect()
+    };
+    let prompts: Vec<Vec<u32>> = match &req.prompt {
+        Prompt::Text(t) => vec![tok.encode(t, true)?],
+        Prompt::Texts(ts) => ts
+            .iter()
+            .map(|t| tok.encode(t, true))
+            .collect::<Result<_, _>>()?,
+        Prompt::Ids(ids) => vec![ids_of(ids)?],
+        Prompt::IdLists(lists) => lists.iter().map(|l| ids_of(l)).collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::bad_request(
+            "prompt",
+            "`prompt` must not be empty",
+        ));
+    }
+    let choices = prompts.len().saturating_mul(gen.n);
+    if choices > api::MAX_N {
+        return Err(ApiError::bad_request(
+            "prompt",
+            format!("prompts × n is {choices}; at most {}", api::MAX_N),
+        ));
+    }
+    let prompts = prompts
+        .into_iter()
+        .map(|ids| {
+            let p = gen.fit(ids.len(), ctx)?;
+            Ok((ids, p))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let ticket = admit(&s, choices)?;
+    let rx = submit(&s, prompts, &gen)?;
+    if gen.stream {
+        return Ok(sse(
+            Kind::Completion,
+            &s,
+            rx,
+            ticket,
+            choices,
+            gen.n,
+            gen.include_usage,
+        )
+        .into_response());
+    }
+    let (out, usage) = collect(rx, choices, gen.n).await?;
+    drop(ticket);
+    let out: Vec<_> = out
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"index": i, "text": c.text, "logprobs": null,
+                "finish_reason": c.finish_reason.map(api::finish_reason)})
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": request_id("cmpl"),
+        "object": "text_completion",
+        "created": now(),
+        "model": s.config.model_id,
+        "choices": out,
+        "usage": usage,
+    }))
+    .into_response())
+}
+
+async fn embeddings(
+    State(s): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: EmbeddingRequest = parse(&s, body)?;
+    let texts = match req.input {
+        EmbeddingInput::Text(t) => vec![t],
+        EmbeddingInput::Texts(ts) => ts,
+    };
+    if texts.is_empty() || texts.len() > api::MAX_EMBED_INPUTS {
+        return Err(ApiError::bad_request(
+            "input",
+            format!(
+                "`input` must hold 1 to {} texts, got {}",
+                api::MAX_EMBED_INPUTS,
+                texts.len()
+            ),
+        ));
+    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "encoding_format",
+                format!("`{other}` is not `float` or `base64`"),
+            ))
+        }
+    };
+    let (ctx, _) = context(&s)?;
+    let tok = s
+        .model
+        .tokenizer()
+        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
+    let mut prompt_tokens = 0;
+    for (i, t) in texts.iter().enumerate() {
+        let n = tok.encode(t, true)?.len();
+        if n == 0 || n > ctx {
+            return Err(ApiError::bad_request(
+                "input",
+                format!("input {i} has {n} tokens; it needs 1 to {ctx}"),
+            ));
+        }
+        prompt_tokens += n;
+    }
+    let ticket = admit(&s, 1)?;
+    let model = s.model.clone();
+    let vectors = tokio::task::spawn_blocking(move || {
+        let _ticket = ticket;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        model.encode(&refs)
+    })
+    .await
+    .map_err(|_| ApiError::internal("the embedding task failed"))??;
+    let data: Vec<_> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(api::base64(&bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": s.config.model_id,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }))
+    .into_response())
+}
+
+async fn memory_actions(
+    State(s): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: MemoryActionRequest = parse(&s, body)?;
+    if s.model.action_head().is_none() {
+        return Err(ApiError {
+            code: Some("backend_unsupported"),
+            ..ApiError::bad_request(
+                "fact",
+                format!(
+                    "the memory action head runs on the candle backend only; this server runs on {}",
+                    s.model.backend().map(|b| b.to_string()).unwrap_or_default()
+                ),
+            )
+        });
+    }
+    if req.fact.trim().is_empty() {
+        return Err(ApiError::bad_request("fact", "`fact` must not be empty"));
+    }
+    if req.memories.len() > api::MAX_MEMORIES {
+        return Err(ApiError::bad_request(
+            "memories",
+            format!(
+                "at most {} memories, got {}",
+                api::MAX_MEMORIES,
+                req.memories.len()
+            ),
+        ));
+    }
+    let (ctx, _) = context(&s)?;
+    let tok = s
+        .model
+        .tokenizer()
+        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
+    let mut ids = std::collections::HashSet::new();
+    for (i, m) in req.memories.iter().enumerate() {
+        if !ids.insert(m.id.as_str()) {
+            return Err(ApiError::bad_request(
+                "memories",
+                format!("duplicate memory id `{}`", m.id),
+            ));
+        }
+        let n = tok.encode(&m.text, true)?.len();
+        if n == 0 || n > ctx {
+            return Err(ApiError::bad_request(
+                "memories",
+                format!("memory {i} has {n} tokens; it needs 1 to {ctx}"),
+            ));
+        }
+    }
+    let n = tok.encode(&req.fact, true)?.len();
+    if n == 0 || n > ctx {
+        return Err(ApiError::bad_request(
+            "fact",
+            format!("the fact has {n} tokens; it needs 1 to {ctx}"),
+        ));
+    }
+    let ticket = admit(&s, 1)?;
+    let model = s.model.clone();
+    let action = tokio::task::spawn_blocking(move || {
+        let _ticket = ticket;
+        model.act(&req.fact, &req.memories)
+    })
+    .await
+    .map_err(|_| ApiError::internal("the memory action task failed"))??;
+    Ok(
+        Json(json!({"object": "memory.action", "model": s.config.model_id, "action": action}))
+            .into_response(),
+    )
+}
