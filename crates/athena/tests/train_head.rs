@@ -46,9 +46,9 @@ fn head(dim: usize) -> MemoryActionHead {
 fn sft() -> TrainConfig {
     TrainConfig {
         mode: Mode::Sft,
-        steps: 500,
+        steps: 1000,
         batch_size: 16,
-        lr: 1e-2,
+        lr: 3e-3,
         warmup_steps: 10,
         seed: 5,
         ..TrainConfig::default()
