@@ -15,7 +15,9 @@
 //! use athena::models::olmoe::{Memory, OlmoeModel};
 //!
 //! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/base");
-//! let mut model = OlmoeModel::new(OlmoeConfig::for_model(dir));
+//! let mut config = OlmoeConfig::for_model(dir);
+//! config.use_mlx = false; // candle, the path with the action head (MLX is tried first if built in)
+//! let mut model = OlmoeModel::new(config);
 //! let report = model.load()?;
 //! assert_eq!(report.backend, BackendKind::Candle);
 //! assert!(report.action_head);
