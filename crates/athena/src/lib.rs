@@ -36,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod io;
+pub mod kernels;
 pub mod lora;
 pub mod models;
 pub mod quant;

@@ -1,11 +1,13 @@
-//! `athena bench`: load time, prefill and decode throughput, peak memory.
+//! `athena bench`: load time, prefill and decode throughput, peak memory, and decode against
+//! the machine's memory bandwidth.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use athena::backend::Backend;
+use athena::checkpoint::OlmoeArgs;
 
-use crate::model::ModelArgs;
+use crate::model::{ModelArgs, QuantArg};
 
 /// Flags of `athena bench`.
 #[derive(Debug, clap::Args)]
@@ -18,6 +20,17 @@ pub struct Args {
     /// Greedy decode steps after the prompt.
     #[arg(long, default_value_t = 32)]
     gen_tokens: usize,
+    /// Threads of the compute pool (rayon's global pool, which candle uses too); default: one
+    /// per CPU.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Measure the machine's memory bandwidth first (a STREAM-style copy and a read-only
+    /// pass) and report decode as a share of the read ceiling.
+    #[arg(long)]
+    stream: bool,
+    /// Only measure the bandwidth; load no model.
+    #[arg(long, requires = "stream")]
+    stream_only: bool,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -25,6 +38,29 @@ pub struct Args {
 
 /// Runs `athena bench`.
 pub fn run(a: Args) -> Result<()> {
+    if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by rayon when its global pool starts and by candle's CPU kernels; nothing has
+        // used the pool yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let bandwidth = a
+        .stream
+        .then(|| athena::kernels::bandwidth::measure(512, 5));
+    let stream_json = bandwidth.map(|b| {
+        serde_json::json!({"copy_gb_s": round(b.copy_gb_s, 1), "read_gb_s": round(b.read_gb_s, 1)})
+    });
+    if a.stream_only {
+        let report = serde_json::json!({
+            "threads": threads(),
+            "isa": athena::kernels::isa(),
+            "bandwidth": stream_json,
+        });
+        println!("{report}");
+        return Ok(());
+    }
     if a.prompt_tokens == 0 {
         bail!("--prompt-tokens must be at least 1");
     }
@@ -52,16 +88,24 @@ pub fn run(a: Args) -> Result<()> {
         next = argmax(&logits[0]);
     }
     let decode_s = t0.elapsed().as_secs_f64();
+    let decode_tok_s = a.gen_tokens as f64 / decode_s.max(1e-9);
+    let dense_bytes = model.dtype().size_in_bytes() as f64;
+    let bytes = bytes_per_token(model.args(), dense_bytes, a.model.quantization);
     let report = serde_json::json!({
         "engine": format!("athena {} ({})", env!("CARGO_PKG_VERSION"), model.kind()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
         "quantization": format!("{:?}", a.model.quantization).to_lowercase(),
-        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "threads": threads(),
+        "isa": athena::kernels::isa(),
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
         "load_s": round(load_s, 2),
         "prefill_tok_s": round(a.prompt_tokens as f64 / prefill_s, 1),
-        "decode_tok_s": round(a.gen_tokens as f64 / decode_s.max(1e-9), 2),
+        "decode_tok_s": round(decode_tok_s, 2),
+        "weight_mb_per_token": round(bytes / 1e6, 1),
+        "decode_gb_s": round(decode_tok_s * bytes / 1e9, 1),
+        "bandwidth": stream_json,
+        "pct_of_read_ceiling": bandwidth.map(|b| round(100.0 * decode_tok_s * bytes / 1e9 / b.read_gb_s, 1)),
         "peak_rss_mb": peak_rss_mb(),
     });
     if a.json {
@@ -70,6 +114,35 @@ pub fn run(a: Args) -> Result<()> {
         println!("{report:#}");
     }
     Ok(())
+}
+
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Weight bytes one decode step reads: attention, router, the routed experts and lm_head (the
+/// embedding row and the norms are negligible). Quantized matrices cost their codes plus a
+/// scale and bias per group (8-bit: group 32, f16; 4-bit: group 64, f32); the router stays
+/// dense.
+fn bytes_per_token(args: &OlmoeArgs, dense: f64, q: QuantArg) -> f64 {
+    let per_weight = match q {
+        QuantArg::None => dense,
+        QuantArg::Int8 => 1.0 + 4.0 / 32.0,
+        QuantArg::Int4 => 0.5 + 8.0 / 64.0,
+    };
+    let (h, i) = (args.hidden_size as f64, args.intermediate_size as f64);
+    let hd = args.head_dim as f64;
+    let q_width = args.num_attention_heads as f64 * hd;
+    let kv_width = args.num_key_value_heads as f64 * hd;
+    let attn = h * (2.0 * q_width + 2.0 * kv_width);
+    let experts = args.num_experts_per_tok as f64 * 3.0 * h * i;
+    let router = args.num_experts as f64 * h;
+    let layers = args.num_hidden_layers as f64;
+    let head = args.vocab_size as f64 * h;
+    layers * ((attn + experts) * per_weight + router * dense) + head * per_weight
 }
 
 fn argmax(row: &[f32]) -> u32 {

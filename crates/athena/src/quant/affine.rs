@@ -172,6 +172,32 @@ impl QMatrix {
         cols: usize,
         params: AffineParams,
     ) -> Result<Self> {
+        Self::quantize_impl(name, w, rows, cols, params, false)
+    }
+
+    /// Like [`QMatrix::quantize`], with scales and biases held in f16: each group's scale and
+    /// bias are rounded to f16 first and the codes are chosen against the rounded values, so
+    /// a weight comes back within half a step, or at a group's far extreme (where the shifted
+    /// range may clamp) within one step plus the bias's f16 rounding. A group whose scale or
+    /// bias does not fit f16's range is an error (use [`QMatrix::quantize`]).
+    pub fn quantize_half(
+        name: &str,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        params: AffineParams,
+    ) -> Result<Self> {
+        Self::quantize_impl(name, w, rows, cols, params, true)
+    }
+
+    fn quantize_impl(
+        name: &str,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        params: AffineParams,
+        half: bool,
+    ) -> Result<Self> {
         let params = params.check()?;
         if cols == 0 || cols % params.group_size != 0 {
             return Err(Error::invalid(
@@ -209,19 +235,20 @@ impl QMatrix {
                     .zip(packed.chunks_exact_mut(params.group_words()))
                     .zip(scales.iter_mut().zip(biases.iter_mut()));
                 for (g, ((w, words), (scale, bias))) in chunk.enumerate() {
-                    (*scale, *bias) = quantize_group(w, params, &mut codes).map_err(|msg| {
-                        let (row, g) = ((first + g) / groups, (first + g) % groups);
-                        let gs = params.group_size;
-                        Error::tensor(
-                            name,
-                            format!("row {row}, columns {}..{}: {msg}", g * gs, (g + 1) * gs),
-                        )
-                    })?;
+                    (*scale, *bias) =
+                        quantize_group(w, params, half, &mut codes).map_err(|msg| {
+                            let (row, g) = ((first + g) / groups, (first + g) % groups);
+                            let gs = params.group_size;
+                            Error::tensor(
+                                name,
+                                format!("row {row}, columns {}..{}: {msg}", g * gs, (g + 1) * gs),
+                            )
+                        })?;
                     pack::pack(params.bits, &codes, words);
                 }
                 Ok::<(), Error>(())
             })?;
-        Ok(QMatrix {
+        let q = QMatrix {
             rows,
             cols,
             params,
@@ -229,7 +256,19 @@ impl QMatrix {
             scales: Scalars::F32(scales),
             biases: Scalars::F32(biases),
             scales_dtype: DType::F32,
-        })
+        };
+        match half {
+            // The values are f16 already: the conversion is exact.
+            true => q.with_half_scales(name),
+            false => Ok(q),
+        }
+    }
+
+    /// [`QMatrix::quantize_half`] of a 2-D weight tensor in any float dtype.
+    pub fn quantize_tensor_half(name: &str, w: &Tensor, params: AffineParams) -> Result<Self> {
+        let (rows, cols) = w.dims2()?;
+        let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Self::quantize_half(name, &data, rows, cols, params)
     }
 
     /// [`QMatrix::quantize`] of a 2-D weight tensor in any float dtype.
@@ -409,10 +448,9 @@ impl QMatrix {
 
     /// `y = x · Wᵀ` for `x` [m, cols] row-major → `y` [m, rows] row-major.
     ///
-    /// Works group by group without dequantizing the matrix: per group it computes
-    /// `scale · Σ x·q + bias · Σ x`, so it differs from dequantize-then-matmul by f32 rounding
-    /// only. Each group is unpacked once per tile of input rows; large products run on
-    /// rayon's pool, split by output rows.
+    /// Works row by row without dequantizing the matrix: each row is dequantized into a small
+    /// buffer and dotted with the input rows, so it differs from dequantize-then-matmul by f32
+    /// rounding only. Large products run on rayon's pool, split by output rows.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         if m.checked_mul(self.cols) != Some(x.len()) {
             return Err(Error::invalid(
@@ -426,19 +464,25 @@ impl QMatrix {
                 format!("{m}×{} outputs overflow", self.rows),
             ));
         }
-        Ok(matmul::matmul(
-            &matmul::Packed {
-                rows: self.rows,
-                cols: self.cols,
-                params: self.params,
-                group_words: self.params.group_words(),
-                packed: &self.packed,
-                scales: &self.scales,
-                biases: &self.biases,
-            },
-            x,
-            m,
-        ))
+        Ok(matmul::matmul(&self.packed_view(), x, m))
+    }
+
+    /// Calls `f` with the matrix as rows for [`crate::kernels::matmul`] (dequantized one row
+    /// at a time, never as a whole).
+    pub(crate) fn with_rows<R>(&self, f: impl FnOnce(&dyn crate::kernels::Rows) -> R) -> R {
+        f(&self.packed_view())
+    }
+
+    fn packed_view(&self) -> matmul::Packed<'_> {
+        matmul::Packed {
+            rows: self.rows,
+            cols: self.cols,
+            params: self.params,
+            group_words: self.params.group_words(),
+            packed: &self.packed,
+            scales: &self.scales,
+            biases: &self.biases,
+        }
     }
 
     /// Bytes held in memory: the packed codes plus the scales and biases.
@@ -470,6 +514,7 @@ impl QMatrix {
 fn quantize_group(
     w: &[f32],
     params: AffineParams,
+    half: bool,
     codes: &mut [u8],
 ) -> std::result::Result<(f32, f32), String> {
     let n_bins = params.max_code();
@@ -496,10 +541,22 @@ fn quantize_group(
             "range [{w_min}, {w_max}] is too wide to quantize in f32"
         ));
     }
+    if half {
+        (scale, bias) = (round_f16(scale), round_f16(bias));
+        if !scale.is_finite() || !bias.is_finite() || scale == 0.0 {
+            return Err(format!(
+                "range [{w_min}, {w_max}] does not fit f16 scales and biases"
+            ));
+        }
+    }
     for (code, &v) in codes.iter_mut().zip(w) {
         *code = ((v - bias) / scale).round_ties_even().clamp(0.0, n_bins) as u8;
     }
     Ok((scale, bias))
+}
+
+fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
 }
 
 /// The values of a float tensor [rows, groups] as f32, rejecting other dtypes and non-finite
@@ -642,14 +699,14 @@ mod tests {
                 for (i, (&orig, &back)) in w.iter().zip(&d).enumerate() {
                     let (r, c) = (i / cols, i % cols);
                     let g = r * (cols / gs) + c / gs;
-                    let step = m.scales.get(g).abs();
+                    let step = m.scales.value(g).abs();
                     let row_words = cols / 32 * usize::from(bits);
                     let gw = m.params.group_words();
                     let words = &m.packed[r * row_words + (c / gs) * gw..][..gw];
                     pack::unpack(bits, words, &mut codes);
                     let code = codes[c % gs];
                     let err = (orig - back).abs();
-                    let slack = 1e-6 * (orig.abs() + m.biases.get(g).abs()) + 1e-12;
+                    let slack = 1e-6 * (orig.abs() + m.biases.value(g).abs()) + 1e-12;
                     // MLX shrinks the step so that the edge of larger magnitude is an integer
                     // number of steps from zero; the opposite extreme can then fall just past
                     // the last code and be clamped, losing up to one whole step.
@@ -799,6 +856,27 @@ mod tests {
             for i in [0, 16] {
                 let one = m.matmul(&x[i * cols..(i + 1) * cols], 1).unwrap();
                 assert_eq!(one, got[i * rows..(i + 1) * rows], "row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_half_keeps_every_weight_within_half_a_step() {
+        let (rows, cols) = (6, 256);
+        let w = weights(rows, cols, 11);
+        for (bits, gs) in [(8, 32), (4, 64)] {
+            let m = QMatrix::quantize_half("w", &w, rows, cols, params(bits, gs)).unwrap();
+            assert_eq!(m.scales_dtype(), DType::F16);
+            let back = m.dequantize();
+            for (i, (&a, &b)) in w.iter().zip(&back).enumerate() {
+                let (step, bias) = (m.scales.value(i / gs).abs(), m.biases.value(i / gs));
+                // One step plus the bias's f16 rounding (half an f16 ulp: 2⁻¹¹ relative) at a
+                // clamped extreme, plus f32 rounding.
+                let slack = step + bias.abs() * 2f32.powi(-11);
+                assert!(
+                    (a - b).abs() <= slack + 1e-6 * a.abs().max(1.0),
+                    "b{bits} [{i}]: {a} vs {b}"
+                );
             }
         }
     }

@@ -1,17 +1,14 @@
 //! The CPU kernel behind [`super::QMatrix::matmul`]: `y = x · Wᵀ` straight from the packed
 //! codes.
 //!
-//! Per output row and group the codes are unpacked once into a small f32 buffer, then dotted
-//! with every input row of the current tile; the group's affine map is applied to the dot
-//! product afterwards, `scale · Σ x·q + bias · Σ x`, with `Σ x` per group computed once up
-//! front. The dot over one group runs in f32; the sum over groups runs in f64, which costs
-//! one add per group and keeps long rows as accurate as short ones. Input rows are taken in tiles that stay in cache while every output row of a block
-//! streams past them, and blocks of output rows run in parallel on rayon's pool.
-
-use rayon::prelude::*;
+//! The matrix is read one row at a time through [`crate::kernels::matmul`]: each row is
+//! dequantized group by group (`scale · q + bias`, SIMD for 4 and 8 bits) into a buffer that
+//! stays in L1, then dotted in f32 with the input rows, the partial sums folded into f64 every
+//! few hundred columns. The result differs from dequantize-then-matmul by f32 rounding only.
 
 use super::scalars::Scalars;
 use super::{pack, AffineParams};
+use crate::kernels::{self, Rows};
 
 /// A borrowed view of a [`super::QMatrix`]'s storage.
 pub(super) struct Packed<'a> {
@@ -28,114 +25,42 @@ pub(super) struct Packed<'a> {
     pub biases: &'a Scalars,
 }
 
-/// Bytes of input rows per tile: small enough to stay in a core's L2 cache.
-const TILE_BYTES: usize = 192 * 1024;
-/// Products below this many multiply-adds run on the calling thread.
-const PAR_MIN_WORK: usize = 1 << 20;
-/// Lanes of the dot products' accumulators (independent sums the compiler can vectorize).
-/// Group sizes are multiples of 32, so no remainder is left over.
-const LANES: usize = 16;
+impl Rows for Packed<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let (gs, bits) = (self.params.group_size, self.params.bits);
+        let groups = self.cols / gs;
+        let row_words = groups * self.group_words;
+        let words = &self.packed[r * row_words..(r + 1) * row_words];
+        for (g, (words, out)) in words
+            .chunks_exact(self.group_words)
+            .zip(buf.chunks_exact_mut(gs))
+            .enumerate()
+        {
+            let (scale, bias) = (
+                self.scales.value(r * groups + g),
+                self.biases.value(r * groups + g),
+            );
+            if !kernels::dequantize_group(bits, words, scale, bias, out) {
+                pack::unpack(bits, words, out);
+                for v in out.iter_mut() {
+                    *v = scale * *v + bias;
+                }
+            }
+        }
+        buf
+    }
+}
 
 /// `y = x · Wᵀ`, `x` [m, cols] → `y` [m, rows]. The caller has checked `x.len() == m * cols`
 /// and that `m * rows` does not overflow.
 pub(super) fn matmul(w: &Packed<'_>, x: &[f32], m: usize) -> Vec<f32> {
-    let gs = w.params.group_size;
-    // Σ x per group: x rows are whole numbers of groups, so [m, groups] row-major.
-    let xsum: Vec<f64> = x
-        .chunks_exact(gs)
-        .map(|g| g.iter().map(|&v| f64::from(v)).sum())
-        .collect();
-    let mut yt = vec![0f32; w.rows * m];
-    if m == 0 || w.rows == 0 {
-        return yt;
-    }
-    let work = m.saturating_mul(w.rows).saturating_mul(w.cols);
-    let threads = rayon::current_num_threads();
-    if work < PAR_MIN_WORK || threads == 1 {
-        rows_block(w, x, &xsum, m, 0, &mut yt);
-    } else {
-        let block = w.rows.div_ceil(threads * 4).max(1);
-        yt.par_chunks_mut(block * m)
-            .enumerate()
-            .for_each(|(b, out)| rows_block(w, x, &xsum, m, b * block, out));
-    }
-    if m == 1 {
-        return yt;
-    }
-    // yt is [rows, m]; y is [m, rows].
-    let mut y = vec![0f32; m * w.rows];
-    for (r, col) in yt.chunks_exact(m).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            y[i * w.rows + r] = v;
-        }
-    }
-    y
-}
-
-/// Output rows `first_row..first_row + out.len() / m` into `out`, laid out [row, m].
-fn rows_block(
-    w: &Packed<'_>,
-    x: &[f32],
-    xsum: &[f64],
-    m: usize,
-    first_row: usize,
-    out: &mut [f32],
-) {
-    let gs = w.params.group_size;
-    let groups = w.cols / gs;
-    let row_words = groups * w.group_words;
-    let tile = (TILE_BYTES / (w.cols * std::mem::size_of::<f32>())).clamp(1, m);
-    let mut q = vec![0f32; gs];
-    let mut acc = vec![0f64; tile];
-    let (mut scale_buf, mut bias_buf) = (Vec::with_capacity(groups), Vec::with_capacity(groups));
-    let mut i0 = 0;
-    while i0 < m {
-        let i1 = (i0 + tile).min(m);
-        let x_tile = &x[i0 * w.cols..i1 * w.cols];
-        let xsum_tile = &xsum[i0 * groups..i1 * groups];
-        for (r, y_row) in out.chunks_exact_mut(m).enumerate() {
-            let row = first_row + r;
-            let (Some(words), Some(scales), Some(biases)) = (
-                w.packed.chunks_exact(row_words).nth(row),
-                w.scales.row_into(row, groups, &mut scale_buf),
-                w.biases.row_into(row, groups, &mut bias_buf),
-            ) else {
-                continue;
-            };
-            let acc = &mut acc[..i1 - i0];
-            acc.fill(0.0);
-            for (g, ((words, &scale), &bias)) in words
-                .chunks_exact(w.group_words)
-                .zip(scales)
-                .zip(biases)
-                .enumerate()
-            {
-                pack::unpack(w.params.bits, words, &mut q);
-                let (scale, bias) = (f64::from(scale), f64::from(bias));
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let x_group = &x_tile[i * w.cols + g * gs..i * w.cols + (g + 1) * gs];
-                    *acc += scale * f64::from(dot(&q, x_group)) + bias * xsum_tile[i * groups + g];
-                }
-            }
-            for (y, &acc) in y_row[i0..i1].iter_mut().zip(acc.iter()) {
-                *y = acc as f32;
-            }
-        }
-        i0 = i1;
-    }
-}
-
-/// `Σ q·x` over one group, with `LANES` independent partial sums.
-#[inline]
-fn dot(q: &[f32], x: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    for (q, x) in q.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
-        let lanes = |c: &[f32]| <&[f32; LANES]>::try_from(c).ok().copied();
-        if let (Some(q), Some(x)) = (lanes(q), lanes(x)) {
-            for ((acc, &q), &x) in acc.iter_mut().zip(&q).zip(&x) {
-                *acc += q * x;
-            }
-        }
-    }
-    acc.iter().sum()
+    kernels::matmul(w, x, m)
 }

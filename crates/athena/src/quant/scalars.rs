@@ -25,28 +25,9 @@ impl Scalars {
         }
     }
 
-    /// Row `row` as f32 values, converted into `buf` when stored as f16 (no allocation once
-    /// `buf` has grown); `None` past the end.
-    pub(crate) fn row_into<'a>(
-        &'a self,
-        row: usize,
-        groups: usize,
-        buf: &'a mut Vec<f32>,
-    ) -> Option<&'a [f32]> {
-        match self {
-            Scalars::F32(v) => v.chunks_exact(groups).nth(row),
-            Scalars::F16(v) => {
-                let r = v.chunks_exact(groups).nth(row)?;
-                buf.clear();
-                buf.extend(r.iter().map(|h| h.to_f32()));
-                Some(buf.as_slice())
-            }
-        }
-    }
-
     /// Value `i` (in range).
-    #[cfg(test)]
-    pub(crate) fn get(&self, i: usize) -> f32 {
+    #[inline]
+    pub(crate) fn value(&self, i: usize) -> f32 {
         match self {
             Scalars::F32(v) => v[i],
             Scalars::F16(v) => v[i].to_f32(),

@@ -4,10 +4,15 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
 
 use crate::error::{Error, Result};
+use crate::kernels::{self, Bf16Rows, F32Rows, Rows};
 use crate::quant::QMatrix;
+
+/// Up to this many input rows, f32 weights on the CPU go through the GEMV kernel; more rows
+/// go to candle's GEMM, which is faster once the weights are reused across many rows.
+const F32_GEMV_MAX_ROWS: usize = 4;
 
 /// A linear layer `y = x·Wᵀ + b` with `W` stored [out, in] as in the checkpoint.
 #[derive(Debug, Clone)]
@@ -49,6 +54,19 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Dense { weight, bias } => {
+                let m = x.dims().iter().rev().skip(1).product::<usize>();
+                let use_kernel = match weight.dtype() {
+                    // candle's CPU matmul has no fast bf16 path: bf16 weights always go
+                    // through the bf16×f32 kernel, which accumulates in f32 as torch does.
+                    DType::BF16 => true,
+                    DType::F32 => m <= F32_GEMV_MAX_ROWS,
+                    _ => false,
+                };
+                if use_kernel && x.device().is_cpu() {
+                    if let Some(y) = self.with_rows(|w| kernel_forward(w, x))? {
+                        return add_bias(y?, bias.as_ref());
+                    }
+                }
                 let l = candle_nn::Linear::new(weight.clone(), bias.clone());
                 Ok(l.forward(x)?)
             }
@@ -59,26 +77,8 @@ impl Linear {
                         "quantized weights run on the CPU in this version",
                     ));
                 }
-                let dims = x.dims().to_vec();
-                let inp = dims.last().copied().unwrap_or(0);
-                if inp != weight.cols() {
-                    return Err(Error::invalid(
-                        "input",
-                        format!("{inp} features for a layer that takes {}", weight.cols()),
-                    ));
-                }
-                let m = dims.iter().rev().skip(1).product::<usize>();
-                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let y = weight.matmul(&xs, m)?;
-                let mut shape = dims;
-                if let Some(last) = shape.last_mut() {
-                    *last = weight.rows();
-                }
-                let y = Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?;
-                match bias {
-                    Some(b) => Ok(y.broadcast_add(b)?),
-                    None => Ok(y),
-                }
+                let y = weight.with_rows(|w| kernel_forward(w, x))?;
+                add_bias(y, bias.as_ref())
             }
             Linear::Lora { base, a, b, scale } => {
                 let y = base.forward(x)?;
@@ -86,6 +86,37 @@ impl Linear {
                 let delta = x32.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
                 Ok((y + (delta * *scale)?.to_dtype(x.dtype())?)?)
             }
+        }
+    }
+
+    /// Calls `f` with the layer's weights as rows for [`crate::kernels`] when they are on the
+    /// CPU in a layout the kernels read in place: f32 or bf16 contiguous dense weights, or
+    /// quantized ones. `None` for a LoRA-wrapped layer, other devices, dtypes or layouts.
+    pub(crate) fn with_rows<R>(&self, f: impl FnOnce(&dyn Rows) -> R) -> Result<Option<R>> {
+        match self {
+            Linear::Dense { weight, .. } => {
+                if !weight.device().is_cpu() {
+                    return Ok(None);
+                }
+                let (_, cols) = weight.dims2()?;
+                let (storage, layout) = weight.storage_and_layout();
+                let Some((start, end)) = layout.contiguous_offsets() else {
+                    return Ok(None);
+                };
+                Ok(match &*storage {
+                    Storage::Cpu(CpuStorage::BF16(v)) => Some(f(&Bf16Rows {
+                        data: &v[start..end],
+                        cols,
+                    })),
+                    Storage::Cpu(CpuStorage::F32(v)) => Some(f(&F32Rows {
+                        data: &v[start..end],
+                        cols,
+                    })),
+                    _ => None,
+                })
+            }
+            Linear::Quantized { weight, .. } => Ok(Some(weight.with_rows(f))),
+            Linear::Lora { .. } => Ok(None),
         }
     }
 
@@ -112,6 +143,33 @@ impl Linear {
                 base.weight_bytes() + tensor_bytes(a) + tensor_bytes(b)
             }
         }
+    }
+}
+
+/// `x · Wᵀ` through the CPU kernels: `x` [.., in] in any float dtype → [.., out] in `x`'s
+/// dtype (computed in f32).
+fn kernel_forward(w: &dyn Rows, x: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let inp = dims.last().copied().unwrap_or(0);
+    if inp != w.cols() {
+        return Err(Error::invalid(
+            "input",
+            format!("{inp} features for a layer that takes {}", w.cols()),
+        ));
+    }
+    let m = dims.iter().rev().skip(1).product::<usize>();
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let y = kernels::matmul(w, &xs, m);
+    if let Some(last) = dims.last_mut() {
+        *last = w.rows();
+    }
+    Ok(Tensor::from_vec(y, dims, x.device())?.to_dtype(x.dtype())?)
+}
+
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => Ok(y.broadcast_add(b)?),
+        None => Ok(y),
     }
 }
 

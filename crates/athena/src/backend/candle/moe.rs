@@ -4,13 +4,21 @@
 //! Token rows are grouped by expert and each routed expert runs once over its rows; experts
 //! no token chose are never touched. Experts are summed in ascending index order, as the
 //! reference does.
+//!
+//! On the CPU, when every expert is a plain dense (f32 or bf16) or quantized matrix, the block
+//! runs on [`crate::kernels`] over plain buffers: gate and up in one pass over interleaved rows
+//! with SiLU applied as their products come out, then down, then the weighted sum. Values are
+//! rounded to the compute dtype where the reference's tensors would hold them, so a bf16
+//! model sums what transformers' bf16 model sums.
 
 use candle_core::{DType, Tensor};
+use half::bf16;
 
 use super::linear::Linear;
 use super::weights::Weights;
 use crate::checkpoint::{ExpertProj, OlmoeArgs};
 use crate::error::Result;
+use crate::kernels::{self, Rows};
 use crate::lora::{ExpertProjKind, LoraTarget};
 
 /// The experts of one layer: one [`Linear`] per expert and projection (dense experts are
@@ -32,6 +40,40 @@ pub(crate) struct SparseMoeBlock {
     experts: Experts,
     top_k: usize,
     norm_topk_prob: bool,
+    /// Every expert can run on the CPU kernels (dense f32/bf16 or quantized, no LoRA).
+    cpu_kernels: bool,
+}
+
+/// Gate and up rows interleaved (row 2i is gate row i, row 2i+1 up row i), so one pass of
+/// [`kernels::matmul`] computes both projections while each row pair is hot.
+struct GateUp<'a> {
+    gate: &'a dyn Rows,
+    up: &'a dyn Rows,
+}
+
+impl Rows for GateUp<'_> {
+    fn rows(&self) -> usize {
+        2 * self.gate.rows()
+    }
+    fn cols(&self) -> usize {
+        self.gate.cols()
+    }
+    fn row<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        match r % 2 {
+            0 => self.gate.row(r / 2, buf),
+            _ => self.up.row(r / 2, buf),
+        }
+    }
+    fn dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+        match r % 2 {
+            0 => self.gate.dot(r / 2, x, buf),
+            _ => self.up.dot(r / 2, x, buf),
+        }
+    }
+}
+
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
 }
 
 /// Routing of a batch of token rows: for each row its chosen experts and weights.
@@ -103,15 +145,21 @@ impl SparseMoeBlock {
                 proj: kind,
             })
         };
+        let experts = Experts {
+            gate: experts(ExpertProj::Gate, ExpertProjKind::Gate)?,
+            up: experts(ExpertProj::Up, ExpertProjKind::Up)?,
+            down: experts(ExpertProj::Down, ExpertProjKind::Down)?,
+        };
+        let mut cpu_kernels = true;
+        for l in experts.gate.iter().chain(&experts.up).chain(&experts.down) {
+            cpu_kernels &= l.with_rows(|_| ())?.is_some();
+        }
         Ok(SparseMoeBlock {
             gate,
-            experts: Experts {
-                gate: experts(ExpertProj::Gate, ExpertProjKind::Gate)?,
-                up: experts(ExpertProj::Up, ExpertProjKind::Up)?,
-                down: experts(ExpertProj::Down, ExpertProjKind::Down)?,
-            },
+            experts,
             top_k: args.num_experts_per_tok,
             norm_topk_prob: args.norm_topk_prob,
+            cpu_kernels,
         })
     }
 
@@ -122,6 +170,10 @@ impl SparseMoeBlock {
         let router_logits = self.gate.forward(&x)?;
         let routing = Routing::from_logits(&router_logits, self.top_k, self.norm_topk_prob)?;
         let num_experts = self.experts.gate.len();
+        if self.cpu_kernels && matches!(x.dtype(), DType::F32 | DType::BF16) {
+            let out = self.forward_kernels(&x, &routing)?;
+            return Ok(out.reshape((b, t, h))?);
+        }
         let mut out = x.zeros_like()?;
         for (e, rows, weights) in routing.by_expert(num_experts) {
             let n = rows.len();
@@ -138,6 +190,57 @@ impl SparseMoeBlock {
         }
         Ok(out.reshape((b, t, h))?)
     }
+
+    /// [`Self::forward`] on the CPU kernels: x [N, H] (f32 or bf16) → [N, H] in x's dtype.
+    fn forward_kernels(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+        let (n, h) = x.dims2()?;
+        // The reference's intermediate tensors are in the compute dtype: round where it would.
+        let round: fn(f32) -> f32 = match x.dtype() {
+            DType::BF16 => |v| bf16::from_f32(v).to_f32(),
+            _ => |v| v,
+        };
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; n * h];
+        let mut xe = Vec::new();
+        for (e, rows, weights) in routing.by_expert(self.experts.gate.len()) {
+            let m = rows.len();
+            xe.clear();
+            for &r in &rows {
+                xe.extend_from_slice(&xs[r as usize * h..(r as usize + 1) * h]);
+            }
+            let gate_up = self.experts.gate[e]
+                .with_rows(|gate| {
+                    self.experts.up[e].with_rows(|up| kernels::matmul(&GateUp { gate, up }, &xe, m))
+                })?
+                .transpose()?
+                .flatten();
+            let Some(gate_up) = gate_up else {
+                return Err(expert_not_on_kernels(e));
+            };
+            let hidden: Vec<f32> = gate_up
+                .chunks_exact(2)
+                .map(|gu| round(round(silu(round(gu[0]))) * round(gu[1])))
+                .collect();
+            let y = self.experts.down[e]
+                .with_rows(|down| kernels::matmul(down, &hidden, m))?
+                .ok_or_else(|| expert_not_on_kernels(e))?;
+            for ((&r, &w), y) in rows.iter().zip(&weights).zip(y.chunks_exact(h)) {
+                let w = round(w);
+                let acc = &mut out[r as usize * h..(r as usize + 1) * h];
+                for (a, &y) in acc.iter_mut().zip(y) {
+                    *a = round(*a + round(round(y) * w));
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (n, h), x.device())?.to_dtype(x.dtype())?)
+    }
+}
+
+fn expert_not_on_kernels(e: usize) -> crate::error::Error {
+    crate::error::Error::invalid(
+        "experts",
+        format!("expert {e} is not in a layout the CPU kernels read"),
+    )
 }
 
 #[cfg(test)]

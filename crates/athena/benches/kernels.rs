@@ -1,0 +1,82 @@
+//! Micro-benchmarks of the CPU kernels at OLMoE-1B-7B's expert shape (1024 × 2048): decode
+//! (one input row) and a prefill-sized batch, for f32, bf16 and 8- and 4-bit weights.
+//!
+//! `cargo bench -p athena --bench kernels` (`RAYON_NUM_THREADS` sets the pool size).
+
+use athena::kernels::{self, Bf16Rows, F32Rows};
+use athena::quant::{AffineParams, QMatrix};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::bf16;
+
+const ROWS: usize = 1024;
+const COLS: usize = 2048;
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn dots(c: &mut Criterion) {
+    let (a, b) = (values(COLS, 1), values(COLS, 2));
+    let ab: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
+    let mut g = c.benchmark_group("dot");
+    g.throughput(Throughput::Elements(COLS as u64));
+    g.bench_function("f32", |bch| bch.iter(|| kernels::dot(&a, &b)));
+    g.bench_function("bf16", |bch| bch.iter(|| kernels::dot_bf16(&ab, &b)));
+    g.finish();
+}
+
+fn matmuls(c: &mut Criterion) {
+    let w = values(ROWS * COLS, 3);
+    let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let q8 = QMatrix::quantize("w8", &w, ROWS, COLS, AffineParams::new(8, 32).unwrap()).unwrap();
+    let q4 = QMatrix::quantize("w4", &w, ROWS, COLS, AffineParams::new(4, 64).unwrap()).unwrap();
+    for m in [1usize, 16] {
+        let x = values(m * COLS, 4);
+        let mut g = c.benchmark_group(format!("matmul_{ROWS}x{COLS}_m{m}"));
+        g.throughput(Throughput::Elements((ROWS * COLS * m) as u64));
+        g.bench_function(BenchmarkId::new("f32", m), |bch| {
+            bch.iter(|| {
+                kernels::matmul(
+                    &F32Rows {
+                        data: &w,
+                        cols: COLS,
+                    },
+                    &x,
+                    m,
+                )
+            })
+        });
+        g.bench_function(BenchmarkId::new("bf16", m), |bch| {
+            bch.iter(|| {
+                kernels::matmul(
+                    &Bf16Rows {
+                        data: &wb,
+                        cols: COLS,
+                    },
+                    &x,
+                    m,
+                )
+            })
+        });
+        g.bench_function(BenchmarkId::new("q8_g32", m), |bch| {
+            bch.iter(|| q8.matmul(&x, m).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("q4_g64", m), |bch| {
+            bch.iter(|| q4.matmul(&x, m).unwrap())
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = dots, matmuls
+}
+criterion_main!(benches);

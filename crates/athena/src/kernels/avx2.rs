@@ -1,0 +1,189 @@
+//! AVX2+FMA versions of the kernels. Every function here requires a CPU with AVX2 and FMA;
+//! the callers in [`super`] check that at run time and pass slices of the lengths each
+//! function names.
+
+use std::arch::x86_64::*;
+
+use half::bf16;
+
+use super::FLUSH;
+
+/// Sum of the eight lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// Eight bf16 values at `p` widened to f32 (a bf16 is the high half of an f32).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_bf16(p: *const bf16) -> __m256 {
+    let h = _mm_loadu_si128(p.cast::<__m128i>());
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+}
+
+/// `Σ a·b`; `a.len() == b.len()`. Sums in the same order as one lane of [`dot4`], so a
+/// product of one input row equals the same row of a batch bit for bit.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut total = 0f64;
+    let mut i = 0;
+    while i < n {
+        let end = (i + FLUSH).min(n);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        while i + 16 <= end {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * h;
+                *acc =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *acc);
+            }
+            i += 16;
+        }
+        while i + 8 <= end {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+        while i < end {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        total += f64::from(s);
+    }
+    total as f32
+}
+
+/// One row `w` against four rows `x`; every slice has `w.len()` elements.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    let pw = w.as_ptr();
+    let px = x.map(|x| x.as_ptr());
+    let mut total = [0f64; 4];
+    let mut i = 0;
+    while i < n {
+        let end = (i + FLUSH).min(n);
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        while i + 16 <= end {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * h;
+                let wv = _mm256_loadu_ps(pw.add(o));
+                for k in 0..4 {
+                    acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(px[k].add(o)), acc[k]);
+                }
+            }
+            i += 16;
+        }
+        while i + 8 <= end {
+            let wv = _mm256_loadu_ps(pw.add(i));
+            for k in 0..4 {
+                acc[0][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(px[k].add(i)), acc[0][k]);
+            }
+            i += 8;
+        }
+        let mut s = [0f32; 4];
+        for (k, s) in s.iter_mut().enumerate() {
+            *s = hsum(_mm256_add_ps(acc[0][k], acc[1][k]));
+        }
+        while i < end {
+            for (k, s) in s.iter_mut().enumerate() {
+                *s += *pw.add(i) * *px[k].add(i);
+            }
+            i += 1;
+        }
+        for (t, s) in total.iter_mut().zip(s) {
+            *t += f64::from(s);
+        }
+    }
+    total.map(|t| t as f32)
+}
+
+/// `Σ w·x` with bf16 `w`; `w.len() == x.len()`. Sums in [`dot`]'s order, so it equals `dot`
+/// of the widened row bit for bit.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    let n = w.len();
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    let mut total = 0f64;
+    let mut i = 0;
+    while i < n {
+        let end = (i + FLUSH).min(n);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        while i + 16 <= end {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * h;
+                *acc = _mm256_fmadd_ps(load_bf16(pw.add(o)), _mm256_loadu_ps(px.add(o)), *acc);
+            }
+            i += 16;
+        }
+        while i + 8 <= end {
+            acc[0] = _mm256_fmadd_ps(load_bf16(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+        while i < end {
+            s += (*pw.add(i)).to_f32() * *px.add(i);
+            i += 1;
+        }
+        total += f64::from(s);
+    }
+    total as f32
+}
+
+/// bf16 → f32; `src.len() == out.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
+    let n = src.len();
+    let (ps, po) = (src.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(po.add(i), load_bf16(ps.add(i)));
+        i += 8;
+    }
+    while i < n {
+        *po.add(i) = (*ps.add(i)).to_f32();
+        i += 1;
+    }
+}
+
+/// 8-bit codes (4 a word) → `scale · code + bias`; `out.len()` is a multiple of 8 and
+/// `words` holds at least `out.len() / 4` words.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dequantize_q8(words: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
+    let (s, b) = (_mm256_set1_ps(scale), _mm256_set1_ps(bias));
+    let (pw, po) = (words.as_ptr().cast::<u8>(), out.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= out.len() {
+        let codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(pw.add(i).cast::<__m128i>()));
+        _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(codes), b));
+        i += 8;
+    }
+}
+
+/// 4-bit codes (8 a word, low nibble first) → `scale · code + bias`; `out.len()` is a
+/// multiple of 8 and `words` holds at least `out.len() / 8` words.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dequantize_q4(words: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
+    let (s, b) = (_mm256_set1_ps(scale), _mm256_set1_ps(bias));
+    let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    let mask = _mm256_set1_epi32(0xf);
+    let po = out.as_mut_ptr();
+    for (j, &word) in words.iter().take(out.len() / 8).enumerate() {
+        let w = _mm256_set1_epi32(word as i32);
+        let codes = _mm256_and_si256(_mm256_srlv_epi32(w, shifts), mask);
+        _mm256_storeu_ps(
+            po.add(8 * j),
+            _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(codes), b),
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! Portable versions of the kernels: eight independent f32 lanes the compiler can vectorize
+//! for whatever the target offers, folded into f64 every [`super::FLUSH`] elements.
+
+use half::bf16;
+
+const LANES: usize = 8;
+
+/// `Σ a·b`, `a` and `b` of equal length.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut total = 0f64;
+    for (a, b) in a.chunks(super::FLUSH).zip(b.chunks(super::FLUSH)) {
+        let mut acc = [0f32; LANES];
+        let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (ar, br) = (ac.remainder(), bc.remainder());
+        for (a, b) in ac.zip(bc) {
+            for k in 0..LANES {
+                acc[k] += a[k] * b[k];
+            }
+        }
+        let tail: f32 = ar.iter().zip(br).map(|(a, b)| a * b).sum();
+        total += f64::from(acc.iter().sum::<f32>()) + f64::from(tail);
+    }
+    total as f32
+}
+
+/// `Σ w·x` with `w` in bf16, `w` and `x` of equal length.
+pub(super) fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    let mut total = 0f64;
+    let mut buf = [0f32; super::FLUSH];
+    for (w, x) in w.chunks(super::FLUSH).zip(x.chunks(super::FLUSH)) {
+        let buf = &mut buf[..w.len()];
+        for (b, w) in buf.iter_mut().zip(w) {
+            *b = w.to_f32();
+        }
+        total += f64::from(dot(buf, x));
+    }
+    total as f32
+}
+
+/// `out[i] = scale · code[i] + bias` for 4- or 8-bit codes packed low bits first.
+pub(super) fn dequantize(bits: u8, words: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
+    let per_word = 32 / usize::from(bits);
+    let mask = (1u32 << bits) - 1;
+    for (&word, out) in words.iter().zip(out.chunks_mut(per_word)) {
+        for (k, o) in out.iter_mut().enumerate() {
+            let code = (word >> (k as u32 * u32::from(bits))) & mask;
+            *o = scale * code as f32 + bias;
+        }
+    }
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Regenerates the CPU table of docs/BENCHMARKS.md in one sitting: athena at f32, bf16, 8-bit
+# and 4-bit beside every anchor that is installed (HF transformers f32 and bf16 through
+# anchor_hf.py; llama.cpp bf16, Q8_0 and Q4_0 through llamacpp.sh), RUNS rounds of each, then
+# the machine's bandwidth; prints a Markdown table of medians and ratios.
+# usage: scripts/benchmarks.sh [MODEL_DIR] [PROMPT=128] [DECODE=32] [RUNS=3]
+#   PYTHON   a Python with torch + transformers (+ cmake, ninja, numpy, sentencepiece for llama.cpp)
+#   ANCHORS  the anchors directory (default ../shared/anchors)
+#   THREADS  threads for every engine (default 2)
+#   RAW      where the raw JSON lines go (default target/benchmarks-<UTC time>.jsonl)
+#   NO_LLAMACPP=1 / NO_HF=1 skip an anchor
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${1:-$HOME/.cache/olmoe-layers4}
+P=${2:-128}
+D=${3:-32}
+RUNS=${4:-3}
+PY=${PYTHON:-python3}
+ANCHORS=${ANCHORS:-../shared/anchors}
+T=${THREADS:-2}
+mkdir -p target
+RAW=${RAW:-target/benchmarks-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+if [ ! -f "$MODEL/config.json" ]; then
+  "$PY" "$ANCHORS/make_olmoe.py" "$MODEL" --preset layers4
+fi
+cargo build --release --bin athena >&2
+BIN=${CARGO_TARGET_DIR:-target}/release/athena
+: > "$RAW"
+emit() { # label run json
+  printf '{"label":"%s","run":%s,"result":%s}\n' "$1" "$2" "$3" | tee -a "$RAW" >&2
+}
+machine=$(printf '{"cpu":"%s","cores":%s,"flags":"%s","kernel":"%s","rustc":"%s","athena_commit":"%s"}' \
+  "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$(nproc)" \
+  "$(grep -m1 -o -w -E 'avx512f|avx2' /proc/cpuinfo | sort -u | xargs)" "$(uname -r)" \
+  "$(rustc --version)" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo +dirty)")
+emit machine 0 "$machine"
+have_hf=0
+[ -z "${NO_HF:-}" ] && "$PY" -c 'import torch, transformers' 2>/dev/null && have_hf=1
+have_llama=0
+[ -z "${NO_LLAMACPP:-}" ] && [ -f "$ANCHORS/llamacpp.sh" ] && have_llama=1
+for r in $(seq 1 "$RUNS"); do
+  for cfg in "f32 none" "bf16 none" "f32 8bit" "f32 4bit"; do
+    set -- $cfg
+    emit "athena $1 $2" "$r" "$("$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" \
+      --dtype "$1" --quantization "$2" --threads "$T" --json)"
+  done
+  if [ "$have_hf" = 1 ]; then
+    for dt in float32 bfloat16; do
+      emit "transformers $dt" "$r" "$(OMP_NUM_THREADS=$T "$PY" "$ANCHORS/anchor_hf.py" "$MODEL" "$P" "$D" "$dt")"
+    done
+  fi
+  if [ "$have_llama" = 1 ]; then
+    for ty in bf16 Q8_0 Q4_0; do
+      out=$(PYTHON="$PY" bash "$ANCHORS/llamacpp.sh" "$MODEL" "$P" "$D" "$ty" 2>/dev/null | tail -1) || out=""
+      [ -n "$out" ] && emit "llama.cpp $ty" "$r" "$out"
+    done
+  fi
+done
+emit stream 0 "$("$BIN" bench --stream --stream-only --threads "$T")"
+"$PY" scripts/bench_table.py "$RAW"
