@@ -18,13 +18,17 @@ OUT=${1:-}
 
 # The toolkit: nvcc + ptxas (nvidia-cuda-nvcc), cicc + libdevice (nvidia-nvvm), the
 # runtime headers (nvidia-cuda-runtime), the CUDA C++ core libraries (nvidia-cuda-cccl) and
-# crt headers (nvidia-cuda-crt), all of the 13.0 line.
+# crt headers (nvidia-cuda-crt), all of the 13.0 line; and the libraries candle links
+# against (cuBLAS, cuRAND, NVRTC), whose run-time copies on the GPU machine come with PyTorch.
 WHEELS=(
   "nvidia-cuda-nvcc==13.0.88"
   "nvidia-nvvm==13.0.88"
   "nvidia-cuda-runtime==13.0.96"
   "nvidia-cuda-cccl==13.0.85"
   "nvidia-cuda-crt==13.0.88"
+  "nvidia-cublas==13.0.2.14"
+  "nvidia-curand==10.4.0.35"
+  "nvidia-cuda-nvrtc==13.0.88"
 )
 if [ ! -x "$CACHE/venv/bin/python" ]; then
   "$PY" -m venv "$CACHE/venv"
@@ -35,6 +39,20 @@ if [ ! -x "$TOOLKIT/bin/nvcc" ] || [ ! -d "$TOOLKIT/nvvm" ]; then
   echo "error: no nvcc/nvvm under $TOOLKIT after installing ${WHEELS[*]}" >&2
   exit 1
 fi
+# Link names for the versioned libraries, and a link stub for the driver library (libcuda
+# comes with the GPU driver, not with a wheel): every driver entry point cudarc declares,
+# as the toolkit's own stubs do. The real libcuda.so.1 is loaded at run time.
+LIB="$TOOLKIT/lib"
+for l in cublas.so.13 cublasLt.so.13 curand.so.10 nvrtc.so.13 cudart.so.13; do
+  ln -sf "lib$l" "$LIB/lib${l%%.so*}.so"
+done
+cargo fetch --locked >/dev/null
+CUDARC_VERSION=$(grep -A1 '^name = "cudarc"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+CUDARC_SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$CUDARC_VERSION" | head -1)
+grep -rhoE 'fn cu[A-Z][A-Za-z0-9_]*\(' "$CUDARC_SRC/src/driver/sys" | sed 's/^fn //; s/($//' |
+  sort -u | sed 's/.*/void &(void) {}/' > "$CACHE/libcuda_stub.c"
+cc -shared -fPIC -o "$LIB/libcuda.so" -Wl,-soname,libcuda.so.1 "$CACHE/libcuda_stub.c"
+
 export CUDA_HOME="$TOOLKIT" CUDA_PATH="$TOOLKIT" CUDA_ROOT="$TOOLKIT" NVCC="$TOOLKIT/bin/nvcc"
 export PATH="$TOOLKIT/bin:$PATH"
 "$NVCC" --version | tail -1 >&2
