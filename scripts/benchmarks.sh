@@ -56,5 +56,5 @@ for r in $(seq 1 "$RUNS"); do
     done
   fi
 done
-emit stream 0 "$("$BIN" bench --stream --stream-only --threads "$T")"
+emit stream 0 "$("$BIN" bench --model "$MODEL" --stream --stream-only --threads "$T")"
 "$PY" scripts/bench_table.py "$RAW"
