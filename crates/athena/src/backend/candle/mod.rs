@@ -2,6 +2,8 @@
 
 mod linear;
 mod moe;
+#[cfg(feature = "cuda")]
+mod moe_cuda;
 mod olmoe;
 mod provider;
 mod rope;

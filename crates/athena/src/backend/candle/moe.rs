@@ -42,6 +42,9 @@ pub(crate) struct SparseMoeBlock {
     norm_topk_prob: bool,
     /// Every expert can run on the CPU kernels (dense f32/bf16 or quantized, no LoRA).
     cpu_kernels: bool,
+    /// The same experts as stacked device tensors, for the grouped CUDA path.
+    #[cfg(feature = "cuda")]
+    stacked: Option<super::moe_cuda::StackedExperts>,
 }
 
 /// Gate and up rows interleaved (row 2i is gate row i, row 2i+1 up row i), so one pass of
@@ -145,6 +148,27 @@ impl SparseMoeBlock {
                 proj: kind,
             })
         };
+        #[cfg(feature = "cuda")]
+        let stacked = Self::stacked(w, layer)?;
+        #[cfg(feature = "cuda")]
+        if let Some(stacked) = &stacked {
+            // Dense experts as views of the stacks the grouped path multiplies.
+            let views = |t: &Tensor| -> Result<Vec<Linear>> {
+                (0..e).map(|x| Ok(Linear::dense(t.get(x)?, None))).collect()
+            };
+            return Ok(SparseMoeBlock {
+                gate,
+                experts: Experts {
+                    gate: views(&stacked.gate)?,
+                    up: views(&stacked.up)?,
+                    down: views(&stacked.down)?,
+                },
+                top_k: args.num_experts_per_tok,
+                norm_topk_prob: args.norm_topk_prob,
+                cpu_kernels: false,
+                stacked: Some(stacked.clone()),
+            });
+        }
         let experts = Experts {
             gate: experts(ExpertProj::Gate, ExpertProjKind::Gate)?,
             up: experts(ExpertProj::Up, ExpertProjKind::Up)?,
@@ -160,7 +184,29 @@ impl SparseMoeBlock {
             top_k: args.num_experts_per_tok,
             norm_topk_prob: args.norm_topk_prob,
             cpu_kernels,
+            #[cfg(feature = "cuda")]
+            stacked: None,
         })
+    }
+
+    /// Plain dense experts on a CUDA device in a half dtype, with no adapter: loaded as the
+    /// canonical stacks, which the grouped path multiplies directly.
+    #[cfg(feature = "cuda")]
+    fn stacked(w: &Weights, layer: usize) -> Result<Option<super::moe_cuda::StackedExperts>> {
+        let module = crate::checkpoint::CheckpointReader::switch_module(layer, ExpertProj::Gate);
+        if !w.r.device().is_cuda()
+            || !matches!(w.dtype(), DType::BF16 | DType::F16)
+            || w.opts.quantize.is_some()
+            || w.opts.lora.is_some()
+            || w.r.is_quantized(&module)
+        {
+            return Ok(None);
+        }
+        Ok(Some(super::moe_cuda::StackedExperts {
+            gate: w.r.experts(layer, ExpertProj::Gate)?,
+            up: w.r.experts(layer, ExpertProj::Up)?,
+            down: w.r.experts(layer, ExpertProj::Down)?,
+        }))
     }
 
     /// x [B, T, H] → [B, T, H].
@@ -168,6 +214,11 @@ impl SparseMoeBlock {
         let (b, t, h) = x.dims3()?;
         let x = x.reshape((b * t, h))?;
         let router_logits = self.gate.forward(&x)?;
+        #[cfg(feature = "cuda")]
+        if let Some(stacked) = self.stacked.as_ref().filter(|s| s.runs(&x, self.top_k)) {
+            let y = stacked.forward(&x, &router_logits, self.top_k, self.norm_topk_prob)?;
+            return Ok(y.reshape((b, t, h))?);
+        }
         let routing = Routing::from_logits(&router_logits, self.top_k, self.norm_topk_prob)?;
         let num_experts = self.experts.gate.len();
         if self.cpu_kernels && matches!(x.dtype(), DType::F32 | DType::BF16) {

@@ -30,7 +30,10 @@ impl RmsNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.dtype() == DType::F32 {
+        // On a GPU the fused kernel also serves half dtypes: it rounds once, after the
+        // scaling, where the reference rounds before it too (at most one unit in the last
+        // place apart), and it saves the eight launches of the unfused form.
+        if x.dtype() == DType::F32 || x.device().is_cuda() {
             // The fused kernel computes exactly x * rsqrt(mean(x²) + eps) * w in f32.
             return Ok(candle_nn::ops::rms_norm(
                 &x.contiguous()?,
@@ -139,8 +142,13 @@ impl Attention {
             scores = scores.broadcast_add(mask)?;
         }
         let dtype = scores.dtype();
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        // The reference's f32 softmax rounded to the compute dtype; candle's CUDA kernel
+        // accumulates half dtypes in f32 and rounds once, the same thing in one launch.
+        let probs = if scores.device().is_cuda() {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?
+        };
         Ok(probs.matmul(&v)?)
     }
 
@@ -373,7 +381,7 @@ impl Olmoe {
     pub fn forward_last(&self, tokens: &[Vec<u32>], session: &mut Session) -> Result<Tensor> {
         let hidden = self.forward_hidden(tokens, session)?;
         let t = hidden.dim(1)?;
-        self.lm_head(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+        self.lm_head(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?)
     }
 }
 
