@@ -151,28 +151,29 @@ impl SparseMoeBlock {
         #[cfg(feature = "cuda")]
         let stacked = Self::stacked(w, layer)?;
         #[cfg(feature = "cuda")]
-        if let Some(stacked) = &stacked {
+        let views = match &stacked {
             // Dense experts as views of the stacks the grouped path multiplies.
-            let views = |t: &Tensor| -> Result<Vec<Linear>> {
-                (0..e).map(|x| Ok(Linear::dense(t.get(x)?, None))).collect()
-            };
-            return Ok(SparseMoeBlock {
-                gate,
-                experts: Experts {
-                    gate: views(&stacked.gate)?,
-                    up: views(&stacked.up)?,
-                    down: views(&stacked.down)?,
-                },
-                top_k: args.num_experts_per_tok,
-                norm_topk_prob: args.norm_topk_prob,
-                cpu_kernels: false,
-                stacked: Some(stacked.clone()),
-            });
-        }
-        let experts = Experts {
-            gate: experts(ExpertProj::Gate, ExpertProjKind::Gate)?,
-            up: experts(ExpertProj::Up, ExpertProjKind::Up)?,
-            down: experts(ExpertProj::Down, ExpertProjKind::Down)?,
+            Some(s) => {
+                let views = |t: &Tensor| -> Result<Vec<Linear>> {
+                    (0..e).map(|x| Ok(Linear::dense(t.get(x)?, None))).collect()
+                };
+                Some(Experts {
+                    gate: views(&s.gate)?,
+                    up: views(&s.up)?,
+                    down: views(&s.down)?,
+                })
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let views: Option<Experts> = None;
+        let experts = match views {
+            Some(views) => views,
+            None => Experts {
+                gate: experts(ExpertProj::Gate, ExpertProjKind::Gate)?,
+                up: experts(ExpertProj::Up, ExpertProjKind::Up)?,
+                down: experts(ExpertProj::Down, ExpertProjKind::Down)?,
+            },
         };
         let mut cpu_kernels = true;
         for l in experts.gate.iter().chain(&experts.up).chain(&experts.down) {
@@ -185,7 +186,7 @@ impl SparseMoeBlock {
             norm_topk_prob: args.norm_topk_prob,
             cpu_kernels,
             #[cfg(feature = "cuda")]
-            stacked: None,
+            stacked,
         })
     }
 
