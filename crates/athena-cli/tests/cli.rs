@@ -143,6 +143,8 @@ fn bad_input_fails_with_a_message_naming_what_is_wrong() {
             ],
             "99999",
         ),
+        (vec!["bench", "--model", base, "--batch", "0"], "--batch"),
+        (vec!["bench", "--model", base, "--batch", "5000"], "--batch"),
         (
             vec![
                 "logits",
