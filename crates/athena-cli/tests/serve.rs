@@ -61,7 +61,7 @@ fn python() -> Option<PathBuf> {
         );
     candidates.into_iter().find(|p| {
         Command::new(p)
-            .args(["-c", "import openai, httpx"])
+            .args(["-c", "import openai"])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)

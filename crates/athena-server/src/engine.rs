@@ -218,6 +218,10 @@ fn run(
             let Some(job) = waiting.pop_front() else {
                 break;
             };
+            // The sequence being prefilled counts as running, so that `running == 0` never
+            // shows while work is in flight.
+            stats.running.store(running.len() + 1, Ordering::Relaxed);
+            stats.waiting.store(waiting.len(), Ordering::Relaxed);
             if let Some(r) = join(batch.as_mut(), tokenizer, context, job, stats) {
                 running.push(r);
             }
