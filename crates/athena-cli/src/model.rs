@@ -51,7 +51,7 @@ pub enum DeviceArg {
 pub enum QuantArg {
     /// Weights as stored.
     None,
-    /// Group-wise 8-bit (MLX affine, group 64).
+    /// Group-wise 8-bit (MLX affine: groups of 32, experts 64; attention's v/o stay dense).
     #[value(name = "8bit")]
     Int8,
     /// Group-wise 4-bit (MLX affine, group 64).
