@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 
 use half::bf16;
 
+use super::affine::{QInput, QBLOCK};
 use super::FLUSH;
 
 /// Sum of the eight lanes of `v`.
@@ -186,4 +187,49 @@ pub(super) unsafe fn dequantize_q4(words: &[u32], scale: f32, bias: f32, out: &m
             _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(codes), b),
         );
     }
+}
+
+/// [`super::affine::dot_affine`] for `BITS` 4 or 8: per block of 32 codes, one 256-bit
+/// load (8 bits) or a zero-extension of 16 bytes (4 bits), a mask and a shift split each
+/// 16-bit lane into its low and high code, and two `vpmaddwd` with the input codes give
+/// exact int32 sums; lengths checked by the caller.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot_affine<const BITS: i32>(
+    group_size: usize,
+    words: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    x: QInput<'_>,
+) -> f32 {
+    let blocks = group_size / QBLOCK;
+    let pw = words.as_ptr().cast::<u8>();
+    let (pq, ps, pm) = (x.codes.as_ptr(), x.steps.as_ptr(), x.sums.as_ptr());
+    let mask = _mm256_set1_epi16(if BITS == 8 { 0xff } else { 0x0f });
+    let mut total = [_mm256_setzero_ps(); 2];
+    let mut bias_total = 0f32;
+    let mut b = 0;
+    for (g, (&scale, &bias)) in scales.iter().zip(biases).enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        let mut sum = 0f32;
+        for _ in 0..blocks {
+            let v = if BITS == 8 {
+                _mm256_loadu_si256(pw.add(b * 32).cast::<__m256i>())
+            } else {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(pw.add(b * 16).cast::<__m128i>()))
+            };
+            let lo = _mm256_and_si256(v, mask);
+            let hi = _mm256_srli_epi16::<BITS>(v);
+            let q = pq.add(b * QBLOCK);
+            let s = _mm256_add_epi32(
+                _mm256_madd_epi16(lo, _mm256_loadu_si256(q.cast::<__m256i>())),
+                _mm256_madd_epi16(hi, _mm256_loadu_si256(q.add(16).cast::<__m256i>())),
+            );
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*ps.add(b)), acc);
+            sum += *pm.add(b);
+            b += 1;
+        }
+        total[g & 1] = _mm256_fmadd_ps(acc, _mm256_set1_ps(scale), total[g & 1]);
+        bias_total += bias * sum;
+    }
+    hsum(_mm256_add_ps(total[0], total[1])) + bias_total
 }

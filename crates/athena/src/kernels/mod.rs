@@ -12,7 +12,13 @@
 //! four input rows at once; input rows are taken in tiles that stay in L2 while the row blocks
 //! stream past, and row blocks run in parallel on rayon's pool. At one input row (decode)
 //! bf16 and f32 rows skip the buffer and are read straight from the weights.
+//!
+//! At decode sizes (up to [`GEMV_MAX_ROWS`] input rows) [`matmul`] also hands each row the
+//! input's int16 form ([`affine`]), on which 4- and 8-bit affine rows run integer dot products
+//! instead of dequantizing; [`matmul_exact`] keeps f32 activations throughout (the accuracy
+//! contract of [`crate::quant::QMatrix::matmul`]).
 
+pub mod affine;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod bandwidth;
@@ -27,6 +33,9 @@ pub(crate) const FLUSH: usize = 256;
 const TILE_BYTES: usize = 256 * 1024;
 /// Products below this many multiply-adds run on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 18;
+/// Up to this many input rows, [`matmul`] runs one dot product per weight row and input row
+/// on the inputs' prepared forms (decode); more rows reuse each converted weight row.
+pub const GEMV_MAX_ROWS: usize = 4;
 
 /// Whether the AVX2+FMA kernels can run on this CPU (checked once, then cached by std).
 #[inline]
@@ -144,7 +153,10 @@ pub trait Rows: Sync {
     fn cols(&self) -> usize;
     /// Row `r` (in range) in f32: written into `buf` (`cols` long) or borrowed from `self`.
     fn row<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32];
-    /// `Σ row_r · x` for one input row; by default through [`Rows::row`].
+    /// `Σ row_r · x` for one input row; by default through [`Rows::row`]. `x` holds the
+    /// row's `cols` values, possibly followed by its prepared int16 form
+    /// ([`affine::prepared`]), which quantized rows use; `buf` is `cols` long scratch.
+    /// Wrappers pass `x` on unchanged.
     fn dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
         dot(self.row(r, buf), x)
     }
@@ -195,8 +207,38 @@ impl Rows for Bf16Rows<'_> {
 }
 
 /// `y = x · Wᵀ`: `x` [m, cols] row-major → `y` [m, rows] row-major. The caller has checked
-/// `x.len() == m * w.cols()`.
+/// `x.len() == m * w.cols()`. Up to [`GEMV_MAX_ROWS`] input rows, quantized 4- and 8-bit rows
+/// multiply the inputs' int16 forms (relative error about 2⁻¹⁶ of each block's largest
+/// input, see [`affine`]); everything else is computed as by [`matmul_exact`].
 pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
+    let cols = w.cols();
+    if (1..=GEMV_MAX_ROWS).contains(&m) && affine::prepared_len(cols) > 0 {
+        let len = cols + affine::prepared_len(cols);
+        let mut xp = Vec::with_capacity(m * len);
+        let mut one = Vec::with_capacity(len);
+        for xi in x.chunks_exact(cols).take(m) {
+            if !affine::prepare_input(xi, &mut one) {
+                return matmul_exact(w, x, m);
+            }
+            xp.extend_from_slice(&one);
+        }
+        return run(w, m, |first_row, out| {
+            gemv_block(w, &xp, len, m, first_row, out)
+        });
+    }
+    matmul_exact(w, x, m)
+}
+
+/// [`matmul`] with f32 activations throughout: each output differs from the exact product
+/// by f32 rounding only, and one input row gives the same values as the same row of a batch,
+/// bit for bit.
+pub fn matmul_exact<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
+    run(w, m, |first_row, out| rows_block(w, x, m, first_row, out))
+}
+
+/// Runs `block(first_row, out)` over the output rows (in parallel for large products) and
+/// returns `y` [m, rows] from the blocks' [rows, m] layout.
+fn run<W: Rows + ?Sized>(w: &W, m: usize, block: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let (rows, cols) = (w.rows(), w.cols());
     let mut yt = vec![0f32; rows * m];
     if m == 0 || rows == 0 {
@@ -205,12 +247,12 @@ pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
     let work = m.saturating_mul(rows).saturating_mul(cols);
     let threads = rayon::current_num_threads();
     if work < PAR_MIN_WORK || threads == 1 {
-        rows_block(w, x, m, 0, &mut yt);
+        block(0, &mut yt);
     } else {
-        let block = rows.div_ceil(threads * 8).max(1);
-        yt.par_chunks_mut(block * m)
+        let rows_per = rows.div_ceil(threads * 8).max(1);
+        yt.par_chunks_mut(rows_per * m)
             .enumerate()
-            .for_each(|(b, out)| rows_block(w, x, m, b * block, out));
+            .for_each(|(b, out)| block(b * rows_per, out));
     }
     if m == 1 {
         return yt;
@@ -223,6 +265,24 @@ pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
         }
     }
     y
+}
+
+/// Output rows `first_row..` into `out` ([row, m]), one [`Rows::dot`] per weight row and
+/// input row; `xp` holds the `m` inputs with their prepared forms, `len` values each.
+fn gemv_block<W: Rows + ?Sized>(
+    w: &W,
+    xp: &[f32],
+    len: usize,
+    m: usize,
+    first_row: usize,
+    out: &mut [f32],
+) {
+    let mut buf = vec![0f32; w.cols()];
+    for (r, y_row) in out.chunks_exact_mut(m).enumerate() {
+        for (y, xi) in y_row.iter_mut().zip(xp.chunks_exact(len)) {
+            *y = w.dot(first_row + r, xi, &mut buf);
+        }
+    }
 }
 
 /// Output rows `first_row..first_row + out.len() / m` into `out`, laid out [row, m].

@@ -155,3 +155,191 @@ fn one_input_row_equals_the_same_row_of_a_batch() {
         );
     }
 }
+
+/// Random codes packed MLX-style, per-group scales and biases, and the dequantized row.
+fn affine_row(
+    bits: u8,
+    gs: usize,
+    cols: usize,
+    seed: u64,
+) -> (Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let words: Vec<u32> = (0..cols * usize::from(bits) / 32)
+        .map(|_| rng.random())
+        .collect();
+    let groups = cols / gs;
+    let scales: Vec<f32> = (0..groups)
+        .map(|_| rng.random_range(0.001f32..0.05))
+        .collect();
+    let biases: Vec<f32> = (0..groups)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let mask = (1u32 << bits) - 1;
+    let w = (0..cols)
+        .map(|i| {
+            let bit = i * usize::from(bits);
+            let code = (words[bit / 32] >> (bit % 32)) & mask;
+            scales[i / gs] * code as f32 + biases[i / gs]
+        })
+        .collect();
+    (words, scales, biases, w)
+}
+
+#[test]
+fn prepared_input_round_trips_within_a_step() {
+    let mut x = values(256, 20);
+    x[40] = 0.0;
+    x[64..96].fill(0.0);
+    let mut xp = Vec::new();
+    assert!(affine::prepare_input(&x, &mut xp));
+    assert_eq!(&xp[..256], &x[..]);
+    let q = affine::prepared(&xp, 256).unwrap();
+    for (b, xb) in x.chunks_exact(32).enumerate() {
+        let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let sum: f64 = xb.iter().map(|&v| f64::from(v)).sum();
+        assert!((f64::from(q.sums[b]) - sum).abs() <= 1e-6 * (1.0 + sum.abs()));
+        for (i, &v) in xb.iter().enumerate() {
+            let k = if i % 2 == 0 { i / 2 } else { 16 + i / 2 };
+            let back = f32::from(q.codes[b * 32 + k]) * q.steps[b];
+            assert!(
+                (back - v).abs() <= max / 32767.0 * 0.51 + 1e-7,
+                "block {b} [{i}]"
+            );
+        }
+    }
+    // No tail for widths off the block size, non-finite values, or a plain row.
+    assert!(!affine::prepare_input(&x[..100], &mut xp));
+    assert_eq!(xp, &x[..100]);
+    let mut bad = x.clone();
+    bad[3] = f32::NAN;
+    assert!(!affine::prepare_input(&bad, &mut xp));
+    assert!(affine::prepared(&x, 256).is_none());
+}
+
+#[test]
+fn affine_dot_matches_reference() {
+    for bits in [4u8, 8] {
+        for gs in [32usize, 64, 128] {
+            for cols in [128usize, 2048] {
+                let (words, scales, biases, w) = affine_row(bits, gs, cols, 30 + cols as u64);
+                let mut x = values(cols, 31);
+                // An outlier channel: the other values of its block lose relative precision.
+                x[5] = 40.0;
+                let mut xp = Vec::new();
+                assert!(affine::prepare_input(&x, &mut xp));
+                let q = affine::prepared(&xp, cols).unwrap();
+                let got = affine::dot_affine(bits, gs, &words, &scales, &biases, q).unwrap();
+                let port = affine::portable_dot_affine(bits, gs, &words, &scales, &biases, q);
+                // The int16 inputs carry 2⁻¹⁶ of each block's largest value: bound the error by
+                // Σ|w|·max|x_block| of that (plus f32 rounding of Σ|w·x|).
+                let bound: f64 = w
+                    .chunks_exact(32)
+                    .zip(x.chunks_exact(32))
+                    .map(|(wb, xb)| {
+                        let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let sw: f64 = wb.iter().map(|&v| f64::from(v.abs())).sum();
+                        sw * f64::from(max) / 32767.0 * 0.51
+                    })
+                    .sum();
+                let mag: f64 = w
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, &b)| f64::from(a * b).abs())
+                    .sum();
+                let want = reference_dot(&w, &x);
+                for (g, what) in [(got, "dispatched"), (port, "portable")] {
+                    assert!(
+                        (f64::from(g) - want).abs() <= bound + 1e-5 * mag,
+                        "{what} bits {bits} gs {gs} cols {cols}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+    let (words, scales, biases, _) = affine_row(4, 64, 128, 1);
+    let mut xp = Vec::new();
+    affine::prepare_input(&values(128, 2), &mut xp);
+    let q = affine::prepared(&xp, 128).unwrap();
+    assert!(affine::dot_affine(3, 64, &words, &scales, &biases, q).is_none());
+    assert!(affine::dot_affine(4, 64, &words[..8], &scales, &biases, q).is_none());
+}
+
+/// Quantized rows for `matmul`: codes, scales and biases as MLX lays them out.
+struct AffineRows {
+    bits: u8,
+    gs: usize,
+    cols: usize,
+    words: Vec<u32>,
+    scales: Vec<f32>,
+    biases: Vec<f32>,
+    w: Vec<f32>,
+}
+
+impl Rows for AffineRows {
+    fn rows(&self) -> usize {
+        self.w.len() / self.cols
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn row<'a>(&'a self, r: usize, _buf: &'a mut [f32]) -> &'a [f32] {
+        &self.w[r * self.cols..(r + 1) * self.cols]
+    }
+    fn dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+        let (groups, rw) = (self.cols / self.gs, self.cols * usize::from(self.bits) / 32);
+        match affine::prepared(x, self.cols) {
+            Some(q) => affine::dot_affine(
+                self.bits,
+                self.gs,
+                &self.words[r * rw..(r + 1) * rw],
+                &self.scales[r * groups..(r + 1) * groups],
+                &self.biases[r * groups..(r + 1) * groups],
+                q,
+            )
+            .unwrap(),
+            None => dot(self.row(r, buf), x),
+        }
+    }
+}
+
+#[test]
+fn matmul_runs_quantized_rows_on_prepared_inputs_at_decode_sizes() {
+    let (rows, cols) = (300, 512);
+    for bits in [4u8, 8] {
+        let parts: Vec<_> = (0..rows)
+            .map(|r| affine_row(bits, 64, cols, 50 + r as u64))
+            .collect();
+        let m = AffineRows {
+            bits,
+            gs: 64,
+            cols,
+            words: parts.iter().flat_map(|p| p.0.clone()).collect(),
+            scales: parts.iter().flat_map(|p| p.1.clone()).collect(),
+            biases: parts.iter().flat_map(|p| p.2.clone()).collect(),
+            w: parts.iter().flat_map(|p| p.3.clone()).collect(),
+        };
+        for n in [1usize, 3, 4, 5] {
+            let x = values(n * cols, 60 + n as u64);
+            let fast = matmul(&m, &x, n);
+            let exact = matmul_exact(&m, &x, n);
+            let want = matmul_exact(&F32Rows { data: &m.w, cols }, &x, n);
+            assert_eq!(exact, want, "exact path, bits {bits} m {n}");
+            for i in 0..n {
+                let xi = &x[i * cols..(i + 1) * cols];
+                for r in 0..rows {
+                    let wr = &m.w[r * cols..(r + 1) * cols];
+                    assert!(
+                        close(fast[i * rows + r], wr, xi, 2e-4),
+                        "bits {bits} m {n} [{i}, {r}]"
+                    );
+                }
+            }
+            if n > GEMV_MAX_ROWS {
+                assert_eq!(
+                    fast, exact,
+                    "bits {bits} m {n}: past decode sizes, the exact path"
+                );
+            }
+        }
+    }
+}

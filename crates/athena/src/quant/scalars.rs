@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// One value per group, row-major [rows, groups].
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +23,19 @@ impl Scalars {
                 .chunks_exact(groups)
                 .nth(row)
                 .map(|r| Cow::Owned(r.iter().map(|h| h.to_f32()).collect())),
+        }
+    }
+
+    /// Row `row` (in range) as f32: borrowed, or converted into `buf` (`groups` long).
+    #[inline]
+    pub(crate) fn row_in<'a>(&'a self, row: usize, groups: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let range = row * groups..(row + 1) * groups;
+        match self {
+            Scalars::F32(v) => &v[range],
+            Scalars::F16(v) => {
+                v[range].convert_to_f32_slice(&mut buf[..groups]);
+                &buf[..groups]
+            }
         }
     }
 
