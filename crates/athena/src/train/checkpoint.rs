@@ -69,9 +69,9 @@ pub(crate) fn write(
             to_bytes(var.as_tensor())?,
         ));
     }
-    for (name, m, v) in opt.moments() {
-        buffers.push((format!("adam.m.{name}"), m.dims().to_vec(), to_bytes(m)?));
-        buffers.push((format!("adam.v.{name}"), v.dims().to_vec(), to_bytes(v)?));
+    for (name, m, v) in opt.moments()? {
+        buffers.push((format!("adam.m.{name}"), m.dims().to_vec(), to_bytes(&m)?));
+        buffers.push((format!("adam.v.{name}"), v.dims().to_vec(), to_bytes(&v)?));
     }
     if let Some(r) = reference {
         for (name, var) in sorted_vars(r) {

@@ -23,6 +23,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::error::{Error, Result};
 use crate::models::olmoe::OlmoeModel;
 use crate::train::data::Example;
+use crate::train::head_grad::Rows;
 
 /// Texts encoded per call to [`OlmoeModel::encode`].
 pub const DEFAULT_ENCODE_BATCH: usize = 16;
@@ -420,6 +421,27 @@ impl<'a> FeatureStore<'a> {
             .get(text)
             .map(Vec::as_slice)
             .ok_or_else(|| Error::invalid("texts", format!("`{text}` was not encoded")))
+    }
+
+    /// The inputs of a training pass ([`crate::train::head_grad`]) for `examples` (whose
+    /// texts must be held): each fact, and each example's memories without padding.
+    pub(crate) fn rows(&self, examples: &[&Example]) -> Result<Rows> {
+        let d = self.dim;
+        let total: usize = examples.iter().map(|e| e.memories.len()).sum();
+        let mut rows = Rows {
+            dim: d,
+            facts: Vec::with_capacity(examples.len() * d),
+            memories: Vec::with_capacity(total * d),
+            counts: Vec::with_capacity(examples.len()),
+        };
+        for ex in examples {
+            rows.facts.extend_from_slice(self.vector(&ex.fact)?);
+            for mem in &ex.memories {
+                rows.memories.extend_from_slice(self.vector(&mem.text)?);
+            }
+            rows.counts.push(ex.memories.len());
+        }
+        Ok(rows)
     }
 
     /// The inputs of [`crate::models::action_head::MemoryActionHead::batch_scores`] for

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod features;
 pub mod grpo;
+pub(crate) mod head_grad;
 pub mod optim;
 pub mod reward;
 pub mod rng;

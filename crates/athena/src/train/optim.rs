@@ -42,8 +42,9 @@ impl Default for AdamWParams {
 /// AdamW over named variables; the moments are plain tensors, readable and settable.
 pub struct AdamW {
     vars: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// First and second moments of each variable, row-major as the variable.
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     t: u64,
     /// The hyper-parameters; `lr` may change between steps (warm-up).
     pub params: AdamWParams,
@@ -52,19 +53,14 @@ pub struct AdamW {
 impl AdamW {
     /// An optimiser over `vars` with zero moments.
     pub fn new(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
-        let zeros = |v: &Var| v.as_tensor().zeros_like();
-        let m = vars
+        let m: Vec<Vec<f32>> = vars
             .iter()
-            .map(|(_, v)| zeros(v))
-            .collect::<candle_core::Result<_>>()?;
-        let v = vars
-            .iter()
-            .map(|(_, v)| zeros(v))
-            .collect::<candle_core::Result<_>>()?;
+            .map(|(_, v)| vec![0f32; v.elem_count()])
+            .collect();
         Ok(Self {
-            vars,
+            v: m.clone(),
             m,
-            v,
+            vars,
             t: 0,
             params,
         })
@@ -80,12 +76,17 @@ impl AdamW {
         &self.vars
     }
 
-    /// `(name, first moment, second moment)` of every variable, in order.
-    pub fn moments(&self) -> impl Iterator<Item = (&str, &Tensor, &Tensor)> {
+    /// `(name, first moment, second moment)` of every variable, in order, as tensors of the
+    /// variable's shape and device.
+    pub fn moments(&self) -> Result<Vec<(&str, Tensor, Tensor)>> {
         self.vars
             .iter()
             .zip(self.m.iter().zip(&self.v))
-            .map(|((n, _), (m, v))| (n.as_str(), m, v))
+            .map(|((n, var), (m, v))| {
+                let t = |x: &Vec<f32>| Tensor::from_slice(x, var.dims(), var.device());
+                Ok((n.as_str(), t(m)?, t(v)?))
+            })
+            .collect()
     }
 
     /// Restores the state of a checkpoint: the step count and each variable's moments,
@@ -109,8 +110,8 @@ impl AdamW {
                     ));
                 }
             }
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.flatten_all()?.to_vec1::<f32>()?;
+            self.v[i] = v.flatten_all()?.to_vec1::<f32>()?;
         }
         self.t = t;
         Ok(())
@@ -118,27 +119,114 @@ impl AdamW {
 
     /// One update from `grads`; variables without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let grads = self
+            .vars
+            .iter()
+            .map(|(_, var)| match grads.get(var.as_tensor()) {
+                Some(g) => Ok(Some(g.flatten_all()?.to_vec1::<f32>()?)),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.step_flat(&grads)
+    }
+
+    /// One update from row-major gradients, one per variable in [`Self::vars`] order (`None`:
+    /// left alone). The arithmetic is that of [`Self::step`] on tensors (candle's op by op,
+    /// scalars rounded to f32 as candle's `affine` does), fused into one pass per variable.
+    pub fn step_flat(&mut self, grads: &[Option<Vec<f32>>]) -> Result<()> {
+        if grads.len() != self.vars.len() {
+            return Err(Error::invalid(
+                "gradients",
+                format!("{} given for {} variables", grads.len(), self.vars.len()),
+            ));
+        }
         self.t += 1;
         let p = self.params;
         let t = i32::try_from(self.t).unwrap_or(i32::MAX);
-        let scale_m = 1.0 / (1.0 - p.beta1.powi(t));
-        let scale_v = 1.0 / (1.0 - p.beta2.powi(t));
-        for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else {
+        let f = |x: f64| x as f32;
+        let (b1, one_b1) = (f(p.beta1), f(1.0 - p.beta1));
+        let (b2, one_b2) = (f(p.beta2), f(1.0 - p.beta2));
+        let scale_m = f(1.0 / (1.0 - p.beta1.powi(t)));
+        let scale_v = f(1.0 / (1.0 - p.beta2.powi(t)));
+        let (decay, lr, eps) = (f(1.0 - p.lr * p.weight_decay), f(p.lr), f(p.eps));
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            let Some(g) = &grads[i] else {
                 continue;
             };
-            let m = ((&self.m[i] * p.beta1)? + (g * (1.0 - p.beta1))?)?;
-            let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
-            let m_hat = (&m * scale_m)?;
-            let v_hat = (&v * scale_v)?;
-            let decayed = (var.as_tensor() * (1.0 - p.lr * p.weight_decay))?;
-            let update = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
-            var.set(&(decayed - (update * p.lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            if g.len() != m.len() {
+                return Err(Error::tensor(
+                    name.clone(),
+                    format!("gradient of {} values, expected {}", g.len(), m.len()),
+                ));
+            }
+            let mut theta = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let c = Coefficients {
+                b1,
+                one_b1,
+                b2,
+                one_b2,
+                scale_m,
+                scale_v,
+                decay,
+                lr,
+                eps,
+            };
+            update(&mut theta, m, v, g, &c);
+            var.set(&Tensor::from_vec(theta, var.dims(), var.device())?)?;
         }
         Ok(())
     }
+}
+
+/// The scalars of one AdamW step, rounded to f32 as candle's `affine` rounds them.
+struct Coefficients {
+    b1: f32,
+    one_b1: f32,
+    b2: f32,
+    one_b2: f32,
+    scale_m: f32,
+    scale_v: f32,
+    decay: f32,
+    lr: f32,
+    eps: f32,
+}
+
+/// One AdamW update of a variable, element by element, in candle's op order: `x · s + 0` for
+/// each scalar product (candle's `affine`), `√v̂ · 1 + ε`.
+fn update(theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &Coefficients) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        return unsafe { update_avx2(theta, m, v, g, c) };
+    }
+    update_portable(theta, m, v, g, c);
+}
+
+#[inline]
+fn update_portable(theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &Coefficients) {
+    for (((theta, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(g) {
+        *m = (*m * c.b1 + 0.0) + (g * c.one_b1 + 0.0);
+        *v = (*v * c.b2 + 0.0) + ((g * g) * c.one_b2 + 0.0);
+        let m_hat = *m * c.scale_m + 0.0;
+        let v_hat = *v * c.scale_v + 0.0;
+        let decayed = *theta * c.decay + 0.0;
+        let step = m_hat / (v_hat.sqrt() * 1.0 + c.eps);
+        *theta = decayed - (step * c.lr + 0.0);
+    }
+}
+
+/// [`update_portable`] compiled for AVX2: the same IEEE operations, eight lanes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn update_avx2(
+    theta: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    c: &Coefficients,
+) {
+    update_portable(theta, m, v, g, c);
 }
 
 #[cfg(test)]

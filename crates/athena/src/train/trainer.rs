@@ -11,17 +11,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
 use crate::error::{Error, Result};
-use crate::models::action_head::{BatchScores, MemoryActionHead};
+use crate::models::action_head::MemoryActionHead;
 use crate::models::olmoe::OlmoeModel;
 use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::data::Example;
 use crate::train::features::FeatureStore;
-use crate::train::grpo::{group_advantages, grpo_loss, mean_entropy, GrpoConfig};
+use crate::train::grpo::{group_advantages, grpo_loss, GrpoConfig};
+use crate::train::head_grad::{self, log_softmax_rows, Params, Rows, Tape};
 use crate::train::optim::{AdamW, AdamWParams};
 use crate::train::reward::{is_correct, Reward};
 use crate::train::rng::SplitMix64;
@@ -278,39 +279,28 @@ fn is_target_op(head: &MemoryActionHead, op: &str) -> bool {
     head.config().target_operations.iter().any(|t| t == op)
 }
 
-fn batch_scores(
-    head: &MemoryActionHead,
-    features: &FeatureStore,
-    batch: &[&Example],
-) -> Result<BatchScores> {
-    let (facts, memories, counts) = features.batch(batch)?;
-    head.batch_scores(&facts, &memories, &counts)
-}
-
-/// Greedy actions `(op, target)` of every example of a batch.
+/// Greedy actions `(op, target)` of every example of a batch, from its operation logits
+/// `[B, n]` and target logits `[B, M]` (row-major).
 fn greedy(
     head: &MemoryActionHead,
     batch: &[&Example],
-    s: &BatchScores,
-) -> Result<Vec<(String, Option<String>)>> {
-    let ops = s.op_logits.to_vec2::<f32>()?;
-    let targets = match &s.target_logits {
-        Some(t) => Some(t.to_vec2::<f32>()?),
-        None => None,
-    };
+    op_logits: &[f32],
+    target_logits: &[f32],
+    m: usize,
+) -> Vec<(String, Option<String>)> {
+    let ops = &head.config().operations;
+    let n = ops.len();
     let mut out = Vec::with_capacity(batch.len());
     for (i, ex) in batch.iter().enumerate() {
-        let op = head.config().operations[argmax(&ops[i])].clone();
+        let op = ops[argmax(&op_logits[i * n..(i + 1) * n])].clone();
         let mut target = None;
-        if is_target_op(head, &op) && !ex.memories.is_empty() {
-            if let Some(t) = &targets {
-                let row = &t[i][..ex.memories.len()];
-                target = ex.memories.get(argmax(row)).map(|m| m.id.clone());
-            }
+        if is_target_op(head, &op) && !ex.memories.is_empty() && m > 0 {
+            let row = &target_logits[i * m..i * m + ex.memories.len().min(m)];
+            target = ex.memories.get(argmax(row)).map(|m| m.id.clone());
         }
         out.push((op, target));
     }
-    Ok(out)
+    out
 }
 
 /// Greedy accuracy and mean reward of `head` on `examples` (zeros when there are none),
@@ -331,8 +321,14 @@ pub fn evaluate(
     let (mut correct, mut total) = (0usize, 0f64);
     for chunk in examples.chunks(EVAL_BATCH) {
         let batch: Vec<&Example> = chunk.iter().collect();
-        let s = batch_scores(head, features, &batch)?;
-        for (ex, (op, target)) in batch.iter().zip(greedy(head, &batch, &s)?) {
+        let (facts, memories, counts) = features.batch(&batch)?;
+        let s = head.batch_scores(&facts, &memories, &counts)?;
+        let ops = s.op_logits.flatten_all()?.to_vec1::<f32>()?;
+        let (targets, m) = match &s.target_logits {
+            Some(t) => (t.flatten_all()?.to_vec1::<f32>()?, t.dim(1)?),
+            None => (Vec::new(), 0),
+        };
+        for (ex, (op, target)) in batch.iter().zip(greedy(head, &batch, &ops, &targets, m)) {
             correct += usize::from(is_correct(ex, &op, target.as_deref()));
             total += f64::from(reward.reward(ex, &op, target.as_deref()));
         }
@@ -356,15 +352,24 @@ pub(crate) fn sorted_vars(head: &MemoryActionHead) -> Vec<(String, Var)> {
     named
 }
 
-/// Backward pass, clipping to `max_norm` (0: none), and one optimiser step.
-fn optimise(opt: &mut AdamW, loss: &Tensor, max_norm: f64) -> Result<()> {
-    let mut grads = loss.backward()?;
-    let mut sq = 0f64;
-    for (_, v) in opt.vars() {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
+/// Clips the head's gradients (in [`head_grad::NAMES`] order) to the global norm `max_norm`
+/// (0: none) and takes one optimiser step.
+fn optimise(opt: &mut AdamW, grads: [Vec<f32>; 9], max_norm: f64) -> Result<()> {
+    let mut grads = grads.map(Some);
+    let mut ordered = Vec::with_capacity(opt.vars().len());
+    for (name, _) in opt.vars() {
+        let g = head_grad::NAMES
+            .iter()
+            .position(|n| n == name)
+            .and_then(|i| grads[i].take());
+        ordered.push(g);
     }
+    let sq: f64 = ordered
+        .iter()
+        .flatten()
+        .flat_map(|g| g.iter())
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum();
     let norm = sq.sqrt();
     if !norm.is_finite() {
         return Err(Error::tensor(
@@ -373,16 +378,37 @@ fn optimise(opt: &mut AdamW, loss: &Tensor, max_norm: f64) -> Result<()> {
         ));
     }
     if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        let vars: Vec<Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
-        for v in &vars {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                let scaled = (g * scale)?;
-                grads.insert(v.as_tensor(), scaled);
-            }
+        let scale = (max_norm / (norm + 1e-6)) as f32;
+        for x in ordered.iter_mut().flatten().flat_map(|g| g.iter_mut()) {
+            *x = *x * scale + 0.0;
         }
     }
-    opt.step(&grads)
+    opt.step_flat(&ordered)
+}
+
+/// Mean entropy (nats) of categorical distributions given as log-probabilities `[N, k]`;
+/// impossible classes (probability 0) contribute nothing.
+fn mean_entropy_of(logp: &[f32], k: usize) -> f32 {
+    let rows = logp.len() / k.max(1);
+    if rows == 0 {
+        return 0.0;
+    }
+    let total: f64 = logp
+        .chunks_exact(k)
+        .map(|row| {
+            -row.iter()
+                .map(|&l| {
+                    let p = l.exp();
+                    if p > 0.0 {
+                        f64::from(p * l)
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    (total / rows as f64) as f32
 }
 
 fn mean_std(values: &[f32]) -> (f32, f32) {
@@ -524,6 +550,8 @@ pub fn train(
         ));
     }
 
+    // The reference head is frozen: its parameters are read once.
+    let reference_params = reference.map(Params::read).transpose()?;
     let mut rng = SplitMix64::new(progress.rng);
     let (mut epoch_seconds, mut epoch_encode, mut epoch_encoded) = (0f64, 0f64, 0usize);
     while progress.step < cfg.steps {
@@ -559,7 +587,14 @@ pub fn train(
         let mut log = match cfg.mode {
             Mode::Sft => sft_step(head, features, &batch, reward, &mut opt, cfg)?,
             Mode::Grpo => grpo_step(
-                head, reference, features, &batch, reward, &mut opt, cfg, &mut rng,
+                head,
+                reference_params.as_ref(),
+                features,
+                &batch,
+                reward,
+                &mut opt,
+                cfg,
+                &mut rng,
             )?,
         };
         let after = features.stats();
@@ -649,31 +684,68 @@ fn empty_log() -> StepLog {
     }
 }
 
-/// `[B, 1]` u32 indices and `[B, 1]` f32 weights of the labelled targets (0 and 0 without).
-fn label_targets(batch: &[&Example], device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
-    let mut idx = Vec::with_capacity(batch.len());
-    let mut used = Vec::with_capacity(batch.len());
-    for ex in batch {
-        match &ex.label.target {
-            Some(t) => {
-                let i =
-                    ex.memories.iter().position(|m| &m.id == t).ok_or_else(|| {
-                        Error::invalid("label", format!("target `{t}` is no memory"))
-                    })?;
-                idx.push(i as u32);
-                used.push(1f32);
-            }
-            None => {
-                idx.push(0);
-                used.push(0.0);
+/// A training pass over a batch: the head's scores (with what the backward pass needs) and
+/// their log-probabilities.
+struct Pass {
+    tape: Tape,
+    /// `[B, n]`.
+    op_lp: Vec<f32>,
+    /// `[B, M]`.
+    target_lp: Vec<f32>,
+}
+
+impl Pass {
+    fn new(params: &Params, rows: &Rows) -> Result<Self> {
+        let tape = head_grad::forward(params, rows)?;
+        let mut op_lp = tape.op_logits.clone();
+        log_softmax_rows(&mut op_lp, params.n_ops);
+        let mut target_lp = tape.target_logits.clone();
+        log_softmax_rows(&mut target_lp, tape.m);
+        Ok(Self {
+            tape,
+            op_lp,
+            target_lp,
+        })
+    }
+
+    /// Log-probability of an action of example `i`: its operation, plus its target if any.
+    fn logp(&self, n: usize, i: usize, action: &Action) -> f32 {
+        let lp = self.op_lp[i * n + action.op];
+        match action.target {
+            Some(t) => lp + self.target_lp[i * self.tape.m + t],
+            None => lp,
+        }
+    }
+
+    /// Adds `weight · ∂logp(action)/∂logits` of example `i` to the logit gradients.
+    fn add_logp_grad(
+        &self,
+        n: usize,
+        i: usize,
+        action: &Action,
+        weight: f32,
+        g_op: &mut [f32],
+        g_target: &mut [f32],
+    ) {
+        for k in 0..n {
+            let onehot = if k == action.op { 1.0 } else { 0.0 };
+            g_op[i * n + k] += weight * (onehot - self.op_lp[i * n + k].exp());
+        }
+        if let Some(t) = action.target {
+            let m = self.tape.m;
+            for j in 0..m {
+                let onehot = if j == t { 1.0 } else { 0.0 };
+                g_target[i * m + j] += weight * (onehot - self.target_lp[i * m + j].exp());
             }
         }
     }
-    let b = batch.len();
-    Ok((
-        Tensor::from_vec(idx, (b, 1), device)?,
-        Tensor::from_vec(used, (b, 1), device)?,
-    ))
+}
+
+/// An action: operation index, and the index of the target memory when one is named.
+#[derive(Debug, Clone, Copy)]
+struct Action {
+    op: usize,
+    target: Option<usize>,
 }
 
 fn sft_step(
@@ -684,64 +756,60 @@ fn sft_step(
     opt: &mut AdamW,
     cfg: &TrainConfig,
 ) -> Result<StepLog> {
-    let device = head.device().clone();
     let b = batch.len();
-    let s = batch_scores(head, features, batch)?;
+    let n = head.config().operations.len();
+    let params = Params::read(head)?;
+    let rows = features.rows(batch)?;
+    let pass = Pass::new(&params, &rows)?;
     let (mut rewards, mut correct) = (Vec::with_capacity(b), 0usize);
-    for (ex, (op, target)) in batch.iter().zip(greedy(head, batch, &s)?) {
+    let actions = greedy(
+        head,
+        batch,
+        &pass.tape.op_logits,
+        &pass.tape.target_logits,
+        pass.tape.m,
+    );
+    for (ex, (op, target)) in batch.iter().zip(actions) {
         correct += usize::from(is_correct(ex, &op, target.as_deref()));
         rewards.push(reward.reward(ex, &op, target.as_deref()));
     }
-    let labels = batch
-        .iter()
-        .map(|ex| op_index(head, &ex.label.op).map(|i| i as u32))
-        .collect::<Result<Vec<_>>>()?;
-    let labels = Tensor::from_vec(labels, (b, 1), &device)?;
-    let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?;
-    let mut ll = op_lp.gather(&labels, 1)?; // [B, 1]
-    if let Some(t) = &s.target_logits {
-        let (idx, used) = label_targets(batch, &device)?;
-        let t_lp = candle_nn::ops::log_softmax(t, D::Minus1)?;
-        ll = (ll + t_lp.gather(&idx, 1)?.mul(&used)?)?;
+    // Cross-entropy of the labelled operation, plus of the labelled target when there is one.
+    let mut ll = 0f32;
+    let mut g_op = vec![0f32; b * n];
+    let mut g_target = vec![0f32; b * pass.tape.m];
+    for (i, ex) in batch.iter().enumerate() {
+        let target =
+            match &ex.label.target {
+                Some(t) => Some(ex.memories.iter().position(|m| &m.id == t).ok_or_else(|| {
+                    Error::invalid("label", format!("target `{t}` is no memory"))
+                })?),
+                None => None,
+            };
+        let label = Action {
+            op: op_index(head, &ex.label.op)?,
+            target,
+        };
+        ll += pass.logp(n, i, &label);
+        pass.add_logp_grad(n, i, &label, -1.0 / b as f32, &mut g_op, &mut g_target);
     }
-    let loss = (ll.sum_all()?.neg()? / b as f64)?;
-    let loss_value = loss.to_scalar::<f32>()?;
-    optimise(opt, &loss, cfg.max_grad_norm)?;
+    let loss = -ll / b as f32;
+    let grads = head_grad::backward(&params, &rows, &pass.tape, &g_op, &g_target)?;
+    optimise(opt, grads, cfg.max_grad_norm)?;
     let (reward_mean, reward_std) = mean_std(&rewards);
     Ok(StepLog {
-        loss: loss_value,
+        loss,
         reward_mean,
         reward_std,
         accuracy: correct as f32 / b as f32,
-        entropy: mean_entropy(&s.op_logits)?,
+        entropy: mean_entropy_of(&pass.op_lp, n),
         ..empty_log()
     })
-}
-
-/// Log-probs `[B·G, 1]` of sampled actions under `head`: operation plus, where one was
-/// sampled, target.
-fn action_logp(
-    head: &MemoryActionHead,
-    features: &FeatureStore,
-    batch: &[&Example],
-    ops: &Tensor,
-    targets: &Tensor,
-    used: &Tensor,
-) -> Result<Tensor> {
-    let s = batch_scores(head, features, batch)?;
-    let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?;
-    let mut lp = op_lp.gather(ops, 1)?; // [B, G]
-    if let Some(t) = &s.target_logits {
-        let t_lp = candle_nn::ops::log_softmax(t, D::Minus1)?;
-        lp = (lp + t_lp.gather(targets, 1)?.mul(used)?)?;
-    }
-    Ok(lp.flatten_all()?.unsqueeze(1)?)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn grpo_step(
     head: &MemoryActionHead,
-    reference: Option<&MemoryActionHead>,
+    reference: Option<&Params>,
     features: &FeatureStore,
     batch: &[&Example],
     reward: &dyn Reward,
@@ -751,69 +819,86 @@ fn grpo_step(
 ) -> Result<StepLog> {
     let g = cfg.group_size;
     let b = batch.len();
-    let n = b * g;
-    let device = head.device().clone();
-    // Sampling pass.
-    let s = batch_scores(head, features, batch)?;
-    let op_lp = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)?.to_vec2::<f32>()?;
-    let t_lp = match &s.target_logits {
-        Some(t) => Some(candle_nn::ops::log_softmax(t, D::Minus1)?.to_vec2::<f32>()?),
-        None => None,
-    };
-    let (mut ops, mut targets, mut used) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let mut old = Vec::with_capacity(n);
-    let mut rewards = Vec::with_capacity(n);
+    let n_actions = b * g;
+    let n = head.config().operations.len();
+    let cpu = Device::Cpu;
+    let rows = features.rows(batch)?;
+    // Sampling pass; it is also the first optimisation step's forward pass (same parameters).
+    let params = Params::read(head)?;
+    let first = Pass::new(&params, &rows)?;
+    let m = first.tape.m;
+    let mut actions = Vec::with_capacity(n_actions);
+    let mut old = Vec::with_capacity(n_actions);
+    let mut rewards = Vec::with_capacity(n_actions);
     let mut correct = 0usize;
+    let mut op_p = vec![0f32; n];
+    let mut t_p = Vec::with_capacity(m);
     for (i, ex) in batch.iter().enumerate() {
-        let op_p: Vec<f32> = op_lp[i].iter().map(|l| l.exp()).collect();
-        let t_p: Option<Vec<f32>> = t_lp
-            .as_ref()
-            .map(|t| t[i][..ex.memories.len()].iter().map(|l| l.exp()).collect());
+        for (p, lp) in op_p.iter_mut().zip(&first.op_lp[i * n..(i + 1) * n]) {
+            *p = lp.exp();
+        }
+        t_p.clear();
+        if m > 0 {
+            let row = &first.target_lp[i * m..i * m + ex.memories.len().min(m)];
+            t_p.extend(row.iter().map(|l| l.exp()));
+        }
         for _ in 0..g {
             let op = sample(&op_p, rng.next_f64());
             let name = &head.config().operations[op];
-            let mut logp = op_lp[i][op];
             let mut target = None;
-            if is_target_op(head, name) && !ex.memories.is_empty() {
-                if let (Some(t_lp), Some(t_p)) = (&t_lp, &t_p) {
-                    let ti = sample(t_p, rng.next_f64());
-                    logp += t_lp[i][ti];
-                    target = Some(ti);
-                }
+            if is_target_op(head, name) && !ex.memories.is_empty() && m > 0 {
+                target = Some(sample(&t_p, rng.next_f64()));
             }
+            let action = Action { op, target };
             let target_id = target
                 .and_then(|ti| ex.memories.get(ti))
                 .map(|m| m.id.as_str());
             correct += usize::from(is_correct(ex, name, target_id));
             rewards.push(reward.reward(ex, name, target_id));
-            ops.push(op as u32);
-            targets.push(target.unwrap_or(0) as u32);
-            used.push(if target.is_some() { 1f32 } else { 0.0 });
-            old.push(logp);
+            old.push(first.logp(n, i, &action));
+            actions.push(action);
         }
     }
-    let ops = Tensor::from_vec(ops, (b, g), &device)?;
-    let targets = Tensor::from_vec(targets, (b, g), &device)?;
-    let used = Tensor::from_vec(used, (b, g), &device)?;
     let adv = group_advantages(&rewards, g, cfg.grpo.scale_rewards, cfg.grpo.adv_eps as f32)?;
-    let advantages = Tensor::from_vec(adv, n, &device)?;
-    let old_logp = Tensor::from_vec(old, (n, 1), &device)?;
-    let mask = Tensor::ones((n, 1), DType::F32, &device)?;
+    let advantages = Tensor::from_vec(adv, n_actions, &cpu)?;
+    let old_logp = Tensor::from_vec(old, (n_actions, 1), &cpu)?;
+    let mask = Tensor::ones((n_actions, 1), DType::F32, &cpu)?;
     let ref_logp = match reference {
-        Some(r) => Some(action_logp(r, features, batch, &ops, &targets, &used)?.detach()),
+        Some(r) => {
+            let pass = Pass::new(r, &rows)?;
+            let lp: Vec<f32> = actions
+                .iter()
+                .enumerate()
+                .map(|(k, a)| pass.logp(n, k / g, a))
+                .collect();
+            Some(Tensor::from_vec(lp, (n_actions, 1), &cpu)?)
+        }
         None => None,
     };
 
+    let entropy = mean_entropy_of(&first.op_lp, n);
+    let mut current = Some((params, first));
     let (mut loss_sum, mut clip_sum, mut kl_sum) = (0f32, 0f32, 0f32);
     for _ in 0..cfg.mu {
-        let logp = action_logp(head, features, batch, &ops, &targets, &used)?;
+        let (params, pass) = match current.take() {
+            Some(x) => x,
+            None => {
+                let params = Params::read(head)?;
+                let pass = Pass::new(&params, &rows)?;
+                (params, pass)
+            }
+        };
+        // The GRPO objective on the actions' log-probabilities, differentiated by candle;
+        // the chain rule through the log-softmax and the head is `head_grad`'s.
+        let logp: Vec<f32> = actions
+            .iter()
+            .enumerate()
+            .map(|(k, a)| pass.logp(n, k / g, a))
+            .collect();
+        let logp = Var::from_vec(logp, (n_actions, 1), &cpu)?;
         let out = grpo_loss(
             &cfg.grpo,
-            &logp,
+            logp.as_tensor(),
             &old_logp,
             ref_logp.as_ref(),
             &advantages,
@@ -822,7 +907,17 @@ fn grpo_step(
         loss_sum += out.loss.to_scalar::<f32>()?;
         clip_sum += out.clip_fraction;
         kl_sum += out.kl_mean;
-        optimise(opt, &out.loss, cfg.max_grad_norm)?;
+        let d_logp = match out.loss.backward()?.get(logp.as_tensor()) {
+            Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0f32; n_actions],
+        };
+        let mut g_op = vec![0f32; b * n];
+        let mut g_target = vec![0f32; b * m];
+        for (k, (a, &w)) in actions.iter().zip(&d_logp).enumerate() {
+            pass.add_logp_grad(n, k / g, a, w, &mut g_op, &mut g_target);
+        }
+        let grads = head_grad::backward(&params, &rows, &pass.tape, &g_op, &g_target)?;
+        optimise(opt, grads, cfg.max_grad_norm)?;
     }
     let mu = cfg.mu as f32;
     let (reward_mean, reward_std) = mean_std(&rewards);
@@ -830,10 +925,10 @@ fn grpo_step(
         loss: loss_sum / mu,
         reward_mean,
         reward_std,
-        accuracy: correct as f32 / n as f32,
+        accuracy: correct as f32 / n_actions as f32,
         kl: kl_sum / mu,
         clip_fraction: clip_sum / mu,
-        entropy: mean_entropy(&s.op_logits)?,
+        entropy,
         ..empty_log()
     })
 }
