@@ -233,3 +233,40 @@ pub(super) unsafe fn dot_affine<const BITS: i32>(
     }
     hsum(_mm256_add_ps(total[0], total[1])) + bias_total
 }
+
+/// Two rows `w` against four rows `x`: `out[j][k] = Σ w_j·x_k`; every slice has
+/// `w[0].len()` elements. One accumulator per pair (8 in flight), so each input value loaded
+/// serves two weight rows; partial sums are folded into f64 every [`FLUSH`] elements.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    let n = w[0].len();
+    let pw = w.map(|w| w.as_ptr());
+    let px = x.map(|x| x.as_ptr());
+    let mut total = [[0f64; 4]; 2];
+    let mut i = 0;
+    while i < n {
+        let end = (i + FLUSH).min(n);
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        while i + 8 <= end {
+            let w0 = _mm256_loadu_ps(pw[0].add(i));
+            let w1 = _mm256_loadu_ps(pw[1].add(i));
+            for k in 0..4 {
+                let xv = _mm256_loadu_ps(px[k].add(i));
+                acc[0][k] = _mm256_fmadd_ps(w0, xv, acc[0][k]);
+                acc[1][k] = _mm256_fmadd_ps(w1, xv, acc[1][k]);
+            }
+            i += 8;
+        }
+        for j in 0..2 {
+            for k in 0..4 {
+                let mut s = hsum(acc[j][k]);
+                for t in i..end {
+                    s += *pw[j].add(t) * *px[k].add(t);
+                }
+                total[j][k] += f64::from(s);
+            }
+        }
+        i = end;
+    }
+    total.map(|t| t.map(|t| t as f32))
+}

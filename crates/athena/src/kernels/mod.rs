@@ -87,6 +87,24 @@ pub fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     x.map(|x| portable::dot(w, x))
 }
 
+/// `[[Σ w₀·x₀, …, Σ w₀·x₃], [Σ w₁·x₀, …]]`: two weight rows against four input rows, each
+/// input value loaded once for both rows. Every slice must be at least as long as `w[0]`.
+/// Sums in another order than [`dot`] (the last bits may differ).
+#[inline]
+pub fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    let n = x
+        .iter()
+        .fold(w[0].len().min(w[1].len()), |n, x| n.min(x.len()));
+    let w = w.map(|w| &w[..n]);
+    let x = x.map(|x| &x[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; every slice has length n.
+        return unsafe { avx2::dot2x4(w, x) };
+    }
+    portable::dot2x4(w, x)
+}
+
 /// `Σ w·x` with `w` in bf16, widened exactly to f32 on the fly.
 #[inline]
 pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
@@ -209,7 +227,9 @@ impl Rows for Bf16Rows<'_> {
 /// `y = x · Wᵀ`: `x` [m, cols] row-major → `y` [m, rows] row-major. The caller has checked
 /// `x.len() == m * w.cols()`. Up to [`GEMV_MAX_ROWS`] input rows, quantized 4- and 8-bit rows
 /// multiply the inputs' int16 forms (relative error about 2⁻¹⁶ of each block's largest
-/// input, see [`affine`]); everything else is computed as by [`matmul_exact`].
+/// input, see [`affine`]); larger products take weight rows two at a time ([`dot2x4`]). Each
+/// output differs from the exact product by f32 rounding only, but not always in the same last
+/// bits as [`matmul_exact`].
 pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
     let cols = w.cols();
     if (1..=GEMV_MAX_ROWS).contains(&m) && affine::prepared_len(cols) > 0 {
@@ -226,7 +246,7 @@ pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
             gemv_block(w, &xp, len, m, first_row, out)
         });
     }
-    matmul_exact(w, x, m)
+    run(w, m, |first_row, out| pairs_block(w, x, m, first_row, out))
 }
 
 /// [`matmul`] with f32 activations throughout: each output differs from the exact product
@@ -282,6 +302,48 @@ fn gemv_block<W: Rows + ?Sized>(
         for (y, xi) in y_row.iter_mut().zip(xp.chunks_exact(len)) {
             *y = w.dot(first_row + r, xi, &mut buf);
         }
+    }
+}
+
+/// [`rows_block`] for [`matmul`]: weight rows taken two at a time ([`dot2x4`]), which halves
+/// the input reads per multiply-add.
+fn pairs_block<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize, first_row: usize, out: &mut [f32]) {
+    let cols = w.cols();
+    let (mut buf0, mut buf1) = (vec![0f32; cols], vec![0f32; cols]);
+    let tile = (TILE_BYTES / (cols * std::mem::size_of::<f32>()).max(1)).clamp(4, m.max(4));
+    let out_rows = out.len() / m;
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = (i0 + tile).min(m);
+        let mut r = 0;
+        while r < out_rows {
+            let two = r + 1 < out_rows;
+            let row0 = w.row(first_row + r, &mut buf0);
+            let row1 = if two {
+                w.row(first_row + r + 1, &mut buf1)
+            } else {
+                row0
+            };
+            let mut i = i0;
+            while i + 4 <= i1 {
+                let xr = |k: usize| &x[(i + k) * cols..(i + k + 1) * cols];
+                let d = dot2x4([row0, row1], [xr(0), xr(1), xr(2), xr(3)]);
+                out[r * m + i..r * m + i + 4].copy_from_slice(&d[0]);
+                if two {
+                    out[(r + 1) * m + i..(r + 1) * m + i + 4].copy_from_slice(&d[1]);
+                }
+                i += 4;
+            }
+            for k in i..i1 {
+                let xk = &x[k * cols..(k + 1) * cols];
+                out[r * m + k] = dot(row0, xk);
+                if two {
+                    out[(r + 1) * m + k] = dot(row1, xk);
+                }
+            }
+            r += 2;
+        }
+        i0 = i1;
     }
 }
 

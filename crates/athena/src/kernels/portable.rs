@@ -48,3 +48,8 @@ pub(super) fn dequantize(bits: u8, words: &[u32], scale: f32, bias: f32, out: &m
         }
     }
 }
+
+/// Two weight rows against four input rows, each pair as [`dot`].
+pub(super) fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    w.map(|w| x.map(|x| dot(w, x)))
+}
