@@ -118,6 +118,20 @@ pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     portable::dot_bf16(w, x)
 }
 
+/// [`dot_bf16`] summed in another order, with more loads in flight (decode, where one row
+/// is read once and the order need not match [`dot4`]'s).
+#[inline]
+pub fn dot_bf16_wide(w: &[bf16], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (w, x) = (&w[..n], &x[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; lengths are equal.
+        return unsafe { avx2::dot_bf16_wide(w, x) };
+    }
+    portable::dot_bf16(w, x)
+}
+
 /// Widens bf16 values to f32 (exact) into `out` (as many as both hold).
 #[inline]
 pub fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
@@ -220,7 +234,12 @@ impl Rows for Bf16Rows<'_> {
         buf
     }
     fn dot(&self, r: usize, x: &[f32], _buf: &mut [f32]) -> f32 {
-        dot_bf16(&self.data[r * self.cols..(r + 1) * self.cols], x)
+        let w = &self.data[r * self.cols..(r + 1) * self.cols];
+        // A prepared input comes from `matmul`, which does not promise `dot4`'s order.
+        match x.len() > self.cols {
+            true => dot_bf16_wide(w, x),
+            false => dot_bf16(w, x),
+        }
     }
 }
 

@@ -72,6 +72,7 @@ fn bf16_kernels_match_reference() {
         let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
         let x = values(n, 5);
         assert!(close(dot_bf16(&w, &x), &wf, &x, 1e-6), "n {n}");
+        assert!(close(dot_bf16_wide(&w, &x), &wf, &x, 1e-6), "wide n {n}");
         assert!(
             close(portable::dot_bf16(&w, &x), &wf, &x, 1e-6),
             "portable n {n}"
