@@ -1,6 +1,7 @@
 //! The scheduler: one thread owns the model's [`SlotBatch`] and decodes every running
 //! sequence together, one batched step at a time (continuous batching). Requests join between
-//! steps, as soon as a slot is free; a sequence whose client has gone away is removed before
+//! steps, as soon as a slot is free, and those joining together are prefilled in one forward
+//! pass; a sequence whose client has gone away is removed before
 //! the next step; a finished one leaves at once.
 //!
 //! Each sequence's sampling, detokenizing and stop logic is the library's
@@ -17,6 +18,10 @@ use athena::generate::{FinishReason, GenerateParams, SequenceGenerator, Tokenize
 use athena::models::olmoe::OlmoeModel;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
+
+/// Prompt tokens prefilled together in one pass at most (a longer prompt still goes alone):
+/// joining sequences share the pass over the weights, and the running ones wait for it.
+const MAX_PREFILL_TOKENS: usize = 2048;
 
 /// One sequence to generate: a prompt already checked against the context.
 #[derive(Debug)]
@@ -213,18 +218,27 @@ fn run(
             continue;
         }
 
-        // Join: prefill new sequences while slots are free.
-        while running.len() < max_running {
-            let Some(job) = waiting.pop_front() else {
+        // Join: the waiting sequences that fit are prefilled together, in one pass.
+        let mut group: Vec<Job> = Vec::new();
+        let mut group_tokens = 0;
+        while running.len() + group.len() < max_running {
+            let Some(len) = waiting.front().map(|j| j.prompt.len()) else {
                 break;
             };
-            // The sequence being prefilled counts as running, so that `running == 0` never
-            // shows while work is in flight.
-            stats.running.store(running.len() + 1, Ordering::Relaxed);
-            stats.waiting.store(waiting.len(), Ordering::Relaxed);
-            if let Some(r) = join(batch.as_mut(), tokenizer, context, job, stats) {
-                running.push(r);
+            if !group.is_empty() && group_tokens + len > MAX_PREFILL_TOKENS {
+                break;
             }
+            group_tokens += len;
+            group.extend(waiting.pop_front());
+        }
+        if !group.is_empty() {
+            // Sequences being prefilled count as running, so that `running == 0` never shows
+            // while work is in flight.
+            stats
+                .running
+                .store(running.len() + group.len(), Ordering::Relaxed);
+            stats.waiting.store(waiting.len(), Ordering::Relaxed);
+            running.extend(join(batch.as_mut(), tokenizer, context, group, stats));
         }
         // Leave: clients that went away free their slots before the step.
         running.retain(|r| {
@@ -294,46 +308,57 @@ fn fail(job: &Job, message: &str, stats: &Stats) {
     });
 }
 
-/// Prefills a new sequence into a slot and takes its first token; `None` when it is already
-/// finished (or failed).
+/// Prefills new sequences into slots (one forward pass where the backend can) and takes each
+/// one's first token; those already finished (or failed) are not returned.
 fn join(
     batch: &mut dyn SlotBatch,
     tokenizer: &Tokenizer,
     context: usize,
-    job: Job,
+    jobs: Vec<Job>,
     stats: &Stats,
-) -> Option<Running> {
-    let mut seq = match SequenceGenerator::new(&job.prompt, &job.params, context) {
-        Ok(s) => s,
-        Err(e) => {
-            fail(&job, &e.to_string(), stats);
-            return None;
-        }
-    };
-    let inserted = catch_unwind(AssertUnwindSafe(|| batch.insert(&job.prompt)));
-    let (slot, mut logits) = match inserted {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            fail(&job, &e.to_string(), stats);
-            return None;
-        }
-        Err(_) => {
-            fail(&job, "the engine panicked during prefill", stats);
-            return None;
-        }
-    };
-    match advance(&mut seq, tokenizer, &job, &mut logits, stats) {
-        Some(next) => Some(Running {
-            slot,
-            next,
-            seq,
-            job,
-        }),
-        None => {
-            batch.remove(slot);
-            None
+) -> Vec<Running> {
+    let mut started = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match SequenceGenerator::new(&job.prompt, &job.params, context) {
+            Ok(seq) => started.push((job, seq)),
+            Err(e) => fail(&job, &e.to_string(), stats),
         }
     }
+    let prompts: Vec<&[u32]> = started.iter().map(|(j, _)| j.prompt.as_slice()).collect();
+    let inserted = catch_unwind(AssertUnwindSafe(|| batch.insert_many(&prompts)));
+    let inserted = match inserted {
+        Ok(rows) if rows.len() == started.len() => rows,
+        other => {
+            let message = match other {
+                Ok(_) => "the backend returned the wrong number of rows",
+                Err(_) => "the engine panicked during prefill",
+            };
+            for (job, _) in &started {
+                fail(job, message, stats);
+            }
+            return Vec::new();
+        }
+    };
+    let mut running = Vec::with_capacity(started.len());
+    for ((job, mut seq), result) in started.into_iter().zip(inserted) {
+        let (slot, mut logits) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                fail(&job, &e.to_string(), stats);
+                continue;
+            }
+        };
+        match advance(&mut seq, tokenizer, &job, &mut logits, stats) {
+            Some(next) => running.push(Running {
+                slot,
+                next,
+                seq,
+                job,
+            }),
+            None => batch.remove(slot),
+        }
+    }
+    running
 }
 
 /// Feeds one row of logits to a sequence and tells its client; the next token, or `None`

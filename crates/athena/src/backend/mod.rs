@@ -83,6 +83,12 @@ pub type Slot = usize;
 pub trait SlotBatch {
     /// Starts a sequence from its prompt and returns its slot and its last float32 logits.
     fn insert(&mut self, prompt: &[u32]) -> Result<(Slot, Vec<f32>)>;
+    /// Starts several sequences at once: each prompt's slot and last float32 logits, or why
+    /// that prompt could not start, in the order given. The default inserts them one by one;
+    /// a backend that can prefill them in one forward pass overrides it.
+    fn insert_many(&mut self, prompts: &[&[u32]]) -> Vec<Result<(Slot, Vec<f32>)>> {
+        prompts.iter().map(|p| self.insert(p)).collect()
+    }
     /// Appends one token to each listed slot (each slot at most once) and returns each one's
     /// float32 logits [steps][vocab], in the order given.
     fn step(&mut self, steps: &[(Slot, u32)]) -> Result<Vec<Vec<f32>>>;

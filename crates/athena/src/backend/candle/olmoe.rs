@@ -174,23 +174,53 @@ impl Attention {
         self.output(&out)
     }
 
-    /// One new token for each of B sequences, `x` [B, 1, H], each attending over its own
-    /// cache: the projections see all B rows at once, attention runs per sequence.
+    /// New tokens of several sequences laid end to end, `x` [1, R, H] (sequence i's `lens[i]`
+    /// rows after the rows of the ones before it), each sequence attending causally over its
+    /// own cache: the projections see all R rows at once, attention runs per sequence.
     fn forward_each(
         &self,
         x: &Tensor,
         rope: &Rope,
         positions: &Tensor,
+        lens: &[usize],
         caches: &mut [&mut Option<LayerCache>],
     ) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, rope, positions)?;
         let mut outs = Vec::with_capacity(caches.len());
-        for (i, cache) in caches.iter_mut().enumerate() {
-            let (qi, ki, vi) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
-            outs.push(self.attend(&qi, ki, vi, None, cache)?);
+        let mut offset = 0;
+        for (cache, &t) in caches.iter_mut().zip(lens) {
+            let part = |x: &Tensor| -> Result<Tensor> { Ok(x.narrow(2, offset, t)?.contiguous()?) };
+            let (qi, ki, vi) = (part(&q)?, part(&k)?, part(&v)?);
+            let mask = match t {
+                1 => None,
+                _ => {
+                    let past = cache.as_ref().map_or(Ok(0), |c| c.k.dim(2))?;
+                    Some(causal_mask(past, t, q.dtype(), q.device())?)
+                }
+            };
+            outs.push(self.attend(&qi, ki, vi, mask.as_ref(), cache)?);
+            offset += t;
         }
-        self.output(&Tensor::cat(&outs, 0)?)
+        self.output(&Tensor::cat(&outs, 2)?)
     }
+}
+
+/// The additive mask [1, 1, t, past + t] of `t` new queries after `past` cached columns: query
+/// q sees keys up to `past + q`.
+fn causal_mask(past: usize, t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let keys = past + t;
+    let m: Vec<f32> = (0..t)
+        .flat_map(|q| {
+            (0..keys).map(move |k| {
+                if k <= past + q {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(m, (1, 1, t, keys), device)?.to_dtype(dtype)?)
 }
 
 /// [B, kv, T, D] → [B, kv·n, T, D], each kv head repeated n times in place.
@@ -244,16 +274,20 @@ impl DecoderLayer {
         Ok((residual + out)?)
     }
 
-    /// [`Self::forward`] for one new token of each of B sequences with their own caches.
+    /// [`Self::forward`] for the new tokens of several sequences laid end to end (`lens`
+    /// rows each), each with its own cache.
     fn forward_each(
         &self,
         x: &Tensor,
         rope: &Rope,
         positions: &Tensor,
+        lens: &[usize],
         caches: &mut [&mut Option<LayerCache>],
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let h = (x + self.self_attn.forward_each(&h, rope, positions, caches)?)?;
+        let h = (x + self
+            .self_attn
+            .forward_each(&h, rope, positions, lens, caches)?)?;
         let out = self.post_attention_layernorm.forward(&h)?;
         let out = self.mlp.forward(&out)?;
         Ok((h + out)?)
@@ -386,46 +420,61 @@ impl Olmoe {
 }
 
 impl Olmoe {
-    /// Appends one token to each of several single-sequence sessions that may hold different
-    /// lengths, in one forward pass: embeddings, projections, MoE and lm_head run over all rows
-    /// at once; attention runs per sequence over its own cache. Returns the last logits [N, V].
-    pub fn forward_each(&self, steps: &mut [(&mut Session, u32)]) -> Result<Tensor> {
+    /// Appends tokens to each of several single-sequence sessions in one forward pass: a
+    /// prompt to a fresh session (prefill) or one token to a running one (decode), in any mix
+    /// and at any lengths. Embeddings, projections, MoE and lm_head run over all the new rows
+    /// at once; attention runs per sequence over its own cache, causally. Returns each
+    /// sequence's last logits [N, V], as the same tokens run alone would give them.
+    pub fn forward_each(&self, steps: &mut [(&mut Session, &[u32])]) -> Result<Tensor> {
         let vocab = self.args.vocab_size;
-        let n = steps.len();
-        if n == 0 {
+        if steps.is_empty() {
             return Err(Error::invalid(
                 "tokens",
                 "a step needs at least one sequence",
             ));
         }
-        let mut ids = Vec::with_capacity(n);
-        let mut positions = Vec::with_capacity(n);
-        for (session, id) in steps.iter() {
-            if *id as usize >= vocab {
+        let rows: usize = steps.iter().map(|(_, t)| t.len()).sum();
+        let mut ids = Vec::with_capacity(rows);
+        let mut positions = Vec::with_capacity(rows);
+        let mut lens = Vec::with_capacity(steps.len());
+        let mut last = Vec::with_capacity(steps.len());
+        for (session, tokens) in steps.iter_mut() {
+            if let Some(bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
                 return Err(Error::invalid(
                     "token id",
-                    format!("{id} is out of range for vocab_size {vocab}"),
+                    format!("{bad} is out of range for vocab_size {vocab}"),
                 ));
             }
-            positions.push(session.next_position()? as u32);
-            ids.push(*id);
+            let start = session.start_single(tokens.len())?;
+            positions.extend((start..start + tokens.len()).map(|p| p as u32));
+            ids.extend_from_slice(tokens);
+            lens.push(tokens.len());
+            last.push((ids.len() - 1) as u32);
         }
-        let positions = Tensor::from_vec(positions, (n, 1), &self.device)?;
+        let positions = Tensor::from_vec(positions, (1, rows), &self.device)?;
         let mut x = self
             .embed_tokens
             .forward(&ids, self.dtype, &self.device)?
-            .reshape((n, 1, self.args.hidden_size))?;
+            .reshape((1, rows, self.args.hidden_size))?;
         for (l, layer) in self.layers.iter().enumerate() {
             let mut caches: Vec<&mut Option<LayerCache>> = steps
                 .iter_mut()
                 .map(|(s, _)| s.layers.get_mut(l))
                 .collect::<Option<_>>()
                 .ok_or_else(|| Error::invalid("session", "a session of another model"))?;
-            x = layer.forward_each(&x, &self.rope, &positions, &mut caches)?;
+            x = layer.forward_each(&x, &self.rope, &positions, &lens, &mut caches)?;
         }
-        for (session, _) in steps.iter_mut() {
-            session.advance(1);
+        for ((session, _), &t) in steps.iter_mut().zip(&lens) {
+            session.advance(t);
         }
-        self.lm_head(&self.norm.forward(&x)?.squeeze(1)?)
+        let n = last.len();
+        let x = match rows == n {
+            true => x.squeeze(0)?,
+            false => {
+                let last = Tensor::from_vec(last, (n,), &self.device)?;
+                x.squeeze(0)?.index_select(&last, 0)?
+            }
+        };
+        self.lm_head(&self.norm.forward(&x)?)
     }
 }

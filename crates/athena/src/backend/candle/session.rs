@@ -140,21 +140,28 @@ impl Session {
         Some((m, keys))
     }
 
-    /// The position of the next token of a single-sequence session without padding, as a
-    /// one-token step on its own would give it; errors when the context is full.
-    pub(crate) fn next_position(&self) -> Result<usize> {
+    /// The position of the first of `t` tokens appended to a single-sequence session without
+    /// padding (a fresh session becomes one), as a step on its own would give it; errors when
+    /// they do not fit in the context or the session holds a padded batch.
+    pub(crate) fn start_single(&mut self, t: usize) -> Result<usize> {
+        if t == 0 {
+            return Err(Error::invalid("tokens", "a sequence of a step is empty"));
+        }
+        if self.columns == 0 && self.pad.is_empty() {
+            self.pad = vec![0];
+        }
         if self.pad.len() != 1 || self.pad[0] != 0 {
             return Err(Error::invalid(
                 "session",
                 "only an unpadded single-sequence session can join a batched step",
             ));
         }
-        if self.columns + 1 > self.max_positions {
+        if self.columns + t > self.max_positions {
             return Err(Error::invalid(
                 "tokens",
                 format!(
                     "sequence length {} exceeds the model's max_position_embeddings {}",
-                    self.columns + 1,
+                    self.columns + t,
                     self.max_positions
                 ),
             ));
