@@ -10,8 +10,17 @@ stream produces exactly --max-tokens tokens; prompt: a short fixed text) and mea
 stream, the time of its first and last token. Aggregate decode tok/s = the tokens produced
 after each stream's first one, summed over streams, divided by the window from the earliest
 first token to the latest last token (prefills of streams that join inside the window count
-against it). It also prints end-to-end tokens/s (all tokens / wall time of the level). Bounded: each level runs its c
-streams once; the whole test stops at --time-limit seconds. One JSON line per level.
+against it). It also prints end-to-end tokens/s (all tokens / wall time of the level).
+
+Steady decode tok/s: the rate while every stream of the level is decoding, that is over the
+window from the latest first token to the earliest last token (no prefill falls inside it,
+since every stream has had its first token). Tokens inside it are counted from each stream's
+streamed chunks, each chunk weighted by the stream's completion tokens per chunk (a chunk may
+carry the text of more than one token when a character spans tokens). Null when the window
+is empty (one stream finished before another started).
+
+Bounded: each level runs its c streams once; the whole test stops at --time-limit seconds.
+One JSON line per level.
 """
 
 import argparse
@@ -33,6 +42,7 @@ def stream_once(host, port, max_tokens, out, idx, deadline):
     t0 = time.monotonic()
     first = last = None
     tokens = 0
+    chunks = []
     try:
         conn = http.client.HTTPConnection(host, port, timeout=max(1, deadline - time.monotonic()))
         conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
@@ -55,6 +65,7 @@ def stream_once(host, port, max_tokens, out, idx, deadline):
                 now = time.monotonic()
                 first = first or now
                 last = now
+                chunks.append(now)
             if msg.get("usage"):
                 tokens = msg["usage"]["completion_tokens"]
             if msg.get("choices") and msg["choices"][0].get("finish_reason"):
@@ -63,7 +74,23 @@ def stream_once(host, port, max_tokens, out, idx, deadline):
     except Exception as e:  # noqa: BLE001
         out[idx] = {"error": repr(e)}
         return
-    out[idx] = {"start": t0, "first": first, "last": last, "tokens": tokens}
+    out[idx] = {"start": t0, "first": first, "last": last, "tokens": tokens, "chunks": chunks}
+
+
+def steady_rate(ok):
+    """Tokens per second over the window in which every stream is decoding, or None."""
+    start = max(o["first"] for o in ok)
+    end = min(o["last"] for o in ok)
+    if end <= start:
+        return None, 0.0
+    tokens = 0.0
+    for o in ok:
+        if not o["chunks"]:
+            continue
+        per_chunk = o["tokens"] / len(o["chunks"])
+        # Chunks strictly after the window's start: each is a token decoded inside it.
+        tokens += per_chunk * sum(1 for t in o["chunks"] if start < t <= end)
+    return round(tokens / (end - start), 2), round(end - start, 2)
 
 
 def level(host, port, c, max_tokens, deadline):
@@ -83,6 +110,7 @@ def level(host, port, c, max_tokens, deadline):
     # Decode window: from the first stream's first token to the last stream's last token.
     window = max(o["last"] for o in ok) - min(o["first"] for o in ok)
     decode_tokens = sum(o["tokens"] - 1 for o in ok)
+    steady, steady_window = steady_rate(ok)
     return {
         "concurrency": c,
         "ok": len(ok),
@@ -91,6 +119,8 @@ def level(host, port, c, max_tokens, deadline):
         "tokens_per_stream": max_tokens,
         "aggregate_decode_tok_s": round(decode_tokens / window, 2) if window > 0 else None,
         "decode_window_s": round(window, 2),
+        "steady_decode_tok_s": steady,
+        "steady_window_s": steady_window,
         "per_stream_decode_tok_s": round(
             sum((o["tokens"] - 1) / (o["last"] - o["first"]) for o in ok if o["last"] > o["first"]) / len(ok), 2),
         "end_to_end_tok_s": round(sum(o["tokens"] for o in ok) / wall, 2),
