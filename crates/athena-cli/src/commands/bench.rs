@@ -139,25 +139,28 @@ fn threads() -> usize {
 }
 
 /// Weight bytes one decode step reads: attention, router, the routed experts and lm_head (the
-/// embedding row and the norms are negligible). Quantized matrices cost their codes plus a
-/// scale and bias per group (8-bit: group 32, f16; 4-bit: group 64, f32); the router stays
-/// dense.
+/// embedding row and the norms are negligible), as load-time quantization lays them out.
+/// 4-bit: every matrix at group 64 with f32 scale and bias. 8-bit: f16 scale and bias, the
+/// experts at group 64, q/k/lm_head at group 32, and the value and output projections kept
+/// dense as stored (bf16 in the checkpoints measured here). The router stays dense.
 fn bytes_per_token(args: &OlmoeArgs, dense: f64, q: QuantArg) -> f64 {
-    let per_weight = match q {
-        QuantArg::None => dense,
-        QuantArg::Int8 => 1.0 + 4.0 / 32.0,
-        QuantArg::Int4 => 0.5 + 8.0 / 64.0,
+    // (q/k and lm_head, v/o, experts) bytes per weight.
+    let (attn_qk, attn_vo, expert) = match q {
+        QuantArg::None => (dense, dense, dense),
+        QuantArg::Int8 => (1.0 + 4.0 / 32.0, dense.min(2.0), 1.0 + 4.0 / 64.0),
+        QuantArg::Int4 => (0.5 + 8.0 / 64.0, 0.5 + 8.0 / 64.0, 0.5 + 8.0 / 64.0),
     };
     let (h, i) = (args.hidden_size as f64, args.intermediate_size as f64);
     let hd = args.head_dim as f64;
     let q_width = args.num_attention_heads as f64 * hd;
     let kv_width = args.num_key_value_heads as f64 * hd;
-    let attn = h * (2.0 * q_width + 2.0 * kv_width);
-    let experts = args.num_experts_per_tok as f64 * 3.0 * h * i;
-    let router = args.num_experts as f64 * h;
+    // q: [q_width, h], k and v: [kv_width, h], o: [h, q_width].
+    let attn = h * (q_width + kv_width) * attn_qk + h * (kv_width + q_width) * attn_vo;
+    let experts = args.num_experts_per_tok as f64 * 3.0 * h * i * expert;
+    let router = args.num_experts as f64 * h * dense;
     let layers = args.num_hidden_layers as f64;
-    let head = args.vocab_size as f64 * h;
-    layers * ((attn + experts) * per_weight + router * dense) + head * per_weight
+    let head = args.vocab_size as f64 * h * attn_qk;
+    layers * (attn + experts + router) + head
 }
 
 fn argmax(row: &[f32]) -> u32 {
