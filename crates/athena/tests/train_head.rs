@@ -174,7 +174,38 @@ fn sft_and_grpo_reach_ninety_percent_within_two_minutes() {
         // The first epoch encodes the texts; the later ones read them from memory.
         assert!(report.epochs.len() >= 2);
         assert!(report.epochs[0].encoded_texts > 0);
-        assert_eq!(report.epochs[1].encoded_texts, 0);
+        assert!(report.epochs[1..].iter().all(|e| e.encoded_texts == 0));
+        // ... and so run at least 5x faster (measured: ~13x GRPO, ~24x SFT on a loaded 2-core
+        // machine). Each epoch logs its ratio to the first; the bound is held against the
+        // median of the later epochs (~0.1 s each, all doing the same work), so that one
+        // descheduled epoch on a busy machine cannot fail it.
+        let first = report.epochs[0].seconds;
+        assert!(report.epochs[0].speedup_vs_first.is_none());
+        for e in &report.epochs[1..] {
+            let ratio = e.speedup_vs_first.unwrap();
+            assert!((ratio - first / e.seconds).abs() <= 1e-9 * ratio, "{e:?}");
+        }
+        let mut later: Vec<f64> = report.epochs[1..].iter().map(|e| e.seconds).collect();
+        later.sort_by(f64::total_cmp);
+        let median = later[later.len() / 2];
+        eprintln!(
+            "{:?}: epoch 1 {first:.3} s, epoch 2 {:.3} s ({:.1}x), later epochs' median {median:.3} s ({:.1}x)",
+            cfg.mode,
+            report.epochs[1].seconds,
+            first / report.epochs[1].seconds,
+            first / median
+        );
+        assert!(
+            first >= 5.0 * median,
+            "{:?}: epoch 1 took {first:.3} s, later epochs {later:?}",
+            cfg.mode
+        );
+        // The step that ends an epoch carries its timing in the log.
+        let logged = events.iter().find_map(|e| match e {
+            Event::Step(s) => s.epoch_end.as_ref().filter(|x| x.epoch == 2),
+            _ => None,
+        });
+        assert_eq!(logged, Some(&report.epochs[1]));
     }
 }
 

@@ -258,10 +258,16 @@ pub fn run(a: Args) -> Result<()> {
                     log_error.get_or_insert(e);
                 }
             }
-            Event::Epoch(e) => bar.println(format!(
-                "epoch {} done at step {}: {:.2} s ({:.2} s encoding {} texts)",
-                e.epoch, e.end_step, e.seconds, e.encode_seconds, e.encoded_texts
-            )),
+            Event::Epoch(e) => {
+                let speedup = e
+                    .speedup_vs_first
+                    .map(|x| format!(", {x:.1}x faster than epoch 1"))
+                    .unwrap_or_default();
+                bar.println(format!(
+                    "epoch {} done at step {}: {:.3} s ({:.3} s encoding {} texts){speedup}",
+                    e.epoch, e.end_step, e.seconds, e.encode_seconds, e.encoded_texts
+                ));
+            }
             Event::Checkpoint { checkpoint, path } => {
                 tracing::info!("checkpoint after step {checkpoint}: {}", path.display())
             }
@@ -280,6 +286,7 @@ pub fn run(a: Args) -> Result<()> {
         "steps": report.steps,
         "seconds": report.seconds,
         "epoch_seconds": epoch_seconds,
+        "epoch2_speedup": report.epochs.get(1).and_then(|e| e.speedup_vs_first),
         "features": features.stats(),
         "head": a.out.display().to_string(),
     });

@@ -74,7 +74,9 @@ pub struct ActionHeadConfig {
     /// least one operation out, so that a fact with no memories still has a decision.
     /// Default `["UPDATE", "DELETE"]`.
     pub target_operations: Vec<String>,
-    /// Width of the shared projection. Default 256.
+    /// Width of the shared projection. Default 64: on the fixture's synthetic memory task a
+    /// fresh head of width 64 trains to 0.93 held-out accuracy with GRPO (128: 0.95, 256:
+    /// 0.77) at a quarter of the cost of 256 a step; SFT reaches 0.98 at any of these.
     pub proj_dim: usize,
     /// Seed of the initialisation. Default 0.
     pub seed: u64,
@@ -87,7 +89,7 @@ impl Default for ActionHeadConfig {
                 .map(String::from)
                 .to_vec(),
             target_operations: ["UPDATE", "DELETE"].map(String::from).to_vec(),
-            proj_dim: 256,
+            proj_dim: 64,
             seed: 0,
         }
     }

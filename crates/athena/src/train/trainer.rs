@@ -181,6 +181,10 @@ pub struct EpochLog {
     pub encode_seconds: f64,
     /// Texts the backbone encoded during the epoch (0 once every text is cached).
     pub encoded_texts: usize,
+    /// From the second epoch on: the first epoch's `seconds` divided by this one's, i.e. how
+    /// much faster this epoch ran than the one that encoded the texts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup_vs_first: Option<f64>,
 }
 
 /// A line of the training log.
@@ -612,12 +616,17 @@ pub fn train(
         progress.history.push(log.clone());
         if epoch_done {
             progress.epoch += 1;
+            let speedup_vs_first = match progress.epochs.first() {
+                Some(first) if epoch_seconds > 0.0 => Some(first.seconds / epoch_seconds),
+                _ => None,
+            };
             let e = EpochLog {
                 epoch: progress.epoch,
                 end_step: progress.step,
                 seconds: epoch_seconds,
                 encode_seconds: epoch_encode,
                 encoded_texts: epoch_encoded,
+                speedup_vs_first,
             };
             (epoch_seconds, epoch_encode, epoch_encoded) = (0.0, 0.0, 0);
             log.epoch_end = Some(e.clone());
