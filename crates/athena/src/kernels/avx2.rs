@@ -234,39 +234,68 @@ pub(super) unsafe fn dot_affine<const BITS: i32>(
     hsum(_mm256_add_ps(total[0], total[1])) + bias_total
 }
 
+/// One of [`dot2x4`]'s passes over a chunk: the blocks of 8 at `start`, `start + 16`, … below
+/// `full`, then (with `last`) the block at `full`, into one accumulator per pair.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pass2x4(
+    pw: [*const f32; 2],
+    px: [*const f32; 4],
+    start: usize,
+    full: usize,
+    last: bool,
+) -> [[__m256; 4]; 2] {
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let mut o = start;
+    loop {
+        if o >= full && !(last && o == full) {
+            break;
+        }
+        let w0 = _mm256_loadu_ps(pw[0].add(o));
+        let w1 = _mm256_loadu_ps(pw[1].add(o));
+        for k in 0..4 {
+            let xv = _mm256_loadu_ps(px[k].add(o));
+            acc[0][k] = _mm256_fmadd_ps(w0, xv, acc[0][k]);
+            acc[1][k] = _mm256_fmadd_ps(w1, xv, acc[1][k]);
+        }
+        if o >= full {
+            break;
+        }
+        o += 16;
+    }
+    acc
+}
+
 /// Two rows `w` against four rows `x`: `out[j][k] = Σ w_j·x_k`; every slice has
-/// `w[0].len()` elements. One accumulator per pair (8 in flight), so each input value loaded
-/// serves two weight rows; partial sums are folded into f64 every [`FLUSH`] elements.
+/// `w[0].len()` elements. Each pair is summed in [`dot`]'s order, bit for bit: [`dot`] keeps
+/// two accumulators per [`FLUSH`] chunk (the first and second 8 of every 16 values, the
+/// first also taking a last block of 8), and here the chunk is walked once for each of them,
+/// so only eight accumulators (one per pair) are live and each input value loaded serves
+/// both weight rows.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
     let n = w[0].len();
     let pw = w.map(|w| w.as_ptr());
     let px = x.map(|x| x.as_ptr());
     let mut total = [[0f64; 4]; 2];
-    let mut i = 0;
-    while i < n {
-        let end = (i + FLUSH).min(n);
-        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-        while i + 8 <= end {
-            let w0 = _mm256_loadu_ps(pw[0].add(i));
-            let w1 = _mm256_loadu_ps(pw[1].add(i));
-            for k in 0..4 {
-                let xv = _mm256_loadu_ps(px[k].add(i));
-                acc[0][k] = _mm256_fmadd_ps(w0, xv, acc[0][k]);
-                acc[1][k] = _mm256_fmadd_ps(w1, xv, acc[1][k]);
-            }
-            i += 8;
-        }
+    let mut i0 = 0;
+    while i0 < n {
+        let end = (i0 + FLUSH).min(n);
+        let full = i0 + (end - i0) / 16 * 16;
+        let extra = full + 8 <= end;
+        let first = pass2x4(pw, px, i0, full, extra);
+        let second = pass2x4(pw, px, i0 + 8, full, false);
+        let tail = if extra { full + 8 } else { full };
         for j in 0..2 {
             for k in 0..4 {
-                let mut s = hsum(acc[j][k]);
-                for t in i..end {
+                let mut s = hsum(_mm256_add_ps(first[j][k], second[j][k]));
+                for t in tail..end {
                     s += *pw[j].add(t) * *px[k].add(t);
                 }
                 total[j][k] += f64::from(s);
             }
         }
-        i = end;
+        i0 = end;
     }
     total.map(|t| t.map(|t| t as f32))
 }

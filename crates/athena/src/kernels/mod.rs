@@ -89,7 +89,7 @@ pub fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
 
 /// `[[Σ w₀·x₀, …, Σ w₀·x₃], [Σ w₁·x₀, …]]`: two weight rows against four input rows, each
 /// input value loaded once for both rows. Every slice must be at least as long as `w[0]`.
-/// Sums in another order than [`dot`] (the last bits may differ).
+/// Each pair is summed in [`dot`]'s order, so it equals `dot` of that pair bit for bit.
 #[inline]
 pub fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
     let n = x
@@ -246,9 +246,8 @@ impl Rows for Bf16Rows<'_> {
 /// `y = x · Wᵀ`: `x` [m, cols] row-major → `y` [m, rows] row-major. The caller has checked
 /// `x.len() == m * w.cols()`. Up to [`GEMV_MAX_ROWS`] input rows, quantized 4- and 8-bit rows
 /// multiply the inputs' int16 forms (relative error about 2⁻¹⁶ of each block's largest
-/// input, see [`affine`]); larger products take weight rows two at a time ([`dot2x4`]). Each
-/// output differs from the exact product by f32 rounding only, but not always in the same last
-/// bits as [`matmul_exact`].
+/// input, see [`affine`]) and bf16 rows sum in another order ([`dot_bf16_wide`]); larger
+/// products are [`matmul_exact`]'s.
 pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
     let cols = w.cols();
     if (1..=GEMV_MAX_ROWS).contains(&m) && affine::prepared_len(cols) > 0 {
@@ -265,14 +264,18 @@ pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
             gemv_block(w, &xp, len, m, first_row, out)
         });
     }
-    run(w, m, |first_row, out| pairs_block(w, x, m, first_row, out))
+    matmul_exact(w, x, m)
 }
 
 /// [`matmul`] with f32 activations throughout: each output differs from the exact product
 /// by f32 rounding only, and one input row gives the same values as the same row of a batch,
-/// bit for bit.
+/// bit for bit. Past one input row, weight rows are taken two at a time against four input
+/// rows ([`dot2x4`]), which halves the input reads per multiply-add.
 pub fn matmul_exact<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
-    run(w, m, |first_row, out| rows_block(w, x, m, first_row, out))
+    run(w, m, |first_row, out| match m {
+        1 => gemv_exact(w, x, first_row, out),
+        _ => pairs_block(w, x, m, first_row, out),
+    })
 }
 
 /// Runs `block(first_row, out)` over the output rows (in parallel for large products) and
@@ -324,8 +327,8 @@ fn gemv_block<W: Rows + ?Sized>(
     }
 }
 
-/// [`rows_block`] for [`matmul`]: weight rows taken two at a time ([`dot2x4`]), which halves
-/// the input reads per multiply-add.
+/// Output rows `first_row..` into `out` ([row, m]): weight rows two at a time against four
+/// input rows ([`dot2x4`]), input rows in tiles that stay in L2.
 fn pairs_block<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize, first_row: usize, out: &mut [f32]) {
     let cols = w.cols();
     let (mut buf0, mut buf1) = (vec![0f32; cols], vec![0f32; cols]);
@@ -366,34 +369,11 @@ fn pairs_block<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize, first_row: usize, o
     }
 }
 
-/// Output rows `first_row..first_row + out.len() / m` into `out`, laid out [row, m].
-fn rows_block<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize, first_row: usize, out: &mut [f32]) {
-    let cols = w.cols();
-    let mut buf = vec![0f32; cols];
-    if m == 1 {
-        for (r, y) in out.iter_mut().enumerate() {
-            *y = w.dot(first_row + r, x, &mut buf);
-        }
-        return;
-    }
-    let tile = (TILE_BYTES / (cols * std::mem::size_of::<f32>()).max(1)).clamp(4, m.max(4));
-    let mut i0 = 0;
-    while i0 < m {
-        let i1 = (i0 + tile).min(m);
-        for (r, y_row) in out.chunks_exact_mut(m).enumerate() {
-            let row = w.row(first_row + r, &mut buf);
-            let mut i = i0;
-            while i + 4 <= i1 {
-                let xr = |k: usize| &x[(i + k) * cols..(i + k + 1) * cols];
-                let d = dot4(row, [xr(0), xr(1), xr(2), xr(3)]);
-                y_row[i..i + 4].copy_from_slice(&d);
-                i += 4;
-            }
-            for (k, y) in y_row[i..i1].iter_mut().enumerate() {
-                *y = dot(row, &x[(i + k) * cols..(i + k + 1) * cols]);
-            }
-        }
-        i0 = i1;
+/// Output rows `first_row..` for one input row into `out`, one [`Rows::dot`] each.
+fn gemv_exact<W: Rows + ?Sized>(w: &W, x: &[f32], first_row: usize, out: &mut [f32]) {
+    let mut buf = vec![0f32; w.cols()];
+    for (r, y) in out.iter_mut().enumerate() {
+        *y = w.dot(first_row + r, x, &mut buf);
     }
 }
 

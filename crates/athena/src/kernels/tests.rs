@@ -59,6 +59,8 @@ fn dot2x4_matches_reference() {
         for j in 0..2 {
             for k in 0..4 {
                 assert!(close(got[j][k], &ws[j], x[k], 1e-6), "n {n} [{j}][{k}]");
+                // Each pair in `dot`'s order, bit for bit (on either tier).
+                assert_eq!(got[j][k], dot(&ws[j], x[k]), "n {n} [{j}][{k}]");
                 assert!(close(port[j][k], &ws[j], x[k], 1e-6), "portable n {n}");
             }
         }
