@@ -260,13 +260,9 @@ impl SparseMoeBlock {
             for &r in &rows {
                 xe.extend_from_slice(&xs[r as usize * h..(r as usize + 1) * h]);
             }
-            // Quantized experts take the kernels' integer path at decode sizes; dense ones the
-            // f32 product, which widens a bf16 row once for all of the expert's rows.
-            let quantized = matches!(self.experts.gate[e], Linear::Quantized { .. });
             let gate_up = self.experts.gate[e]
                 .with_rows(|gate| {
-                    self.experts.up[e]
-                        .with_rows(|up| product(quantized, &GateUp { gate, up }, &xe, m))
+                    self.experts.up[e].with_rows(|up| kernels::matmul(&GateUp { gate, up }, &xe, m))
                 })?
                 .transpose()?
                 .flatten();
@@ -278,7 +274,7 @@ impl SparseMoeBlock {
                 .map(|gu| round(round(silu(round(gu[0]))) * round(gu[1])))
                 .collect();
             let y = self.experts.down[e]
-                .with_rows(|down| product(quantized, down, &hidden, m))?
+                .with_rows(|down| kernels::matmul(down, &hidden, m))?
                 .ok_or_else(|| expert_not_on_kernels(e))?;
             for ((&r, &w), y) in rows.iter().zip(&weights).zip(y.chunks_exact(h)) {
                 let w = round(w);
@@ -289,15 +285,6 @@ impl SparseMoeBlock {
             }
         }
         Ok(Tensor::from_vec(out, (n, h), x.device())?.to_dtype(x.dtype())?)
-    }
-}
-
-/// `x · Wᵀ` for one expert's rows: [`kernels::matmul`] for quantized weights,
-/// [`kernels::matmul_exact`] for dense ones.
-fn product(quantized: bool, w: &dyn Rows, x: &[f32], m: usize) -> Vec<f32> {
-    match quantized {
-        true => kernels::matmul(w, x, m),
-        false => kernels::matmul_exact(w, x, m),
     }
 }
 
