@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use athena::backend::Backend;
 use athena::checkpoint::OlmoeArgs;
 
-use crate::model::{ModelArgs, QuantArg};
+use crate::model::{AnyModel, ModelArgs, QuantArg};
 
 /// Flags of `athena bench`.
 #[derive(Debug, clap::Args)]
@@ -102,8 +102,14 @@ pub fn run(a: Args) -> Result<()> {
     let decode_s = t0.elapsed().as_secs_f64();
     let batch = a.batch as f64;
     let decode_tok_s = batch * a.gen_tokens as f64 / decode_s.max(1e-9);
-    let dense_bytes = model.dtype().size_in_bytes() as f64;
-    let bytes = bytes_per_token(model.args(), dense_bytes, a.model.quantization);
+    let bytes = match &model {
+        // Counted from the weights as loaded (pre-quantized checkpoints included).
+        AnyModel::Candle(m) => m.token_weight_bytes() as f64,
+        AnyModel::Other(_) => {
+            let dense_bytes = model.dtype().size_in_bytes() as f64;
+            bytes_per_token(model.args(), dense_bytes, a.model.quantization)
+        }
+    };
     let report = serde_json::json!({
         "engine": format!("athena {} ({})", env!("CARGO_PKG_VERSION"), model.kind()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
@@ -138,8 +144,9 @@ fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Weight bytes one decode step reads: attention, router, the routed experts and lm_head (the
-/// embedding row and the norms are negligible), as load-time quantization lays them out.
+/// Weight bytes one decode step reads on a backend that does not count them itself:
+/// attention, router, the routed experts and lm_head (the embedding row and the norms are
+/// negligible), as load-time quantization lays them out.
 /// 4-bit: every matrix at group 64 with f32 scale and bias. 8-bit: f16 scale and bias, the
 /// experts at group 64, q/k/lm_head at group 32, and the value and output projections kept
 /// dense as stored (bf16 in the checkpoints measured here). The router stays dense.

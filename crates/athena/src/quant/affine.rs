@@ -114,8 +114,9 @@ impl AffineParams {
 
 /// A [rows, cols] matrix (rows = out features) in MLX's affine format, on the CPU.
 ///
-/// Scales and biases are kept as f32 whatever dtype they were stored in; `scales_dtype`
-/// records that dtype so the matrix can be written back as it came.
+/// Scales and biases are kept in the dtype they were stored in when that is f16 or bf16 (both
+/// widen to f32 exactly, at half the memory), else as f32; `scales_dtype` records the stored
+/// dtype so the matrix can be written back as it came.
 #[derive(Debug, Clone)]
 pub struct QMatrix {
     rows: usize,
@@ -352,16 +353,16 @@ impl QMatrix {
             ));
         }
         let scales_dtype = scales.dtype();
-        let scales = float_values(scales, &scales_name, groups)?;
-        let biases = float_values(biases, &biases_name, groups)?;
+        let scales = stored_scalars(scales, &scales_name, groups)?;
+        let biases = stored_scalars(biases, &biases_name, groups)?;
         let packed = weight.flatten_all()?.to_vec1::<u32>()?;
         Ok(QMatrix {
             rows,
             cols,
             params,
             packed,
-            scales: Scalars::F32(scales),
-            biases: Scalars::F32(biases),
+            scales,
+            biases,
             scales_dtype,
         })
     }
@@ -561,6 +562,17 @@ fn round_f16(v: f32) -> f32 {
 
 /// The values of a float tensor [rows, groups] as f32, rejecting other dtypes and non-finite
 /// values; `name` is the tensor's full name.
+/// Scales or biases as a checkpoint stores them: f16 and bf16 kept in their dtype (both widen
+/// to f32 exactly, at half the memory), others as f32; checked finite, errors naming `name`.
+fn stored_scalars(t: &Tensor, name: &str, groups: usize) -> Result<Scalars> {
+    let values = float_values(t, name, groups)?;
+    Ok(match t.dtype() {
+        DType::BF16 => Scalars::Bf16(t.flatten_all()?.to_vec1::<half::bf16>()?),
+        DType::F16 => Scalars::F16(t.flatten_all()?.to_vec1::<half::f16>()?),
+        _ => Scalars::F32(values),
+    })
+}
+
 fn float_values(t: &Tensor, name: &str, groups: usize) -> Result<Vec<f32>> {
     if !t.dtype().is_float() {
         return Err(Error::tensor(
@@ -925,6 +937,11 @@ mod tests {
         assert_eq!(s.dtype(), DType::BF16);
         let half = QMatrix::from_mlx("t", &w, &s, &b, m.params()).unwrap();
         assert_eq!(half.scales_dtype(), DType::BF16);
+        assert!(
+            matches!(half.scales, Scalars::Bf16(_)),
+            "bf16 scales are kept as stored"
+        );
+        assert_eq!(half.storage_bytes(), m.storage_bytes() - 2 * 2 * rows * 3);
         assert_eq!(half.packed, m.packed);
         for (h, f) in half.scales.to_f32_vec().iter().zip(&m.scales.to_f32_vec()) {
             assert!((h - f).abs() <= f.abs() / 128.0, "{h} vs {f}");

@@ -1,9 +1,10 @@
-//! Per-group scales or biases, kept as f32 or, to halve their memory, as f16.
+//! Per-group scales or biases, kept as f32 or, to halve their memory, as f16 or bf16 (the
+//! dtype of an mlx-lm checkpoint's scales is kept as stored: bf16 widens to f32 exactly).
 
 use std::borrow::Cow;
 
-use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 /// One value per group, row-major [rows, groups].
 #[derive(Debug, Clone, PartialEq)]
@@ -12,6 +13,8 @@ pub(crate) enum Scalars {
     F32(Vec<f32>),
     /// Half precision: 2 bytes a group instead of 4.
     F16(Vec<f16>),
+    /// bfloat16, as mlx-lm checkpoints of bf16 models store them.
+    Bf16(Vec<bf16>),
 }
 
 impl Scalars {
@@ -20,6 +23,10 @@ impl Scalars {
         match self {
             Scalars::F32(v) => v.chunks_exact(groups).nth(row).map(Cow::Borrowed),
             Scalars::F16(v) => v
+                .chunks_exact(groups)
+                .nth(row)
+                .map(|r| Cow::Owned(r.iter().map(|h| h.to_f32()).collect())),
+            Scalars::Bf16(v) => v
                 .chunks_exact(groups)
                 .nth(row)
                 .map(|r| Cow::Owned(r.iter().map(|h| h.to_f32()).collect())),
@@ -36,6 +43,10 @@ impl Scalars {
                 v[range].convert_to_f32_slice(&mut buf[..groups]);
                 &buf[..groups]
             }
+            Scalars::Bf16(v) => {
+                v[range].convert_to_f32_slice(&mut buf[..groups]);
+                &buf[..groups]
+            }
         }
     }
 
@@ -45,6 +56,7 @@ impl Scalars {
         match self {
             Scalars::F32(v) => v[i],
             Scalars::F16(v) => v[i].to_f32(),
+            Scalars::Bf16(v) => v[i].to_f32(),
         }
     }
 
@@ -53,6 +65,7 @@ impl Scalars {
         match self {
             Scalars::F32(v) => v.clone(),
             Scalars::F16(v) => v.iter().map(|h| h.to_f32()).collect(),
+            Scalars::Bf16(v) => v.iter().map(|h| h.to_f32()).collect(),
         }
     }
 
@@ -61,6 +74,7 @@ impl Scalars {
         match self {
             Scalars::F32(v) => Scalars::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
             Scalars::F16(v) => Scalars::F16(v.clone()),
+            Scalars::Bf16(v) => Scalars::F16(v.iter().map(|x| f16::from_f32(x.to_f32())).collect()),
         }
     }
 
@@ -69,6 +83,7 @@ impl Scalars {
         match self {
             Scalars::F32(v) => v.iter().all(|x| x.is_finite()),
             Scalars::F16(v) => v.iter().all(|x| x.is_finite()),
+            Scalars::Bf16(v) => v.iter().all(|x| x.is_finite()),
         }
     }
 
@@ -77,6 +92,7 @@ impl Scalars {
         match self {
             Scalars::F32(v) => std::mem::size_of_val(v.as_slice()),
             Scalars::F16(v) => std::mem::size_of_val(v.as_slice()),
+            Scalars::Bf16(v) => std::mem::size_of_val(v.as_slice()),
         }
     }
 }

@@ -210,6 +210,19 @@ impl SparseMoeBlock {
         }))
     }
 
+    /// Weight bytes one token reads here: the router and `top_k` experts of average size.
+    pub(crate) fn token_weight_bytes(&self) -> usize {
+        let e = &self.experts;
+        let all: usize = e
+            .gate
+            .iter()
+            .chain(&e.up)
+            .chain(&e.down)
+            .map(Linear::weight_bytes)
+            .sum();
+        self.gate.weight_bytes() + all * self.top_k / e.gate.len().max(1)
+    }
+
     /// x [B, T, H] → [B, T, H].
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;

@@ -88,6 +88,14 @@ impl Attention {
         })
     }
 
+    /// Bytes of the four projections' weights.
+    fn weight_bytes(&self) -> usize {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+            .iter()
+            .map(|l| l.weight_bytes())
+            .sum()
+    }
+
     /// Projects `x` [B, T, H] to rotated q [B, heads, T, D] and k, v [B, kv_heads, T, D].
     fn qkv(&self, x: &Tensor, rope: &Rope, positions: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
@@ -353,6 +361,17 @@ impl Olmoe {
     /// The compute dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Weight bytes one token's decode step reads, as the weights are held: every layer's
+    /// attention and router, its routed experts (at their average size) and lm_head; the
+    /// embedding row and the norms are left out.
+    pub fn token_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.self_attn.weight_bytes() + l.mlp.token_weight_bytes())
+            .sum::<usize>()
+            + self.lm_head.weight_bytes()
     }
 
     /// The device the weights live on.
