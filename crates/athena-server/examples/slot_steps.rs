@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use athena::config::{ComputeDtype, OlmoeConfig, Quantization};
+use athena::generate::argmax;
 use athena::models::olmoe::OlmoeModel;
 
 fn main() -> athena::Result<()> {
@@ -65,14 +66,4 @@ fn main() -> athena::Result<()> {
         n as f64 / median
     );
     Ok(())
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

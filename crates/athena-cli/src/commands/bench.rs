@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use athena::backend::Backend;
 use athena::checkpoint::OlmoeArgs;
+use athena::generate::argmax;
 
 use crate::model::{AnyModel, ModelArgs, QuantArg};
 
@@ -168,16 +169,6 @@ fn bytes_per_token(args: &OlmoeArgs, dense: f64, q: QuantArg) -> f64 {
     let layers = args.num_hidden_layers as f64;
     let head = args.vocab_size as f64 * h * attn_qk;
     layers * (attn + experts + router) + head
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn round(x: f64, digits: i32) -> f64 {

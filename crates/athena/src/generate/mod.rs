@@ -24,6 +24,6 @@ pub use chat::{ChatMessage, ChatTemplate, SpecialTokens, DEFAULT_CHAT_TEMPLATE};
 pub use generation::{
     generate, Advance, FinishReason, GenerateParams, Generation, SequenceGenerator,
 };
-pub use sampler::{Sampler, SamplingParams};
+pub use sampler::{argmax, Sampler, SamplingParams};
 pub use stream::{StopMatcher, TokenStream};
 pub use tokenizer::Tokenizer;

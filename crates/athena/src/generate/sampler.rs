@@ -275,8 +275,9 @@ impl Sampler {
     }
 }
 
-/// The index of the largest value, the first one on ties. `values` is non-empty and NaN-free.
-fn argmax(values: &[f32]) -> u32 {
+/// The index of the largest value, the first one on ties (0 for an empty slice); greedy
+/// decoding's choice. NaNs are never chosen over an earlier value.
+pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in values.iter().enumerate() {
         if x > values[best] {

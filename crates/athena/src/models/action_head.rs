@@ -264,13 +264,7 @@ fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Ten
 
 /// Index of the largest value, the first on ties.
 fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if values.get(best).is_some_and(|&b| v > b) {
-            best = i;
-        }
-    }
-    best
+    crate::generate::argmax(values) as usize
 }
 
 fn check_finite(field: &'static str, what: &str, values: &[f32]) -> Result<()> {

@@ -262,13 +262,7 @@ pub fn head_for_training(model: &OlmoeModel) -> Result<&MemoryActionHead> {
 
 /// Index of the largest value, the first on ties (as [`MemoryActionHead::decide`]).
 fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if values.get(best).is_some_and(|&b| v > b) {
-            best = i;
-        }
-    }
-    best
+    crate::generate::argmax(values) as usize
 }
 
 fn op_index(head: &MemoryActionHead, op: &str) -> Result<usize> {
