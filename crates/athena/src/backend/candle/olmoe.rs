@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::linear::{Embedding, Linear};
 use super::moe::SparseMoeBlock;
-use super::rope::Rope;
+use super::rope::{Rope, RopeAt};
 use super::session::{LayerCache, Session};
 use super::weights::Weights;
 use crate::checkpoint::{CheckpointReader, OlmoeArgs};
@@ -97,7 +97,7 @@ impl Attention {
     }
 
     /// Projects `x` [B, T, H] to rotated q [B, heads, T, D] and k, v [B, kv_heads, T, D].
-    fn qkv(&self, x: &Tensor, rope: &Rope, positions: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn qkv(&self, x: &Tensor, rope: &RopeAt) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let mut q = self.q_norm.forward(&self.q_proj.forward(x)?)?;
         let mut k = self.k_norm.forward(&self.k_proj.forward(x)?)?;
@@ -117,7 +117,7 @@ impl Attention {
             .reshape((b, t, self.num_kv_heads, self.head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        Ok((rope.apply(&q, positions)?, rope.apply(&k, positions)?, v))
+        Ok((rope.apply(&q)?, rope.apply(&k)?, v))
     }
 
     /// Appends k, v to `cache` and attends q [B, heads, T, D] over the whole cache; returns
@@ -172,12 +172,11 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        positions: &Tensor,
+        rope: &RopeAt,
         mask: Option<&Tensor>,
         cache: &mut Option<LayerCache>,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, rope, positions)?;
+        let (q, k, v) = self.qkv(x, rope)?;
         let out = self.attend(&q, k, v, mask, cache)?;
         self.output(&out)
     }
@@ -188,12 +187,11 @@ impl Attention {
     fn forward_each(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        positions: &Tensor,
+        rope: &RopeAt,
         lens: &[usize],
         caches: &mut [&mut Option<LayerCache>],
     ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, rope, positions)?;
+        let (q, k, v) = self.qkv(x, rope)?;
         let mut outs = Vec::with_capacity(caches.len());
         let mut offset = 0;
         for (cache, &t) in caches.iter_mut().zip(lens) {
@@ -267,14 +265,13 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        positions: &Tensor,
+        rope: &RopeAt,
         mask: Option<&Tensor>,
         cache: &mut Option<LayerCache>,
     ) -> Result<Tensor> {
         let residual = x;
         let h = self.input_layernorm.forward(x)?;
-        let h = self.self_attn.forward(&h, rope, positions, mask, cache)?;
+        let h = self.self_attn.forward(&h, rope, mask, cache)?;
         let h = (residual + h)?;
         let residual = &h;
         let out = self.post_attention_layernorm.forward(&h)?;
@@ -287,15 +284,12 @@ impl DecoderLayer {
     fn forward_each(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        positions: &Tensor,
+        rope: &RopeAt,
         lens: &[usize],
         caches: &mut [&mut Option<LayerCache>],
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let h = (x + self
-            .self_attn
-            .forward_each(&h, rope, positions, lens, caches)?)?;
+        let h = (x + self.self_attn.forward_each(&h, rope, lens, caches)?)?;
         let out = self.post_attention_layernorm.forward(&h)?;
         let out = self.mlp.forward(&out)?;
         Ok((h + out)?)
@@ -412,8 +406,10 @@ impl Olmoe {
             .embed_tokens
             .forward(&ids, self.dtype, &self.device)?
             .reshape((b, width, self.args.hidden_size))?;
+        // cos/sin gathered once for the step, not per layer and tensor.
+        let rope = self.rope.at(&positions)?;
         for (layer, cache) in self.layers.iter().zip(session.layers.iter_mut()) {
-            x = layer.forward(&x, &self.rope, &positions, mask.as_ref(), cache)?;
+            x = layer.forward(&x, &rope, mask.as_ref(), cache)?;
         }
         session.advance(width);
         self.norm.forward(&x)
@@ -475,13 +471,14 @@ impl Olmoe {
             .embed_tokens
             .forward(&ids, self.dtype, &self.device)?
             .reshape((1, rows, self.args.hidden_size))?;
+        let rope = self.rope.at(&positions)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let mut caches: Vec<&mut Option<LayerCache>> = steps
                 .iter_mut()
                 .map(|(s, _)| s.layers.get_mut(l))
                 .collect::<Option<_>>()
                 .ok_or_else(|| Error::invalid("session", "a session of another model"))?;
-            x = layer.forward_each(&x, &self.rope, &positions, &lens, &mut caches)?;
+            x = layer.forward_each(&x, &rope, &lens, &mut caches)?;
         }
         for ((session, _), &t) in steps.iter_mut().zip(&lens) {
             session.advance(t);

@@ -39,13 +39,32 @@ impl Rope {
         Ok(Rope { cos, sin })
     }
 
-    /// Rotates `x` [B, heads, T, D] at `positions` [B, T] (u32).
-    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    /// The tables at `positions` [B, T] (u32), gathered once for every layer of a step.
+    pub fn at(&self, positions: &Tensor) -> Result<RopeAt> {
         let (b, t) = positions.dims2()?;
         let flat = positions.flatten_all()?;
         let half = self.cos.dim(1)?;
-        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
-        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+        Ok(RopeAt {
+            cos: self.cos.index_select(&flat, 0)?.reshape((b, t, half))?,
+            sin: self.sin.index_select(&flat, 0)?.reshape((b, t, half))?,
+        })
+    }
+}
+
+/// cos/sin at one step's positions, [B, T, D/2] each.
+#[derive(Debug, Clone)]
+pub struct RopeAt {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeAt {
+    /// Rotates `x` [B, heads, T, D].
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::rotary_emb::rope(
+            &x.contiguous()?,
+            &self.cos,
+            &self.sin,
+        )?)
     }
 }
