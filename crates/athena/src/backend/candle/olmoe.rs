@@ -130,17 +130,7 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: &mut Option<LayerCache>,
     ) -> Result<Tensor> {
-        let (k, v) = match cache.take() {
-            None => (k, v),
-            Some(prev) => (
-                Tensor::cat(&[&prev.k, &k], 2)?,
-                Tensor::cat(&[&prev.v, &v], 2)?,
-            ),
-        };
-        *cache = Some(LayerCache {
-            k: k.clone(),
-            v: v.clone(),
-        });
+        let (k, v) = LayerCache::append(cache, &k, &v)?;
 
         let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
         let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
@@ -200,7 +190,7 @@ impl Attention {
             let mask = match t {
                 1 => None,
                 _ => {
-                    let past = cache.as_ref().map_or(Ok(0), |c| c.k.dim(2))?;
+                    let past = cache.as_ref().map_or(0, LayerCache::len);
                     Some(causal_mask(past, t, q.dtype(), q.device())?)
                 }
             };

@@ -8,15 +8,68 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
-/// Keys and values of one layer, [B, kv_heads, columns, head_dim].
-#[derive(Debug, Clone)]
+/// Keys and values of one layer: buffers [B, kv_heads, capacity, head_dim] of which the first
+/// `len` columns are filled. A step writes its columns in place; the buffers grow (doubling)
+/// only when a step does not fit, so decoding neither copies the cache nor allocates per step.
+#[derive(Debug)]
 pub(crate) struct LayerCache {
-    pub k: Tensor,
-    pub v: Tensor,
+    k: Tensor,
+    v: Tensor,
+    len: usize,
 }
 
-/// The state of a batch of sequences being run through the model.
-#[derive(Debug, Clone)]
+impl LayerCache {
+    /// Columns filled.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends `k`, `v` [B, kv_heads, T, head_dim] (contiguous) to `cache` and returns the
+    /// keys and values of every column so far, as views of the buffers.
+    pub(crate) fn append(
+        cache: &mut Option<LayerCache>,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let len = cache.as_ref().map_or(0, |c| c.len);
+        let needed = len + t;
+        if cache
+            .as_ref()
+            .is_none_or(|c| c.k.dim(2).is_ok_and(|cap| cap < needed))
+        {
+            let (b, heads, _, d) = k.dims4()?;
+            let cap = needed.next_power_of_two().max(16);
+            let grown = LayerCache {
+                k: Tensor::zeros((b, heads, cap, d), k.dtype(), k.device())?,
+                v: Tensor::zeros((b, heads, cap, d), v.dtype(), v.device())?,
+                len,
+            };
+            if let Some(old) = cache.take() {
+                if len > 0 {
+                    grown
+                        .k
+                        .slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                    grown
+                        .v
+                        .slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+            }
+            *cache = Some(grown);
+        }
+        let c = cache
+            .as_mut()
+            .ok_or_else(|| Error::invalid("session", "the layer cache is missing"))?;
+        c.k.slice_set(&k.contiguous()?, 2, len)?;
+        c.v.slice_set(&v.contiguous()?, 2, len)?;
+        c.len = needed;
+        Ok((c.k.narrow(2, 0, needed)?, c.v.narrow(2, 0, needed)?))
+    }
+}
+
+/// The state of a batch of sequences being run through the model (not `Clone`: a step writes
+/// the cache in place).
+#[derive(Debug)]
 pub struct Session {
     pub(crate) layers: Vec<Option<LayerCache>>,
     pad: Vec<usize>,
@@ -27,7 +80,7 @@ pub struct Session {
 impl Session {
     pub(crate) fn new(num_layers: usize, max_positions: usize) -> Self {
         Session {
-            layers: vec![None; num_layers],
+            layers: (0..num_layers).map(|_| None).collect(),
             pad: vec![],
             columns: 0,
             max_positions,
