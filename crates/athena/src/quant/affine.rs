@@ -560,20 +560,31 @@ fn round_f16(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
 }
 
-/// The values of a float tensor [rows, groups] as f32, rejecting other dtypes and non-finite
-/// values; `name` is the tensor's full name.
 /// Scales or biases as a checkpoint stores them: f16 and bf16 kept in their dtype (both widen
 /// to f32 exactly, at half the memory), others as f32; checked finite, errors naming `name`.
 fn stored_scalars(t: &Tensor, name: &str, groups: usize) -> Result<Scalars> {
-    let values = float_values(t, name, groups)?;
-    Ok(match t.dtype() {
-        DType::BF16 => Scalars::Bf16(t.flatten_all()?.to_vec1::<half::bf16>()?),
-        DType::F16 => Scalars::F16(t.flatten_all()?.to_vec1::<half::f16>()?),
-        _ => Scalars::F32(values),
-    })
+    let t = &t.flatten_all()?;
+    let scalars = match t.dtype() {
+        DType::BF16 => Scalars::Bf16(t.to_vec1::<half::bf16>()?),
+        DType::F16 => Scalars::F16(t.to_vec1::<half::f16>()?),
+        _ => Scalars::F32(float_values(t, name)?),
+    };
+    if let Some(i) = (0..scalars.len()).find(|&i| !scalars.value(i).is_finite()) {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "has a non-finite value {} at [{}, {}]",
+                scalars.value(i),
+                i / groups,
+                i % groups
+            ),
+        ));
+    }
+    Ok(scalars)
 }
 
-fn float_values(t: &Tensor, name: &str, groups: usize) -> Result<Vec<f32>> {
+/// The values of a float tensor as f32, rejecting other dtypes; `name` is the tensor's full name.
+fn float_values(t: &Tensor, name: &str) -> Result<Vec<f32>> {
     if !t.dtype().is_float() {
         return Err(Error::tensor(
             name,
@@ -583,19 +594,7 @@ fn float_values(t: &Tensor, name: &str, groups: usize) -> Result<Vec<f32>> {
             ),
         ));
     }
-    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "has a non-finite value {} at [{}, {}]",
-                values[i],
-                i / groups,
-                i % groups
-            ),
-        ));
-    }
-    Ok(values)
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 #[cfg(test)]
@@ -1032,6 +1031,13 @@ mod tests {
             QMatrix::from_mlx(name, &w, &s, &bb, p).unwrap_err(),
             "biases",
         );
+        // Half-precision scalars are kept as stored and checked as well.
+        let sh = sb.to_dtype(DType::BF16).unwrap();
+        let msg = named(
+            QMatrix::from_mlx(name, &w, &sh, &b, p).unwrap_err(),
+            "scales",
+        );
+        assert!(msg.contains("inf") && msg.contains("[2, 1]"), "{msg}");
     }
 
     #[test]

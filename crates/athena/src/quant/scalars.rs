@@ -87,6 +87,15 @@ impl Scalars {
         }
     }
 
+    /// Number of values.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Scalars::F32(v) => v.len(),
+            Scalars::F16(v) => v.len(),
+            Scalars::Bf16(v) => v.len(),
+        }
+    }
+
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         match self {

@@ -170,15 +170,18 @@ impl Weights<'_> {
             Some(p) if quantizable => Recipe::of(module, p),
             _ => Recipe::Dense,
         };
-        if let (Recipe::DenseStored, None) = (recipe, merge) {
+        let mut w = match (recipe, merge) {
             // bf16 weights widen to f32 exactly, so they are kept as stored and read by the
             // bf16×f32 kernel: the same products at half the memory.
-            let w = self.r.tensor_stored(&name, &[out, inp])?;
-            if w.dtype() == DType::BF16 && self.dtype == DType::F32 && w.device().is_cpu() {
-                return Ok(Linear::dense(w, bias));
+            (Recipe::DenseStored, None) => {
+                let w = self.r.tensor_stored(&name, &[out, inp])?;
+                if w.dtype() == DType::BF16 && self.dtype == DType::F32 && w.device().is_cpu() {
+                    return Ok(Linear::dense(w, bias));
+                }
+                w.to_dtype(self.dtype)?
             }
-        }
-        let mut w = self.r.tensor(&name, &[out, inp])?;
+            _ => self.r.tensor(&name, &[out, inp])?,
+        };
         if let Some(d) = merge {
             w = merged(&w, d)?;
         }
