@@ -214,7 +214,7 @@ fn run(
                 batch.remove(r.slot);
                 fail(&r.job, "the server is shutting down", stats);
             }
-            publish(stats, &running, &waiting);
+            publish(stats, running.len(), waiting.len());
             continue;
         }
 
@@ -234,10 +234,7 @@ fn run(
         if !group.is_empty() {
             // Sequences being prefilled count as running, so that `running == 0` never shows
             // while work is in flight.
-            stats
-                .running
-                .store(running.len() + group.len(), Ordering::Relaxed);
-            stats.waiting.store(waiting.len(), Ordering::Relaxed);
+            publish(stats, running.len() + group.len(), waiting.len());
             running.extend(join(batch.as_mut(), tokenizer, context, group, stats));
         }
         // Leave: clients that went away free their slots before the step.
@@ -250,7 +247,7 @@ fn run(
             }
             !gone
         });
-        publish(stats, &running, &waiting);
+        publish(stats, running.len(), waiting.len());
         if running.is_empty() {
             continue;
         }
@@ -274,7 +271,7 @@ fn run(
                 }
                 // A panic may leave the batch in any state: start a fresh one.
                 batch = backend.slots();
-                publish(stats, &running, &waiting);
+                publish(stats, running.len(), waiting.len());
                 continue;
             }
         };
@@ -291,13 +288,14 @@ fn run(
             }
         }
         running = still;
-        publish(stats, &running, &waiting);
+        publish(stats, running.len(), waiting.len());
     }
 }
 
-fn publish(stats: &Stats, running: &[Running], waiting: &VecDeque<Job>) {
-    stats.running.store(running.len(), Ordering::Relaxed);
-    stats.waiting.store(waiting.len(), Ordering::Relaxed);
+/// The gauges `/health` and `/metrics` read.
+fn publish(stats: &Stats, running: usize, waiting: usize) {
+    stats.running.store(running, Ordering::Relaxed);
+    stats.waiting.store(waiting, Ordering::Relaxed);
 }
 
 fn fail(job: &Job, message: &str, stats: &Stats) {
