@@ -157,6 +157,9 @@ impl Backend for AnyModel {
     fn encode(&self, batch: &[Vec<u32>], pooling: Pooling) -> athena::Result<Vec<Vec<f32>>> {
         self.inner().encode(batch, pooling)
     }
+    fn token_weight_bytes(&self) -> Option<usize> {
+        self.inner().token_weight_bytes()
+    }
 }
 
 impl ModelArgs {

@@ -149,6 +149,10 @@ size_t athena_mlx_ndim(const athena_mlx_array* a) {
   return a == nullptr ? 0 : a->a.ndim();
 }
 
+size_t athena_mlx_nbytes(const athena_mlx_array* a) {
+  return a == nullptr ? 0 : a->a.nbytes();
+}
+
 void athena_mlx_shape(const athena_mlx_array* a, int32_t* out, size_t cap) {
   if (a == nullptr) {
     return;

@@ -38,6 +38,8 @@ void athena_mlx_free(athena_mlx_array* a);
 athena_mlx_array* athena_mlx_from_data(
     const void* data, const int32_t* shape, size_t ndim, int dtype);
 size_t athena_mlx_ndim(const athena_mlx_array* a);
+/* Bytes of the array's elements as stored (0 for a null handle). */
+size_t athena_mlx_nbytes(const athena_mlx_array* a);
 /* Writes min(ndim, cap) dims into `out`. */
 void athena_mlx_shape(const athena_mlx_array* a, int32_t* out, size_t cap);
 int athena_mlx_eval(athena_mlx_array* const* arrays, size_t n);

@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use athena::backend::Backend;
-use athena::checkpoint::OlmoeArgs;
 use athena::generate::argmax;
 
-use crate::model::{AnyModel, ModelArgs, QuantArg};
+use crate::model::ModelArgs;
 
 /// Flags of `athena bench`.
 #[derive(Debug, clap::Args)]
@@ -103,14 +102,9 @@ pub fn run(a: Args) -> Result<()> {
     let decode_s = t0.elapsed().as_secs_f64();
     let batch = a.batch as f64;
     let decode_tok_s = batch * a.gen_tokens as f64 / decode_s.max(1e-9);
-    let bytes = match &model {
-        // Counted from the weights as loaded (pre-quantized checkpoints included).
-        AnyModel::Candle(m) => m.token_weight_bytes() as f64,
-        AnyModel::Other(_) => {
-            let dense_bytes = model.dtype().size_in_bytes() as f64;
-            bytes_per_token(model.args(), dense_bytes, a.model.quantization)
-        }
-    };
+    // Counted from the weights as loaded (pre-quantized checkpoints included).
+    let bytes = model.token_weight_bytes().map(|b| b as f64);
+    let gb_s = bytes.map(|b| round(decode_tok_s * b / 1e9, 1));
     let report = serde_json::json!({
         "engine": format!("athena {} ({})", env!("CARGO_PKG_VERSION"), model.kind()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
@@ -124,10 +118,10 @@ pub fn run(a: Args) -> Result<()> {
         "load_s": round(load_s, 2),
         "prefill_tok_s": round(batch * a.prompt_tokens as f64 / prefill_s, 1),
         "decode_tok_s": round(decode_tok_s, 2),
-        "weight_mb_per_token": round(bytes / 1e6, 1),
-        "decode_gb_s": round(decode_tok_s * bytes / 1e9, 1),
+        "weight_mb_per_token": bytes.map(|b| round(b / 1e6, 1)),
+        "decode_gb_s": gb_s,
         "bandwidth": stream_json,
-        "pct_of_read_ceiling": bandwidth.map(|b| round(100.0 * decode_tok_s * bytes / 1e9 / b.read_gb_s, 1)),
+        "pct_of_read_ceiling": bandwidth.zip(gb_s).map(|(b, g)| round(100.0 * g / b.read_gb_s, 1)),
         "peak_rss_mb": peak_rss_mb(),
     });
     if a.json {
@@ -143,32 +137,6 @@ fn threads() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// Weight bytes one decode step reads on a backend that does not count them itself:
-/// attention, router, the routed experts and lm_head (the embedding row and the norms are
-/// negligible), as load-time quantization lays them out.
-/// 4-bit: every matrix at group 64 with f32 scale and bias. 8-bit: f16 scale and bias, the
-/// experts at group 64, q/k/lm_head at group 32, and the value and output projections kept
-/// dense as stored (bf16 in the checkpoints measured here). The router stays dense.
-fn bytes_per_token(args: &OlmoeArgs, dense: f64, q: QuantArg) -> f64 {
-    // (q/k and lm_head, v/o, experts) bytes per weight.
-    let (attn_qk, attn_vo, expert) = match q {
-        QuantArg::None => (dense, dense, dense),
-        QuantArg::Int8 => (1.0 + 4.0 / 32.0, dense.min(2.0), 1.0 + 4.0 / 64.0),
-        QuantArg::Int4 => (0.5 + 8.0 / 64.0, 0.5 + 8.0 / 64.0, 0.5 + 8.0 / 64.0),
-    };
-    let (h, i) = (args.hidden_size as f64, args.intermediate_size as f64);
-    let hd = args.head_dim as f64;
-    let q_width = args.num_attention_heads as f64 * hd;
-    let kv_width = args.num_key_value_heads as f64 * hd;
-    // q: [q_width, h], k and v: [kv_width, h], o: [h, q_width].
-    let attn = h * (q_width + kv_width) * attn_qk + h * (kv_width + q_width) * attn_vo;
-    let experts = args.num_experts_per_tok as f64 * 3.0 * h * i * expert;
-    let router = args.num_experts as f64 * h * dense;
-    let layers = args.num_hidden_layers as f64;
-    let head = args.vocab_size as f64 * h * attn_qk;
-    layers * (attn + experts + router) + head
 }
 
 fn round(x: f64, digits: i32) -> f64 {

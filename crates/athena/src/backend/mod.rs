@@ -57,6 +57,11 @@ pub trait Backend: Send + Sync {
     fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>>;
     /// Final-norm hidden states pooled per sequence: [batch][hidden].
     fn encode(&self, batch: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>>;
+    /// Weight bytes one token's decode step reads, counted from the weights as the backend
+    /// holds them (for bandwidth reports); `None` when the backend cannot say.
+    fn token_weight_bytes(&self) -> Option<usize> {
+        None
+    }
     /// An empty slot batch for continuous batching. The default keeps one [`DecodeSession`]
     /// per slot and steps them one after another; a backend that can run the slots' tokens
     /// through one forward pass overrides it.

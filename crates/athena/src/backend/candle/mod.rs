@@ -118,6 +118,10 @@ impl crate::backend::Backend for Olmoe {
         })
     }
 
+    fn token_weight_bytes(&self) -> Option<usize> {
+        Some(Olmoe::token_weight_bytes(self))
+    }
+
     fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let mut s = Olmoe::session(self);
         let logits = self.forward(&[ids.to_vec()], &mut s)?.squeeze(0)?;

@@ -165,6 +165,10 @@ impl Backend for MlxOlmoe {
         })
     }
 
+    fn token_weight_bytes(&self) -> Option<usize> {
+        Some(self.model.token_weight_bytes())
+    }
+
     fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let _guard = self.locked();
         let mut cache = Cache::new(self.model.layers.len());

@@ -35,6 +35,7 @@ extern "C" {
         dtype: c_int,
     ) -> *mut RawArray;
     fn athena_mlx_ndim(a: *const RawArray) -> usize;
+    fn athena_mlx_nbytes(a: *const RawArray) -> usize;
     fn athena_mlx_shape(a: *const RawArray, out: *mut i32, cap: usize);
     fn athena_mlx_read_f32(a: *const RawArray, out: *mut c_float, n: usize) -> c_int;
     fn athena_mlx_reshape(a: *const RawArray, shape: *const i32, ndim: usize) -> *mut RawArray;
@@ -282,6 +283,12 @@ impl Array {
             athena_mlx_shape(self.raw(), out.as_mut_ptr(), n);
             out.into_iter().map(|d| d.max(0) as usize).collect()
         }
+    }
+
+    /// Bytes of the elements as stored (packed codes count as their words).
+    pub(super) fn nbytes(&self) -> usize {
+        // SAFETY: live handle.
+        unsafe { athena_mlx_nbytes(self.raw()) }
     }
 
     /// Runs the computation and copies the result to the host as float32, row-major.

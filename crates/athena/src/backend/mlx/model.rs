@@ -26,6 +26,28 @@ pub(super) enum Linear {
 }
 
 impl Linear {
+    /// Bytes one product reads: the weight (packed codes, scales and biases when quantized)
+    /// and the bias.
+    fn weight_bytes(&self) -> usize {
+        match self {
+            Linear::Dense { weight, bias } => {
+                weight.nbytes() + bias.as_ref().map_or(0, Array::nbytes)
+            }
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                ..
+            } => {
+                weight.nbytes()
+                    + scales.nbytes()
+                    + biases.nbytes()
+                    + bias.as_ref().map_or(0, Array::nbytes)
+            }
+        }
+    }
+
     /// x @ Wᵀ (+ bias), as mlx-lm's `nn.Linear` / `nn.QuantizedLinear` compute it.
     pub(super) fn forward(&self, x: &Array) -> Result<Array> {
         match self {
@@ -88,6 +110,19 @@ impl Embedding {
         }
     }
 
+    /// Bytes of the whole table (what the tied output projection reads).
+    fn bytes(&self) -> usize {
+        match self {
+            Embedding::Dense(table) => table.nbytes(),
+            Embedding::Quantized {
+                weight,
+                scales,
+                biases,
+                ..
+            } => weight.nbytes() + scales.nbytes() + biases.nbytes(),
+        }
+    }
+
     /// The table used as the output projection (tied embeddings).
     fn as_linear(&self, x: &Array) -> Result<Array> {
         match self {
@@ -118,6 +153,19 @@ pub(super) enum Experts {
 }
 
 impl Experts {
+    /// Bytes of every expert's matrix together.
+    fn bytes(&self) -> usize {
+        match self {
+            Experts::Dense(w) => w.nbytes(),
+            Experts::Quantized {
+                weight,
+                scales,
+                biases,
+                ..
+            } => weight.nbytes() + scales.nbytes() + biases.nbytes(),
+        }
+    }
+
     /// x [.., 1, in] times the expert of each index: [.., k, 1, out].
     fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array> {
         match self {
@@ -325,6 +373,34 @@ impl DecoderLayer {
 }
 
 impl Olmoe {
+    /// Weight bytes one decode step of one token reads, as loaded: each layer's attention,
+    /// router and its `num_experts_per_tok` routed experts' share of the expert weights, and
+    /// the output projection (the embedding row and the norms are negligible).
+    pub(super) fn token_weight_bytes(&self) -> usize {
+        let routed =
+            |e: &Experts| e.bytes() * self.args.num_experts_per_tok / self.args.num_experts.max(1);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.self_attn;
+                let m = &l.mlp;
+                [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate]
+                    .iter()
+                    .map(|p| p.weight_bytes())
+                    .sum::<usize>()
+                    + routed(&m.gate_proj)
+                    + routed(&m.up_proj)
+                    + routed(&m.down_proj)
+            })
+            .sum();
+        let head = match &self.lm_head {
+            Some(h) => h.weight_bytes(),
+            None => self.embed_tokens.bytes(),
+        };
+        layers + head
+    }
+
     /// Checks ids against the vocabulary and the context length left in `cache`.
     fn check(&self, ids: &[u32], cache: &Cache) -> Result<()> {
         if ids.is_empty() {
