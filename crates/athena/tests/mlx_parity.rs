@@ -235,3 +235,19 @@ fn corrupt_checkpoints_are_refused_naming_the_tensor() {
     let err = load_mlx(dir.path()).err().unwrap().to_string();
     assert!(err.contains(".scales") || err.contains(".weight"), "{err}");
 }
+
+#[test]
+fn both_backends_count_the_same_weight_bytes_per_token() {
+    // Both hold these checkpoints' arrays as stored: float32, and mlx-lm's packed codes with
+    // their scales and biases.
+    for name in ["base", "mlx_q4", "mlx_q8_g64"] {
+        let on_mlx = mlx(name).token_weight_bytes();
+        let on_candle = common::load(name, DType::F32).token_weight_bytes();
+        assert!(on_mlx.is_some_and(|b| b > 0), "{name}: MLX counts {on_mlx:?}");
+        assert_eq!(
+            on_mlx,
+            Some(on_candle),
+            "{name}: MLX and candle count different bytes"
+        );
+    }
+}
