@@ -301,7 +301,7 @@ async fn collect(
                 if let Some(c) = out.get_mut(index as usize) {
                     c.finish_reason = Some(finish_reason);
                 }
-                if index as usize % n == 0 {
+                if (index as usize).is_multiple_of(n) {
                     usage.prompt_tokens += prompt_tokens;
                 }
                 usage.completion_tokens += completion_tokens;
@@ -423,7 +423,7 @@ fn sse(
                     completion_tokens,
                 }) => {
                     st.done += 1;
-                    if index as usize % n == 0 {
+                    if (index as usize).is_multiple_of(n) {
                         st.usage.prompt_tokens += prompt_tokens;
                     }
                     st.usage.completion_tokens += completion_tokens;

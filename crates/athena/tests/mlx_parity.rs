@@ -243,7 +243,10 @@ fn both_backends_count_the_same_weight_bytes_per_token() {
     for name in ["base", "mlx_q4", "mlx_q8_g64"] {
         let on_mlx = mlx(name).token_weight_bytes();
         let on_candle = common::load(name, DType::F32).token_weight_bytes();
-        assert!(on_mlx.is_some_and(|b| b > 0), "{name}: MLX counts {on_mlx:?}");
+        assert!(
+            on_mlx.is_some_and(|b| b > 0),
+            "{name}: MLX counts {on_mlx:?}"
+        );
         assert_eq!(
             on_mlx,
             Some(on_candle),

@@ -322,12 +322,12 @@ impl OlmoeArgs {
                 )));
             }
         }
-        if hidden_size % num_attention_heads != 0 && raw.head_dim.is_none() {
+        if !hidden_size.is_multiple_of(num_attention_heads) && raw.head_dim.is_none() {
             return Err(bad(format!(
                 "`hidden_size` {hidden_size} is not divisible by `num_attention_heads` {num_attention_heads}"
             )));
         }
-        if num_attention_heads % num_key_value_heads != 0 {
+        if !num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(bad(format!(
                 "`num_attention_heads` {num_attention_heads} is not a multiple of `num_key_value_heads` {num_key_value_heads}"
             )));
@@ -338,7 +338,7 @@ impl OlmoeArgs {
             )));
         }
         let head_dim = raw.head_dim.unwrap_or(hidden_size / num_attention_heads);
-        if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_DIM {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > MAX_DIM {
             return Err(bad(format!(
                 "`head_dim` must be a positive even number, got {head_dim}"
             )));

@@ -264,7 +264,7 @@ impl<'a> CheckpointReader<'a> {
                     "present, but config.json marks this module as not quantized",
                 )
             })?;
-        if inp % spec.group_size != 0 || (inp * spec.bits as usize) % 32 != 0 {
+        if !inp.is_multiple_of(spec.group_size) || !(inp * spec.bits as usize).is_multiple_of(32) {
             return Err(Error::tensor(
                 format!("{module}.weight"),
                 format!(

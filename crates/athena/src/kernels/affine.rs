@@ -1,38 +1,109 @@
-//! Dot products of MLX affine-quantized weight rows (4 and 8 bits) with an input row held in
-//! an int16 form, for decoding.
+//! Dot products of MLX affine-quantized weight rows (4 and 8 bits) with input rows held in an
+//! int16 form.
 //!
-//! For a group of weights `w = scale·q + bias`, `Σ w·x = scale·Σ q·x + bias·Σ x`. The input
+//! For a group of weights `w = scale·q + bias`, `Σ w·x = scale·Σ q·x + bias·Σ x`. An input
 //! row is prepared once for all weight rows ([`prepare_input`]): cut into blocks of
 //! [`QBLOCK`] values, each block stored as int16 codes `round(x / s)` with its own step
 //! `s = max|x| / 32767` (relative error at most 2⁻¹⁶ of the block's largest value), plus the
-//! block's exact sum `Σ x`. A weight row then costs only integer multiply-adds of its codes
-//! with the input codes (`vpmaddwd` on AVX2: sixteen products a step, exact in int32), one
-//! conversion and fused multiply-add per block, and one multiply-add per group for the bias.
+//! exact sums `Σ x` of every block and of every span of 64 and 128 values (the group sizes
+//! that use them). A weight row then costs only integer multiply-adds of its codes with the
+//! input codes, exact in int32 (`vpdpwssd` on AVX-512 VNNI, two blocks a step; `vpmaddwd`
+//! on AVX2, one block a step), one conversion and two f32 multiplies per block for the step
+//! and the group's scale, and one short dot product of the row's biases with the group sums.
+//! The int32 block sums round to f32 (2⁻²⁴ relative) when converted; blocks are summed in
+//! f32 lanes, several independent accumulators wide.
+//!
+//! [`dot_affine_many`] runs one weight row against up to [`MANY`] prepared input rows at
+//! once: the row's codes are loaded and unpacked once for all of them.
 //!
 //! The prepared form travels behind the input row itself: [`crate::kernels::matmul`] hands
 //! every [`crate::kernels::Rows`] the row's `cols` values followed by the prepared tail. Rows
 //! that read only `x[..cols]` (f32, bf16, and wrappers that forward `x`) are unaffected; a
 //! quantized row recognizes the tail by its length and marker ([`prepared`]).
 //!
-//! Within a block of 32 input values the codes are stored evens first (`x₀, x₂, …, x₃₀`,
-//! then `x₁, x₃, …, x₃₁`): the order in which a 16-bit lane of packed 8-bit codes (two codes
-//! a lane) or of zero-extended 4-bit code bytes (two nibbles a lane) splits into a low and a
-//! high code, so both widths unpack with one mask and one shift.
+//! The codes are stored in spans of [`QSPAN`] values (two blocks; a last lone block is a
+//! span of 32), each span evens first (`x₀, x₂, …`, then `x₁, x₃, …`): the order in which a
+//! 16-bit lane of packed 8-bit codes (two codes a lane) or of zero-extended 4-bit code bytes
+//! (two nibbles a lane) splits into a low and a high code, so both widths unpack with one
+//! mask and one shift, and one 512-bit load of input codes matches two blocks of weights.
+//! Each block's step is stored [`STEP_LANES`] times, once per int32 lane of the block's
+//! products, so one load gives the per-lane steps of a block (AVX2) or two (AVX-512).
 
 /// Input values per block of the int16 form (the smallest MLX group size).
 pub const QBLOCK: usize = 32;
+/// Input values per span whose codes are stored evens first (two blocks).
+pub const QSPAN: usize = 2 * QBLOCK;
+/// Copies of each block's step in the prepared form.
+pub const STEP_LANES: usize = 8;
+/// Input rows [`dot_affine_many`] multiplies against one weight row in one pass.
+pub const MANY: usize = 4;
 /// The largest int16 code an input value is scaled to.
 const QMAX: f32 = 32767.0;
 /// Marks the start of a prepared tail (a NaN bit pattern arithmetic does not produce).
 const MARKER: u32 = 0x7fa1_6e57;
 
+/// Where the parts of a prepared tail start, in f32 words after the marker.
+struct Layout {
+    /// Blocks of [`QBLOCK`] values.
+    blocks: usize,
+    /// Sums per block, then per 64 and per 128 values.
+    sums: [usize; 3],
+    /// The int16 codes (two a word).
+    codes: usize,
+    /// Words after the marker.
+    end: usize,
+}
+
+impl Layout {
+    /// The layout for rows of `cols` values (`None` when `cols` is not a positive multiple of
+    /// [`QBLOCK`]).
+    fn new(cols: usize) -> Option<Layout> {
+        if cols == 0 || !cols.is_multiple_of(QBLOCK) {
+            return None;
+        }
+        let blocks = cols / QBLOCK;
+        let s32 = STEP_LANES * blocks;
+        let s64 = s32 + blocks;
+        let s128 = s64 + blocks / 2;
+        let codes = s128 + blocks / 4;
+        Some(Layout {
+            blocks,
+            sums: [s32, s64, s128],
+            codes,
+            end: codes + cols / 2,
+        })
+    }
+}
+
 /// f32 words the prepared tail of a row of `cols` values takes (0 when `cols` is not a
 /// positive multiple of [`QBLOCK`]).
 pub fn prepared_len(cols: usize) -> usize {
-    if cols == 0 || cols % QBLOCK != 0 {
-        return 0;
+    Layout::new(cols).map_or(0, |l| 1 + l.end)
+}
+
+/// Position among a prepared row's codes of input value `i` (of `cols`, a multiple of
+/// [`QBLOCK`]): spans of [`QSPAN`] values (the last may be one block), evens first.
+pub fn code_index(cols: usize, i: usize) -> usize {
+    let span = i / QSPAN * QSPAN;
+    let half = (cols - span).min(QSPAN) / 2;
+    let o = i - span;
+    span + if o.is_multiple_of(2) {
+        o / 2
+    } else {
+        half + o / 2
     }
-    1 + 2 * (cols / QBLOCK) + cols / 2
+}
+
+/// Offsets among a prepared row's codes of block `b`'s even and odd values (`blocks` in the
+/// row): within its span of two blocks, or a lone last block.
+#[inline]
+pub(super) fn block_offsets(blocks: usize, b: usize) -> (usize, usize) {
+    if b + 1 == blocks && blocks % 2 == 1 {
+        (QBLOCK * b, QBLOCK * b + QBLOCK / 2)
+    } else {
+        let base = QSPAN * (b / 2) + QBLOCK / 2 * (b % 2);
+        (base, base + QBLOCK)
+    }
 }
 
 /// Writes `x` followed by its prepared tail into `out` (replacing its contents). Returns
@@ -41,69 +112,187 @@ pub fn prepared_len(cols: usize) -> usize {
 pub fn prepare_input(x: &[f32], out: &mut Vec<f32>) -> bool {
     out.clear();
     out.extend_from_slice(x);
-    let cols = x.len();
-    let len = prepared_len(cols);
+    let len = prepared_len(x.len());
     if len == 0 || !x.iter().all(|v| v.is_finite()) {
         return false;
     }
-    let nb = cols / QBLOCK;
-    out.push(f32::from_bits(MARKER));
-    let base = out.len();
-    out.resize(base + len - 1, 0.0);
-    let (steps, rest) = out[base..].split_at_mut(nb);
-    let (sums, codes) = rest.split_at_mut(nb);
+    out.resize(x.len() + len, 0.0);
+    write_prepared(x, out)
+}
+
+/// Writes `x` and its prepared tail into `out` (`x.len() + prepared_len(x.len())` long, else
+/// nothing is written). `false` when the row has no prepared form (see [`prepare_input`]).
+pub(super) fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
+    let cols = x.len();
+    let Some(l) = Layout::new(cols) else {
+        return false;
+    };
+    if out.len() != cols + 1 + l.end || !x.iter().all(|v| v.is_finite()) {
+        return false;
+    }
+    let (head, tail) = out.split_at_mut(cols + 1);
+    head[..cols].copy_from_slice(x);
+    head[cols] = f32::from_bits(MARKER);
+    let (steps, rest) = tail.split_at_mut(l.sums[0]);
+    let (sums, codes) = rest.split_at_mut(l.codes - l.sums[0]);
     // SAFETY: an f32 slice reinterpreted as twice as many i16 values: same memory, i16's
     // alignment (2) divides f32's (4), and every bit pattern is a valid i16.
     let codes: &mut [i16] =
         unsafe { std::slice::from_raw_parts_mut(codes.as_mut_ptr().cast::<i16>(), cols) };
-    for (((xb, step), sum), qb) in x
-        .chunks_exact(QBLOCK)
-        .zip(steps.iter_mut())
-        .zip(sums.iter_mut())
-        .zip(codes.chunks_exact_mut(QBLOCK))
-    {
+    let mut inv = vec![0f32; l.blocks];
+    let mut exact = vec![0f64; l.blocks];
+    for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
         let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        *step = max / QMAX;
-        *sum = xb.iter().map(|&v| f64::from(v)).sum::<f64>() as f32;
-        let inv = if max > 0.0 { QMAX / max } else { 0.0 };
-        let (evens, odds) = qb.split_at_mut(QBLOCK / 2);
-        for (k, pair) in xb.chunks_exact(2).enumerate() {
-            // |x·inv| ≤ 32767 up to rounding; `as` saturates.
-            evens[k] = (pair[0] * inv).round() as i16;
-            odds[k] = (pair[1] * inv).round() as i16;
+        steps[STEP_LANES * b..STEP_LANES * (b + 1)].fill(max / QMAX);
+        inv[b] = if max > 0.0 { QMAX / max } else { 0.0 };
+        exact[b] = xb.iter().map(|&v| f64::from(v)).sum();
+    }
+    write_sums(&exact, sums);
+    for (s, (xs, qs)) in x.chunks(QSPAN).zip(codes.chunks_mut(QSPAN)).enumerate() {
+        let (evens, odds) = qs.split_at_mut(xs.len() / 2);
+        let halves = evens
+            .chunks_exact_mut(QBLOCK / 2)
+            .zip(odds.chunks_exact_mut(QBLOCK / 2));
+        for (h, (xb, (ev, od))) in xs.chunks_exact(QBLOCK).zip(halves).enumerate() {
+            let inv = inv[s * 2 + h];
+            for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(xb.chunks_exact(2)) {
+                *e = code(pair[0] * inv);
+                *o = code(pair[1] * inv);
+            }
         }
     }
     true
 }
 
-/// A prepared input row: per block its step and exact sum, and its int16 codes.
-#[derive(Clone, Copy)]
+/// `y` (|y| ≤ 32767 up to rounding) rounded to the nearest int16, ties to even: adding and
+/// subtracting 1.5·2²³ leaves an integer in f32 (exact for |y| < 2²²); `as` saturates.
+#[inline]
+fn code(y: f32) -> i16 {
+    const ROUND: f32 = 12_582_912.0;
+    ((y + ROUND) - ROUND) as i16
+}
+
+/// The sums per block, per 64 and per 128 values (whole spans only) from the exact block
+/// sums, each rounded once to f32.
+fn write_sums(exact: &[f64], out: &mut [f32]) {
+    let nb = exact.len();
+    let (s32, rest) = out.split_at_mut(nb);
+    let (s64, s128) = rest.split_at_mut(nb / 2);
+    for (o, &e) in s32.iter_mut().zip(exact) {
+        *o = e as f32;
+    }
+    for (o, e) in s64.iter_mut().zip(exact.chunks_exact(2)) {
+        *o = (e[0] + e[1]) as f32;
+    }
+    for (o, e) in s128.iter_mut().zip(exact.chunks_exact(4)) {
+        *o = (e[0] + e[1] + e[2] + e[3]) as f32;
+    }
+}
+
+/// A prepared input row: per block its step, the exact sums, and its int16 codes.
+#[derive(Clone, Copy, Default)]
 pub struct QInput<'a> {
-    /// Per block, the value of one code step.
+    /// Per block, the value of one code step, [`STEP_LANES`] copies.
     pub steps: &'a [f32],
-    /// Per block, `Σ x` of the original values.
-    pub sums: &'a [f32],
-    /// `cols` codes, each block evens first.
+    /// `Σ x` of the original values per block, per 64 and per 128 values.
+    pub sums: [&'a [f32]; 3],
+    /// `cols` codes in spans of [`QSPAN`], evens first.
     pub codes: &'a [i16],
+}
+
+impl QInput<'_> {
+    /// Blocks of [`QBLOCK`] values.
+    pub fn blocks(&self) -> usize {
+        self.codes.len() / QBLOCK
+    }
+
+    /// The step of block `b` (in range).
+    pub fn step(&self, b: usize) -> f32 {
+        self.steps[STEP_LANES * b]
+    }
+
+    /// `Σ x` per group of `group_size` values (32, 64 or 128), `None` for other sizes.
+    pub fn group_sums(&self, group_size: usize) -> Option<&[f32]> {
+        match group_size {
+            32 => Some(self.sums[0]),
+            64 => Some(self.sums[1]),
+            128 => Some(self.sums[2]),
+            _ => None,
+        }
+    }
 }
 
 /// The prepared form behind an input row of `cols` values, if `x` carries one.
 pub fn prepared(x: &[f32], cols: usize) -> Option<QInput<'_>> {
-    let len = prepared_len(cols);
-    if len == 0 || x.len() != cols + len || x[cols].to_bits() != MARKER {
+    let l = Layout::new(cols)?;
+    if x.len() != cols + 1 + l.end || x[cols].to_bits() != MARKER {
         return None;
     }
-    let nb = cols / QBLOCK;
     let tail = &x[cols + 1..];
-    let (steps, rest) = tail.split_at(nb);
-    let (sums, codes) = rest.split_at(nb);
-    // SAFETY: as in `prepare_input`: `codes` holds cols / 2 f32 words, i.e. cols i16 values.
+    let (steps, rest) = tail.split_at(l.sums[0]);
+    let (sums, codes) = rest.split_at(l.codes - l.sums[0]);
+    let (s32, rest) = sums.split_at(l.blocks);
+    let (s64, s128) = rest.split_at(l.blocks / 2);
+    // SAFETY: as in `write_prepared`: `codes` holds cols / 2 f32 words, i.e. cols i16 values.
     let codes: &[i16] = unsafe { std::slice::from_raw_parts(codes.as_ptr().cast::<i16>(), cols) };
-    Some(QInput { steps, sums, codes })
+    Some(QInput {
+        steps,
+        sums: [s32, s64, s128],
+        codes,
+    })
 }
 
-/// `Σ w·x` for one row of MLX affine codes (`bits` 4 or 8, `group_size` a multiple of
-/// [`QBLOCK`]) with the row's per-group `scales` and `biases`, against a prepared input of
+/// Whether the AVX-512 kernels (F, BW and VNNI) can run on this CPU (checked once, then
+/// cached by std).
+#[inline]
+pub fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The kernels [`dot_affine_many`] can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// AVX-512 F, BW and VNNI: two blocks a step.
+    Avx512,
+    /// AVX2 and FMA: one block a step.
+    Avx2,
+    /// Plain integer arithmetic.
+    Portable,
+}
+
+impl Tier {
+    /// The fastest tier this CPU runs.
+    pub fn best() -> Tier {
+        if has_avx512_vnni() {
+            Tier::Avx512
+        } else if super::has_avx2_fma() {
+            Tier::Avx2
+        } else {
+            Tier::Portable
+        }
+    }
+
+    /// Whether this CPU runs this tier.
+    pub fn available(self) -> bool {
+        match self {
+            Tier::Avx512 => has_avx512_vnni(),
+            Tier::Avx2 => super::has_avx2_fma(),
+            Tier::Portable => true,
+        }
+    }
+}
+
+/// `Σ w·x` for one row of MLX affine codes (`bits` 4 or 8, `group_size` 32, 64 or 128) with
+/// the row's per-group `scales` and `biases`, against a prepared input of
 /// `scales.len() * group_size` values. `None` for other bit widths or mismatched lengths.
 pub fn dot_affine(
     bits: u8,
@@ -113,65 +302,192 @@ pub fn dot_affine(
     biases: &[f32],
     x: QInput<'_>,
 ) -> Option<f32> {
-    let cols = scales.len() * group_size;
-    if !matches!(bits, 4 | 8)
-        || group_size == 0
-        || group_size % QBLOCK != 0
-        || biases.len() != scales.len()
-        || words.len() * 32 != cols * usize::from(bits)
-        || x.codes.len() != cols
-        || x.steps.len() * QBLOCK != cols
-        || x.sums.len() != x.steps.len()
-    {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx2_fma() {
-        // SAFETY: AVX2 and FMA are present; the lengths were checked above.
-        return Some(unsafe {
-            match bits {
-                4 => super::avx2::dot_affine::<4>(group_size, words, scales, biases, x),
-                _ => super::avx2::dot_affine::<8>(group_size, words, scales, biases, x),
-            }
-        });
-    }
-    Some(portable_dot_affine(
-        bits, group_size, words, scales, biases, x,
-    ))
+    let mut out = [0f32];
+    dot_affine_many(bits, group_size, words, scales, biases, &[x], &mut out).then_some(out[0])
 }
 
-/// [`dot_affine`] in plain integer arithmetic; lengths checked by the caller.
+/// `out[k] = Σ w·xs[k]`: [`dot_affine`] of one weight row against several prepared input
+/// rows (`out` as long as `xs`), [`MANY`] at a time, on the fastest tier. `false` (writing
+/// nothing) for other bit widths or group sizes, or mismatched lengths.
+pub fn dot_affine_many(
+    bits: u8,
+    group_size: usize,
+    words: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    xs: &[QInput<'_>],
+    out: &mut [f32],
+) -> bool {
+    dot_affine_on(
+        Tier::best(),
+        bits,
+        group_size,
+        words,
+        scales,
+        biases,
+        xs,
+        out,
+    )
+}
+
+/// [`dot_affine_many`] on the given tier (`false`, writing nothing, when this CPU lacks it).
+#[allow(clippy::too_many_arguments)]
+pub fn dot_affine_on(
+    tier: Tier,
+    bits: u8,
+    group_size: usize,
+    words: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    xs: &[QInput<'_>],
+    out: &mut [f32],
+) -> bool {
+    if out.len() != xs.len() {
+        return false;
+    }
+    let kernels: Option<Vec<AffineDots<'_>>> = xs
+        .chunks(MANY)
+        .map(|xs| AffineDots::new(tier, bits, group_size, xs))
+        .collect();
+    let Some(kernels) = kernels else {
+        return false;
+    };
+    if !kernels.iter().all(|k| k.fits(words, scales, biases)) {
+        return false;
+    }
+    for (k, out) in kernels.iter().zip(out.chunks_mut(MANY)) {
+        k.row(words, scales, biases, out);
+    }
+    true
+}
+
+/// Up to [`MANY`] prepared inputs checked once against a bit width, group size and tier, for
+/// [`dot_affine_many`] of many weight rows in turn ([`AffineDots::row`]).
+#[derive(Clone, Copy)]
+pub struct AffineDots<'a> {
+    tier: Tier,
+    bits: u8,
+    group_size: usize,
+    cols: usize,
+    xs: [QInput<'a>; MANY],
+    n: usize,
+}
+
+impl<'a> AffineDots<'a> {
+    /// The kernel for `xs` (1 to [`MANY`] inputs of one width, each with the sums of
+    /// `group_size` groups); `None` when this CPU lacks `tier`, for other widths or group
+    /// sizes, or for inputs that disagree.
+    pub fn new(tier: Tier, bits: u8, group_size: usize, xs: &[QInput<'a>]) -> Option<Self> {
+        let cols = xs.first()?.codes.len();
+        let groups = cols / group_size.max(1);
+        let ok = tier.available()
+            && matches!(bits, 4 | 8)
+            && matches!(group_size, 32 | 64 | 128)
+            && xs.len() <= MANY
+            && cols > 0
+            && cols % group_size == 0
+            && xs.iter().all(|x| {
+                x.codes.len() == cols
+                    && x.steps.len() == STEP_LANES * cols / QBLOCK
+                    && x.group_sums(group_size).is_some_and(|s| s.len() == groups)
+            });
+        if !ok {
+            return None;
+        }
+        let mut all = [QInput::default(); MANY];
+        all[..xs.len()].copy_from_slice(xs);
+        Some(AffineDots {
+            tier,
+            bits,
+            group_size,
+            cols,
+            xs: all,
+            n: xs.len(),
+        })
+    }
+
+    /// Whether one weight row's codes, scales and biases match the inputs' width.
+    #[inline]
+    pub fn fits(&self, words: &[u32], scales: &[f32], biases: &[f32]) -> bool {
+        let groups = self.cols / self.group_size;
+        scales.len() == groups
+            && biases.len() == groups
+            && words.len() * 32 == self.cols * usize::from(self.bits)
+    }
+
+    /// `out[k] = Σ w·x_k` for one weight row (codes `words`, per-group `scales` and `biases`)
+    /// and each input (`out` holds at least one value per input). `false`, writing nothing,
+    /// when the row does not fit ([`AffineDots::fits`]).
+    #[inline]
+    pub fn row(&self, words: &[u32], scales: &[f32], biases: &[f32], out: &mut [f32]) -> bool {
+        if !self.fits(words, scales, biases) || out.len() < self.n {
+            return false;
+        }
+        let (xs, out) = (&self.xs[..self.n], &mut out[..self.n]);
+        let gs = self.group_size;
+        match self.tier {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked
+            // in `new` and `fits`.
+            Tier::Avx512 => unsafe {
+                super::avx512::dot_affine(self.bits, gs, words, scales, biases, xs, out)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 and FMA (checked in `new`); lengths checked in `new`
+            // and `fits`.
+            Tier::Avx2 => unsafe {
+                super::avx2::dot_affine(self.bits, gs, words, scales, biases, xs, out)
+            },
+            _ => portable_dot_affine(self.bits, gs, words, scales, biases, xs, out),
+        }
+        true
+    }
+}
+
+/// `Σ a·b` over two short slices of equal length (a row's biases and an input's group sums),
+/// in eight independent f32 lanes.
+#[inline]
+pub(super) fn bias_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in ac.zip(bc) {
+        for k in 0..8 {
+            acc[k] += a[k] * b[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// [`dot_affine_many`] in plain integer arithmetic; lengths checked by the caller.
 pub(super) fn portable_dot_affine(
     bits: u8,
     group_size: usize,
     words: &[u32],
     scales: &[f32],
     biases: &[f32],
-    x: QInput<'_>,
-) -> f32 {
-    let per_block = QBLOCK / 2;
-    let block_bytes = QBLOCK * usize::from(bits) / 8;
-    let blocks = group_size / QBLOCK;
-    let code = |b: usize, i: usize| -> i32 {
-        // Code i of block b: byte (b·block_bytes + i·bits/8), low bits first.
-        let bit = (b * block_bytes) * 8 + i * usize::from(bits);
+    xs: &[QInput<'_>],
+    out: &mut [f32],
+) {
+    let cols = scales.len() * group_size;
+    let code = |i: usize| -> i32 {
+        let bit = i * usize::from(bits);
         ((words[bit / 32] >> (bit % 32)) & ((1u32 << bits) - 1)) as i32
     };
-    let mut total = 0f32;
-    for (g, (&scale, &bias)) in scales.iter().zip(biases).enumerate() {
-        let (mut acc, mut sum) = (0f32, 0f32);
-        for b in g * blocks..(g + 1) * blocks {
-            let q = &x.codes[b * QBLOCK..(b + 1) * QBLOCK];
-            let s: i32 = (0..per_block)
-                .map(|k| {
-                    code(b, 2 * k) * i32::from(q[k])
-                        + code(b, 2 * k + 1) * i32::from(q[per_block + k])
-                })
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        let mut total = 0f32;
+        for b in 0..cols / QBLOCK {
+            let s: i32 = (b * QBLOCK..(b + 1) * QBLOCK)
+                .map(|i| code(i) * i32::from(x.codes[code_index(cols, i)]))
                 .sum();
-            acc += s as f32 * x.steps[b];
-            sum += x.sums[b];
+            total += s as f32 * x.step(b) * scales[b * QBLOCK / group_size];
         }
-        total += scale * acc + bias * sum;
+        let sums = x.group_sums(group_size).unwrap_or_default();
+        *o = total + bias_dot(biases, sums);
     }
-    total
 }

@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use half::bf16;
 
-use super::affine::{QInput, QBLOCK};
+use super::affine::{bias_dot, block_offsets, QInput, MANY, QBLOCK, STEP_LANES};
 use super::FLUSH;
 
 /// Sum of the eight lanes of `v`.
@@ -189,49 +189,113 @@ pub(super) unsafe fn dequantize_q4(words: &[u32], scale: f32, bias: f32, out: &m
     }
 }
 
-/// [`super::affine::dot_affine`] for `BITS` 4 or 8: per block of 32 codes, one 256-bit
-/// load (8 bits) or a zero-extension of 16 bytes (4 bits), a mask and a shift split each
-/// 16-bit lane into its low and high code, and two `vpmaddwd` with the input codes give
-/// exact int32 sums; lengths checked by the caller.
+/// [`super::affine::dot_affine_many`] for up to [`MANY`] inputs (`xs.len() == out.len()`,
+/// lengths checked by the caller): picks the kernel for `bits` and the number of inputs.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot_affine<const BITS: i32>(
+pub(super) unsafe fn dot_affine(
+    bits: u8,
     group_size: usize,
     words: &[u32],
     scales: &[f32],
     biases: &[f32],
-    x: QInput<'_>,
-) -> f32 {
-    let blocks = group_size / QBLOCK;
-    let pw = words.as_ptr().cast::<u8>();
-    let (pq, ps, pm) = (x.codes.as_ptr(), x.steps.as_ptr(), x.sums.as_ptr());
-    let mask = _mm256_set1_epi16(if BITS == 8 { 0xff } else { 0x0f });
-    let mut total = [_mm256_setzero_ps(); 2];
-    let mut bias_total = 0f32;
-    let mut b = 0;
-    for (g, (&scale, &bias)) in scales.iter().zip(biases).enumerate() {
-        let mut acc = _mm256_setzero_ps();
-        let mut sum = 0f32;
-        for _ in 0..blocks {
-            let v = if BITS == 8 {
-                _mm256_loadu_si256(pw.add(b * 32).cast::<__m256i>())
-            } else {
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(pw.add(b * 16).cast::<__m128i>()))
-            };
-            let lo = _mm256_and_si256(v, mask);
-            let hi = _mm256_srli_epi16::<BITS>(v);
-            let q = pq.add(b * QBLOCK);
-            let s = _mm256_add_epi32(
-                _mm256_madd_epi16(lo, _mm256_loadu_si256(q.cast::<__m256i>())),
-                _mm256_madd_epi16(hi, _mm256_loadu_si256(q.add(16).cast::<__m256i>())),
-            );
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*ps.add(b)), acc);
-            sum += *pm.add(b);
-            b += 1;
-        }
-        total[g & 1] = _mm256_fmadd_ps(acc, _mm256_set1_ps(scale), total[g & 1]);
-        bias_total += bias * sum;
+    xs: &[QInput<'_>],
+    out: &mut [f32],
+) {
+    match bits {
+        4 => affine_by_count::<4>(group_size, words, scales, biases, xs, out),
+        _ => affine_by_count::<8>(group_size, words, scales, biases, xs, out),
     }
-    hsum(_mm256_add_ps(total[0], total[1])) + bias_total
+}
+
+/// [`dot_affine`] with the bit width fixed: picks the input count, adds the bias terms.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn affine_by_count<const BITS: i32>(
+    group_size: usize,
+    words: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    xs: &[QInput<'_>],
+    out: &mut [f32],
+) {
+    let n = xs.len().min(out.len()).min(MANY);
+    let (xs, out) = (&xs[..n], &mut out[..n]);
+    let bpg = group_size / QBLOCK;
+    let mut dots = [0f32; MANY];
+    match n {
+        0 => return,
+        1 => dots[..1].copy_from_slice(&affine_rows::<BITS, 1>(bpg, words, scales, xs)),
+        2 => dots[..2].copy_from_slice(&affine_rows::<BITS, 2>(bpg, words, scales, xs)),
+        3 => dots[..3].copy_from_slice(&affine_rows::<BITS, 3>(bpg, words, scales, xs)),
+        _ => dots.copy_from_slice(&affine_rows::<BITS, 4>(bpg, words, scales, xs)),
+    }
+    for ((o, d), x) in out.iter_mut().zip(dots).zip(xs) {
+        *o = d + bias_dot(biases, x.group_sums(group_size).unwrap_or_default());
+    }
+}
+
+/// `acc[i] += scale · step · Σ q·x` per lane for block `b` of `blocks` and each input: one
+/// 256-bit load (8 bits) or a zero-extension of 16 bytes (4 bits), a mask and a shift split
+/// each 16-bit lane into its low and high code, and two `vpmaddwd` with the input codes give
+/// exact int32 sums.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn affine_block<const BITS: i32, const N: usize>(
+    pw: *const u8,
+    scale: f32,
+    pq: &[*const i16; N],
+    pst: &[*const f32; N],
+    (b, blocks): (usize, usize),
+    acc: &mut [__m256; N],
+) {
+    let v = if BITS == 8 {
+        _mm256_loadu_si256(pw.add(b * 32).cast::<__m256i>())
+    } else {
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(pw.add(b * 16).cast::<__m128i>()))
+    };
+    let mask = _mm256_set1_epi16(if BITS == 8 { 0xff } else { 0x0f });
+    let lo = _mm256_and_si256(v, mask);
+    let hi = _mm256_srli_epi16::<BITS>(v);
+    let scale = _mm256_set1_ps(scale);
+    let (even, odd) = block_offsets(blocks, b);
+    for i in 0..N {
+        let s = _mm256_add_epi32(
+            _mm256_madd_epi16(lo, _mm256_loadu_si256(pq[i].add(even).cast::<__m256i>())),
+            _mm256_madd_epi16(hi, _mm256_loadu_si256(pq[i].add(odd).cast::<__m256i>())),
+        );
+        let steps = _mm256_loadu_ps(pst[i].add(b * STEP_LANES));
+        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), steps);
+        acc[i] = _mm256_fmadd_ps(t, scale, acc[i]);
+    }
+}
+
+/// `Σ scale·step·Σ q·x` over a row's blocks (no bias term) for `N` inputs, `bpg` blocks per
+/// group: blocks alternate between two accumulators per input.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn affine_rows<const BITS: i32, const N: usize>(
+    bpg: usize,
+    words: &[u32],
+    scales: &[f32],
+    xs: &[QInput<'_>],
+) -> [f32; N] {
+    let blocks = xs[0].codes.len() / QBLOCK;
+    let pw = words.as_ptr().cast::<u8>();
+    let pq: [*const i16; N] = std::array::from_fn(|i| xs[i].codes.as_ptr());
+    let pst: [*const f32; N] = std::array::from_fn(|i| xs[i].steps.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); N]; 2];
+    let mut b = 0;
+    while b + 2 <= blocks {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let scale = scales[(b + u) / bpg];
+            affine_block::<BITS, N>(pw, scale, &pq, &pst, (b + u, blocks), acc);
+        }
+        b += 2;
+    }
+    if b < blocks {
+        let scale = scales[b / bpg];
+        affine_block::<BITS, N>(pw, scale, &pq, &pst, (b, blocks), &mut acc[0]);
+    }
+    std::array::from_fn(|i| hsum(_mm256_add_ps(acc[0][i], acc[1][i])))
 }
 
 /// One of [`dot2x4`]'s passes over a chunk: the blocks of 8 at `start`, `start + 16`, … below

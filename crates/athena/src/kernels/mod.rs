@@ -7,22 +7,38 @@
 //! f32 partial sums and fold them into an f64 total every [`FLUSH`] elements, so a long row
 //! is summed as accurately as a short one.
 //!
+//! bf16 rows also have AVX-512 kernels, chosen the same way: the widening [`bf16_to_f32`]
+//! and, when every input value is a bf16 (a model run in bf16: its activations are bf16
+//! tensors widened to f32), [`matmul`]'s products of two or more input rows on AVX512_BF16's
+//! `vdpbf16ps` (`bf16_pairs`): bf16 products are exact in f32, so those outputs differ from
+//! [`matmul_exact`]'s in summation order only (f32 partial sums over sixteen lanes, without
+//! the f64 folding).
+//!
 //! [`matmul`] computes `y = x · Wᵀ` one weight row at a time: a row is converted to f32 once
 //! (dequantized or widened from bf16) into a buffer that stays in L1, then dotted with up to
 //! four input rows at once; input rows are taken in tiles that stay in L2 while the row blocks
 //! stream past, and row blocks run in parallel on rayon's pool. At one input row (decode)
 //! bf16 and f32 rows skip the buffer and are read straight from the weights.
 //!
-//! At decode sizes (up to [`GEMV_MAX_ROWS`] input rows) [`matmul`] also hands each row the
-//! input's int16 form ([`affine`]), on which 4- and 8-bit affine rows run integer dot products
-//! instead of dequantizing; [`matmul_exact`] keeps f32 activations throughout (the accuracy
-//! contract of [`crate::quant::QMatrix::matmul`]).
+//! [`matmul`] also hands 4- and 8-bit affine rows the inputs' int16 form ([`affine`]) at
+//! every number of input rows (other rows up to [`GEMV_MAX_ROWS`]): they run integer dot
+//! products instead of dequantizing, each row's codes unpacked once for up to
+//! [`affine::MANY`] inputs, on AVX-512 VNNI where the CPU has it; [`matmul_exact`] keeps f32
+//! activations throughout (the accuracy contract of [`crate::quant::QMatrix::matmul`]).
 
 pub mod affine;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_float;
 pub mod bandwidth;
+#[cfg(target_arch = "x86_64")]
+mod bf16_pairs;
 mod portable;
+
+use std::ops::Range;
 
 use half::bf16;
 use rayon::prelude::*;
@@ -33,8 +49,10 @@ pub(crate) const FLUSH: usize = 256;
 const TILE_BYTES: usize = 256 * 1024;
 /// Products below this many multiply-adds run on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 18;
-/// Up to this many input rows, [`matmul`] runs one dot product per weight row and input row
-/// on the inputs' prepared forms (decode); more rows reuse each converted weight row.
+/// Up to this many input rows, [`matmul`] hands every kind of row the inputs' prepared forms
+/// (decode); past it only rows that read them ([`Rows::reads_prepared`]) get them, on CPUs
+/// with a SIMD tier of the integer kernels, and other rows reuse each converted weight row
+/// ([`matmul_exact`]).
 pub const GEMV_MAX_ROWS: usize = 4;
 
 /// Whether the AVX2+FMA kernels can run on this CPU (checked once, then cached by std).
@@ -50,9 +68,41 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// Whether the AVX-512 float kernels can run on this CPU: AVX-512 F, BW and VL.
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the bf16 × bf16 kernels can run: [`has_avx512`] and AVX512_BF16 (`vdpbf16ps`).
+#[inline]
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx512() && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The instruction set the kernels use on this machine, for reports.
 pub fn isa() -> &'static str {
-    if has_avx2_fma() {
+    if has_avx512_bf16() && has_avx2_fma() {
+        "avx512+bf16"
+    } else if has_avx512() && has_avx2_fma() {
+        "avx512"
+    } else if has_avx2_fma() {
         "avx2+fma"
     } else {
         "portable"
@@ -119,7 +169,8 @@ pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
 }
 
 /// [`dot_bf16`] summed in another order, with more loads in flight (decode, where one row
-/// is read once and the order need not match [`dot4`]'s).
+/// is read once and the order need not match [`dot4`]'s). AVX2's eight-lane accumulators
+/// already read the row at memory bandwidth (sixteen-lane AVX-512 ones are no faster).
 #[inline]
 pub fn dot_bf16_wide(w: &[bf16], x: &[f32]) -> f32 {
     let n = w.len().min(x.len());
@@ -137,6 +188,12 @@ pub fn dot_bf16_wide(w: &[bf16], x: &[f32]) -> f32 {
 pub fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
     let n = src.len().min(out.len());
     let (src, out) = (&src[..n], &mut out[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512 F/BW/VL are present (checked above); lengths are equal.
+        unsafe { avx512_float::bf16_to_f32(src, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 is present; lengths are equal.
@@ -159,7 +216,7 @@ pub fn dequantize_group(bits: u8, words: &[u32], scale: f32, bias: f32, out: &mu
         8 => 4,
         _ => return false,
     };
-    if out.len() % 8 != 0 || words.len() * per_word < out.len() {
+    if !out.len().is_multiple_of(8) || words.len() * per_word < out.len() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
@@ -191,6 +248,31 @@ pub trait Rows: Sync {
     /// Wrappers pass `x` on unchanged.
     fn dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
         dot(self.row(r, buf), x)
+    }
+    /// `out[(r - rows.start) · n + k] = Σ row_r · xs[k]` for weight rows `rows` (in range)
+    /// and `n = xs.len()` input rows, each as [`Rows::dot`] takes it (`out` holds
+    /// `rows.len() · n` values); by default one [`Rows::dot`] each. Quantized rows check the
+    /// prepared inputs once and unpack each row's codes once for up to [`affine::MANY`] of
+    /// them. Wrappers forward it.
+    fn dot_rows(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32], buf: &mut [f32]) {
+        let n = xs.len().max(1);
+        for (r, out) in rows.zip(out.chunks_exact_mut(n)) {
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = self.dot(r, x, buf);
+            }
+        }
+    }
+    /// Whether [`Rows::dot`] and [`Rows::dot_many`] run on prepared inputs (4- and 8-bit
+    /// affine rows): [`matmul`] then hands them prepared inputs at every size. `false` by
+    /// default; wrappers forward it.
+    fn reads_prepared(&self) -> bool {
+        false
+    }
+    /// Row `r` (in range) borrowed in bf16 when the rows are stored so; `None` by default.
+    /// The bf16 × bf16 products of [`matmul`] read such rows in place (others are converted
+    /// to bf16 where exact); wrappers that pass rows on unchanged forward it.
+    fn bf16_row(&self, _r: usize) -> Option<&[bf16]> {
+        None
     }
 }
 
@@ -241,30 +323,130 @@ impl Rows for Bf16Rows<'_> {
             false => dot_bf16(w, x),
         }
     }
+    fn bf16_row(&self, r: usize) -> Option<&[bf16]> {
+        self.data.get(r * self.cols..(r + 1) * self.cols)
+    }
 }
 
 /// `y = x · Wᵀ`: `x` [m, cols] row-major → `y` [m, rows] row-major. The caller has checked
-/// `x.len() == m * w.cols()`. Up to [`GEMV_MAX_ROWS`] input rows, quantized 4- and 8-bit rows
-/// multiply the inputs' int16 forms (relative error about 2⁻¹⁶ of each block's largest
-/// input, see [`affine`]) and bf16 rows sum in another order ([`dot_bf16_wide`]); larger
-/// products are [`matmul_exact`]'s.
+/// `x.len() == m * w.cols()`. Quantized 4- and 8-bit rows ([`Rows::reads_prepared`])
+/// multiply the inputs' int16 forms at every number of input rows where the CPU has a SIMD
+/// tier of the integer kernels (up to [`GEMV_MAX_ROWS`] otherwise; relative error about
+/// 2⁻¹⁶ of each block's largest input, see [`affine`]), each weight row against up to
+/// [`affine::MANY`] inputs at once; up to [`GEMV_MAX_ROWS`] input rows, bf16 rows sum in
+/// another order ([`dot_bf16_wide`]); other products are [`matmul_exact`]'s. Where the CPU
+/// has AVX512_BF16, two or more input rows whose values are all bf16 against bf16 rows (or
+/// f32 rows holding bf16 values) run on `vdpbf16ps` first (`bf16_pairs`): exact products,
+/// f32 sums in another order.
 pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
-    let cols = w.cols();
-    if (1..=GEMV_MAX_ROWS).contains(&m) && affine::prepared_len(cols) > 0 {
-        let len = cols + affine::prepared_len(cols);
-        let mut xp = Vec::with_capacity(m * len);
-        let mut one = Vec::with_capacity(len);
-        for xi in x.chunks_exact(cols).take(m) {
-            if !affine::prepare_input(xi, &mut one) {
-                return matmul_exact(w, x, m);
-            }
-            xp.extend_from_slice(&one);
-        }
-        return run(w, m, |first_row, out| {
-            gemv_block(w, &xp, len, m, first_row, out)
-        });
+    #[cfg(target_arch = "x86_64")]
+    if let Some(y) = bf16_pairs::try_matmul(w, x, m) {
+        return y;
     }
-    matmul_exact(w, x, m)
+    let cols = w.cols();
+    // Past decode sizes the portable integer kernel is slower than dequantizing.
+    let simd = affine::Tier::best() != affine::Tier::Portable;
+    let wanted = m <= GEMV_MAX_ROWS || (simd && w.reads_prepared());
+    if m == 0 || !wanted || affine::prepared_len(cols) == 0 {
+        return matmul_exact(w, x, m);
+    }
+    let mut xp = PREPARED.with(|c| c.take());
+    let y = match prepare_rows(x, cols, m, &mut xp) {
+        true => run_prepared(w, &xp, m),
+        false => matmul_exact(w, x, m),
+    };
+    if xp.capacity() * std::mem::size_of::<f32>() <= PREPARED_KEEP_BYTES {
+        PREPARED.with(|c| c.replace(xp));
+    }
+    y
+}
+
+thread_local! {
+    /// The prepared inputs of this thread's last [`matmul`], kept for the next one (a call
+    /// that runs while another is in progress on the same thread takes an empty buffer).
+    static PREPARED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest prepared-input buffer a thread keeps between [`matmul`] calls.
+const PREPARED_KEEP_BYTES: usize = 8 << 20;
+
+/// Input rows per task of [`prepare_rows`] when it runs in parallel.
+const PREPARE_ROWS_PER_TASK: usize = 8;
+
+/// Writes the `m` rows of `x` (`cols` each), every one followed by its prepared tail, into
+/// `xp` (replacing its contents). `false` when a row has no prepared form.
+fn prepare_rows(x: &[f32], cols: usize, m: usize, xp: &mut Vec<f32>) -> bool {
+    let len = cols + affine::prepared_len(cols);
+    xp.clear();
+    xp.resize(m * len, 0.0);
+    let rows = x.chunks_exact(cols).take(m);
+    if m < 2 * PREPARE_ROWS_PER_TASK || rayon::current_num_threads() == 1 {
+        return xp
+            .chunks_exact_mut(len)
+            .zip(rows)
+            .all(|(out, xi)| affine::write_prepared(xi, out));
+    }
+    xp.par_chunks_mut(len)
+        .zip(x.par_chunks_exact(cols))
+        .with_min_len(PREPARE_ROWS_PER_TASK)
+        .all(|(out, xi)| affine::write_prepared(xi, out))
+}
+
+/// Weight rows per task below which [`run_prepared`] also splits the input rows.
+const MIN_TASK_ROWS: usize = 32;
+
+/// `y` [m, rows] for inputs prepared by [`prepare_rows`]: the products are cut into tasks of
+/// weight rows × input rows, run in parallel for large products. Tasks take whole row
+/// blocks while there are enough weight rows to keep every thread busy; with few weight rows
+/// and many inputs (small matrices at prefill) they also split the inputs, in multiples of
+/// [`affine::MANY`].
+fn run_prepared<W: Rows + ?Sized>(w: &W, xp: &[f32], m: usize) -> Vec<f32> {
+    let (rows, cols) = (w.rows(), w.cols());
+    let len = cols + affine::prepared_len(cols);
+    let inputs: Vec<&[f32]> = xp.chunks_exact(len).take(m).collect();
+    let mut y = vec![0f32; m * rows];
+    if m == 0 || rows == 0 {
+        return y;
+    }
+    let work = m.saturating_mul(rows).saturating_mul(cols);
+    let threads = rayon::current_num_threads();
+    if work < PAR_MIN_WORK || threads == 1 {
+        let out = prepared_block(w, &inputs, 0..rows);
+        scatter(&out, 0..rows, 0, m, &mut y);
+        return y;
+    }
+    let tasks = threads * 8;
+    let row_tasks = (rows / MIN_TASK_ROWS).clamp(1, tasks);
+    let input_tasks = (tasks / row_tasks).clamp(1, m.div_ceil(affine::MANY));
+    let rows_per = rows.div_ceil(row_tasks);
+    let inputs_per = m.div_ceil(input_tasks).next_multiple_of(affine::MANY);
+    let parts: Vec<(usize, usize, Vec<f32>)> = (0..rows.div_ceil(rows_per))
+        .flat_map(|rb| (0..m.div_ceil(inputs_per)).map(move |ib| (rb, ib)))
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|(rb, ib)| {
+            let (r0, i0) = (rb * rows_per, ib * inputs_per);
+            let (r1, i1) = ((r0 + rows_per).min(rows), (i0 + inputs_per).min(m));
+            (r0, i0, prepared_block(w, &inputs[i0..i1], r0..r1))
+        })
+        .collect();
+    for (r0, i0, out) in &parts {
+        let n = (rows - r0).min(rows_per);
+        scatter(out, *r0..r0 + n, *i0, m, &mut y);
+    }
+    y
+}
+
+/// Writes a task's outputs `out` ([weight row, input], weight rows `rows`, inputs from
+/// `first_input`) into `y` [m, all rows].
+fn scatter(out: &[f32], rows: Range<usize>, first_input: usize, m: usize, y: &mut [f32]) {
+    let total = y.len() / m.max(1);
+    let n = out.len() / rows.len().max(1);
+    for (r, vals) in rows.zip(out.chunks_exact(n.max(1))) {
+        for (i, &v) in vals.iter().enumerate() {
+            y[(first_input + i) * total + r] = v;
+        }
+    }
 }
 
 /// [`matmul`] with f32 activations throughout: each output differs from the exact product
@@ -309,22 +491,23 @@ fn run<W: Rows + ?Sized>(w: &W, m: usize, block: impl Fn(usize, &mut [f32]) + Sy
     y
 }
 
-/// Output rows `first_row..` into `out` ([row, m]), one [`Rows::dot`] per weight row and
-/// input row; `xp` holds the `m` inputs with their prepared forms, `len` values each.
-fn gemv_block<W: Rows + ?Sized>(
-    w: &W,
-    xp: &[f32],
-    len: usize,
-    m: usize,
-    first_row: usize,
-    out: &mut [f32],
-) {
+/// The products of weight rows `rows` with the prepared `inputs`, [weight row, input]: the
+/// inputs [`affine::MANY`] at a time (they stay in L1) against each weight row in turn
+/// ([`Rows::dot_rows`]).
+fn prepared_block<W: Rows + ?Sized>(w: &W, inputs: &[&[f32]], rows: Range<usize>) -> Vec<f32> {
+    let n = inputs.len();
+    let mut out = vec![0f32; rows.len() * n];
     let mut buf = vec![0f32; w.cols()];
-    for (r, y_row) in out.chunks_exact_mut(m).enumerate() {
-        for (y, xi) in y_row.iter_mut().zip(xp.chunks_exact(len)) {
-            *y = w.dot(first_row + r, xi, &mut buf);
+    let mut part = vec![0f32; rows.len() * affine::MANY.min(n)];
+    for (g, group) in inputs.chunks(affine::MANY).enumerate() {
+        let k = group.len();
+        let part = &mut part[..rows.len() * k];
+        w.dot_rows(rows.clone(), group, part, &mut buf);
+        for (o, p) in out.chunks_exact_mut(n).zip(part.chunks_exact(k)) {
+            o[g * affine::MANY..g * affine::MANY + k].copy_from_slice(p);
         }
     }
+    out
 }
 
 /// Output rows `first_row..` into `out` ([row, m]): weight rows two at a time against four
@@ -377,5 +560,9 @@ fn gemv_exact<W: Rows + ?Sized>(w: &W, x: &[f32], first_row: usize, out: &mut [f
     }
 }
 
+#[cfg(test)]
+mod affine_tests;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod bf16_tests;
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,11 @@ pub(super) fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     total as f32
 }
 
+/// `Σ w·x` over two bf16 slices of equal length, in f32 (each product is exact).
+pub(super) fn dot_bf16_pairs(w: &[bf16], x: &[bf16]) -> f32 {
+    w.iter().zip(x).map(|(a, b)| a.to_f32() * b.to_f32()).sum()
+}
+
 /// `out[i] = scale · code[i] + bias` for 4- or 8-bit codes packed low bits first.
 pub(super) fn dequantize(bits: u8, words: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
     let per_word = 32 / usize::from(bits);

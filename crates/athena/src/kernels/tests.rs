@@ -217,10 +217,9 @@ fn prepared_input_round_trips_within_a_step() {
     for (b, xb) in x.chunks_exact(32).enumerate() {
         let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let sum: f64 = xb.iter().map(|&v| f64::from(v)).sum();
-        assert!((f64::from(q.sums[b]) - sum).abs() <= 1e-6 * (1.0 + sum.abs()));
+        assert!((f64::from(q.sums[0][b]) - sum).abs() <= 1e-6 * (1.0 + sum.abs()));
         for (i, &v) in xb.iter().enumerate() {
-            let k = if i % 2 == 0 { i / 2 } else { 16 + i / 2 };
-            let back = f32::from(q.codes[b * 32 + k]) * q.steps[b];
+            let back = f32::from(q.codes[affine::code_index(256, b * 32 + i)]) * q.step(b);
             assert!(
                 (back - v).abs() <= max / 32767.0 * 0.51 + 1e-7,
                 "block {b} [{i}]"
@@ -249,7 +248,9 @@ fn affine_dot_matches_reference() {
                 assert!(affine::prepare_input(&x, &mut xp));
                 let q = affine::prepared(&xp, cols).unwrap();
                 let got = affine::dot_affine(bits, gs, &words, &scales, &biases, q).unwrap();
-                let port = affine::portable_dot_affine(bits, gs, &words, &scales, &biases, q);
+                let mut port = [0f32];
+                affine::portable_dot_affine(bits, gs, &words, &scales, &biases, &[q], &mut port);
+                let port = port[0];
                 // The int16 inputs carry 2⁻¹⁶ of each block's largest value: bound the error by
                 // Σ|w|·max|x_block| of that (plus f32 rounding of Σ|w·x|).
                 let bound: f64 = w

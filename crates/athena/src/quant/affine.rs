@@ -54,7 +54,7 @@ impl AffineParams {
         [self.group_size, 64, 32]
             .into_iter()
             .filter(|&g| g <= self.group_size && g > 0)
-            .find(|&g| cols % g == 0)
+            .find(|&g| cols.is_multiple_of(g))
             .and_then(|g| AffineParams::new(self.bits, g).ok())
     }
 
@@ -88,7 +88,7 @@ impl AffineParams {
     /// `cols` must be a positive multiple of `group_size`.
     pub fn packed_cols(&self, cols: usize) -> Result<usize> {
         self.check()?;
-        if cols == 0 || cols % self.group_size != 0 {
+        if cols == 0 || !cols.is_multiple_of(self.group_size) {
             return Err(Error::invalid(
                 "group_size",
                 format!(
@@ -200,7 +200,7 @@ impl QMatrix {
         half: bool,
     ) -> Result<Self> {
         let params = params.check()?;
-        if cols == 0 || cols % params.group_size != 0 {
+        if cols == 0 || !cols.is_multiple_of(params.group_size) {
             return Err(Error::invalid(
                 "group_size",
                 format!(

@@ -6,9 +6,12 @@
 //! stays in L1, then dotted in f32 with the input rows, the partial sums folded into f64 every
 //! few hundred columns. The result differs from dequantize-then-matmul by f32 rounding only.
 //!
-//! At decode sizes [`crate::kernels::matmul`] hands a row its input with the int16 form
-//! behind it; 4- and 8-bit rows then skip the dequantization and run integer dot products
+//! [`crate::kernels::matmul`] hands 4- and 8-bit rows their inputs with the int16 form behind
+//! them at every size ([`Rows::reads_prepared`]); they then skip the dequantization and run
+//! integer dot products, one row's codes against up to four inputs at once
 //! ([`crate::kernels::affine`]). [`super::QMatrix::matmul`] keeps the f32 path.
+
+use std::ops::Range;
 
 use super::scalars::Scalars;
 use super::{pack, AffineParams};
@@ -63,21 +66,76 @@ impl Rows for Packed<'_> {
     }
 
     fn dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
-        let (gs, bits) = (self.params.group_size, self.params.bits);
-        if matches!(bits, 4 | 8) {
-            if let Some(q) = affine::prepared(x, self.cols) {
-                let groups = self.cols / gs;
-                let row_words = groups * self.group_words;
-                let words = &self.packed[r * row_words..(r + 1) * row_words];
-                let (sbuf, rest) = buf.split_at_mut(groups);
-                let scales = self.scales.row_in(r, groups, sbuf);
-                let biases = self.biases.row_in(r, groups, &mut rest[..groups]);
-                if let Some(y) = affine::dot_affine(bits, gs, words, scales, biases, q) {
-                    return y;
+        let mut y = [0f32];
+        if self.affine_dots(r..r + 1, &[x], &mut y, buf) {
+            return y[0];
+        }
+        kernels::dot(self.row(r, buf), x)
+    }
+
+    fn dot_rows(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32], buf: &mut [f32]) {
+        if !self.affine_dots(rows.clone(), xs, out, buf) {
+            let n = xs.len().max(1);
+            for (r, out) in rows.zip(out.chunks_exact_mut(n)) {
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = self.dot(r, x, buf);
                 }
             }
         }
-        kernels::dot(self.row(r, buf), x)
+    }
+
+    fn reads_prepared(&self) -> bool {
+        matches!(self.params.bits, 4 | 8)
+    }
+}
+
+impl Packed<'_> {
+    /// [`Rows::dot_rows`] on the inputs' int16 forms ([`affine::AffineDots`]): the inputs
+    /// are checked once, then each weight row runs against up to [`affine::MANY`] of them at
+    /// a time; `buf` (`cols` long) holds a row's scales and biases when they are stored in
+    /// half precision. `false` when the width is not 4 or 8 bits, an input carries no
+    /// prepared form, or a length disagrees (`out` may then be partly written).
+    fn affine_dots(
+        &self,
+        rows: Range<usize>,
+        xs: &[&[f32]],
+        out: &mut [f32],
+        buf: &mut [f32],
+    ) -> bool {
+        let (gs, bits) = (self.params.group_size, self.params.bits);
+        let groups = self.cols / gs.max(1);
+        let n = xs.len();
+        if !matches!(bits, 4 | 8) || n == 0 || out.len() != rows.len() * n || buf.len() < 2 * groups
+        {
+            return false;
+        }
+        let Some(qs) = xs
+            .iter()
+            .map(|x| affine::prepared(x, self.cols))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return false;
+        };
+        let tier = affine::Tier::best();
+        let row_words = groups * self.group_words;
+        let (sbuf, bbuf) = buf.split_at_mut(groups);
+        for (c, qs) in qs.chunks(affine::MANY).enumerate() {
+            let Some(kernel) = affine::AffineDots::new(tier, bits, gs, qs) else {
+                return false;
+            };
+            for (r, out) in rows.clone().zip(out.chunks_exact_mut(n)) {
+                let Some(words) = self.packed.get(r * row_words..(r + 1) * row_words) else {
+                    return false;
+                };
+                let scales = self.scales.row_in(r, groups, sbuf);
+                let biases = self.biases.row_in(r, groups, &mut bbuf[..groups]);
+                let at = c * affine::MANY;
+                if !kernel.row(words, scales, biases, &mut out[at..at + qs.len()]) {
+                    return false;
+                }
+            }
+        }
+        true
     }
 }
 

@@ -122,7 +122,7 @@ pub fn group_advantages(
     if group_size == 0 {
         return Err(Error::invalid("group_size", "must be >= 1"));
     }
-    if rewards.len() % group_size != 0 {
+    if !rewards.len().is_multiple_of(group_size) {
         return Err(Error::invalid(
             "group_size",
             format!(

@@ -57,7 +57,8 @@ impl Linear {
                 let m = x.dims().iter().rev().skip(1).product::<usize>();
                 let use_kernel = match weight.dtype() {
                     // candle's CPU matmul has no fast bf16 path: bf16 weights always go
-                    // through the bf16×f32 kernel, which accumulates in f32 as torch does.
+                    // through the kernels (bf16×f32, or bf16×bf16 on `vdpbf16ps` when the
+                    // activations are bf16), which accumulate in f32 as torch does.
                     DType::BF16 => true,
                     DType::F32 => m <= F32_GEMV_MAX_ROWS,
                     _ => false,

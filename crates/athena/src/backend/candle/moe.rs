@@ -73,6 +73,38 @@ impl Rows for GateUp<'_> {
             _ => self.up.dot(r / 2, x, buf),
         }
     }
+    fn dot_rows(
+        &self,
+        rows: std::ops::Range<usize>,
+        xs: &[&[f32]],
+        out: &mut [f32],
+        buf: &mut [f32],
+    ) {
+        // Gate rows are the even rows of the range, up rows the odd ones.
+        let n = xs.len();
+        let gate = rows.start.div_ceil(2)..rows.end.div_ceil(2);
+        let up = rows.start / 2..rows.end / 2;
+        let mut g = vec![0f32; gate.len() * n];
+        let mut u = vec![0f32; up.len() * n];
+        self.gate.dot_rows(gate.clone(), xs, &mut g, buf);
+        self.up.dot_rows(up.clone(), xs, &mut u, buf);
+        for (r, out) in rows.zip(out.chunks_exact_mut(n.max(1))) {
+            let (src, i) = match r % 2 {
+                0 => (&g, r / 2 - gate.start),
+                _ => (&u, r / 2 - up.start),
+            };
+            out.copy_from_slice(&src[i * n..(i + 1) * n]);
+        }
+    }
+    fn reads_prepared(&self) -> bool {
+        self.gate.reads_prepared() && self.up.reads_prepared()
+    }
+    fn bf16_row(&self, r: usize) -> Option<&[bf16]> {
+        match r % 2 {
+            0 => self.gate.bf16_row(r / 2),
+            _ => self.up.bf16_row(r / 2),
+        }
+    }
 }
 
 fn silu(v: f32) -> f32 {
@@ -260,9 +292,11 @@ impl SparseMoeBlock {
     fn forward_kernels(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
         let (n, h) = x.dims2()?;
         // The reference's intermediate tensors are in the compute dtype: round where it would.
-        let round: fn(f32) -> f32 = match x.dtype() {
-            DType::BF16 => |v| bf16::from_f32(v).to_f32(),
-            _ => |v| v,
+        // A closure rather than a function pointer, so that it is inlined into the loops.
+        let in_bf16 = x.dtype() == DType::BF16;
+        let round = |v: f32| match in_bf16 {
+            true => bf16::from_f32(v).to_f32(),
+            false => v,
         };
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; n * h];

@@ -1,0 +1,467 @@
+//! The affine int16 kernels on every tier this CPU runs, against plain integer and f64
+//! references: 4 and 8 bits, group sizes 32, 64 and 128, odd block counts, one to nine
+//! inputs at once, mixed signs, zero blocks and an outlier.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::affine::{self, QInput, Tier};
+use super::*;
+use std::ops::Range;
+
+const TIERS: [Tier; 3] = [Tier::Avx512, Tier::Avx2, Tier::Portable];
+
+/// Mixed-sign inputs with a zero block, a lone zero and an outlier channel.
+fn inputs(cols: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+    if cols >= 64 {
+        x[32..64].fill(0.0);
+    }
+    x[cols / 3] = 0.0;
+    x[cols - 1] = -57.0;
+    x
+}
+
+/// Random MLX codes for `rows` rows, with per-group scales and biases (a zero scale and
+/// negative ones included).
+struct Quantized {
+    bits: u8,
+    gs: usize,
+    cols: usize,
+    words: Vec<u32>,
+    scales: Vec<f32>,
+    biases: Vec<f32>,
+}
+
+impl Quantized {
+    fn new(bits: u8, gs: usize, rows: usize, cols: usize, seed: u64) -> Quantized {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let words = (0..rows * cols * usize::from(bits) / 32)
+            .map(|_| rng.random())
+            .collect();
+        let groups = rows * cols / gs;
+        let mut scales: Vec<f32> = (0..groups)
+            .map(|_| rng.random_range(-0.05f32..0.05))
+            .collect();
+        scales[0] = 0.0;
+        let biases = (0..groups)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        Quantized {
+            bits,
+            gs,
+            cols,
+            words,
+            scales,
+            biases,
+        }
+    }
+
+    fn row_words(&self, r: usize) -> &[u32] {
+        let n = self.cols * usize::from(self.bits) / 32;
+        &self.words[r * n..(r + 1) * n]
+    }
+
+    fn row_groups<'a>(&self, v: &'a [f32], r: usize) -> &'a [f32] {
+        let g = self.cols / self.gs;
+        &v[r * g..(r + 1) * g]
+    }
+
+    fn code(&self, r: usize, i: usize) -> i64 {
+        let bit = i * usize::from(self.bits);
+        let words = self.row_words(r);
+        i64::from((words[bit / 32] >> (bit % 32)) & ((1u32 << self.bits) - 1))
+    }
+
+    /// Weight `i` of row `r`, in f64.
+    fn weight(&self, r: usize, i: usize) -> f64 {
+        let g = r * self.cols / self.gs + i / self.gs;
+        f64::from(self.scales[g]) * self.code(r, i) as f64 + f64::from(self.biases[g])
+    }
+
+    /// What the kernels compute, in exact integers and f64: per block the integer product of
+    /// codes, times the step and the scale, plus the biases times the exact group sums.
+    fn reference(&self, r: usize, q: &QInput<'_>) -> f64 {
+        let cols = self.cols;
+        let mut total = 0f64;
+        for b in 0..cols / 32 {
+            let s: i64 = (b * 32..(b + 1) * 32)
+                .map(|i| self.code(r, i) * i64::from(q.codes[affine::code_index(cols, i)]))
+                .sum();
+            let g = r * cols / self.gs + b * 32 / self.gs;
+            total += s as f64 * f64::from(q.step(b)) * f64::from(self.scales[g]);
+        }
+        let sums = q.group_sums(self.gs).unwrap();
+        total
+            + self
+                .row_groups(&self.biases, r)
+                .iter()
+                .zip(sums)
+                .map(|(&b, &s)| f64::from(b) * f64::from(s))
+                .sum::<f64>()
+    }
+
+    /// Σ|terms| of [`Quantized::reference`]: what f32 rounding of the sums is relative to.
+    fn magnitude(&self, r: usize, q: &QInput<'_>) -> f64 {
+        let cols = self.cols;
+        let mut total = 0f64;
+        for i in 0..cols {
+            let g = r * cols / self.gs + i / self.gs;
+            let x = f64::from(q.codes[affine::code_index(cols, i)]) * f64::from(q.step(i / 32));
+            total += (f64::from(self.scales[g]) * self.code(r, i) as f64 * x).abs();
+        }
+        let sums = q.group_sums(self.gs).unwrap();
+        total
+            + self
+                .row_groups(&self.biases, r)
+                .iter()
+                .zip(sums)
+                .map(|(&b, &s)| f64::from(b * s).abs())
+                .sum::<f64>()
+    }
+}
+
+/// Prepared forms of `n` input rows of `cols` values.
+fn prepare(cols: usize, n: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let xs: Vec<Vec<f32>> = (0..n).map(|k| inputs(cols, seed + k as u64)).collect();
+    let xp = xs
+        .iter()
+        .map(|x| {
+            let mut p = Vec::new();
+            assert!(affine::prepare_input(x, &mut p));
+            p
+        })
+        .collect();
+    (xs, xp)
+}
+
+#[test]
+fn prepared_codes_follow_the_span_order() {
+    for cols in [32usize, 96, 128, 2048] {
+        let x: Vec<f32> = (0..cols).map(|i| i as f32 + 1.0).collect();
+        let mut xp = Vec::new();
+        assert!(affine::prepare_input(&x, &mut xp));
+        let q = affine::prepared(&xp, cols).unwrap();
+        let mut seen = vec![false; cols];
+        for i in 0..cols {
+            let k = affine::code_index(cols, i);
+            assert!(!seen[k], "cols {cols}: position {k} taken twice");
+            seen[k] = true;
+            let back = f32::from(q.codes[k]) * q.step(i / 32);
+            let max = x[i / 32 * 32 + 31];
+            assert!(
+                (back - x[i]).abs() <= max / 32767.0 * 0.51,
+                "cols {cols} [{i}]"
+            );
+        }
+        for b in 0..cols / 32 {
+            let (even, odd) = affine::block_offsets(cols / 32, b);
+            assert_eq!(
+                even,
+                affine::code_index(cols, 32 * b),
+                "cols {cols} block {b}"
+            );
+            assert_eq!(
+                odd,
+                affine::code_index(cols, 32 * b + 1),
+                "cols {cols} block {b}"
+            );
+            assert!(q.steps[8 * b..8 * b + 8].iter().all(|&s| s == q.step(b)));
+        }
+        let exact = |n: usize, k: usize| -> f32 {
+            x[n * k..n * (k + 1)]
+                .iter()
+                .map(|&v| f64::from(v))
+                .sum::<f64>() as f32
+        };
+        for (s, n) in [(0, 32), (1, 64), (2, 128)] {
+            assert_eq!(q.sums[s].len(), cols / n, "cols {cols}");
+            for (k, &v) in q.sums[s].iter().enumerate() {
+                assert_eq!(v, exact(n, k), "cols {cols} sums of {n} [{k}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn affine_many_matches_integer_reference_on_every_tier() {
+    for bits in [4u8, 8] {
+        for gs in [32usize, 64, 128] {
+            for cols in [32usize, 96, 128, 384, 2048] {
+                if cols % gs != 0 {
+                    continue;
+                }
+                let rows = 3;
+                let w = Quantized::new(bits, gs, rows, cols, 100 + cols as u64);
+                let (_, xp) = prepare(cols, 9, 7 * cols as u64);
+                let qs: Vec<QInput<'_>> = xp
+                    .iter()
+                    .map(|p| affine::prepared(p, cols).unwrap())
+                    .collect();
+                for tier in TIERS.into_iter().filter(|t| t.available()) {
+                    for r in 0..rows {
+                        let (s, b) = (w.row_groups(&w.scales, r), w.row_groups(&w.biases, r));
+                        for n in 1..=qs.len() {
+                            let mut out = vec![f32::NAN; n];
+                            let words = w.row_words(r);
+                            assert!(affine::dot_affine_on(
+                                tier,
+                                bits,
+                                gs,
+                                words,
+                                s,
+                                b,
+                                &qs[..n],
+                                &mut out
+                            ));
+                            for (k, (&got, q)) in out.iter().zip(&qs).enumerate() {
+                                let want = w.reference(r, q);
+                                let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
+                                assert!(
+                                    (f64::from(got) - want).abs() <= tol,
+                                    "{tier:?} bits {bits} gs {gs} cols {cols} row {r} n {n} \
+                                     input {k}: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn affine_dot_is_within_the_input_step_of_the_exact_product() {
+    for bits in [4u8, 8] {
+        for gs in [32usize, 64, 128] {
+            let cols = 1024;
+            let w = Quantized::new(bits, gs, 1, cols, 5);
+            let (xs, xp) = prepare(cols, 1, 9);
+            let q = affine::prepared(&xp[0], cols).unwrap();
+            let (s, b) = (w.row_groups(&w.scales, 0), w.row_groups(&w.biases, 0));
+            let exact: f64 = (0..cols)
+                .map(|i| w.weight(0, i) * f64::from(xs[0][i]))
+                .sum();
+            // 2⁻¹⁶ of each block's largest input, times Σ|w| of the block, plus f32 rounding.
+            let bound: f64 = xs[0]
+                .chunks_exact(32)
+                .enumerate()
+                .map(|(blk, xb)| {
+                    let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let sw: f64 = (32 * blk..32 * (blk + 1))
+                        .map(|i| w.weight(0, i).abs())
+                        .sum();
+                    sw * f64::from(max) / 32767.0 * 0.51
+                })
+                .sum::<f64>()
+                + 1e-5 * w.magnitude(0, &q);
+            for tier in TIERS.into_iter().filter(|t| t.available()) {
+                let mut out = [0f32];
+                assert!(affine::dot_affine_on(
+                    tier,
+                    bits,
+                    gs,
+                    w.row_words(0),
+                    s,
+                    b,
+                    &[q],
+                    &mut out
+                ));
+                assert!(
+                    (f64::from(out[0]) - exact).abs() <= bound,
+                    "{tier:?} bits {bits} gs {gs}: {} vs {exact}",
+                    out[0]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn affine_many_rejects_mismatched_arguments() {
+    let w = Quantized::new(4, 64, 1, 128, 3);
+    let (_, xp) = prepare(128, 2, 4);
+    let qs: Vec<QInput<'_>> = xp
+        .iter()
+        .map(|p| affine::prepared(p, 128).unwrap())
+        .collect();
+    let (s, b) = (&w.scales[..2], &w.biases[..2]);
+    let mut out = [0f32; 2];
+    let words = w.row_words(0);
+    for tier in TIERS.into_iter().filter(|t| t.available()) {
+        assert!(!affine::dot_affine_on(
+            tier, 3, 64, words, s, b, &qs, &mut out
+        ));
+        assert!(!affine::dot_affine_on(
+            tier, 4, 48, words, s, b, &qs, &mut out
+        ));
+        assert!(!affine::dot_affine_on(
+            tier,
+            4,
+            64,
+            &words[..8],
+            s,
+            b,
+            &qs,
+            &mut out
+        ));
+        assert!(!affine::dot_affine_on(
+            tier,
+            4,
+            64,
+            words,
+            s,
+            &b[..1],
+            &qs,
+            &mut out
+        ));
+        assert!(!affine::dot_affine_on(
+            tier,
+            4,
+            64,
+            words,
+            s,
+            b,
+            &qs,
+            &mut out[..1]
+        ));
+        // Inputs of another width.
+        let (_, other) = prepare(64, 1, 5);
+        let q64 = [affine::prepared(&other[0], 64).unwrap()];
+        assert!(!affine::dot_affine_on(
+            tier,
+            4,
+            64,
+            words,
+            s,
+            b,
+            &q64,
+            &mut out[..1]
+        ));
+    }
+}
+
+/// Quantized rows for `matmul` that read prepared inputs, several at a time.
+struct ManyRows(Quantized, usize);
+
+impl Rows for ManyRows {
+    fn rows(&self) -> usize {
+        self.1
+    }
+    fn cols(&self) -> usize {
+        self.0.cols
+    }
+    fn row<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        for (i, b) in buf.iter_mut().enumerate().take(self.0.cols) {
+            *b = self.0.weight(r, i) as f32;
+        }
+        buf
+    }
+    fn dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+        let mut out = [0f32];
+        self.dot_rows(r..r + 1, &[x], &mut out, buf);
+        out[0]
+    }
+    fn dot_rows(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32], buf: &mut [f32]) {
+        let q = &self.0;
+        let qs: Option<Vec<QInput<'_>>> = xs.iter().map(|x| affine::prepared(x, q.cols)).collect();
+        for (r, out) in rows.zip(out.chunks_exact_mut(xs.len())) {
+            let (s, b) = (q.row_groups(&q.scales, r), q.row_groups(&q.biases, r));
+            match &qs {
+                Some(qs) => {
+                    assert!(affine::dot_affine_many(
+                        q.bits,
+                        q.gs,
+                        q.row_words(r),
+                        s,
+                        b,
+                        qs,
+                        out
+                    ))
+                }
+                None => {
+                    for (o, x) in out.iter_mut().zip(xs) {
+                        *o = super::dot(self.row(r, buf), x);
+                    }
+                }
+            }
+        }
+    }
+    fn reads_prepared(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn matmul_runs_prepared_inputs_at_every_size() {
+    // 300 rows take row blocks; 40 rows with many inputs split the inputs too.
+    for (rows, cols, bits, gs) in [(300, 512, 4u8, 64), (40, 2048, 8, 32), (40, 384, 4, 128)] {
+        let w = ManyRows(Quantized::new(bits, gs, rows, cols, 70), rows);
+        for m in [1usize, 2, 5, 16, 130] {
+            let x: Vec<f32> = (0..m).flat_map(|k| inputs(cols, 80 + k as u64)).collect();
+            let y = matmul(&w, &x, m);
+            assert_eq!(y.len(), m * rows);
+            for i in (0..m).step_by(7) {
+                let xi = &x[i * cols..(i + 1) * cols];
+                let one = matmul(&w, xi, 1);
+                let mut xp = Vec::new();
+                assert!(affine::prepare_input(xi, &mut xp));
+                let q = affine::prepared(&xp, cols).unwrap();
+                for r in 0..rows {
+                    let got = y[i * rows + r];
+                    // Each input alone gives the same values, bit for bit.
+                    assert_eq!(got, one[r], "{rows}x{cols} m {m} [{i}, {r}]");
+                    let want = w.0.reference(r, &q);
+                    let tol = 1e-5 * w.0.magnitude(r, &q) + 1e-6;
+                    assert!(
+                        (f64::from(got) - want).abs() <= tol,
+                        "{rows}x{cols} m {m} [{i}, {r}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // A non-finite input keeps the exact path (NaN out where the exact product has it).
+        let mut x = inputs(cols, 1);
+        x[3] = f32::INFINITY;
+        let y = matmul(&w, &x, 1);
+        assert_eq!(y, matmul_exact(&w, &x, 1));
+    }
+}
+
+#[test]
+fn quantized_matrices_run_prepared_inputs_close_to_the_exact_product() {
+    use crate::quant::{AffineParams, QMatrix};
+    for bits in [4u8, 8] {
+        for gs in [32usize, 64, 128] {
+            let (rows, cols) = (70, 256);
+            let mut rng = StdRng::seed_from_u64(11);
+            let wf: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let params = AffineParams::new(bits, gs).unwrap();
+            for half in [false, true] {
+                let q = match half {
+                    false => QMatrix::quantize("w", &wf, rows, cols, params).unwrap(),
+                    true => QMatrix::quantize_half("w", &wf, rows, cols, params).unwrap(),
+                };
+                for m in [1usize, 3, 9] {
+                    let x: Vec<f32> = (0..m).flat_map(|k| inputs(cols, 90 + k as u64)).collect();
+                    let exact = q.matmul(&x, m).unwrap();
+                    let fast = q.with_rows(|w| {
+                        assert!(w.reads_prepared());
+                        matmul(w, &x, m)
+                    });
+                    let scale = exact.iter().fold(1f32, |a, v| a.max(v.abs()));
+                    for (k, (f, e)) in fast.iter().zip(&exact).enumerate() {
+                        assert!(
+                            (f - e).abs() <= 2e-4 * scale,
+                            "bits {bits} gs {gs} half {half} m {m} [{k}]: {f} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
