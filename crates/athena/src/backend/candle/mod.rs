@@ -1,5 +1,9 @@
 //! The candle backend: OLMoE's forward pass on candle tensors (CPU, CUDA or Metal).
 
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "cuda")]
+mod fused_cuda;
 mod linear;
 mod moe;
 #[cfg(feature = "cuda")]

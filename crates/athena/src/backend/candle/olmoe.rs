@@ -47,6 +47,18 @@ impl RmsNorm {
         let normed = x32.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
         Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
     }
+
+    /// The residual stream `x + y` and its norm; on a GPU one fused launch
+    /// ([`super::fused_cuda::add_rms_norm`], the same rounding as [`Self::forward`] there).
+    fn forward_residual(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        if super::fused_cuda::runs(x) {
+            return super::fused_cuda::add_rms_norm(x, y, &self.weight, self.eps);
+        }
+        let sum = (x + y)?;
+        let normed = self.forward(&sum)?;
+        Ok((sum, normed))
+    }
 }
 
 /// `OlmoeAttention`: q/k norms over the full projected width, optional clip, NeoX RoPE, GQA.
@@ -55,6 +67,10 @@ struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
+    /// q, k and v as one [q + 2·kv, H] projection (q_proj, k_proj and v_proj are then views
+    /// of it): on a GPU with the fused kernels, when all three are dense without bias.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    qkv_proj: Option<Linear>,
     o_proj: Linear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
@@ -74,10 +90,20 @@ impl Attention {
             let target = LoraTarget::Attn { layer, proj: which };
             w.linear(&format!("{p}.{name}"), out, inp, bias, Some(target), true)
         };
+        let (q_proj, k_proj, v_proj) = (
+            proj("q_proj", q_width, h, AttnProj::Q)?,
+            proj("k_proj", kv_width, h, AttnProj::K)?,
+            proj("v_proj", kv_width, h, AttnProj::V)?,
+        );
+        let (qkv_proj, [q_proj, k_proj, v_proj]) = match joint_qkv(&q_proj, &k_proj, &v_proj)? {
+            Some((joint, views)) => (Some(joint), views),
+            None => (None, [q_proj, k_proj, v_proj]),
+        };
         Ok(Attention {
-            q_proj: proj("q_proj", q_width, h, AttnProj::Q)?,
-            k_proj: proj("k_proj", kv_width, h, AttnProj::K)?,
-            v_proj: proj("v_proj", kv_width, h, AttnProj::V)?,
+            q_proj,
+            k_proj,
+            v_proj,
+            qkv_proj,
             o_proj: proj("o_proj", h, q_width, AttnProj::O)?,
             q_norm: RmsNorm::new(w.r, &format!("{p}.q_norm"), q_width, args.rms_norm_eps)?,
             k_norm: RmsNorm::new(w.r, &format!("{p}.k_norm"), kv_width, args.rms_norm_eps)?,
@@ -120,22 +146,22 @@ impl Attention {
         Ok((rope.apply(&q)?, rope.apply(&k)?, v))
     }
 
-    /// Appends k, v to `cache` and attends q [B, heads, T, D] over the whole cache; returns
-    /// [B, heads, T, D].
+    /// Attends q [B, heads, T, D] over keys and values [B, kv_heads, L, D]; returns
+    /// [B, heads, T, D]. The scores are scaled by 1/√D unless `scaled_q` (q comes scaled).
     fn attend(
         &self,
         q: &Tensor,
-        k: Tensor,
-        v: Tensor,
+        k: &Tensor,
+        v: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut Option<LayerCache>,
+        scaled_q: bool,
     ) -> Result<Tensor> {
-        let (k, v) = LayerCache::append(cache, &k, &v)?;
-
-        let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
-        let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?;
+        let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if !scaled_q {
+            scores = (scores * self.softmax_scale())?;
+        }
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
@@ -148,6 +174,11 @@ impl Attention {
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?
         };
         Ok(probs.matmul(&v)?)
+    }
+
+    /// 1/√D, the scale of the attention scores.
+    fn softmax_scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
     }
 
     /// [B, heads, T, D] → o_proj over [B, T, heads·D].
@@ -166,8 +197,17 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: &mut Option<LayerCache>,
     ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if super::fused_cuda::runs(x) {
+            let (b, t, h) = x.dims3()?;
+            let proj = self.project(&x.reshape((b * t, h))?)?;
+            let (cos, sin) = rope.rows()?;
+            let (q, k, v) = self.prologue(&proj, (&cos, &sin), (b, t), cache)?;
+            return self.output(&self.attend(&q, &k, &v, mask, true)?);
+        }
         let (q, k, v) = self.qkv(x, rope)?;
-        let out = self.attend(&q, k, v, mask, cache)?;
+        let (k, v) = LayerCache::append(cache, &k, &v)?;
+        let out = self.attend(&q, &k, &v, mask, false)?;
         self.output(&out)
     }
 
@@ -181,23 +221,150 @@ impl Attention {
         lens: &[usize],
         caches: &mut [&mut Option<LayerCache>],
     ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if super::fused_cuda::runs(x) {
+            return self.forward_each_fused(x, rope, lens, caches);
+        }
         let (q, k, v) = self.qkv(x, rope)?;
         let mut outs = Vec::with_capacity(caches.len());
         let mut offset = 0;
         for (cache, &t) in caches.iter_mut().zip(lens) {
             let part = |x: &Tensor| -> Result<Tensor> { Ok(x.narrow(2, offset, t)?.contiguous()?) };
             let (qi, ki, vi) = (part(&q)?, part(&k)?, part(&v)?);
-            let mask = match t {
-                1 => None,
-                _ => {
-                    let past = cache.as_ref().map_or(0, LayerCache::len);
-                    Some(causal_mask(past, t, q.dtype(), q.device())?)
-                }
-            };
-            outs.push(self.attend(&qi, ki, vi, mask.as_ref(), cache)?);
+            let mask = step_mask(cache, t, q.dtype(), q.device())?;
+            let (ki, vi) = LayerCache::append(cache, &ki, &vi)?;
+            outs.push(self.attend(&qi, &ki, &vi, mask.as_ref(), false)?);
             offset += t;
         }
         self.output(&Tensor::cat(&outs, 2)?)
+    }
+}
+
+/// The fused path on a GPU ([`super::fused_cuda`]): q, k and v in one projection when they
+/// are joint, then one prologue launch (norms, clip, RoPE, the cache write, q scaled) in
+/// place of a dozen small ops.
+#[cfg(feature = "cuda")]
+impl Attention {
+    /// The q, k and v projections of token rows `x` [R, H].
+    fn project(&self, x: &Tensor) -> Result<super::fused_cuda::Projections> {
+        use super::fused_cuda::Projections;
+        Ok(match &self.qkv_proj {
+            Some(qkv) => Projections::Joint(qkv.forward(x)?),
+            None => Projections::Apart(
+                self.q_proj.forward(x)?,
+                self.k_proj.forward(x)?,
+                self.v_proj.forward(x)?,
+            ),
+        })
+    }
+
+    /// From the projections of `b` sequences × `t` new rows and their cos/sin rows: writes k
+    /// and v into `cache` and returns q [B, heads, T, D] (scaled by 1/√D) and the keys and
+    /// values of every column so far.
+    fn prologue(
+        &self,
+        proj: &super::fused_cuda::Projections,
+        (cos, sin): (&Tensor, &Tensor),
+        (b, t): (usize, usize),
+        cache: &mut Option<LayerCache>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        use super::fused_cuda::{Prologue, StepDims};
+        let past = cache.as_ref().map_or(0, LayerCache::len);
+        let shape = (b, self.num_kv_heads, t, self.head_dim);
+        let c = LayerCache::reserve(cache, shape, cos.dtype(), cos.device())?;
+        let q = Prologue {
+            proj,
+            q_norm: &self.q_norm.weight,
+            k_norm: &self.k_norm.weight,
+            eps: self.q_norm.eps,
+            clip: self.clip_qkv,
+            cos,
+            sin,
+            dims: StepDims {
+                batch: b,
+                tokens: t,
+                heads: self.num_heads,
+                kv_heads: self.num_kv_heads,
+                head_dim: self.head_dim,
+            },
+            q_scale: self.softmax_scale(),
+            past,
+        }
+        .run(c.buffer())?;
+        let (k, v) = c.filled(t)?;
+        Ok((q, k, v))
+    }
+
+    /// [`Attention::forward_each`] on the fused path: one prologue launch per sequence.
+    fn forward_each_fused(
+        &self,
+        x: &Tensor,
+        rope: &RopeAt,
+        lens: &[usize],
+        caches: &mut [&mut Option<LayerCache>],
+    ) -> Result<Tensor> {
+        let (_, rows, h) = x.dims3()?;
+        let proj = self.project(&x.reshape((rows, h))?)?;
+        let (cos, sin) = rope.rows()?;
+        let mut outs = Vec::with_capacity(caches.len());
+        let mut offset = 0;
+        for (cache, &t) in caches.iter_mut().zip(lens) {
+            let mask = step_mask(cache, t, x.dtype(), x.device())?;
+            let (cos, sin) = (cos.narrow(0, offset, t)?, sin.narrow(0, offset, t)?);
+            let part = proj.rows(offset, t)?;
+            let (q, k, v) = self.prologue(&part, (&cos, &sin), (1, t), cache)?;
+            outs.push(self.attend(&q, &k, &v, mask.as_ref(), true)?);
+            offset += t;
+        }
+        self.output(&Tensor::cat(&outs, 2)?)
+    }
+}
+
+/// The mask of `t` new tokens of one sequence after what `cache` holds: none for one token.
+fn step_mask(
+    cache: &Option<LayerCache>,
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    match t {
+        1 => Ok(None),
+        _ => {
+            let past = cache.as_ref().map_or(0, LayerCache::len);
+            Ok(Some(causal_mask(past, t, dtype, device)?))
+        }
+    }
+}
+
+/// On a GPU with the fused kernels, dense q, k and v projections without bias joined into one
+/// [q + 2·kv, H] matrix, and the three as views of it; `None` otherwise.
+fn joint_qkv(q: &Linear, k: &Linear, v: &Linear) -> Result<Option<(Linear, [Linear; 3])>> {
+    let dense = |l: &Linear| match l {
+        Linear::Dense { weight, bias: None } if fused_runs(weight) => Some(weight.clone()),
+        _ => None,
+    };
+    let (Some(q), Some(k), Some(v)) = (dense(q), dense(k), dense(v)) else {
+        return Ok(None);
+    };
+    if q.dtype() != k.dtype() || k.dtype() != v.dtype() {
+        return Ok(None);
+    }
+    let (nq, nk, nv) = (q.dim(0)?, k.dim(0)?, v.dim(0)?);
+    let joint = Tensor::cat(&[&q, &k, &v], 0)?;
+    let view =
+        |start, len| -> Result<Linear> { Ok(Linear::dense(joint.narrow(0, start, len)?, None)) };
+    let views = [view(0, nq)?, view(nq, nk)?, view(nq + nk, nv)?];
+    Ok(Some((Linear::dense(joint, None), views)))
+}
+
+/// Whether the fused CUDA kernels take tensors like `x` (never without CUDA).
+fn fused_runs(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    return super::fused_cuda::runs(x);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        false
     }
 }
 
@@ -252,21 +419,20 @@ impl DecoderLayer {
         })
     }
 
+    /// The layer on the residual stream `x` [B, T, H], given `normed`, its input_layernorm:
+    /// returns the stream after attention and the MoE block's output. Their sum is the
+    /// layer's output, which the caller forms together with the norm that follows it.
     fn forward(
         &self,
         x: &Tensor,
+        normed: &Tensor,
         rope: &RopeAt,
         mask: Option<&Tensor>,
         cache: &mut Option<LayerCache>,
-    ) -> Result<Tensor> {
-        let residual = x;
-        let h = self.input_layernorm.forward(x)?;
-        let h = self.self_attn.forward(&h, rope, mask, cache)?;
-        let h = (residual + h)?;
-        let residual = &h;
-        let out = self.post_attention_layernorm.forward(&h)?;
-        let out = self.mlp.forward(&out)?;
-        Ok((residual + out)?)
+    ) -> Result<(Tensor, Tensor)> {
+        let attn = self.self_attn.forward(normed, rope, mask, cache)?;
+        let (h, out) = self.post_attention_layernorm.forward_residual(x, &attn)?;
+        Ok((h, self.mlp.forward(&out)?))
     }
 
     /// [`Self::forward`] for the new tokens of several sequences laid end to end (`lens`
@@ -274,15 +440,14 @@ impl DecoderLayer {
     fn forward_each(
         &self,
         x: &Tensor,
+        normed: &Tensor,
         rope: &RopeAt,
         lens: &[usize],
         caches: &mut [&mut Option<LayerCache>],
-    ) -> Result<Tensor> {
-        let h = self.input_layernorm.forward(x)?;
-        let h = (x + self.self_attn.forward_each(&h, rope, lens, caches)?)?;
-        let out = self.post_attention_layernorm.forward(&h)?;
-        let out = self.mlp.forward(&out)?;
-        Ok((h + out)?)
+    ) -> Result<(Tensor, Tensor)> {
+        let attn = self.self_attn.forward_each(normed, rope, lens, caches)?;
+        let (h, out) = self.post_attention_layernorm.forward_residual(x, &attn)?;
+        Ok((h, self.mlp.forward(&out)?))
     }
 }
 
@@ -325,6 +490,13 @@ impl Olmoe {
         let norm = RmsNorm::new(w.r, "model.norm", h, args.rms_norm_eps)?;
         let device = w.r.device().clone();
         let dtype = w.dtype();
+        // The run-time compiled kernels, compiled and loaded now rather than in the first
+        // forward pass.
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = &device {
+            super::fused_cuda::prepare(dev)?;
+            super::moe_cuda::prepare(dev)?;
+        }
         Ok(Olmoe {
             rope: Rope::new(args, dtype, &device)?,
             embed_tokens,
@@ -392,17 +564,45 @@ impl Olmoe {
                 Some(Tensor::from_vec(m, (b, 1, width, keys), &self.device)?.to_dtype(self.dtype)?)
             }
         };
-        let mut x = self
+        let x = self
             .embed_tokens
             .forward(&ids, self.dtype, &self.device)?
             .reshape((b, width, self.args.hidden_size))?;
         // cos/sin gathered once for the step, not per layer and tensor.
         let rope = self.rope.at(&positions)?;
-        for (layer, cache) in self.layers.iter().zip(session.layers.iter_mut()) {
-            x = layer.forward(&x, &rope, mask.as_ref(), cache)?;
-        }
+        let caches = &mut session.layers;
+        let normed = self.run_layers(x, |l, layer, x, normed| {
+            let cache = caches.get_mut(l).ok_or_else(other_model)?;
+            layer.forward(x, normed, &rope, mask.as_ref(), cache)
+        })?;
         session.advance(width);
-        self.norm.forward(&x)
+        Ok(normed)
+    }
+
+    /// Runs `layer(index, layer, x, normed)` for every layer, from the embeddings `x`: each
+    /// returns its stream after attention and its MoE output, whose sum (the next layer's
+    /// input) is formed together with the norm that follows it (the next layer's
+    /// input_layernorm, after the last the final norm; one fused launch on a GPU). Returns
+    /// the final norm of the last layer's output.
+    fn run_layers(
+        &self,
+        x: Tensor,
+        mut layer: impl FnMut(usize, &DecoderLayer, &Tensor, &Tensor) -> Result<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let mut normed = match self.layers.first() {
+            Some(first) => first.input_layernorm.forward(&x)?,
+            None => self.norm.forward(&x)?,
+        };
+        let mut x = x;
+        for (l, this) in self.layers.iter().enumerate() {
+            let (h, out) = layer(l, this, &x, &normed)?;
+            let next = self
+                .layers
+                .get(l + 1)
+                .map_or(&self.norm, |n| &n.input_layernorm);
+            (x, normed) = next.forward_residual(&h, &out)?;
+        }
+        Ok(normed)
     }
 
     /// Applies lm_head to hidden states [.., H] → logits [.., V] in the compute dtype.
@@ -457,30 +657,35 @@ impl Olmoe {
             last.push((ids.len() - 1) as u32);
         }
         let positions = Tensor::from_vec(positions, (1, rows), &self.device)?;
-        let mut x = self
+        let x = self
             .embed_tokens
             .forward(&ids, self.dtype, &self.device)?
             .reshape((1, rows, self.args.hidden_size))?;
         let rope = self.rope.at(&positions)?;
-        for (l, layer) in self.layers.iter().enumerate() {
+        let normed = self.run_layers(x, |l, layer, x, normed| {
             let mut caches: Vec<&mut Option<LayerCache>> = steps
                 .iter_mut()
                 .map(|(s, _)| s.layers.get_mut(l))
                 .collect::<Option<_>>()
-                .ok_or_else(|| Error::invalid("session", "a session of another model"))?;
-            x = layer.forward_each(&x, &rope, &lens, &mut caches)?;
-        }
+                .ok_or_else(other_model)?;
+            layer.forward_each(x, normed, &rope, &lens, &mut caches)
+        })?;
         for ((session, _), &t) in steps.iter_mut().zip(&lens) {
             session.advance(t);
         }
         let n = last.len();
-        let x = match rows == n {
-            true => x.squeeze(0)?,
+        let normed = match rows == n {
+            true => normed.squeeze(0)?,
             false => {
                 let last = Tensor::from_vec(last, (n,), &self.device)?;
-                x.squeeze(0)?.index_select(&last, 0)?
+                normed.squeeze(0)?.index_select(&last, 0)?
             }
         };
-        self.lm_head(&self.norm.forward(&x)?)
+        self.lm_head(&normed)
     }
+}
+
+/// The error of a session whose layers are not this model's.
+fn other_model() -> Error {
+    Error::invalid("session", "a session of another model")
 }

@@ -67,4 +67,14 @@ impl RopeAt {
             &self.sin,
         )?)
     }
+
+    /// cos and sin as rows [B·T, D/2], one per token row of the step (for fused kernels).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn rows(&self) -> Result<(Tensor, Tensor)> {
+        let (b, t, half) = self.cos.dims3()?;
+        Ok((
+            self.cos.reshape((b * t, half))?,
+            self.sin.reshape((b * t, half))?,
+        ))
+    }
 }

@@ -4,17 +4,17 @@
 //! Sequences of different lengths are left-padded: column `c` of sequence `b` holds its token
 //! at position `c - pad[b]`, and columns before `pad[b]` are masked for every query.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
-/// Keys and values of one layer: buffers [B, kv_heads, capacity, head_dim] of which the first
-/// `len` columns are filled. A step writes its columns in place; the buffers grow (doubling)
-/// only when a step does not fit, so decoding neither copies the cache nor allocates per step.
+/// Keys and values of one layer: one buffer [2, B, kv_heads, capacity, head_dim] (keys, then
+/// values) of which the first `len` columns are filled. A step writes its columns in place; the
+/// buffer grows (doubling) only when a step does not fit, so decoding neither copies the cache
+/// nor allocates per step.
 #[derive(Debug)]
 pub(crate) struct LayerCache {
-    k: Tensor,
-    v: Tensor,
+    kv: Tensor,
     len: usize,
 }
 
@@ -24,46 +24,67 @@ impl LayerCache {
         self.len
     }
 
-    /// Appends `k`, `v` [B, kv_heads, T, head_dim] (contiguous) to `cache` and returns the
-    /// keys and values of every column so far, as views of the buffers.
-    pub(crate) fn append(
-        cache: &mut Option<LayerCache>,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let t = k.dim(2)?;
+    /// The buffer [2, B, kv_heads, capacity, head_dim], for kernels that write a step's
+    /// columns into it (then [`Self::filled`]).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn buffer(&self) -> &Tensor {
+        &self.kv
+    }
+
+    /// Makes room in `cache` for `t` more columns of keys and values shaped `b` sequences ×
+    /// `heads` × `head_dim` in `dtype` on `device`, moving what it holds into a larger buffer
+    /// when it does not fit.
+    pub(crate) fn reserve<'a>(
+        cache: &'a mut Option<LayerCache>,
+        (b, heads, t, d): (usize, usize, usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<&'a mut LayerCache> {
         let len = cache.as_ref().map_or(0, |c| c.len);
         let needed = len + t;
         if cache
             .as_ref()
-            .is_none_or(|c| c.k.dim(2).is_ok_and(|cap| cap < needed))
+            .is_none_or(|c| c.kv.dim(3).is_ok_and(|cap| cap < needed))
         {
-            let (b, heads, _, d) = k.dims4()?;
             let cap = needed.next_power_of_two().max(16);
             let grown = LayerCache {
-                k: Tensor::zeros((b, heads, cap, d), k.dtype(), k.device())?,
-                v: Tensor::zeros((b, heads, cap, d), v.dtype(), v.device())?,
+                kv: Tensor::zeros((2, b, heads, cap, d), dtype, device)?,
                 len,
             };
             if let Some(old) = cache.take() {
                 if len > 0 {
                     grown
-                        .k
-                        .slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-                    grown
-                        .v
-                        .slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                        .kv
+                        .slice_set(&old.kv.narrow(3, 0, len)?.contiguous()?, 3, 0)?;
                 }
             }
             *cache = Some(grown);
         }
-        let c = cache
+        cache
             .as_mut()
-            .ok_or_else(|| Error::invalid("session", "the layer cache is missing"))?;
-        c.k.slice_set(&k.contiguous()?, 2, len)?;
-        c.v.slice_set(&v.contiguous()?, 2, len)?;
-        c.len = needed;
-        Ok((c.k.narrow(2, 0, needed)?, c.v.narrow(2, 0, needed)?))
+            .ok_or_else(|| Error::invalid("session", "the layer cache is missing"))
+    }
+
+    /// Records that the next `t` columns were written and returns the keys and values of
+    /// every column so far, [B, kv_heads, len, head_dim] each, as views of the buffer.
+    pub(crate) fn filled(&mut self, t: usize) -> Result<(Tensor, Tensor)> {
+        self.len += t;
+        let (k, v) = (self.kv.get(0)?, self.kv.get(1)?);
+        Ok((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?))
+    }
+
+    /// Appends `k`, `v` [B, kv_heads, T, head_dim] to `cache` and returns the keys and values
+    /// of every column so far, as views of the buffer.
+    pub(crate) fn append(
+        cache: &mut Option<LayerCache>,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let shape = k.dims4()?;
+        let c = Self::reserve(cache, shape, k.dtype(), k.device())?;
+        c.kv.get(0)?.slice_set(&k.contiguous()?, 2, c.len)?;
+        c.kv.get(1)?.slice_set(&v.contiguous()?, 2, c.len)?;
+        c.filled(shape.2)
     }
 }
 
