@@ -307,7 +307,7 @@ impl StackedExperts {
         top_k: usize,
         norm_topk_prob: bool,
     ) -> Result<Tensor> {
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
         use half::bf16;
 
@@ -334,15 +334,7 @@ impl StackedExperts {
             slice::<u32>(&is)?,
             slice::<f32>(&ws)?,
         );
-        let block = |rows: usize| LaunchConfig {
-            grid_dim: (
-                rows.div_ceil(ROWS_PER_BLOCK as usize) as u32,
-                pairs as u32,
-                1,
-            ),
-            block_dim: (32 * ROWS_PER_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let block = |rows: usize| gemv_grid(rows, pairs);
 
         let h = unsafe { dev.alloc::<bf16>(pairs * inter) }?;
         let func = GEMV.function(&dev, "athena_moe_gate_up_bf16")?;
@@ -428,15 +420,6 @@ impl StackedExperts {
             .arg(&norm);
         unsafe { b.launch(route) }.w()?;
 
-        let block = |rows: usize, tasks: usize| LaunchConfig {
-            grid_dim: (
-                rows.div_ceil(ROWS_PER_BLOCK as usize) as u32,
-                tasks as u32,
-                1,
-            ),
-            block_dim: (32 * ROWS_PER_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // The gate/up kernel reads pair p's expert at ids[(p / top_k)·stride + p % top_k]:
         // stride top_k for the routing kernel's [N, top_k].
         let h = unsafe { dev.alloc::<bf16>(pairs * inter) }?;
@@ -445,7 +428,7 @@ impl StackedExperts {
         let mut b = stream.launch_builder(&func);
         b.arg(xs).arg(wg).arg(wu).arg(&ids).arg(&h);
         b.arg(&top_k_arg).arg(&top_k_arg).arg(&inter_arg).arg(&hk8);
-        unsafe { b.launch(block(inter, pairs)) }.w()?;
+        unsafe { b.launch(gemv_grid(inter, pairs)) }.w()?;
 
         let y = unsafe { dev.alloc::<bf16>(n * hidden) }?;
         let func = GEMV.function(&dev, "athena_moe_down_sum_bf16")?;
@@ -453,8 +436,22 @@ impl StackedExperts {
         let mut b = stream.launch_builder(&func);
         b.arg(&h).arg(wd).arg(&ids).arg(&weights).arg(&y);
         b.arg(&top_k_arg).arg(&hidden_arg).arg(&ik8);
-        unsafe { b.launch(block(hidden, n)) }.w()?;
+        unsafe { b.launch(gemv_grid(hidden, n)) }.w()?;
 
         Ok(wrap(y, &dev, (n, hidden)))
+    }
+}
+
+/// The launch shape of the GEMV kernels: one warp per output row, [`ROWS_PER_BLOCK`] rows a
+/// block, one grid row per task (a routed pair, or a token for the summing down kernel).
+fn gemv_grid(rows: usize, tasks: usize) -> candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+    candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+        grid_dim: (
+            rows.div_ceil(ROWS_PER_BLOCK as usize) as u32,
+            tasks as u32,
+            1,
+        ),
+        block_dim: (32 * ROWS_PER_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! Weights are immutable; the KV cache lives in a [`Session`].
 
+mod fused_attention;
+
 use candle_core::{DType, Device, Tensor, D};
 
+use self::fused_attention::joint_qkv;
 use super::linear::{Embedding, Linear};
 use super::moe::SparseMoeBlock;
 use super::rope::{Rope, RopeAt};
@@ -240,86 +243,6 @@ impl Attention {
     }
 }
 
-/// The fused path on a GPU ([`super::fused_cuda`]): q, k and v in one projection when they
-/// are joint, then one prologue launch (norms, clip, RoPE, the cache write, q scaled) in
-/// place of a dozen small ops.
-#[cfg(feature = "cuda")]
-impl Attention {
-    /// The q, k and v projections of token rows `x` [R, H].
-    fn project(&self, x: &Tensor) -> Result<super::fused_cuda::Projections> {
-        use super::fused_cuda::Projections;
-        Ok(match &self.qkv_proj {
-            Some(qkv) => Projections::Joint(qkv.forward(x)?),
-            None => Projections::Apart(
-                self.q_proj.forward(x)?,
-                self.k_proj.forward(x)?,
-                self.v_proj.forward(x)?,
-            ),
-        })
-    }
-
-    /// From the projections of `b` sequences × `t` new rows and their cos/sin rows: writes k
-    /// and v into `cache` and returns q [B, heads, T, D] (scaled by 1/√D) and the keys and
-    /// values of every column so far.
-    fn prologue(
-        &self,
-        proj: &super::fused_cuda::Projections,
-        (cos, sin): (&Tensor, &Tensor),
-        (b, t): (usize, usize),
-        cache: &mut Option<LayerCache>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        use super::fused_cuda::{Prologue, StepDims};
-        let past = cache.as_ref().map_or(0, LayerCache::len);
-        let shape = (b, self.num_kv_heads, t, self.head_dim);
-        let c = LayerCache::reserve(cache, shape, cos.dtype(), cos.device())?;
-        let q = Prologue {
-            proj,
-            q_norm: &self.q_norm.weight,
-            k_norm: &self.k_norm.weight,
-            eps: self.q_norm.eps,
-            clip: self.clip_qkv,
-            cos,
-            sin,
-            dims: StepDims {
-                batch: b,
-                tokens: t,
-                heads: self.num_heads,
-                kv_heads: self.num_kv_heads,
-                head_dim: self.head_dim,
-            },
-            q_scale: self.softmax_scale(),
-            past,
-        }
-        .run(c.buffer())?;
-        let (k, v) = c.filled(t)?;
-        Ok((q, k, v))
-    }
-
-    /// [`Attention::forward_each`] on the fused path: one prologue launch per sequence.
-    fn forward_each_fused(
-        &self,
-        x: &Tensor,
-        rope: &RopeAt,
-        lens: &[usize],
-        caches: &mut [&mut Option<LayerCache>],
-    ) -> Result<Tensor> {
-        let (_, rows, h) = x.dims3()?;
-        let proj = self.project(&x.reshape((rows, h))?)?;
-        let (cos, sin) = rope.rows()?;
-        let mut outs = Vec::with_capacity(caches.len());
-        let mut offset = 0;
-        for (cache, &t) in caches.iter_mut().zip(lens) {
-            let mask = step_mask(cache, t, x.dtype(), x.device())?;
-            let (cos, sin) = (cos.narrow(0, offset, t)?, sin.narrow(0, offset, t)?);
-            let part = proj.rows(offset, t)?;
-            let (q, k, v) = self.prologue(&part, (&cos, &sin), (1, t), cache)?;
-            outs.push(self.attend(&q, &k, &v, mask.as_ref(), true)?);
-            offset += t;
-        }
-        self.output(&Tensor::cat(&outs, 2)?)
-    }
-}
-
 /// The mask of `t` new tokens of one sequence after what `cache` holds: none for one token.
 fn step_mask(
     cache: &Option<LayerCache>,
@@ -333,38 +256,6 @@ fn step_mask(
             let past = cache.as_ref().map_or(0, LayerCache::len);
             Ok(Some(causal_mask(past, t, dtype, device)?))
         }
-    }
-}
-
-/// On a GPU with the fused kernels, dense q, k and v projections without bias joined into one
-/// [q + 2·kv, H] matrix, and the three as views of it; `None` otherwise.
-fn joint_qkv(q: &Linear, k: &Linear, v: &Linear) -> Result<Option<(Linear, [Linear; 3])>> {
-    let dense = |l: &Linear| match l {
-        Linear::Dense { weight, bias: None } if fused_runs(weight) => Some(weight.clone()),
-        _ => None,
-    };
-    let (Some(q), Some(k), Some(v)) = (dense(q), dense(k), dense(v)) else {
-        return Ok(None);
-    };
-    if q.dtype() != k.dtype() || k.dtype() != v.dtype() {
-        return Ok(None);
-    }
-    let (nq, nk, nv) = (q.dim(0)?, k.dim(0)?, v.dim(0)?);
-    let joint = Tensor::cat(&[&q, &k, &v], 0)?;
-    let view =
-        |start, len| -> Result<Linear> { Ok(Linear::dense(joint.narrow(0, start, len)?, None)) };
-    let views = [view(0, nq)?, view(nq, nk)?, view(nq + nk, nv)?];
-    Ok(Some((Linear::dense(joint, None), views)))
-}
-
-/// Whether the fused CUDA kernels take tensors like `x` (never without CUDA).
-fn fused_runs(x: &Tensor) -> bool {
-    #[cfg(feature = "cuda")]
-    return super::fused_cuda::runs(x);
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = x;
-        false
     }
 }
 
