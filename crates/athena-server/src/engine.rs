@@ -1,7 +1,7 @@
 //! The scheduler: one thread owns the model's [`SlotBatch`] and decodes every running
 //! sequence together, one batched step at a time (continuous batching). Requests join between
 //! steps, as soon as a slot is free, and those joining together are prefilled in one forward
-//! pass; a sequence whose client has gone away is removed before
+//! pass (an idle scheduler first gathers a burst of requests for a few milliseconds); a sequence whose client has gone away is removed before
 //! the next step; a finished one leaves at once.
 //!
 //! Each sequence's sampling, detokenizing and stop logic is the library's
@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use athena::backend::{Slot, SlotBatch};
 use athena::generate::{FinishReason, GenerateParams, SequenceGenerator, Tokenizer};
@@ -22,6 +22,13 @@ use tokio::sync::mpsc::UnboundedSender;
 /// Prompt tokens prefilled together in one pass at most (a longer prompt still goes alone):
 /// joining sequences share the pass over the weights, and the running ones wait for it.
 const MAX_PREFILL_TOKENS: usize = 2048;
+
+/// How long an idle scheduler keeps gathering after a request wakes it, while more keep
+/// arriving: a burst of requests then starts in one prefill pass, instead of the first alone
+/// and the rest in a second pass that the first waits through.
+const BURST_GAP: Duration = Duration::from_millis(2);
+/// The longest an idle scheduler gathers a burst before it starts.
+const BURST_MAX: Duration = Duration::from_millis(10);
 
 /// One sequence to generate: a prompt already checked against the context.
 #[derive(Debug)]
@@ -197,6 +204,7 @@ fn run(
                 Ok(job) => waiting.push_back(job),
                 Err(_) => return,
             }
+            gather_burst(&rx, &mut waiting);
         }
         while let Ok(job) = rx.try_recv() {
             waiting.push_back(job);
@@ -289,6 +297,22 @@ fn run(
         }
         running = still;
         publish(stats, running.len(), waiting.len());
+    }
+}
+
+/// After an idle scheduler's first request: takes the requests that follow within
+/// [`BURST_GAP`] of each other, for at most [`BURST_MAX`].
+fn gather_burst(rx: &mpsc::Receiver<Job>, waiting: &mut VecDeque<Job>) {
+    let until = Instant::now() + BURST_MAX;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match rx.recv_timeout(BURST_GAP.min(left)) {
+            Ok(job) => waiting.push_back(job),
+            Err(_) => return,
+        }
     }
 }
 
@@ -401,4 +425,43 @@ fn advance(
         return None;
     }
     step.next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(index: u32) -> Job {
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        Job {
+            prompt: vec![1],
+            params: GenerateParams::default(),
+            logit_bias: Vec::new(),
+            index,
+            events,
+        }
+    }
+
+    #[test]
+    fn a_burst_is_gathered_then_the_scheduler_starts() {
+        let (tx, rx) = mpsc::channel();
+        for i in 0..3 {
+            tx.send(job(i)).unwrap();
+        }
+        let mut waiting = VecDeque::new();
+        waiting.push_back(rx.recv().unwrap());
+        let start = Instant::now();
+        gather_burst(&rx, &mut waiting);
+        // Nothing more arrives: it stops after one gap, well within a second even on a
+        // loaded machine, with the sender still connected.
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let gathered: Vec<u32> = waiting.iter().map(|j| j.index).collect();
+        assert_eq!(gathered, [0, 1, 2]);
+        tx.send(job(3)).unwrap();
+        assert_eq!(
+            rx.recv().unwrap().index,
+            3,
+            "a later request waits for the next round"
+        );
+    }
 }
