@@ -13,7 +13,7 @@
 //! The int32 block sums round to f32 (2⁻²⁴ relative) when converted; blocks are summed in
 //! f32 lanes, several independent accumulators wide.
 //!
-//! [`dot_affine_many`] runs one weight row against up to [`MANY`] prepared input rows at
+//! [`dot_affine_on`] runs one weight row against up to [`MANY`] prepared input rows at
 //! once: the row's codes are loaded and unpacked once for all of them.
 //!
 //! The prepared form travels behind the input row itself: [`crate::kernels::matmul`] hands
@@ -35,7 +35,7 @@ pub const QBLOCK: usize = 32;
 pub const QSPAN: usize = 2 * QBLOCK;
 /// Copies of each block's step in the prepared form.
 pub const STEP_LANES: usize = 8;
-/// Input rows [`dot_affine_many`] multiplies against one weight row in one pass.
+/// Input rows [`dot_affine_on`] multiplies against one weight row in one pass.
 pub const MANY: usize = 4;
 /// The largest int16 code an input value is scaled to.
 const QMAX: f32 = 32767.0;
@@ -258,7 +258,7 @@ pub fn has_avx512_vnni() -> bool {
     }
 }
 
-/// The kernels [`dot_affine_many`] can run on.
+/// The kernels [`dot_affine_on`] can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
     /// AVX-512 F, BW and VNNI: two blocks a step.
@@ -303,21 +303,6 @@ pub fn dot_affine(
     x: QInput<'_>,
 ) -> Option<f32> {
     let mut out = [0f32];
-    dot_affine_many(bits, group_size, words, scales, biases, &[x], &mut out).then_some(out[0])
-}
-
-/// `out[k] = Σ w·xs[k]`: [`dot_affine`] of one weight row against several prepared input
-/// rows (`out` as long as `xs`), [`MANY`] at a time, on the fastest tier. `false` (writing
-/// nothing) for other bit widths or group sizes, or mismatched lengths.
-pub fn dot_affine_many(
-    bits: u8,
-    group_size: usize,
-    words: &[u32],
-    scales: &[f32],
-    biases: &[f32],
-    xs: &[QInput<'_>],
-    out: &mut [f32],
-) -> bool {
     dot_affine_on(
         Tier::best(),
         bits,
@@ -325,12 +310,16 @@ pub fn dot_affine_many(
         words,
         scales,
         biases,
-        xs,
-        out,
+        &[x],
+        &mut out,
     )
+    .then_some(out[0])
 }
 
-/// [`dot_affine_many`] on the given tier (`false`, writing nothing, when this CPU lacks it).
+/// `out[k] = Σ w·xs[k]`: [`dot_affine`] of one weight row against several prepared input
+/// rows (`out` as long as `xs`), [`MANY`] at a time, on the given tier. `false` (writing
+/// nothing) when this CPU lacks the tier, for other bit widths or group sizes, or for
+/// mismatched lengths.
 #[allow(clippy::too_many_arguments)]
 pub fn dot_affine_on(
     tier: Tier,
@@ -362,7 +351,7 @@ pub fn dot_affine_on(
 }
 
 /// Up to [`MANY`] prepared inputs checked once against a bit width, group size and tier, for
-/// [`dot_affine_many`] of many weight rows in turn ([`AffineDots::row`]).
+/// [`dot_affine_on`] of many weight rows in turn ([`AffineDots::row`]).
 #[derive(Clone, Copy)]
 pub struct AffineDots<'a> {
     tier: Tier,
@@ -464,7 +453,7 @@ pub(super) fn bias_dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// [`dot_affine_many`] in plain integer arithmetic; lengths checked by the caller.
+/// [`dot_affine_on`] in plain integer arithmetic; lengths checked by the caller.
 pub(super) fn portable_dot_affine(
     bits: u8,
     group_size: usize,

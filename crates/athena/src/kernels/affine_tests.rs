@@ -371,7 +371,8 @@ impl Rows for ManyRows {
             let (s, b) = (q.row_groups(&q.scales, r), q.row_groups(&q.biases, r));
             match &qs {
                 Some(qs) => {
-                    assert!(affine::dot_affine_many(
+                    assert!(affine::dot_affine_on(
+                        affine::Tier::best(),
                         q.bits,
                         q.gs,
                         q.row_words(r),

@@ -189,7 +189,7 @@ pub(super) unsafe fn dequantize_q4(words: &[u32], scale: f32, bias: f32, out: &m
     }
 }
 
-/// [`super::affine::dot_affine_many`] for up to [`MANY`] inputs (`xs.len() == out.len()`,
+/// [`super::affine::dot_affine_on`] for up to [`MANY`] inputs (`xs.len() == out.len()`,
 /// lengths checked by the caller): picks the kernel for `bits` and the number of inputs.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn dot_affine(

@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use super::affine::{bias_dot, QInput, MANY, QBLOCK, QSPAN, STEP_LANES};
 
-/// [`super::affine::dot_affine_many`] for up to [`MANY`] inputs (`xs.len() == out.len()`,
+/// [`super::affine::dot_affine_on`] for up to [`MANY`] inputs (`xs.len() == out.len()`,
 /// lengths checked by the caller): picks the kernel for `bits`, the group size and the
 /// number of inputs.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]

@@ -51,7 +51,7 @@ pub(super) fn try_matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Option
         })),
         false => None,
     };
-    PACKED.with(|c| c.set(keep(xb)));
+    PACKED.with(|c| c.set(super::keep_for_reuse(xb, KEEP_BYTES)));
     y
 }
 
@@ -65,14 +65,6 @@ thread_local! {
 
 /// Largest buffer, in bytes, that a thread keeps between calls.
 const KEEP_BYTES: usize = 16 << 20;
-
-/// `buf` when it is small enough to keep between calls, else an empty vector (freeing it).
-fn keep<T>(buf: Vec<T>) -> Vec<T> {
-    match buf.capacity() * std::mem::size_of::<T>() <= KEEP_BYTES {
-        true => buf,
-        false => Vec::new(),
-    }
-}
 
 /// `x` in bf16 into `out` (replacing its contents); `false` where some value is not a bf16.
 fn pack_into(x: &[f32], out: &mut Vec<bf16>) -> bool {
@@ -114,7 +106,7 @@ fn run_chunks<W: Rows + ?Sized>(
             y.extend_from_slice(&part[i * n..(i + 1) * n]);
         }
     }
-    PARTS.with(|c| c.set(keep(parts)));
+    PARTS.with(|c| c.set(super::keep_for_reuse(parts, KEEP_BYTES)));
     y
 }
 

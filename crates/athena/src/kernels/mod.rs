@@ -355,10 +355,17 @@ pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
         true => run_prepared(w, &xp, m),
         false => matmul_exact(w, x, m),
     };
-    if xp.capacity() * std::mem::size_of::<f32>() <= PREPARED_KEEP_BYTES {
-        PREPARED.with(|c| c.replace(xp));
-    }
+    PREPARED.with(|c| c.set(keep_for_reuse(xp, PREPARED_KEEP_BYTES)));
     y
+}
+
+/// `buf` when it takes at most `max_bytes` (a per-thread buffer worth keeping for the next
+/// call), else an empty vector, freeing it.
+fn keep_for_reuse<T>(buf: Vec<T>, max_bytes: usize) -> Vec<T> {
+    match buf.capacity() * std::mem::size_of::<T>() <= max_bytes {
+        true => buf,
+        false => Vec::new(),
+    }
 }
 
 thread_local! {
