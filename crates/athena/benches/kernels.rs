@@ -74,9 +74,39 @@ fn matmuls(c: &mut Criterion) {
     }
 }
 
+/// Decode as the model runs it: one input row against a stream of expert-sized 4- and 8-bit
+/// matrices larger together than the last-level cache, through [`kernels::matmul`] (the
+/// inputs' int16 form). Throughput is the weight bytes read.
+fn decode_stream(c: &mut Criterion) {
+    const MATRICES: usize = 48;
+    let x = values(COLS, 5);
+    for (bits, gs) in [(4u8, 64usize), (8, 64)] {
+        let params = AffineParams::new(bits, gs).unwrap();
+        let ms: Vec<QMatrix> = (0..MATRICES)
+            .map(|i| {
+                let w = values(ROWS * COLS, 10 + i as u32);
+                QMatrix::quantize("w", &w, ROWS, COLS, params)
+                    .and_then(|q| q.with_half_scales("w"))
+                    .unwrap()
+            })
+            .collect();
+        let bytes: usize = ms.iter().map(QMatrix::storage_bytes).sum();
+        let mut g = c.benchmark_group("decode_stream");
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(format!("q{bits}_g{gs}"), |bch| {
+            bch.iter(|| {
+                for m in &ms {
+                    criterion::black_box(m.with_rows(|w| kernels::matmul(w, &x, 1)));
+                }
+            })
+        });
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = dots, matmuls
+    targets = dots, matmuls, decode_stream
 }
 criterion_main!(benches);

@@ -14,7 +14,11 @@
 //! f32 lanes, several independent accumulators wide.
 //!
 //! [`dot_affine_on`] runs one weight row against up to [`MANY`] prepared input rows at
-//! once: the row's codes are loaded and unpacked once for all of them.
+//! once: the row's codes are loaded and unpacked once for all of them. At decode (one input)
+//! [`AffineDots::rows`] runs [`ROWS`] weight rows together instead: on AVX-512 the input's
+//! codes are loaded once for all of them, and the codes of the next rows are prefetched
+//! while these are multiplied (four rows read side by side defeat the hardware prefetcher's
+//! one sequential stream). Its outputs equal [`AffineDots::row`]'s, bit for bit.
 //!
 //! The prepared form travels behind the input row itself: [`crate::kernels::matmul`] hands
 //! every [`crate::kernels::Rows`] the row's `cols` values followed by the prepared tail. Rows
@@ -430,6 +434,53 @@ impl<'a> AffineDots<'a> {
             _ => portable_dot_affine(self.bits, gs, words, scales, biases, xs, out),
         }
         true
+    }
+}
+
+/// Weight rows [`AffineDots::rows`] takes at once.
+pub const ROWS: usize = 4;
+
+impl AffineDots<'_> {
+    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows (each as [`AffineDots::row`]
+    /// takes it) and the `n` inputs (`out` holds at least `ROWS · n` values). Against a single
+    /// input on AVX-512, the input's codes are loaded once for all the rows, and `ahead` (the
+    /// codes of the rows the next call takes, or nothing) is prefetched meanwhile; otherwise
+    /// one [`AffineDots::row`] each. `false`, writing nothing, when a row does not fit.
+    #[inline]
+    pub fn rows(
+        &self,
+        words: [&[u32]; ROWS],
+        scales: [&[f32]; ROWS],
+        biases: [&[f32]; ROWS],
+        ahead: &[u32],
+        out: &mut [f32],
+    ) -> bool {
+        let n = self.n;
+        let fit = (0..ROWS).all(|r| self.fits(words[r], scales[r], biases[r]));
+        if !fit || out.len() < ROWS * n {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if n == 1 && self.tier == Tier::Avx512 {
+            let mut o = [0f32; ROWS];
+            // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked
+            // in `new` and `fits`.
+            unsafe {
+                super::avx512::dot_affine_rows(
+                    self.bits,
+                    self.group_size,
+                    words,
+                    scales,
+                    biases,
+                    &self.xs[0],
+                    ahead,
+                    &mut o,
+                )
+            };
+            out[..ROWS].copy_from_slice(&o);
+            return true;
+        }
+        (0..ROWS).all(|r| self.row(words[r], scales[r], biases[r], &mut out[r * n..(r + 1) * n]))
     }
 }
 

@@ -233,6 +233,55 @@ fn affine_many_matches_integer_reference_on_every_tier() {
 }
 
 #[test]
+fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
+    const R: usize = affine::ROWS;
+    for bits in [4u8, 8] {
+        for gs in [32usize, 64, 128] {
+            for cols in [32usize, 96, 384, 2048] {
+                if cols % gs != 0 {
+                    continue;
+                }
+                let w = Quantized::new(bits, gs, R, cols, 300 + cols as u64);
+                let (_, xp) = prepare(cols, 3, 5 * cols as u64);
+                let qs: Vec<QInput<'_>> = xp
+                    .iter()
+                    .map(|p| affine::prepared(p, cols).unwrap())
+                    .collect();
+                let words: [&[u32]; R] = std::array::from_fn(|r| w.row_words(r));
+                let scales: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.scales, r));
+                let biases: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.biases, r));
+                for tier in TIERS.into_iter().filter(|t| t.available()) {
+                    // One input (the shared loads on AVX-512), then three (one row at a time).
+                    for n in [1usize, 3] {
+                        let k = affine::AffineDots::new(tier, bits, gs, &qs[..n]).unwrap();
+                        let mut out = vec![f32::NAN; R * n];
+                        // The next rows to prefetch: any codes, here the rows themselves.
+                        assert!(k.rows(words, scales, biases, words[0], &mut out));
+                        for r in 0..R {
+                            let mut one = vec![f32::NAN; n];
+                            assert!(k.row(words[r], scales[r], biases[r], &mut one));
+                            assert_eq!(out[r * n..(r + 1) * n], one[..], "{tier:?} {bits} {gs}");
+                            for (i, q) in qs[..n].iter().enumerate() {
+                                let want = w.reference(r, q);
+                                let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
+                                let got = f64::from(out[r * n + i]);
+                                assert!((got - want).abs() <= tol, "{tier:?} {got} vs {want}");
+                            }
+                        }
+                        // A row of the wrong width is refused, with nothing written.
+                        let mut short = words;
+                        short[2] = &words[2][1..];
+                        let mut out = vec![f32::NAN; R * n];
+                        assert!(!k.rows(short, scales, biases, &[], &mut out));
+                        assert!(out.iter().all(|v| v.is_nan()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn affine_dot_is_within_the_input_step_of_the_exact_product() {
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {

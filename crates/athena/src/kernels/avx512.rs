@@ -186,3 +186,110 @@ unsafe fn rows<const BITS: u32, const BPG: usize, const N: usize>(
     }
     std::array::from_fn(|i| _mm512_reduce_add_ps(_mm512_add_ps(acc[0][i], acc[1][i])))
 }
+
+/// [`super::affine::AffineDots::rows`] on this tier: [`ROWS`] weight rows (codes `words`,
+/// per-group `scales` and `biases`) against one prepared input, whose codes and steps are
+/// loaded once per block pair for all of them. `ahead` (the codes the next call will read)
+/// is prefetched into L1 as the pairs go by. Lengths checked by the caller.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot_affine_rows(
+    bits: u8,
+    group_size: usize,
+    words: [&[u32]; ROWS],
+    scales: [&[f32]; ROWS],
+    biases: [&[f32]; ROWS],
+    x: &QInput<'_>,
+    ahead: &[u32],
+    out: &mut [f32; ROWS],
+) {
+    let dots = match (bits, group_size / QBLOCK) {
+        (4, 1) => many_rows::<4, 1>(words, scales, x, ahead),
+        (4, 2) => many_rows::<4, 2>(words, scales, x, ahead),
+        (4, _) => many_rows::<4, 4>(words, scales, x, ahead),
+        (_, 1) => many_rows::<8, 1>(words, scales, x, ahead),
+        (_, 2) => many_rows::<8, 2>(words, scales, x, ahead),
+        (_, _) => many_rows::<8, 4>(words, scales, x, ahead),
+    };
+    let sums = x.group_sums(group_size).unwrap_or_default();
+    for ((o, d), b) in out.iter_mut().zip(dots).zip(biases) {
+        *o = d + bias_dot(b, sums);
+    }
+}
+
+/// Weight rows [`dot_affine_rows`] runs together.
+pub(super) const ROWS: usize = 4;
+
+/// `acc[r] += scale_r · step · Σ q_r·x` per lane for block pair `p` and each of the rows,
+/// with the input's codes and steps loaded once.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn rows_pair_step<const BITS: u32, const BPG: usize>(
+    pw: &[*const u8; ROWS],
+    ps: &[*const f32; ROWS],
+    pq: *const i16,
+    pst: *const f32,
+    p: usize,
+    acc: &mut [__m512; ROWS],
+) {
+    let q0 = _mm512_loadu_si512(pq.add(p * QSPAN).cast());
+    let q1 = _mm512_loadu_si512(pq.add(p * QSPAN + QSPAN / 2).cast());
+    let steps = _mm512_loadu_ps(pst.add(p * 2 * STEP_LANES));
+    for r in 0..ROWS {
+        let (lo, hi) = unpack_pair::<BITS>(pw[r], p);
+        let s = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, q0), hi, q1);
+        let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), steps);
+        acc[r] = _mm512_fmadd_ps(t, pair_scale::<BPG>(ps[r], p), acc[r]);
+    }
+}
+
+/// `Σ scale·step·Σ q·x` (no bias term) of [`ROWS`] weight rows against one input: pairs of
+/// blocks alternate between two accumulators per row, then a lone last block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn many_rows<const BITS: u32, const BPG: usize>(
+    words: [&[u32]; ROWS],
+    scales: [&[f32]; ROWS],
+    x: &QInput<'_>,
+    ahead: &[u32],
+) -> [f32; ROWS] {
+    let blocks = x.codes.len() / QBLOCK;
+    let pw = words.map(|w| w.as_ptr().cast::<u8>());
+    let ps = scales.map(<[f32]>::as_ptr);
+    let (pq, pst) = (x.codes.as_ptr(), x.steps.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); ROWS]; 2];
+    let pairs = blocks / 2;
+    // Cache lines of `ahead` to prefetch every two pairs, so that all are asked for by the
+    // last pairs.
+    let lines = std::mem::size_of_val(ahead).div_ceil(64);
+    let per_step = lines.div_ceil(pairs.div_ceil(2).max(1));
+    let pa = ahead.as_ptr().cast::<i8>();
+    let mut p = 0;
+    while p + 2 <= pairs {
+        for k in 0..per_step {
+            let line = p / 2 * per_step + k;
+            if line < lines {
+                _mm_prefetch::<_MM_HINT_T0>(pa.add(64 * line));
+            }
+        }
+        rows_pair_step::<BITS, BPG>(&pw, &ps, pq, pst, p, &mut acc[0]);
+        rows_pair_step::<BITS, BPG>(&pw, &ps, pq, pst, p + 1, &mut acc[1]);
+        p += 2;
+    }
+    if p < pairs {
+        rows_pair_step::<BITS, BPG>(&pw, &ps, pq, pst, p, &mut acc[0]);
+    }
+    if blocks % 2 == 1 {
+        let b = blocks - 1;
+        let q = pq.add(QBLOCK * b);
+        let e = _mm512_maskz_loadu_epi16(0xffff, q.cast());
+        let o = _mm512_maskz_loadu_epi16(0xffff, q.add(QBLOCK / 2).cast());
+        let steps = _mm512_maskz_loadu_ps(0x00ff, pst.add(STEP_LANES * b));
+        for r in 0..ROWS {
+            let (lo, hi) = unpack_last::<BITS>(pw[r], b);
+            let s = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, e), hi, o);
+            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), steps);
+            acc[0][r] = _mm512_fmadd_ps(t, _mm512_set1_ps(*ps[r].add(b / BPG)), acc[0][r]);
+        }
+    }
+    std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r])))
+}

@@ -25,6 +25,9 @@
 //! products instead of dequantizing, each row's codes unpacked once for up to
 //! [`affine::MANY`] inputs, on AVX-512 VNNI where the CPU has it; [`matmul_exact`] keeps f32
 //! activations throughout (the accuracy contract of [`crate::quant::QMatrix::matmul`]).
+//!
+//! [`matmul_many`] runs several decode-sized products (a step's routed experts) in one
+//! parallel pass, each output equal to [`matmul`]'s.
 
 pub mod affine;
 #[cfg(target_arch = "x86_64")]
@@ -36,7 +39,10 @@ mod avx512_float;
 pub mod bandwidth;
 #[cfg(target_arch = "x86_64")]
 mod bf16_pairs;
+mod grouped;
 mod portable;
+
+pub use grouped::{matmul_many, Product};
 
 use std::ops::Range;
 

@@ -469,8 +469,9 @@ impl QMatrix {
     }
 
     /// Calls `f` with the matrix as rows for [`crate::kernels::matmul`] (dequantized one row
-    /// at a time, never as a whole).
-    pub(crate) fn with_rows<R>(&self, f: impl FnOnce(&dyn crate::kernels::Rows) -> R) -> R {
+    /// at a time, never as a whole). Its products through [`crate::kernels::matmul`] run on the
+    /// inputs' int16 form.
+    pub fn with_rows<R>(&self, f: impl FnOnce(&dyn crate::kernels::Rows) -> R) -> R {
         f(&self.packed_view())
     }
 

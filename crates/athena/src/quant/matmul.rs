@@ -117,6 +117,14 @@ impl Packed<'_> {
             return false;
         };
         let tier = affine::Tier::best();
+        // One input of 4-bit rows: rows are taken [`affine::ROWS`] at a time, their scales
+        // and biases converted into their own parts of `buf`. (8-bit rows, twice the bytes per
+        // product, stream faster one at a time.)
+        if n == 1 && bits == 4 && buf.len() >= 2 * affine::ROWS * groups {
+            if let Some(kernel) = affine::AffineDots::new(tier, bits, gs, &qs) {
+                return self.affine_rows(&kernel, rows, out, buf);
+            }
+        }
         let row_words = groups * self.group_words;
         let (sbuf, bbuf) = buf.split_at_mut(groups);
         for (c, qs) in qs.chunks(affine::MANY).enumerate() {
@@ -134,6 +142,60 @@ impl Packed<'_> {
                     return false;
                 }
             }
+        }
+        true
+    }
+
+    /// [`Packed::affine_dots`] against one input: [`affine::ROWS`] weight rows at a time
+    /// ([`affine::AffineDots::rows`]), then the last few one by one. `buf` holds at least
+    /// `2 · ROWS` rows of scales.
+    fn affine_rows(
+        &self,
+        kernel: &affine::AffineDots<'_>,
+        rows: Range<usize>,
+        out: &mut [f32],
+        buf: &mut [f32],
+    ) -> bool {
+        const R: usize = affine::ROWS;
+        let groups = self.cols / self.params.group_size;
+        let row_words = groups * self.group_words;
+        let words = |r: usize| self.packed.get(r * row_words..(r + 1) * row_words);
+        let (sbuf, bbuf) = buf[..2 * R * groups].split_at_mut(R * groups);
+        let mut r = rows.start;
+        for out in out.chunks_mut(R) {
+            if out.len() < R {
+                for (o, r) in out.iter_mut().zip(r..) {
+                    let Some(w) = words(r) else {
+                        return false;
+                    };
+                    let scales = self.scales.row_in(r, groups, sbuf);
+                    let biases = self.biases.row_in(r, groups, bbuf);
+                    if !kernel.row(w, scales, biases, std::slice::from_mut(o)) {
+                        return false;
+                    }
+                }
+                return true;
+            }
+            let Some(ws) = (0..R).map(|k| words(r + k)).collect::<Option<Vec<_>>>() else {
+                return false;
+            };
+            let mut scales = sbuf.chunks_exact_mut(groups);
+            let mut biases = bbuf.chunks_exact_mut(groups);
+            let s: [&[f32]; R] = std::array::from_fn(|k| {
+                let b = scales.next().unwrap_or_default();
+                self.scales.row_in(r + k, groups, b)
+            });
+            let b: [&[f32]; R] = std::array::from_fn(|k| {
+                let b = biases.next().unwrap_or_default();
+                self.biases.row_in(r + k, groups, b)
+            });
+            let w: [&[u32]; R] = std::array::from_fn(|k| ws[k]);
+            let next = (r + R) * row_words..((r + 2 * R) * row_words).min(self.packed.len());
+            let ahead = self.packed.get(next).unwrap_or_default();
+            if !kernel.rows(w, s, b, ahead, out) {
+                return false;
+            }
+            r += R;
         }
         true
     }

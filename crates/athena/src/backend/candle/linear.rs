@@ -121,6 +121,32 @@ impl Linear {
         }
     }
 
+    /// [`Linear::with_rows`] of several layers at once: `f` gets every layer's rows, in
+    /// order; `None` when one of them has none.
+    pub(crate) fn with_all_rows<R>(
+        layers: &[&Linear],
+        f: impl FnOnce(&[&dyn Rows]) -> R,
+    ) -> Result<Option<R>> {
+        /// Holds the rows of `layers` after those already in `held`, then calls `f`.
+        fn nest<R>(
+            layers: &[&Linear],
+            held: &[&dyn Rows],
+            f: &mut dyn FnMut(&[&dyn Rows]) -> R,
+        ) -> Result<Option<R>> {
+            let Some((first, rest)) = layers.split_first() else {
+                return Ok(Some(f(held)));
+            };
+            let nested = first.with_rows(|rows| {
+                let mut held = held.to_vec();
+                held.push(rows);
+                nest(rest, &held, f)
+            })?;
+            nested.transpose().map(Option::flatten)
+        }
+        let mut f = Some(f);
+        nest(layers, &[], &mut |rows| f.take().map(|f| f(rows))).map(Option::flatten)
+    }
+
     /// Number of output features.
     pub fn out_features(&self) -> usize {
         match self {

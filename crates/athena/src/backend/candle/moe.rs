@@ -299,31 +299,73 @@ impl SparseMoeBlock {
             false => v,
         };
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; n * h];
-        let mut xe = Vec::new();
-        for (e, rows, weights) in routing.by_expert(self.experts.gate.len()) {
-            let m = rows.len();
-            xe.clear();
-            for &r in &rows {
-                xe.extend_from_slice(&xs[r as usize * h..(r as usize + 1) * h]);
-            }
-            let gate_up = self.experts.gate[e]
-                .with_rows(|gate| {
-                    self.experts.up[e].with_rows(|up| kernels::matmul(&GateUp { gate, up }, &xe, m))
-                })?
-                .transpose()?
-                .flatten();
-            let Some(gate_up) = gate_up else {
-                return Err(expert_not_on_kernels(e));
-            };
-            let hidden: Vec<f32> = gate_up
+        let groups = routing.by_expert(self.experts.gate.len());
+        let inputs: Vec<Vec<f32>> = groups
+            .iter()
+            .map(|(_, rows, _)| {
+                rows.iter()
+                    .flat_map(|&r| &xs[r as usize * h..(r as usize + 1) * h])
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        // Gate and up of every routed expert in one pass, then down of every one.
+        let layers: Vec<&Linear> = groups
+            .iter()
+            .flat_map(|&(e, _, _)| [&self.experts.gate[e], &self.experts.up[e]])
+            .collect();
+        let gate_ups = Linear::with_all_rows(&layers, |rows| {
+            let pairs: Vec<GateUp<'_>> = rows
                 .chunks_exact(2)
-                .map(|gu| round(round(silu(round(gu[0]))) * round(gu[1])))
+                .map(|p| GateUp {
+                    gate: p[0],
+                    up: p[1],
+                })
                 .collect();
-            let y = self.experts.down[e]
-                .with_rows(|down| kernels::matmul(down, &hidden, m))?
-                .ok_or_else(|| expert_not_on_kernels(e))?;
-            for ((&r, &w), y) in rows.iter().zip(&weights).zip(y.chunks_exact(h)) {
+            let products: Vec<kernels::Product<'_>> = pairs
+                .iter()
+                .zip(&inputs)
+                .zip(&groups)
+                .map(|((w, x), (_, rows, _))| kernels::Product {
+                    w,
+                    x,
+                    m: rows.len(),
+                })
+                .collect();
+            kernels::matmul_many(&products)
+        })?
+        .ok_or_else(|| expert_not_on_kernels(&groups))?;
+        let hidden: Vec<Vec<f32>> = gate_ups
+            .iter()
+            .map(|gate_up| {
+                gate_up
+                    .chunks_exact(2)
+                    .map(|gu| round(round(silu(round(gu[0]))) * round(gu[1])))
+                    .collect()
+            })
+            .collect();
+        let downs: Vec<&Linear> = groups
+            .iter()
+            .map(|&(e, _, _)| &self.experts.down[e])
+            .collect();
+        let ys = Linear::with_all_rows(&downs, |rows| {
+            let products: Vec<kernels::Product<'_>> = rows
+                .iter()
+                .zip(&hidden)
+                .zip(&groups)
+                .map(|((&w, x), (_, rows, _))| kernels::Product {
+                    w,
+                    x,
+                    m: rows.len(),
+                })
+                .collect();
+            kernels::matmul_many(&products)
+        })?
+        .ok_or_else(|| expert_not_on_kernels(&groups))?;
+        // Experts in ascending order, as the reference sums them.
+        let mut out = vec![0f32; n * h];
+        for ((_, rows, weights), y) in groups.iter().zip(&ys) {
+            for ((&r, &w), y) in rows.iter().zip(weights).zip(y.chunks_exact(h)) {
                 let w = round(w);
                 let acc = &mut out[r as usize * h..(r as usize + 1) * h];
                 for (a, &y) in acc.iter_mut().zip(y) {
@@ -335,10 +377,11 @@ impl SparseMoeBlock {
     }
 }
 
-fn expert_not_on_kernels(e: usize) -> crate::error::Error {
+fn expert_not_on_kernels(groups: &[(usize, Vec<u32>, Vec<f32>)]) -> crate::error::Error {
+    let experts: Vec<usize> = groups.iter().map(|g| g.0).collect();
     crate::error::Error::invalid(
         "experts",
-        format!("expert {e} is not in a layout the CPU kernels read"),
+        format!("one of experts {experts:?} is not in a layout the CPU kernels read"),
     )
 }
 

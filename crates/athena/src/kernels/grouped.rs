@@ -1,0 +1,185 @@
+//! Several independent products `yᵢ = xᵢ · Wᵢᵀ` in one parallel pass: the routed experts of
+//! a decode step, each with its own few input rows.
+//!
+//! [`matmul`](super::matmul) would run each product as its own parallel section, so a
+//! decode step pays a fork and join, and the idle time of its least busy thread, per expert
+//! and projection. [`matmul_many`] prepares every input once, cuts all the products' weight
+//! rows into tasks and runs them together. Each output is computed exactly as `matmul`
+//! computes it (the same [`Rows::dot_rows`] calls on the same prepared inputs), so the
+//! grouping changes the schedule, not the values. Products past decode size, or whose rows
+//! `matmul` would run another way, go through `matmul` one by one.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{affine, prepared_block, scatter, Rows, GEMV_MAX_ROWS, PAR_MIN_WORK};
+
+/// One product of [`matmul_many`]: `x` holds `m` rows of `w.cols()` values.
+pub struct Product<'a> {
+    /// The weight rows.
+    pub w: &'a dyn Rows,
+    /// [m, cols] row-major.
+    pub x: &'a [f32],
+    /// Input rows.
+    pub m: usize,
+}
+
+/// Tasks per thread of the shared pass.
+const TASKS_PER_THREAD: usize = 4;
+/// Fewest weight rows in a task.
+const MIN_TASK_ROWS: usize = 16;
+
+/// `[x₀ · W₀ᵀ, x₁ · W₁ᵀ, …]`, each `[m, rows]` row-major and equal to
+/// [`matmul`](super::matmul)`(w, x, m)`. The caller has checked `x.len() == m * w.cols()`.
+pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
+    let mut ys: Vec<Vec<f32>> = products
+        .iter()
+        .map(|p| vec![0f32; p.m * p.w.rows()])
+        .collect();
+    let mut xp = Vec::new();
+    // (product, offset of its prepared rows in `xp`) for the products run together.
+    let mut shared: Vec<(usize, usize)> = Vec::new();
+    for (i, p) in products.iter().enumerate() {
+        let cols = p.w.cols();
+        let len = cols + affine::prepared_len(cols);
+        let small = p.m >= 1 && p.m <= GEMV_MAX_ROWS && (p.m == 1 || p.w.reads_prepared());
+        let at = xp.len();
+        if small && len > cols && p.w.rows() > 0 {
+            xp.resize(at + p.m * len, 0.0);
+            let ok =
+                p.x.chunks_exact(cols)
+                    .zip(xp[at..].chunks_exact_mut(len))
+                    .all(|(x, out)| affine::write_prepared(x, out));
+            if ok {
+                shared.push((i, at));
+                continue;
+            }
+            xp.truncate(at);
+        }
+        ys[i] = super::matmul(p.w, p.x, p.m);
+    }
+    if shared.is_empty() {
+        return ys;
+    }
+    let inputs: Vec<Vec<&[f32]>> = shared
+        .iter()
+        .map(|&(i, at)| {
+            let p = &products[i];
+            let len = p.w.cols() + affine::prepared_len(p.w.cols());
+            xp[at..at + p.m * len].chunks_exact(len).collect()
+        })
+        .collect();
+    let tasks = tasks(products, &shared);
+    let block = |&(s, ref rows): &(usize, Range<usize>)| {
+        let w = products[shared[s].0].w;
+        prepared_block(w, &inputs[s], rows.clone())
+    };
+    let work: usize = shared
+        .iter()
+        .map(|&(i, _)| products[i].m * products[i].w.rows() * products[i].w.cols())
+        .sum();
+    let outs: Vec<Vec<f32>> = match work < PAR_MIN_WORK || rayon::current_num_threads() == 1 {
+        true => tasks.iter().map(block).collect(),
+        false => tasks.par_iter().map(block).collect(),
+    };
+    for ((s, rows), out) in tasks.into_iter().zip(outs) {
+        let i = shared[s].0;
+        scatter(&out, rows, 0, products[i].m, &mut ys[i]);
+    }
+    ys
+}
+
+/// The shared pass's tasks: (index into `shared`, weight rows), every product's rows cut
+/// into blocks of one size, whole multiples of [`affine::ROWS`].
+fn tasks(products: &[Product<'_>], shared: &[(usize, usize)]) -> Vec<(usize, Range<usize>)> {
+    let total: usize = shared.iter().map(|&(i, _)| products[i].w.rows()).sum();
+    let want = rayon::current_num_threads() * TASKS_PER_THREAD;
+    let per = total
+        .div_ceil(want.max(1))
+        .max(MIN_TASK_ROWS)
+        .next_multiple_of(affine::ROWS);
+    shared
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &(i, _))| {
+            let rows = products[i].w.rows();
+            (0..rows.div_ceil(per)).map(move |b| (s, b * per..((b + 1) * per).min(rows)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use half::bf16;
+
+    use super::*;
+    use crate::kernels::{matmul, Bf16Rows, F32Rows};
+    use crate::quant::{AffineParams, QMatrix};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_products_equal_each_product_alone() {
+        let (rows, cols) = (300, 512);
+        let wf = values(rows * cols, 1);
+        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let q4 = QMatrix::quantize("w4", &wf, rows, cols, AffineParams::new(4, 64).unwrap());
+        let q8 = QMatrix::quantize_half(
+            "w8",
+            &wf[..70 * cols],
+            70,
+            cols,
+            AffineParams::new(8, 32).unwrap(),
+        );
+        let (q4, q8) = (q4.unwrap(), q8.unwrap());
+        let f32_rows = F32Rows { data: &wf, cols };
+        let bf16_rows = Bf16Rows { data: &wb, cols };
+        // One, three and six input rows (six runs alone), and an input with an infinity
+        // (the exact path).
+        let xs: Vec<(Vec<f32>, usize)> = [1usize, 3, 6, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| {
+                let mut x = values(m * cols, 10 + i as u32);
+                if i == 3 {
+                    x[5] = f32::INFINITY;
+                }
+                (x, m)
+            })
+            .collect();
+        q4.with_rows(|w4| {
+            q8.with_rows(|w8| {
+                let ws: [&dyn Rows; 4] = [w4, w8, &f32_rows, &bf16_rows];
+                let products: Vec<Product<'_>> = ws
+                    .iter()
+                    .flat_map(|&w| xs.iter().map(move |(x, m)| Product { w, x, m: *m }))
+                    .collect();
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let got = pool.install(|| matmul_many(&products));
+                    for (k, (p, y)) in products.iter().zip(&got).enumerate() {
+                        let alone = pool.install(|| matmul(p.w, p.x, p.m));
+                        assert_eq!(y.len(), p.m * p.w.rows(), "product {k}");
+                        let same = y
+                            .iter()
+                            .zip(&alone)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "product {k} (m {}) on {threads} threads", p.m);
+                    }
+                }
+            })
+        });
+    }
+}
