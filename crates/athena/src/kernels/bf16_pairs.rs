@@ -55,6 +55,19 @@ pub(super) fn try_matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Option
     y
 }
 
+/// Whether [`try_matmul`] runs this product (its checks, without computing anything).
+pub(super) fn applies<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> bool {
+    let (rows, cols) = (w.rows(), w.cols());
+    m >= MIN_ROWS
+        && rows > 0
+        && cols > 0
+        && x.len() == m * cols
+        && !w.reads_prepared()
+        && super::has_avx512_bf16()
+        && x.iter().all(|v| v.to_bits() & 0xffff == 0)
+        && first_row_is_bf16(w)
+}
+
 thread_local! {
     /// The packed inputs of this thread's last [`try_matmul`], kept for the next one (a call
     /// that runs while another is in progress on the same thread takes an empty buffer).

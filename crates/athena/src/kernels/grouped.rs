@@ -6,8 +6,8 @@
 //! and projection. [`matmul_many`] prepares every input once, cuts all the products' weight
 //! rows into tasks and runs them together. Each output is computed exactly as `matmul`
 //! computes it (the same [`Rows::dot_rows`] calls on the same prepared inputs), so the
-//! grouping changes the schedule, not the values. Products past decode size, or whose rows
-//! `matmul` would run another way, go through `matmul` one by one.
+//! grouping changes the schedule, not the values. Products past decode size, and those
+//! `matmul` runs on bf16 × bf16 products, go through `matmul` one by one.
 
 use std::ops::Range;
 
@@ -43,7 +43,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     for (i, p) in products.iter().enumerate() {
         let cols = p.w.cols();
         let len = cols + affine::prepared_len(cols);
-        let small = p.m >= 1 && p.m <= GEMV_MAX_ROWS && (p.m == 1 || p.w.reads_prepared());
+        let small = (1..=GEMV_MAX_ROWS).contains(&p.m) && !bf16_products(p);
         let at = xp.len();
         if small && len > cols && p.w.rows() > 0 {
             xp.resize(at + p.m * len, 0.0);
@@ -88,6 +88,19 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         scatter(&out, rows, 0, products[i].m, &mut ys[i]);
     }
     ys
+}
+
+/// Whether [`matmul`](super::matmul) runs this product on bf16 × bf16 products rather than on
+/// prepared inputs.
+fn bf16_products(p: &Product<'_>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::bf16_pairs::applies(p.w, p.x, p.m)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The shared pass's tasks: (index into `shared`, weight rows), every product's rows cut
@@ -143,15 +156,18 @@ mod tests {
         let (q4, q8) = (q4.unwrap(), q8.unwrap());
         let f32_rows = F32Rows { data: &wf, cols };
         let bf16_rows = Bf16Rows { data: &wb, cols };
-        // One, three and six input rows (six runs alone), and an input with an infinity
-        // (the exact path).
-        let xs: Vec<(Vec<f32>, usize)> = [1usize, 3, 6, 1]
+        // One, three and six input rows (six runs alone), an input with an infinity (the
+        // exact path), and three rows of bf16 values (bf16 × bf16 products for bf16 rows).
+        let xs: Vec<(Vec<f32>, usize)> = [1usize, 3, 6, 1, 3]
             .iter()
             .enumerate()
             .map(|(i, &m)| {
                 let mut x = values(m * cols, 10 + i as u32);
                 if i == 3 {
                     x[5] = f32::INFINITY;
+                }
+                if i == 4 {
+                    x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
                 }
                 (x, m)
             })
