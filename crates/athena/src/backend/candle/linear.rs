@@ -121,6 +121,58 @@ impl Linear {
         }
     }
 
+    /// Each layer applied to the same `x` [.., in], as [`Linear::forward`] gives it. At decode
+    /// sizes (up to four rows) on the CPU kernels, all run in one parallel pass
+    /// ([`kernels::matmul_many`]), with the same values as one by one.
+    pub fn forward_each(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let m = x.dims().iter().rev().skip(1).product::<usize>();
+        let together = x.device().is_cpu()
+            && m <= F32_GEMV_MAX_ROWS
+            && layers.iter().all(|l| match l {
+                Linear::Dense { weight, .. } => matches!(weight.dtype(), DType::F32 | DType::BF16),
+                Linear::Quantized { .. } => true,
+                Linear::Lora { .. } => false,
+            });
+        let inp = x.dims().last().copied().unwrap_or(0);
+        if together {
+            let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let ys = Self::with_all_rows(layers, |rows| {
+                if rows.iter().any(|w| w.cols() != inp) {
+                    return None;
+                }
+                let products: Vec<kernels::Product<'_>> = rows
+                    .iter()
+                    .map(|&w| kernels::Product { w, x: &xs, m })
+                    .collect();
+                Some(kernels::matmul_many(&products))
+            })?
+            .flatten();
+            if let Some(ys) = ys {
+                return layers
+                    .iter()
+                    .zip(ys)
+                    .map(|(l, y)| {
+                        let mut dims = x.dims().to_vec();
+                        if let Some(last) = dims.last_mut() {
+                            *last = l.out_features();
+                        }
+                        let y = Tensor::from_vec(y, dims, x.device())?.to_dtype(x.dtype())?;
+                        add_bias(y, l.bias())
+                    })
+                    .collect();
+            }
+        }
+        layers.iter().map(|l| l.forward(x)).collect()
+    }
+
+    /// The bias of a dense or quantized layer (a LoRA layer's lives in its base).
+    fn bias(&self) -> Option<&Tensor> {
+        match self {
+            Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref(),
+            Linear::Lora { .. } => None,
+        }
+    }
+
     /// [`Linear::with_rows`] of several layers at once: `f` gets every layer's rows, in
     /// order; `None` when one of them has none.
     pub(crate) fn with_all_rows<R>(

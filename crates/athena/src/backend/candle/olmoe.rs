@@ -128,9 +128,13 @@ impl Attention {
     /// Projects `x` [B, T, H] to rotated q [B, heads, T, D] and k, v [B, kv_heads, T, D].
     fn qkv(&self, x: &Tensor, rope: &RopeAt) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
-        let mut q = self.q_norm.forward(&self.q_proj.forward(x)?)?;
-        let mut k = self.k_norm.forward(&self.k_proj.forward(x)?)?;
-        let mut v = self.v_proj.forward(x)?;
+        let [q, k, v]: [Tensor; 3] =
+            Linear::forward_each(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?
+                .try_into()
+                .map_err(|_| Error::invalid("qkv", "three projections expected"))?;
+        let mut q = self.q_norm.forward(&q)?;
+        let mut k = self.k_norm.forward(&k)?;
+        let mut v = v;
         if let Some(c) = self.clip_qkv {
             q = q.clamp(-c, c)?;
             k = k.clamp(-c, c)?;
