@@ -39,10 +39,11 @@ have_hf=0
 have_llama=0
 [ -z "${NO_LLAMACPP:-}" ] && [ -f "$ANCHORS/llamacpp.sh" ] && have_llama=1
 for r in $(seq 1 "$RUNS"); do
-  for cfg in "f32 none" "bf16 none" "f32 8bit" "f32 4bit"; do
+  for cfg in "f32 none" "bf16 none" "f32 8bit" "f32 4bit" "f32 8bit int8" "f32 4bit int8"; do
     set -- $cfg
-    emit "athena $1 $2" "$r" "$("$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" \
-      --dtype "$1" --quantization "$2" --threads "$T" --json)"
+    label="athena $1 $2${3:+ $3}"
+    emit "$label" "$r" "$("$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" \
+      --dtype "$1" --quantization "$2" ${3:+--int8-activations} --threads "$T" --json)"
   done
   if [ "$have_hf" = 1 ]; then
     for dt in float32 bfloat16; do

@@ -4,7 +4,7 @@
 //! `cargo bench -p athena --bench kernels` (`RAYON_NUM_THREADS` sets the pool size).
 
 use athena::kernels::{self, Bf16Rows, F32Rows};
-use athena::quant::{AffineParams, QMatrix};
+use athena::quant::{AffineParams, InputForm, QMatrix};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 
@@ -80,7 +80,12 @@ fn matmuls(c: &mut Criterion) {
 fn decode_stream(c: &mut Criterion) {
     const MATRICES: usize = 48;
     let x = values(COLS, 5);
-    for (bits, gs) in [(4u8, 64usize), (8, 64)] {
+    for (bits, gs, form) in [
+        (4u8, 64usize, InputForm::Int16),
+        (4, 64, InputForm::Int8),
+        (8, 64, InputForm::Int16),
+        (8, 64, InputForm::Int8),
+    ] {
         let params = AffineParams::new(bits, gs).unwrap();
         let ms: Vec<QMatrix> = (0..MATRICES)
             .map(|i| {
@@ -88,12 +93,13 @@ fn decode_stream(c: &mut Criterion) {
                 QMatrix::quantize("w", &w, ROWS, COLS, params)
                     .and_then(|q| q.with_half_scales("w"))
                     .unwrap()
+                    .with_input_form(form)
             })
             .collect();
         let bytes: usize = ms.iter().map(QMatrix::storage_bytes).sum();
         let mut g = c.benchmark_group("decode_stream");
         g.throughput(Throughput::Bytes(bytes as u64));
-        g.bench_function(format!("q{bits}_g{gs}"), |bch| {
+        g.bench_function(format!("q{bits}_g{gs}_{form:?}"), |bch| {
             bch.iter(|| {
                 for m in &ms {
                     criterion::black_box(m.with_rows(|w| kernels::matmul(w, &x, 1)));

@@ -109,6 +109,7 @@ pub fn run(a: Args) -> Result<()> {
         "engine": format!("athena {} ({})", env!("CARGO_PKG_VERSION"), model.kind()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
         "quantization": format!("{:?}", a.model.quantization).to_lowercase(),
+        "int8_activations": a.model.int8_activations,
         "threads": threads(),
         "isa": athena::kernels::isa(),
         "device": format!("{:?}", a.model.device).to_lowercase(),

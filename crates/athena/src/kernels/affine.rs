@@ -178,7 +178,7 @@ fn code(y: f32) -> i16 {
 
 /// The sums per block, per 64 and per 128 values (whole spans only) from the exact block
 /// sums, each rounded once to f32.
-fn write_sums(exact: &[f64], out: &mut [f32]) {
+pub(super) fn write_sums(exact: &[f64], out: &mut [f32]) {
     let nb = exact.len();
     let (s32, rest) = out.split_at_mut(nb);
     let (s64, s128) = rest.split_at_mut(nb / 2);
@@ -439,6 +439,46 @@ impl<'a> AffineDots<'a> {
 
 /// Weight rows [`AffineDots::rows`] takes at once.
 pub const ROWS: usize = 4;
+
+/// Prepared inputs checked once ([`AffineDots`], or the int8 form's
+/// [`super::affine8::Int8Dots`]), multiplied against weight rows in turn.
+pub trait RowDots {
+    /// Inputs (`n`).
+    fn inputs(&self) -> usize;
+    /// `out[k] = Σ w·x_k` for one weight row and each input; `false`, writing nothing, when
+    /// the row does not fit.
+    fn row(&self, words: &[u32], scales: &[f32], biases: &[f32], out: &mut [f32]) -> bool;
+    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows, `ahead` (the codes of the rows
+    /// the next call takes) prefetched where that helps; `false`, writing nothing, when a row
+    /// does not fit.
+    fn rows(
+        &self,
+        words: [&[u32]; ROWS],
+        scales: [&[f32]; ROWS],
+        biases: [&[f32]; ROWS],
+        ahead: &[u32],
+        out: &mut [f32],
+    ) -> bool;
+}
+
+impl RowDots for AffineDots<'_> {
+    fn inputs(&self) -> usize {
+        self.n
+    }
+    fn row(&self, words: &[u32], scales: &[f32], biases: &[f32], out: &mut [f32]) -> bool {
+        AffineDots::row(self, words, scales, biases, out)
+    }
+    fn rows(
+        &self,
+        words: [&[u32]; ROWS],
+        scales: [&[f32]; ROWS],
+        biases: [&[f32]; ROWS],
+        ahead: &[u32],
+        out: &mut [f32],
+    ) -> bool {
+        AffineDots::rows(self, words, scales, biases, ahead, out)
+    }
+}
 
 impl AffineDots<'_> {
     /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows (each as [`AffineDots::row`]

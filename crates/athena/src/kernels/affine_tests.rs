@@ -12,7 +12,7 @@ use std::ops::Range;
 const TIERS: [Tier; 3] = [Tier::Avx512, Tier::Avx2, Tier::Portable];
 
 /// Mixed-sign inputs with a zero block, a lone zero and an outlier channel.
-fn inputs(cols: usize, seed: u64) -> Vec<f32> {
+pub(super) fn inputs(cols: usize, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0f32..3.0)).collect();
     if cols >= 64 {
@@ -25,17 +25,17 @@ fn inputs(cols: usize, seed: u64) -> Vec<f32> {
 
 /// Random MLX codes for `rows` rows, with per-group scales and biases (a zero scale and
 /// negative ones included).
-struct Quantized {
-    bits: u8,
-    gs: usize,
-    cols: usize,
+pub(super) struct Quantized {
+    pub(super) bits: u8,
+    pub(super) gs: usize,
+    pub(super) cols: usize,
     words: Vec<u32>,
-    scales: Vec<f32>,
-    biases: Vec<f32>,
+    pub(super) scales: Vec<f32>,
+    pub(super) biases: Vec<f32>,
 }
 
 impl Quantized {
-    fn new(bits: u8, gs: usize, rows: usize, cols: usize, seed: u64) -> Quantized {
+    pub(super) fn new(bits: u8, gs: usize, rows: usize, cols: usize, seed: u64) -> Quantized {
         let mut rng = StdRng::seed_from_u64(seed);
         let words = (0..rows * cols * usize::from(bits) / 32)
             .map(|_| rng.random())
@@ -58,24 +58,24 @@ impl Quantized {
         }
     }
 
-    fn row_words(&self, r: usize) -> &[u32] {
+    pub(super) fn row_words(&self, r: usize) -> &[u32] {
         let n = self.cols * usize::from(self.bits) / 32;
         &self.words[r * n..(r + 1) * n]
     }
 
-    fn row_groups<'a>(&self, v: &'a [f32], r: usize) -> &'a [f32] {
+    pub(super) fn row_groups<'a>(&self, v: &'a [f32], r: usize) -> &'a [f32] {
         let g = self.cols / self.gs;
         &v[r * g..(r + 1) * g]
     }
 
-    fn code(&self, r: usize, i: usize) -> i64 {
+    pub(super) fn code(&self, r: usize, i: usize) -> i64 {
         let bit = i * usize::from(self.bits);
         let words = self.row_words(r);
         i64::from((words[bit / 32] >> (bit % 32)) & ((1u32 << self.bits) - 1))
     }
 
     /// Weight `i` of row `r`, in f64.
-    fn weight(&self, r: usize, i: usize) -> f64 {
+    pub(super) fn weight(&self, r: usize, i: usize) -> f64 {
         let g = r * self.cols / self.gs + i / self.gs;
         f64::from(self.scales[g]) * self.code(r, i) as f64 + f64::from(self.biases[g])
     }

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{affine, prepared_block, scatter, Rows, GEMV_MAX_ROWS, PAR_MIN_WORK};
+use super::{affine, prepared_block, scatter, Preparation, Rows, GEMV_MAX_ROWS, PAR_MIN_WORK};
 
 /// One product of [`matmul_many`]: `x` holds `m` rows of `w.cols()` values.
 pub struct Product<'a> {
@@ -38,11 +38,13 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         .map(|p| vec![0f32; p.m * p.w.rows()])
         .collect();
     let mut xp = Vec::new();
-    // (product, offset of its prepared rows in `xp`) for the products run together.
-    let mut shared: Vec<(usize, usize)> = Vec::new();
+    // (product, offset of its prepared rows in `xp`, length of each) for the products run
+    // together.
+    let mut shared: Vec<(usize, usize, usize)> = Vec::new();
     for (i, p) in products.iter().enumerate() {
         let cols = p.w.cols();
-        let len = cols + affine::prepared_len(cols);
+        let prep = Preparation::of(p.w);
+        let len = cols + prep.len;
         let small = (1..=GEMV_MAX_ROWS).contains(&p.m) && !bf16_products(p);
         let at = xp.len();
         if small && len > cols && p.w.rows() > 0 {
@@ -50,9 +52,9 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
             let ok =
                 p.x.chunks_exact(cols)
                     .zip(xp[at..].chunks_exact_mut(len))
-                    .all(|(x, out)| affine::write_prepared(x, out));
+                    .all(|(x, out)| (prep.write)(x, out));
             if ok {
-                shared.push((i, at));
+                shared.push((i, at, len));
                 continue;
             }
             xp.truncate(at);
@@ -64,11 +66,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     }
     let inputs: Vec<Vec<&[f32]>> = shared
         .iter()
-        .map(|&(i, at)| {
-            let p = &products[i];
-            let len = p.w.cols() + affine::prepared_len(p.w.cols());
-            xp[at..at + p.m * len].chunks_exact(len).collect()
-        })
+        .map(|&(i, at, len)| xp[at..at + products[i].m * len].chunks_exact(len).collect())
         .collect();
     let tasks = tasks(products, &shared);
     let block = |&(s, ref rows): &(usize, Range<usize>)| {
@@ -77,7 +75,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     };
     let work: usize = shared
         .iter()
-        .map(|&(i, _)| products[i].m * products[i].w.rows() * products[i].w.cols())
+        .map(|&(i, ..)| products[i].m * products[i].w.rows() * products[i].w.cols())
         .sum();
     let outs: Vec<Vec<f32>> = match work < PAR_MIN_WORK || rayon::current_num_threads() == 1 {
         true => tasks.iter().map(block).collect(),
@@ -105,8 +103,8 @@ fn bf16_products(p: &Product<'_>) -> bool {
 
 /// The shared pass's tasks: (index into `shared`, weight rows), every product's rows cut
 /// into blocks of one size, whole multiples of [`affine::ROWS`].
-fn tasks(products: &[Product<'_>], shared: &[(usize, usize)]) -> Vec<(usize, Range<usize>)> {
-    let total: usize = shared.iter().map(|&(i, _)| products[i].w.rows()).sum();
+fn tasks(products: &[Product<'_>], shared: &[(usize, usize, usize)]) -> Vec<(usize, Range<usize>)> {
+    let total: usize = shared.iter().map(|&(i, ..)| products[i].w.rows()).sum();
     let want = rayon::current_num_threads() * TASKS_PER_THREAD;
     let per = total
         .div_ceil(want.max(1))
@@ -115,7 +113,7 @@ fn tasks(products: &[Product<'_>], shared: &[(usize, usize)]) -> Vec<(usize, Ran
     shared
         .iter()
         .enumerate()
-        .flat_map(|(s, &(i, _))| {
+        .flat_map(|(s, &(i, ..))| {
             let rows = products[i].w.rows();
             (0..rows.div_ceil(per)).map(move |b| (s, b * per..((b + 1) * per).min(rows)))
         })

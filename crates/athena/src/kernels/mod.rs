@@ -30,12 +30,15 @@
 //! parallel pass, each output equal to [`matmul`]'s.
 
 pub mod affine;
+pub mod affine8;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_float;
+#[cfg(target_arch = "x86_64")]
+mod avx512_int8;
 pub mod bandwidth;
 #[cfg(target_arch = "x86_64")]
 mod bf16_pairs;
@@ -274,6 +277,12 @@ pub trait Rows: Sync {
     fn reads_prepared(&self) -> bool {
         false
     }
+    /// The prepared form [`matmul`] hands rows that read prepared inputs: int16 by default;
+    /// int8 for a quantized matrix that opted into it (used where the CPU has AVX-512 VNNI).
+    /// Wrappers forward it.
+    fn input_form(&self) -> affine8::InputForm {
+        affine8::InputForm::Int16
+    }
     /// Row `r` (in range) borrowed in bf16 when the rows are stored so; `None` by default.
     /// The bf16 × bf16 products of [`matmul`] read such rows in place (others are converted
     /// to bf16 where exact); wrappers that pass rows on unchanged forward it.
@@ -353,11 +362,12 @@ pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
     // Past decode sizes the portable integer kernel is slower than dequantizing.
     let simd = affine::Tier::best() != affine::Tier::Portable;
     let wanted = m <= GEMV_MAX_ROWS || (simd && w.reads_prepared());
-    if m == 0 || !wanted || affine::prepared_len(cols) == 0 {
+    let prep = Preparation::of(w);
+    if m == 0 || !wanted || prep.len == 0 {
         return matmul_exact(w, x, m);
     }
     let mut xp = PREPARED.with(|c| c.take());
-    let y = match prepare_rows(x, cols, m, &mut xp) {
+    let y = match prepare_rows(x, cols, m, prep, &mut xp) {
         true => run_prepared(w, &xp, m),
         false => matmul_exact(w, x, m),
     };
@@ -386,10 +396,40 @@ const PREPARED_KEEP_BYTES: usize = 8 << 20;
 /// Input rows per task of [`prepare_rows`] when it runs in parallel.
 const PREPARE_ROWS_PER_TASK: usize = 8;
 
+/// How [`matmul`] prepares the input rows of a matrix: the tail's length (0 when the rows
+/// have no prepared form) and what writes a row and its tail.
+#[derive(Clone, Copy)]
+pub(crate) struct Preparation {
+    pub len: usize,
+    pub write: fn(&[f32], &mut [f32]) -> bool,
+}
+
+impl Preparation {
+    /// The form `w` asks for ([`Rows::input_form`]), int16 where the CPU lacks the int8
+    /// kernels or the width has no int8 form.
+    pub(crate) fn of<W: Rows + ?Sized>(w: &W) -> Preparation {
+        let cols = w.cols();
+        let int8 = w.reads_prepared()
+            && w.input_form() == affine8::InputForm::Int8
+            && affine::has_avx512_vnni()
+            && affine8::prepared_len(cols) > 0;
+        match int8 {
+            true => Preparation {
+                len: affine8::prepared_len(cols),
+                write: affine8::write_prepared,
+            },
+            false => Preparation {
+                len: affine::prepared_len(cols),
+                write: affine::write_prepared,
+            },
+        }
+    }
+}
+
 /// Writes the `m` rows of `x` (`cols` each), every one followed by its prepared tail, into
 /// `xp` (replacing its contents). `false` when a row has no prepared form.
-fn prepare_rows(x: &[f32], cols: usize, m: usize, xp: &mut Vec<f32>) -> bool {
-    let len = cols + affine::prepared_len(cols);
+fn prepare_rows(x: &[f32], cols: usize, m: usize, prep: Preparation, xp: &mut Vec<f32>) -> bool {
+    let len = cols + prep.len;
     xp.clear();
     xp.resize(m * len, 0.0);
     let rows = x.chunks_exact(cols).take(m);
@@ -397,12 +437,12 @@ fn prepare_rows(x: &[f32], cols: usize, m: usize, xp: &mut Vec<f32>) -> bool {
         return xp
             .chunks_exact_mut(len)
             .zip(rows)
-            .all(|(out, xi)| affine::write_prepared(xi, out));
+            .all(|(out, xi)| (prep.write)(xi, out));
     }
     xp.par_chunks_mut(len)
         .zip(x.par_chunks_exact(cols))
         .with_min_len(PREPARE_ROWS_PER_TASK)
-        .all(|(out, xi)| affine::write_prepared(xi, out))
+        .all(|(out, xi)| (prep.write)(xi, out))
 }
 
 /// Weight rows per task below which [`run_prepared`] also splits the input rows.
@@ -415,7 +455,7 @@ const MIN_TASK_ROWS: usize = 32;
 /// [`affine::MANY`].
 fn run_prepared<W: Rows + ?Sized>(w: &W, xp: &[f32], m: usize) -> Vec<f32> {
     let (rows, cols) = (w.rows(), w.cols());
-    let len = cols + affine::prepared_len(cols);
+    let len = xp.len() / m.max(1);
     let inputs: Vec<&[f32]> = xp.chunks_exact(len).take(m).collect();
     let mut y = vec![0f32; m * rows];
     if m == 0 || rows == 0 {
@@ -573,6 +613,8 @@ fn gemv_exact<W: Rows + ?Sized>(w: &W, x: &[f32], first_row: usize, out: &mut [f
     }
 }
 
+#[cfg(test)]
+mod affine8_tests;
 #[cfg(test)]
 mod affine_tests;
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -15,7 +15,8 @@ use std::ops::Range;
 
 use super::scalars::Scalars;
 use super::{pack, AffineParams};
-use crate::kernels::{self, affine, Rows};
+use crate::kernels::affine::RowDots;
+use crate::kernels::{self, affine, affine8, Rows};
 
 /// A borrowed view of a [`super::QMatrix`]'s storage.
 pub(super) struct Packed<'a> {
@@ -30,6 +31,8 @@ pub(super) struct Packed<'a> {
     pub scales: &'a Scalars,
     /// [rows, cols / group_size].
     pub biases: &'a Scalars,
+    /// The prepared form its products ask of their inputs.
+    pub input_form: affine8::InputForm,
 }
 
 impl Rows for Packed<'_> {
@@ -87,14 +90,18 @@ impl Rows for Packed<'_> {
     fn reads_prepared(&self) -> bool {
         matches!(self.params.bits, 4 | 8)
     }
+
+    fn input_form(&self) -> affine8::InputForm {
+        self.input_form
+    }
 }
 
 impl Packed<'_> {
-    /// [`Rows::dot_rows`] on the inputs' int16 forms ([`affine::AffineDots`]): the inputs
-    /// are checked once, then each weight row runs against up to [`affine::MANY`] of them at
-    /// a time; `buf` (`cols` long) holds a row's scales and biases when they are stored in
-    /// half precision. `false` when the width is not 4 or 8 bits, an input carries no
-    /// prepared form, or a length disagrees (`out` may then be partly written).
+    /// [`Rows::dot_rows`] on the inputs' prepared forms: int8 ([`affine8::Int8Dots`]) when
+    /// they carry that form, else int16 ([`affine::AffineDots`]). `buf` (`cols` long) holds
+    /// rows' scales and biases when they are stored in half precision. `false` when the width
+    /// is not 4 or 8 bits, an input carries no prepared form, or a length disagrees (`out` may
+    /// then be partly written).
     fn affine_dots(
         &self,
         rows: Range<usize>,
@@ -109,26 +116,43 @@ impl Packed<'_> {
         {
             return false;
         }
-        let Some(qs) = xs
-            .iter()
-            .map(|x| affine::prepared(x, self.cols))
-            .collect::<Option<Vec<_>>>()
-        else {
+        let int8: Option<Vec<_>> = xs.iter().map(|x| affine8::prepared(x, self.cols)).collect();
+        if let Some(qs) = int8 {
+            return self.run_dots(rows, n, out, buf, |c| {
+                affine8::Int8Dots::new(bits, gs, &qs[c])
+            });
+        }
+        let int16: Option<Vec<_>> = xs.iter().map(|x| affine::prepared(x, self.cols)).collect();
+        let Some(qs) = int16 else {
             return false;
         };
         let tier = affine::Tier::best();
-        // One input of 4-bit rows: rows are taken [`affine::ROWS`] at a time, their scales
-        // and biases converted into their own parts of `buf`. (8-bit rows, twice the bytes per
-        // product, stream faster one at a time.)
-        if n == 1 && bits == 4 && buf.len() >= 2 * affine::ROWS * groups {
-            if let Some(kernel) = affine::AffineDots::new(tier, bits, gs, &qs) {
-                return self.affine_rows(&kernel, rows, out, buf);
-            }
+        self.run_dots(rows, n, out, buf, |c| {
+            affine::AffineDots::new(tier, bits, gs, &qs[c])
+        })
+    }
+
+    /// [`Packed::affine_dots`] with the kernel for each chunk of up to [`affine::MANY`]
+    /// inputs: each weight row against a chunk at a time, or, against one input of 4-bit
+    /// rows, [`affine::ROWS`] weight rows at a time ([`Packed::four_rows`]).
+    fn run_dots<K: RowDots>(
+        &self,
+        rows: Range<usize>,
+        n: usize,
+        out: &mut [f32],
+        buf: &mut [f32],
+        kernel: impl Fn(Range<usize>) -> Option<K>,
+    ) -> bool {
+        let groups = self.cols / self.params.group_size;
+        // 8-bit rows, twice the bytes per product, stream faster one at a time.
+        if n == 1 && self.params.bits == 4 && buf.len() >= 2 * affine::ROWS * groups {
+            return kernel(0..1).is_some_and(|k| self.four_rows(&k, rows, out, buf));
         }
         let row_words = groups * self.group_words;
         let (sbuf, bbuf) = buf.split_at_mut(groups);
-        for (c, qs) in qs.chunks(affine::MANY).enumerate() {
-            let Some(kernel) = affine::AffineDots::new(tier, bits, gs, qs) else {
+        for c in (0..n).step_by(affine::MANY) {
+            let c = c..(c + affine::MANY).min(n);
+            let Some(k) = kernel(c.clone()) else {
                 return false;
             };
             for (r, out) in rows.clone().zip(out.chunks_exact_mut(n)) {
@@ -137,8 +161,7 @@ impl Packed<'_> {
                 };
                 let scales = self.scales.row_in(r, groups, sbuf);
                 let biases = self.biases.row_in(r, groups, &mut bbuf[..groups]);
-                let at = c * affine::MANY;
-                if !kernel.row(words, scales, biases, &mut out[at..at + qs.len()]) {
+                if !k.row(words, scales, biases, &mut out[c.clone()]) {
                     return false;
                 }
             }
@@ -146,12 +169,12 @@ impl Packed<'_> {
         true
     }
 
-    /// [`Packed::affine_dots`] against one input: [`affine::ROWS`] weight rows at a time
-    /// ([`affine::AffineDots::rows`]), then the last few one by one. `buf` holds at least
-    /// `2 · ROWS` rows of scales.
-    fn affine_rows(
+    /// [`Packed::run_dots`] against one input: [`affine::ROWS`] weight rows at a time
+    /// ([`RowDots::rows`], the codes of the next ones prefetched), then the last few one by
+    /// one. `buf` holds at least `2 · ROWS` rows of scales.
+    fn four_rows<K: RowDots>(
         &self,
-        kernel: &affine::AffineDots<'_>,
+        kernel: &K,
         rows: Range<usize>,
         out: &mut [f32],
         buf: &mut [f32],
@@ -176,9 +199,11 @@ impl Packed<'_> {
                 }
                 return true;
             }
-            let Some(ws) = (0..R).map(|k| words(r + k)).collect::<Option<Vec<_>>>() else {
+            let Some(block) = self.packed.get(r * row_words..(r + R) * row_words) else {
                 return false;
             };
+            let w: [&[u32]; R] =
+                std::array::from_fn(|k| &block[k * row_words..(k + 1) * row_words]);
             let mut scales = sbuf.chunks_exact_mut(groups);
             let mut biases = bbuf.chunks_exact_mut(groups);
             let s: [&[f32]; R] = std::array::from_fn(|k| {
@@ -189,7 +214,6 @@ impl Packed<'_> {
                 let b = biases.next().unwrap_or_default();
                 self.biases.row_in(r + k, groups, b)
             });
-            let w: [&[u32]; R] = std::array::from_fn(|k| ws[k]);
             let next = (r + R) * row_words..((r + 2 * R) * row_words).min(self.packed.len());
             let ahead = self.packed.get(next).unwrap_or_default();
             if !kernel.rows(w, s, b, ahead, out) {

@@ -12,4 +12,4 @@ mod matmul;
 mod pack;
 mod scalars;
 
-pub use affine::{AffineParams, QMatrix};
+pub use affine::{AffineParams, InputForm, QMatrix};

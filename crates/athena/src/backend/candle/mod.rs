@@ -36,6 +36,9 @@ pub struct LoadOptions {
     pub lora_path: Option<std::path::PathBuf>,
     /// Merge the adapter into the weights.
     pub merge_lora: bool,
+    /// Run quantized matrices' products on int8 activations (AVX-512 VNNI CPUs; int16
+    /// elsewhere): faster, about 2⁻⁸ of each block's largest input off instead of 2⁻¹⁶.
+    pub int8_activations: bool,
 }
 
 impl LoadOptions {
@@ -84,6 +87,10 @@ pub fn load_olmoe_with(
             quantize: opts.affine()?,
             lora: adapter.as_ref(),
             merge_lora: opts.merge_lora,
+            input_form: match opts.int8_activations {
+                true => crate::quant::InputForm::Int8,
+                false => crate::quant::InputForm::Int16,
+            },
         },
         dtype,
     };
@@ -93,6 +100,7 @@ pub fn load_olmoe_with(
         layers = args.num_hidden_layers,
         experts = args.num_experts,
         quantization = ?opts.quantization,
+        int8_activations = opts.int8_activations,
         lora = adapter.as_ref().map(|a| a.len()),
         "model loaded"
     );

@@ -99,6 +99,9 @@ impl Rows for GateUp<'_> {
     fn reads_prepared(&self) -> bool {
         self.gate.reads_prepared() && self.up.reads_prepared()
     }
+    fn input_form(&self) -> kernels::affine8::InputForm {
+        self.gate.input_form()
+    }
     fn bf16_row(&self, r: usize) -> Option<&[bf16]> {
         match r % 2 {
             0 => self.gate.bf16_row(r / 2),

@@ -53,6 +53,7 @@ impl crate::backend::registry::BackendProvider for CandleProvider {
             quantization: config.quantization,
             lora_path: config.lora_path.clone(),
             merge_lora: config.merge_lora,
+            int8_activations: config.int8_activations,
         };
         let model = super::load_olmoe_with(&dir, &device, config.dtype.into(), &opts, |_, _| {})?;
         Ok(Box::new(model))

@@ -10,7 +10,7 @@ use super::linear::{Embedding, Linear};
 use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs};
 use crate::error::{Error, Result};
 use crate::lora::{LoraAdapter, LoraDelta, LoraTarget};
-use crate::quant::{AffineParams, QMatrix};
+use crate::quant::{AffineParams, InputForm, QMatrix};
 
 /// How to build the layers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -22,6 +22,8 @@ pub struct BuildOptions<'a> {
     pub lora: Option<&'a LoraAdapter>,
     /// Merge the adapter into the weights instead of computing it apart.
     pub merge_lora: bool,
+    /// The prepared form quantized matrices ask of their inputs.
+    pub input_form: InputForm,
 }
 
 /// What load-time quantization does with one module.
@@ -110,7 +112,7 @@ impl Weights<'_> {
                 .or_else(|_| QMatrix::quantize_tensor(name, w, params))?,
             _ => QMatrix::quantize_tensor(name, w, params)?,
         };
-        Ok(Some(Arc::new(q)))
+        Ok(Some(Arc::new(q.with_input_form(self.opts.input_form))))
     }
 
     fn quantize(
@@ -135,13 +137,8 @@ impl Weights<'_> {
         bits: u8,
         group: usize,
     ) -> Result<Arc<QMatrix>> {
-        Ok(Arc::new(QMatrix::from_mlx(
-            module,
-            w,
-            s,
-            b,
-            AffineParams::new(bits, group)?,
-        )?))
+        let q = QMatrix::from_mlx(module, w, s, b, AffineParams::new(bits, group)?)?;
+        Ok(Arc::new(q.with_input_form(self.opts.input_form)))
     }
 
     /// The dense or quantized base of `module` with its `bias`, any LoRA merged in when asked.

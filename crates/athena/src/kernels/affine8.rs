@@ -1,0 +1,339 @@
+//! Dot products of MLX affine-quantized weight rows (4 and 8 bits) with input rows held as
+//! int8 codes: the faster, less exact companion of [`super::affine`]'s int16 form, which a
+//! quantized matrix opts into ([`InputForm::Int8`]).
+//!
+//! An input row is cut into blocks of [`QBLOCK`] values, each stored as int8 codes
+//! `round(x / s)` with its own step `s = max|x| / 127`: the error of each input value is at
+//! most half a step, 2⁻⁸ of its block's largest value, as llama.cpp's Q8_0 activations. The
+//! weight codes (unsigned) then multiply the input codes (signed) four pairs per int32 lane
+//! with AVX-512 VNNI's `vpdpbusd`, a whole span of 64 values in one instruction, half the
+//! integer work and input reads of the int16 form. The biases still meet the exact sums of the
+//! input values (`Σ w·x = scale·Σ q·x + bias·Σ x` per group), so only the `scale·Σ q·x` part
+//! sees the rounding.
+//!
+//! The codes are stored twice, in the two orders the weight widths unpack to: natural order
+//! for 8-bit rows (one 512-bit load is 64 codes in order), and per span evens first for 4-bit
+//! rows (32 code bytes broadcast to both halves of a register, the low nibbles kept in one
+//! half and the high nibbles in the other, give the span's even columns then its odd ones).
+//! Each order has its per-lane steps: a block's step under every int32 lane its products
+//! land in.
+//!
+//! Rows need a multiple of [`QSPAN`] columns and a CPU with AVX-512 VNNI
+//! ([`super::affine::has_avx512_vnni`]); elsewhere inputs keep the int16 form.
+
+use super::affine::{RowDots, QBLOCK, QSPAN, STEP_LANES};
+
+/// The largest int8 code an input value is scaled to.
+const QMAX: f32 = 127.0;
+/// Marks the start of an int8 prepared tail (a NaN bit pattern arithmetic does not produce,
+/// distinct from the int16 form's).
+const MARKER: u32 = 0x7fa1_6e58;
+/// Input rows a kernel multiplies against one weight row in one pass, and weight rows
+/// [`Int8Dots::rows`] takes at once: the int16 form's.
+pub use super::affine::{MANY, ROWS};
+
+/// How the quantized rows of a matrix want their inputs prepared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InputForm {
+    /// int16 codes ([`super::affine`]): relative error about 2⁻¹⁶ per block.
+    #[default]
+    Int16,
+    /// int8 codes (this module): relative error about 2⁻⁸ per block, faster.
+    Int8,
+}
+
+/// Where the parts of an int8 prepared tail start, in f32 words after the marker.
+struct Layout {
+    blocks: usize,
+    /// Steps per lane in natural order, then evens first.
+    steps: [usize; 2],
+    /// Sums per block, then per 64 and per 128 values.
+    sums: [usize; 3],
+    /// Codes in natural order, then evens first (four a word).
+    codes: [usize; 2],
+    end: usize,
+}
+
+impl Layout {
+    fn new(cols: usize) -> Option<Layout> {
+        if cols == 0 || !cols.is_multiple_of(QSPAN) {
+            return None;
+        }
+        let blocks = cols / QBLOCK;
+        let natural = 0;
+        let evens = natural + STEP_LANES * blocks;
+        let s32 = evens + STEP_LANES * blocks;
+        let s64 = s32 + blocks;
+        let s128 = s64 + blocks / 2;
+        let codes = s128 + blocks / 4;
+        Some(Layout {
+            blocks,
+            steps: [natural, evens],
+            sums: [s32, s64, s128],
+            codes: [codes, codes + cols / 4],
+            end: codes + cols / 2,
+        })
+    }
+}
+
+/// f32 words the int8 prepared tail of a row of `cols` values takes (0 when `cols` is not a
+/// positive multiple of [`QSPAN`]).
+pub fn prepared_len(cols: usize) -> usize {
+    Layout::new(cols).map_or(0, |l| 1 + l.end)
+}
+
+/// Writes `x` and its int8 prepared tail into `out` (`x.len() + prepared_len(x.len())`
+/// long, else nothing is written). `false` when the row has no int8 form (a length that is
+/// not a multiple of [`QSPAN`], or a value that is not finite).
+pub fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
+    let cols = x.len();
+    let Some(l) = Layout::new(cols) else {
+        return false;
+    };
+    if out.len() != cols + 1 + l.end || !x.iter().all(|v| v.is_finite()) {
+        return false;
+    }
+    let (head, tail) = out.split_at_mut(cols + 1);
+    head[..cols].copy_from_slice(x);
+    head[cols] = f32::from_bits(MARKER);
+    let (steps, rest) = tail.split_at_mut(l.sums[0]);
+    let (sums, codes) = rest.split_at_mut(l.codes[0] - l.sums[0]);
+    let (natural, evens) = steps.split_at_mut(l.steps[1]);
+    // SAFETY: f32 words reinterpreted as four times as many i8 values: same memory, i8's
+    // alignment (1) divides f32's, and every bit pattern is a valid i8.
+    let codes: &mut [i8] =
+        unsafe { std::slice::from_raw_parts_mut(codes.as_mut_ptr().cast::<i8>(), 2 * cols) };
+    let (cn, ce) = codes.split_at_mut(cols);
+    let mut exact = vec![0f64; l.blocks];
+    for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
+        let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let step = max / QMAX;
+        let inv = if max > 0.0 { QMAX / max } else { 0.0 };
+        exact[b] = xb.iter().map(|&v| f64::from(v)).sum();
+        natural[STEP_LANES * b..STEP_LANES * (b + 1)].fill(step);
+        // Evens first: per span, lanes 0–3 and 8–11 hold the first block's products, 4–7 and
+        // 12–15 the second's.
+        let (span, second) = (b / 2, b % 2);
+        for half in 0..2 {
+            let at = 16 * span + 8 * half + 4 * second;
+            evens[at..at + 4].fill(step);
+        }
+        for (i, &v) in xb.iter().enumerate() {
+            let c = code(v * inv);
+            let col = b * QBLOCK + i;
+            cn[col] = c;
+            ce[even_index(col)] = c;
+        }
+    }
+    super::affine::write_sums(&exact, sums);
+    true
+}
+
+/// Position of column `col` in the evens-first order: per span of [`QSPAN`], the even columns
+/// then the odd ones.
+pub fn even_index(col: usize) -> usize {
+    let (span, o) = (col / QSPAN * QSPAN, col % QSPAN);
+    span + o / 2 + (o % 2) * (QSPAN / 2)
+}
+
+/// `y` (|y| ≤ 127 up to rounding) to the nearest int8, ties to even.
+#[inline]
+fn code(y: f32) -> i8 {
+    const ROUND: f32 = 12_582_912.0;
+    ((y + ROUND) - ROUND) as i8
+}
+
+/// An int8-prepared input row.
+#[derive(Clone, Copy, Default)]
+pub struct QInput8<'a> {
+    /// Per block its step, [`STEP_LANES`] copies (natural order's lanes).
+    pub steps: &'a [f32],
+    /// Per span the steps under the evens-first order's sixteen lanes.
+    pub even_steps: &'a [f32],
+    /// `Σ x` of the original values per block, per 64 and per 128 values.
+    pub sums: [&'a [f32]; 3],
+    /// The codes in natural order.
+    pub codes: &'a [i8],
+    /// The codes evens first per span.
+    pub even_codes: &'a [i8],
+}
+
+impl QInput8<'_> {
+    /// The step of block `b` (in range).
+    pub fn step(&self, b: usize) -> f32 {
+        self.steps[STEP_LANES * b]
+    }
+
+    /// `Σ x` per group of `group_size` values (32, 64 or 128), `None` for other sizes.
+    pub fn group_sums(&self, group_size: usize) -> Option<&[f32]> {
+        match group_size {
+            32 => Some(self.sums[0]),
+            64 => Some(self.sums[1]),
+            128 => Some(self.sums[2]),
+            _ => None,
+        }
+    }
+}
+
+/// The int8 prepared form behind an input row of `cols` values, if `x` carries one.
+pub fn prepared(x: &[f32], cols: usize) -> Option<QInput8<'_>> {
+    let l = Layout::new(cols)?;
+    if x.len() != cols + 1 + l.end || x[cols].to_bits() != MARKER {
+        return None;
+    }
+    let tail = &x[cols + 1..];
+    let (steps, rest) = tail.split_at(l.sums[0]);
+    let (sums, codes) = rest.split_at(l.codes[0] - l.sums[0]);
+    let (natural, evens) = steps.split_at(l.steps[1]);
+    let (s32, rest) = sums.split_at(l.blocks);
+    let (s64, s128) = rest.split_at(l.blocks / 2);
+    // SAFETY: as in `write_prepared`: `codes` holds cols / 2 f32 words, i.e. 2·cols i8 values.
+    let codes: &[i8] = unsafe { std::slice::from_raw_parts(codes.as_ptr().cast::<i8>(), 2 * cols) };
+    let (cn, ce) = codes.split_at(cols);
+    Some(QInput8 {
+        steps: natural,
+        even_steps: evens,
+        sums: [s32, s64, s128],
+        codes: cn,
+        even_codes: ce,
+    })
+}
+
+/// Up to [`MANY`] int8-prepared inputs checked once against a bit width and group size, for
+/// the products of many weight rows in turn.
+#[derive(Clone, Copy)]
+pub struct Int8Dots<'a> {
+    bits: u8,
+    group_size: usize,
+    cols: usize,
+    xs: [QInput8<'a>; MANY],
+    n: usize,
+}
+
+impl<'a> Int8Dots<'a> {
+    /// The kernel for `xs` (1 to [`MANY`] inputs of one width, each with the sums of
+    /// `group_size` groups); `None` without AVX-512 VNNI, for other widths or group sizes, or
+    /// for inputs that disagree.
+    pub fn new(bits: u8, group_size: usize, xs: &[QInput8<'a>]) -> Option<Self> {
+        let cols = xs.first()?.codes.len();
+        let groups = cols / group_size.max(1);
+        let ok = super::affine::has_avx512_vnni()
+            && matches!(bits, 4 | 8)
+            && matches!(group_size, 32 | 64 | 128)
+            && xs.len() <= MANY
+            && Layout::new(cols).is_some()
+            && cols.is_multiple_of(group_size)
+            && xs.iter().all(|x| {
+                x.codes.len() == cols
+                    && x.even_codes.len() == cols
+                    && x.steps.len() == STEP_LANES * cols / QBLOCK
+                    && x.even_steps.len() == STEP_LANES * cols / QBLOCK
+                    && x.group_sums(group_size).is_some_and(|s| s.len() == groups)
+            });
+        if !ok {
+            return None;
+        }
+        let mut all = [QInput8::default(); MANY];
+        all[..xs.len()].copy_from_slice(xs);
+        Some(Int8Dots {
+            bits,
+            group_size,
+            cols,
+            xs: all,
+            n: xs.len(),
+        })
+    }
+
+    /// Whether one weight row's codes, scales and biases match the inputs' width.
+    #[inline]
+    pub fn fits(&self, words: &[u32], scales: &[f32], biases: &[f32]) -> bool {
+        let groups = self.cols / self.group_size;
+        scales.len() == groups
+            && biases.len() == groups
+            && words.len() * 32 == self.cols * usize::from(self.bits)
+    }
+
+    /// `out[k] = Σ w·x_k` for one weight row and each input (`out` holds at least one value
+    /// per input). `false`, writing nothing, when the row does not fit.
+    #[inline]
+    pub fn row(&self, words: &[u32], scales: &[f32], biases: &[f32], out: &mut [f32]) -> bool {
+        if !self.fits(words, scales, biases) || out.len() < self.n {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked in
+        // `new` and `fits`.
+        unsafe {
+            super::avx512_int8::dot_one_row(
+                self.bits,
+                self.group_size,
+                words,
+                scales,
+                biases,
+                &self.xs[..self.n],
+                &mut out[..self.n],
+            )
+        };
+        true
+    }
+
+    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows and the `n` inputs (`out` holds at
+    /// least `ROWS · n` values). Against a single input the input's codes are loaded once for
+    /// all the rows and `ahead` (the codes of the rows the next call takes, or nothing) is
+    /// prefetched meanwhile; otherwise one [`Int8Dots::row`] each. `false`, writing nothing,
+    /// when a row does not fit.
+    #[inline]
+    pub fn rows(
+        &self,
+        words: [&[u32]; ROWS],
+        scales: [&[f32]; ROWS],
+        biases: [&[f32]; ROWS],
+        ahead: &[u32],
+        out: &mut [f32],
+    ) -> bool {
+        let n = self.n;
+        let fit = (0..ROWS).all(|r| self.fits(words[r], scales[r], biases[r]));
+        if !fit || out.len() < ROWS * n {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if n == 1 {
+            let mut o = [0f32; ROWS];
+            // SAFETY: as in `row`.
+            unsafe {
+                super::avx512_int8::dot_four_rows(
+                    self.bits,
+                    self.group_size,
+                    words,
+                    scales,
+                    biases,
+                    &self.xs[0],
+                    ahead,
+                    &mut o,
+                )
+            };
+            out[..ROWS].copy_from_slice(&o);
+            return true;
+        }
+        (0..ROWS).all(|r| self.row(words[r], scales[r], biases[r], &mut out[r * n..(r + 1) * n]))
+    }
+}
+
+impl RowDots for Int8Dots<'_> {
+    fn inputs(&self) -> usize {
+        self.n
+    }
+    fn row(&self, words: &[u32], scales: &[f32], biases: &[f32], out: &mut [f32]) -> bool {
+        Int8Dots::row(self, words, scales, biases, out)
+    }
+    fn rows(
+        &self,
+        words: [&[u32]; ROWS],
+        scales: [&[f32]; ROWS],
+        biases: [&[f32]; ROWS],
+        ahead: &[u32],
+        out: &mut [f32],
+    ) -> bool {
+        Int8Dots::rows(self, words, scales, biases, ahead, out)
+    }
+}

@@ -1,0 +1,186 @@
+//! AVX-512 VNNI kernels of [`super::affine8`]: weight codes (unsigned) times int8 input codes
+//! (signed) with `vpdpbusd`, a span of 64 values a step. Every function here requires a CPU
+//! with AVX-512 F, BW and VNNI; the callers check that at run time and pass slices of the
+//! lengths each function names.
+
+use std::arch::x86_64::*;
+
+use super::affine::{bias_dot, QSPAN};
+use super::affine8::{QInput8, MANY, ROWS};
+
+/// [`super::affine8::Int8Dots::row`]: one weight row against up to [`MANY`] inputs
+/// (`xs.len() == out.len()`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot_one_row(
+    bits: u8,
+    group_size: usize,
+    words: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    xs: &[QInput8<'_>],
+    out: &mut [f32],
+) {
+    let n = xs.len().min(out.len()).min(MANY);
+    let mut dots = [0f32; MANY];
+    macro_rules! run {
+        ($bits:literal, $bpg:literal) => {
+            match n {
+                0 => {}
+                1 => dots[..1]
+                    .copy_from_slice(&tile::<$bits, $bpg, 1, 1>([words], [scales], xs, &[])[0]),
+                2 => dots[..2]
+                    .copy_from_slice(&tile::<$bits, $bpg, 1, 2>([words], [scales], xs, &[])[0]),
+                3 => dots[..3]
+                    .copy_from_slice(&tile::<$bits, $bpg, 1, 3>([words], [scales], xs, &[])[0]),
+                _ => {
+                    dots.copy_from_slice(&tile::<$bits, $bpg, 1, 4>([words], [scales], xs, &[])[0])
+                }
+            }
+        };
+    }
+    match (bits, group_size / 32) {
+        (4, 1) => run!(4, 1),
+        (4, 2) => run!(4, 2),
+        (4, _) => run!(4, 4),
+        (_, 1) => run!(8, 1),
+        (_, 2) => run!(8, 2),
+        (_, _) => run!(8, 4),
+    }
+    for ((o, d), x) in out[..n].iter_mut().zip(dots).zip(xs) {
+        *o = d + bias_dot(biases, x.group_sums(group_size).unwrap_or_default());
+    }
+}
+
+/// [`super::affine8::Int8Dots::rows`] against one input: [`ROWS`] weight rows, the input's
+/// codes loaded once per span for all of them, `ahead` prefetched meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot_four_rows(
+    bits: u8,
+    group_size: usize,
+    words: [&[u32]; ROWS],
+    scales: [&[f32]; ROWS],
+    biases: [&[f32]; ROWS],
+    x: &QInput8<'_>,
+    ahead: &[u32],
+    out: &mut [f32; ROWS],
+) {
+    let xs = std::slice::from_ref(x);
+    let dots = match (bits, group_size / 32) {
+        (4, 1) => tile::<4, 1, ROWS, 1>(words, scales, xs, ahead),
+        (4, 2) => tile::<4, 2, ROWS, 1>(words, scales, xs, ahead),
+        (4, _) => tile::<4, 4, ROWS, 1>(words, scales, xs, ahead),
+        (_, 1) => tile::<8, 1, ROWS, 1>(words, scales, xs, ahead),
+        (_, 2) => tile::<8, 2, ROWS, 1>(words, scales, xs, ahead),
+        (_, _) => tile::<8, 4, ROWS, 1>(words, scales, xs, ahead),
+    };
+    let sums = x.group_sums(group_size).unwrap_or_default();
+    for ((o, d), b) in out.iter_mut().zip(dots).zip(biases) {
+        *o = d[0] + bias_dot(b, sums);
+    }
+}
+
+/// One weight row's 64 codes of span `p` as bytes, in the order its inputs' codes are kept:
+/// 8-bit codes as stored; 4-bit codes' 32 bytes in both halves of the register, the low
+/// nibbles (even columns) kept in the first half and the high nibbles (odd columns) in the
+/// second.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn span_codes<const BITS: u32>(pw: *const u8, p: usize) -> __m512i {
+    if BITS == 8 {
+        _mm512_loadu_si512(pw.add(p * QSPAN).cast())
+    } else {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(pw.add(p * QSPAN / 2).cast()));
+        let v = _mm512_mask_srli_epi64::<4>(v, 0xf0, v);
+        _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+    }
+}
+
+/// Per f32 lane, the scale of the group its products belong to in span `p`, for `BPG`
+/// blocks per group: in natural order (8-bit) lanes 8–15 hold the second block's products,
+/// evens first (4-bit) lanes 4–7 and 12–15 do.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn span_scale<const BITS: u32, const BPG: usize>(ps: *const f32, p: usize) -> __m512 {
+    if BPG == 1 {
+        let second: __mmask16 = if BITS == 8 { 0xff00 } else { 0xf0f0 };
+        _mm512_mask_mov_ps(
+            _mm512_set1_ps(*ps.add(2 * p)),
+            second,
+            _mm512_set1_ps(*ps.add(2 * p + 1)),
+        )
+    } else {
+        _mm512_set1_ps(*ps.add(2 * p / BPG))
+    }
+}
+
+/// `acc[r][k] += scale · step · Σ q·x` per lane for span `p`, every row `r` and input `k`:
+/// each input's codes and steps loaded once, each row's codes unpacked once.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn span_step<const BITS: u32, const BPG: usize, const R: usize, const N: usize>(
+    pw: &[*const u8; R],
+    ps: &[*const f32; R],
+    pa: &[*const i8; N],
+    pst: &[*const f32; N],
+    p: usize,
+    acc: &mut [[__m512; N]; R],
+) {
+    let a: [__m512i; N] = std::array::from_fn(|k| _mm512_loadu_si512(pa[k].add(p * QSPAN).cast()));
+    let st: [__m512; N] = std::array::from_fn(|k| _mm512_loadu_ps(pst[k].add(p * 16)));
+    for r in 0..R {
+        let w = span_codes::<BITS>(pw[r], p);
+        let scale = span_scale::<BITS, BPG>(ps[r], p);
+        for k in 0..N {
+            let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a[k]);
+            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), st[k]);
+            acc[r][k] = _mm512_fmadd_ps(t, scale, acc[r][k]);
+        }
+    }
+}
+
+/// `Σ scale·step·Σ q·x` (no bias term) of `R` weight rows against `N` inputs: spans alternate
+/// between two sets of accumulators; `ahead` is prefetched over the spans.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize>(
+    words: [&[u32]; R],
+    scales: [&[f32]; R],
+    xs: &[QInput8<'_>],
+    ahead: &[u32],
+) -> [[f32; N]; R] {
+    let spans = xs[0].codes.len() / QSPAN;
+    let pw = words.map(|w| w.as_ptr().cast::<u8>());
+    let ps = scales.map(<[f32]>::as_ptr);
+    let pa: [*const i8; N] = std::array::from_fn(|k| match BITS {
+        8 => xs[k].codes.as_ptr(),
+        _ => xs[k].even_codes.as_ptr(),
+    });
+    let pst: [*const f32; N] = std::array::from_fn(|k| match BITS {
+        8 => xs[k].steps.as_ptr(),
+        _ => xs[k].even_steps.as_ptr(),
+    });
+    let mut acc = [[[_mm512_setzero_ps(); N]; R]; 2];
+    // Cache lines of `ahead` to prefetch every two spans, so that all are asked for by the
+    // last spans.
+    let lines = std::mem::size_of_val(ahead).div_ceil(64);
+    let per_step = lines.div_ceil(spans.div_ceil(2).max(1));
+    let ahead = ahead.as_ptr().cast::<i8>();
+    let mut p = 0;
+    while p + 2 <= spans {
+        for k in 0..per_step {
+            let line = p / 2 * per_step + k;
+            if line < lines {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * line));
+            }
+        }
+        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p, &mut acc[0]);
+        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p + 1, &mut acc[1]);
+        p += 2;
+    }
+    if p < spans {
+        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p, &mut acc[0]);
+    }
+    std::array::from_fn(|r| {
+        std::array::from_fn(|k| _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][k], acc[1][r][k])))
+    })
+}
