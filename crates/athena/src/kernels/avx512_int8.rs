@@ -126,8 +126,12 @@ unsafe fn span_step<const BITS: u32, const BPG: usize, const R: usize, const N: 
     p: usize,
     acc: &mut [[__m512; N]; R],
 ) {
-    let a: [__m512i; N] = std::array::from_fn(|k| _mm512_loadu_si512(pa[k].add(p * QSPAN).cast()));
-    let st: [__m512; N] = std::array::from_fn(|k| _mm512_loadu_ps(pst[k].add(p * 16)));
+    let mut a = [_mm512_setzero_si512(); N];
+    let mut st = [_mm512_setzero_ps(); N];
+    for k in 0..N {
+        a[k] = _mm512_loadu_si512(pa[k].add(p * QSPAN).cast());
+        st[k] = _mm512_loadu_ps(pst[k].add(p * 16));
+    }
     for r in 0..R {
         let w = span_codes::<BITS>(pw[r], p);
         let scale = span_scale::<BITS, BPG>(ps[r], p);
@@ -159,7 +163,9 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
         8 => xs[k].steps.as_ptr(),
         _ => xs[k].even_steps.as_ptr(),
     });
-    let mut acc = [[[_mm512_setzero_ps(); N]; R]; 2];
+    // Two sets of accumulators, separate locals so that they stay in registers.
+    let mut acc0 = [[_mm512_setzero_ps(); N]; R];
+    let mut acc1 = [[_mm512_setzero_ps(); N]; R];
     // Cache lines of `ahead` to prefetch every two spans, so that all are asked for by the
     // last spans.
     let lines = std::mem::size_of_val(ahead).div_ceil(64);
@@ -173,14 +179,18 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
                 _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * line));
             }
         }
-        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p, &mut acc[0]);
-        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p + 1, &mut acc[1]);
+        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p, &mut acc0);
+        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p + 1, &mut acc1);
         p += 2;
     }
     if p < spans {
-        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p, &mut acc[0]);
+        span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p, &mut acc0);
     }
-    std::array::from_fn(|r| {
-        std::array::from_fn(|k| _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][k], acc[1][r][k])))
-    })
+    let mut out = [[0f32; N]; R];
+    for r in 0..R {
+        for k in 0..N {
+            out[r][k] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r][k], acc1[r][k]));
+        }
+    }
+    out
 }
