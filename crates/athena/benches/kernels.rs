@@ -70,6 +70,15 @@ fn matmuls(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("q4_g64", m), |bch| {
             bch.iter(|| q4.matmul(&x, m).unwrap())
         });
+        // The model's path: the inputs' int16 or int8 form.
+        for (name, q) in [("q8_g32", &q8), ("q4_g64", &q4)] {
+            for form in [InputForm::Int16, InputForm::Int8] {
+                let q = q.clone().with_input_form(form);
+                g.bench_function(BenchmarkId::new(format!("{name}_{form:?}"), m), |bch| {
+                    bch.iter(|| q.with_rows(|w| kernels::matmul(w, &x, m)))
+                });
+            }
+        }
         g.finish();
     }
 }
