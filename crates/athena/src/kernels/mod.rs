@@ -495,9 +495,12 @@ fn run_prepared<W: Rows + ?Sized>(w: &W, xp: &[f32], m: usize) -> Vec<f32> {
 fn scatter(out: &[f32], rows: Range<usize>, first_input: usize, m: usize, y: &mut [f32]) {
     let total = y.len() / m.max(1);
     let n = out.len() / rows.len().max(1);
-    for (r, vals) in rows.zip(out.chunks_exact(n.max(1))) {
-        for (i, &v) in vals.iter().enumerate() {
-            y[(first_input + i) * total + r] = v;
+    // Input by input, so that the writes into `y` are contiguous (the task's outputs are
+    // small enough to be read across).
+    for i in 0..n {
+        let at = (first_input + i) * total;
+        for (k, o) in y[at + rows.start..at + rows.end].iter_mut().enumerate() {
+            *o = out[k * n + i];
         }
     }
 }
@@ -534,11 +537,11 @@ fn run<W: Rows + ?Sized>(w: &W, m: usize, block: impl Fn(usize, &mut [f32]) + Sy
     if m == 1 {
         return yt;
     }
-    // yt is [rows, m]; y is [m, rows].
+    // yt is [rows, m]; y is [m, rows], written row by row.
     let mut y = vec![0f32; m * rows];
-    for (r, col) in yt.chunks_exact(m).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            y[i * rows + r] = v;
+    for (i, yi) in y.chunks_exact_mut(rows).enumerate() {
+        for (o, col) in yi.iter_mut().zip(yt.chunks_exact(m)) {
+            *o = col[i];
         }
     }
     y
