@@ -280,8 +280,8 @@ impl<'a> Int8Dots<'a> {
     /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows and the `n` inputs (`out` holds at
     /// least `ROWS · n` values). Against a single input the input's codes are loaded once for
     /// all the rows and `ahead` (the codes of the rows the next call takes, or nothing) is
-    /// prefetched meanwhile; otherwise one [`Int8Dots::row`] each. `false`, writing nothing,
-    /// when a row does not fit.
+    /// prefetched meanwhile; against more, two rows at a time share each input load. `false`,
+    /// writing nothing, when a row does not fit.
     #[inline]
     pub fn rows(
         &self,
@@ -315,7 +315,20 @@ impl<'a> Int8Dots<'a> {
             out[..ROWS].copy_from_slice(&o);
             return true;
         }
-        (0..ROWS).all(|r| self.row(words[r], scales[r], biases[r], &mut out[r * n..(r + 1) * n]))
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `row`.
+        unsafe {
+            super::avx512_int8::dot_rows_many(
+                self.bits,
+                self.group_size,
+                words,
+                scales,
+                biases,
+                &self.xs[..n],
+                &mut out[..ROWS * n],
+            )
+        };
+        true
     }
 }
 

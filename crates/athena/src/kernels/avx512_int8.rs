@@ -80,6 +80,60 @@ pub(super) unsafe fn dot_four_rows(
     }
 }
 
+/// [`super::affine8::Int8Dots::rows`] against two to four inputs: [`ROWS`] weight rows, two at
+/// a time, each input's codes loaded once per span for both (`out[r · n + k]`, `n =
+/// xs.len()`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot_rows_many(
+    bits: u8,
+    group_size: usize,
+    words: [&[u32]; ROWS],
+    scales: [&[f32]; ROWS],
+    biases: [&[f32]; ROWS],
+    xs: &[QInput8<'_>],
+    out: &mut [f32],
+) {
+    let n = xs.len().min(MANY);
+    let xs = &xs[..n];
+    for half in 0..ROWS / 2 {
+        let (r0, r1) = (2 * half, 2 * half + 1);
+        let (w, s) = ([words[r0], words[r1]], [scales[r0], scales[r1]]);
+        let mut dots = [[0f32; MANY]; 2];
+        macro_rules! run {
+            ($bits:literal, $bpg:literal) => {{
+                macro_rules! put {
+                    ($n:literal) => {{
+                        let d = tile::<$bits, $bpg, 2, $n>(w, s, xs, &[]);
+                        for r in 0..2 {
+                            dots[r][..$n].copy_from_slice(&d[r]);
+                        }
+                    }};
+                }
+                match n {
+                    1 => put!(1),
+                    2 => put!(2),
+                    3 => put!(3),
+                    _ => put!(4),
+                }
+            }};
+        }
+        match (bits, group_size / 32) {
+            (4, 1) => run!(4, 1),
+            (4, 2) => run!(4, 2),
+            (4, _) => run!(4, 4),
+            (_, 1) => run!(8, 1),
+            (_, 2) => run!(8, 2),
+            (_, _) => run!(8, 4),
+        }
+        for (j, r) in [r0, r1].into_iter().enumerate() {
+            for (k, x) in xs.iter().enumerate() {
+                let sums = x.group_sums(group_size).unwrap_or_default();
+                out[r * n + k] = dots[j][k] + bias_dot(biases[r], sums);
+            }
+        }
+    }
+}
+
 /// One weight row's 64 codes of span `p` as bytes, in the order its inputs' codes are kept:
 /// 8-bit codes as stored; 4-bit codes' 32 bytes in both halves of the register, the low
 /// nibbles (even columns) kept in the first half and the high nibbles (odd columns) in the

@@ -144,9 +144,11 @@ impl Packed<'_> {
         kernel: impl Fn(Range<usize>) -> Option<K>,
     ) -> bool {
         let groups = self.cols / self.params.group_size;
-        // 8-bit rows, twice the bytes per product, stream faster one at a time.
-        if n == 1 && self.params.bits == 4 && buf.len() >= 2 * affine::ROWS * groups {
-            return kernel(0..1).is_some_and(|k| self.four_rows(&k, rows, out, buf));
+        // Against one input, 8-bit rows (twice the bytes per product) stream faster one at a
+        // time.
+        let blocks = n > 1 || self.params.bits == 4;
+        if n <= affine::MANY && blocks && buf.len() >= 2 * affine::ROWS * groups {
+            return kernel(0..n).is_some_and(|k| self.four_rows(&k, rows, n, out, buf));
         }
         let row_words = groups * self.group_words;
         let (sbuf, bbuf) = buf.split_at_mut(groups);
@@ -169,13 +171,14 @@ impl Packed<'_> {
         true
     }
 
-    /// [`Packed::run_dots`] against one input: [`affine::ROWS`] weight rows at a time
-    /// ([`RowDots::rows`], the codes of the next ones prefetched), then the last few one by
-    /// one. `buf` holds at least `2 · ROWS` rows of scales.
+    /// [`Packed::run_dots`] against `n` inputs (up to [`affine::MANY`]): [`affine::ROWS`]
+    /// weight rows at a time ([`RowDots::rows`], the codes of the next ones prefetched), then
+    /// the last few one by one. `buf` holds at least `2 · ROWS` rows of scales.
     fn four_rows<K: RowDots>(
         &self,
         kernel: &K,
         rows: Range<usize>,
+        n: usize,
         out: &mut [f32],
         buf: &mut [f32],
     ) -> bool {
@@ -185,15 +188,15 @@ impl Packed<'_> {
         let words = |r: usize| self.packed.get(r * row_words..(r + 1) * row_words);
         let (sbuf, bbuf) = buf[..2 * R * groups].split_at_mut(R * groups);
         let mut r = rows.start;
-        for out in out.chunks_mut(R) {
-            if out.len() < R {
-                for (o, r) in out.iter_mut().zip(r..) {
+        for out in out.chunks_mut(R * n) {
+            if out.len() < R * n {
+                for (o, r) in out.chunks_exact_mut(n).zip(r..) {
                     let Some(w) = words(r) else {
                         return false;
                     };
                     let scales = self.scales.row_in(r, groups, sbuf);
                     let biases = self.biases.row_in(r, groups, bbuf);
-                    if !kernel.row(w, scales, biases, std::slice::from_mut(o)) {
+                    if !kernel.row(w, scales, biases, o) {
                         return false;
                     }
                 }
