@@ -484,8 +484,9 @@ impl AffineDots<'_> {
     /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows (each as [`AffineDots::row`]
     /// takes it) and the `n` inputs (`out` holds at least `ROWS · n` values). Against a single
     /// input on AVX-512, the input's codes are loaded once for all the rows, and `ahead` (the
-    /// codes of the rows the next call takes, or nothing) is prefetched meanwhile; otherwise
-    /// one [`AffineDots::row`] each. `false`, writing nothing, when a row does not fit.
+    /// codes of the rows the next call takes, or nothing) is prefetched meanwhile; against
+    /// more, two rows at a time share each input load; on other tiers one
+    /// [`AffineDots::row`] each. `false`, writing nothing, when a row does not fit.
     #[inline]
     pub fn rows(
         &self,
@@ -518,6 +519,22 @@ impl AffineDots<'_> {
                 )
             };
             out[..ROWS].copy_from_slice(&o);
+            return true;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.tier == Tier::Avx512 {
+            // SAFETY: as above.
+            unsafe {
+                super::avx512::dot_affine_rows_many(
+                    self.bits,
+                    self.group_size,
+                    words,
+                    scales,
+                    biases,
+                    &self.xs[..n],
+                    &mut out[..ROWS * n],
+                )
+            };
             return true;
         }
         (0..ROWS).all(|r| self.row(words[r], scales[r], biases[r], &mut out[r * n..(r + 1) * n]))

@@ -57,12 +57,14 @@ unsafe fn by_count<const BITS: u32, const BPG: usize>(
     let n = xs.len().min(out.len()).min(MANY);
     let (xs, out) = (&xs[..n], &mut out[..n]);
     let mut dots = [0f32; MANY];
+    let w = [words];
+    let s = [scales];
     match n {
         0 => return,
-        1 => dots[..1].copy_from_slice(&rows::<BITS, BPG, 1>(words, scales, xs)),
-        2 => dots[..2].copy_from_slice(&rows::<BITS, BPG, 2>(words, scales, xs)),
-        3 => dots[..3].copy_from_slice(&rows::<BITS, BPG, 3>(words, scales, xs)),
-        _ => dots.copy_from_slice(&rows::<BITS, BPG, 4>(words, scales, xs)),
+        1 => dots[..1].copy_from_slice(&tile::<BITS, BPG, 1, 1>(w, s, xs, &[])[0]),
+        2 => dots[..2].copy_from_slice(&tile::<BITS, BPG, 1, 2>(w, s, xs, &[])[0]),
+        3 => dots[..3].copy_from_slice(&tile::<BITS, BPG, 1, 3>(w, s, xs, &[])[0]),
+        _ => dots.copy_from_slice(&tile::<BITS, BPG, 1, 4>(w, s, xs, &[])[0]),
     }
     for ((o, d), x) in out.iter_mut().zip(dots).zip(xs) {
         *o = d + bias_dot(biases, x.group_sums(group_size).unwrap_or_default());
@@ -115,78 +117,6 @@ unsafe fn pair_scale<const BPG: usize>(ps: *const f32, p: usize) -> __m512 {
     }
 }
 
-/// Exact int32 products of two blocks' codes (`lo`, `hi` from [`unpack_pair`]) with an
-/// input's codes at `q` (64 values, evens first): lanes 0–7 hold block `2p`'s partial sums,
-/// lanes 8–15 block `2p + 1`'s.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn pair_products(lo: __m512i, hi: __m512i, q: *const i16) -> __m512i {
-    let s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(q.cast()));
-    _mm512_dpwssd_epi32(s, hi, _mm512_loadu_si512(q.add(QSPAN / 2).cast()))
-}
-
-/// `acc[i] += scale · step · Σ q·x` per lane for block pair `p` and each input.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn pair_step<const BITS: u32, const BPG: usize, const N: usize>(
-    pw: *const u8,
-    ps: *const f32,
-    pq: &[*const i16; N],
-    pst: &[*const f32; N],
-    p: usize,
-    acc: &mut [__m512; N],
-) {
-    let (lo, hi) = unpack_pair::<BITS>(pw, p);
-    let scale = pair_scale::<BPG>(ps, p);
-    for i in 0..N {
-        let s = pair_products(lo, hi, pq[i].add(p * QSPAN));
-        let steps = _mm512_loadu_ps(pst[i].add(p * 2 * STEP_LANES));
-        let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), steps);
-        acc[i] = _mm512_fmadd_ps(t, scale, acc[i]);
-    }
-}
-
-/// `Σ scale·step·Σ q·x` over a row's blocks (no bias term) for `N` inputs: pairs of blocks
-/// alternate between two accumulators per input, then a lone last block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn rows<const BITS: u32, const BPG: usize, const N: usize>(
-    words: &[u32],
-    scales: &[f32],
-    xs: &[QInput<'_>],
-) -> [f32; N] {
-    let blocks = xs[0].codes.len() / QBLOCK;
-    let pw = words.as_ptr().cast::<u8>();
-    let ps = scales.as_ptr();
-    let pq: [*const i16; N] = std::array::from_fn(|i| xs[i].codes.as_ptr());
-    let pst: [*const f32; N] = std::array::from_fn(|i| xs[i].steps.as_ptr());
-    let mut acc = [[_mm512_setzero_ps(); N]; 2];
-    let pairs = blocks / 2;
-    let mut p = 0;
-    while p + 2 <= pairs {
-        pair_step::<BITS, BPG, N>(pw, ps, &pq, &pst, p, &mut acc[0]);
-        pair_step::<BITS, BPG, N>(pw, ps, &pq, &pst, p + 1, &mut acc[1]);
-        p += 2;
-    }
-    if p < pairs {
-        pair_step::<BITS, BPG, N>(pw, ps, &pq, &pst, p, &mut acc[0]);
-    }
-    if blocks % 2 == 1 {
-        let b = blocks - 1;
-        let (lo, hi) = unpack_last::<BITS>(pw, b);
-        let scale = _mm512_set1_ps(*ps.add(b / BPG));
-        for i in 0..N {
-            let q = pq[i].add(QBLOCK * b);
-            let e = _mm512_maskz_loadu_epi16(0xffff, q.cast());
-            let o = _mm512_maskz_loadu_epi16(0xffff, q.add(QBLOCK / 2).cast());
-            let s = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, e), hi, o);
-            let steps = _mm512_maskz_loadu_ps(0x00ff, pst[i].add(STEP_LANES * b));
-            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), steps);
-            acc[0][i] = _mm512_fmadd_ps(t, scale, acc[0][i]);
-        }
-    }
-    std::array::from_fn(|i| _mm512_reduce_add_ps(_mm512_add_ps(acc[0][i], acc[1][i])))
-}
-
 /// [`super::affine::AffineDots::rows`] on this tier: [`ROWS`] weight rows (codes `words`,
 /// per-group `scales` and `biases`) against one prepared input, whose codes and steps are
 /// loaded once per block pair for all of them. `ahead` (the codes the next call will read)
@@ -203,60 +133,132 @@ pub(super) unsafe fn dot_affine_rows(
     ahead: &[u32],
     out: &mut [f32; ROWS],
 ) {
+    let xs = std::slice::from_ref(x);
     let dots = match (bits, group_size / QBLOCK) {
-        (4, 1) => many_rows::<4, 1>(words, scales, x, ahead),
-        (4, 2) => many_rows::<4, 2>(words, scales, x, ahead),
-        (4, _) => many_rows::<4, 4>(words, scales, x, ahead),
-        (_, 1) => many_rows::<8, 1>(words, scales, x, ahead),
-        (_, 2) => many_rows::<8, 2>(words, scales, x, ahead),
-        (_, _) => many_rows::<8, 4>(words, scales, x, ahead),
+        (4, 1) => tile::<4, 1, ROWS, 1>(words, scales, xs, ahead),
+        (4, 2) => tile::<4, 2, ROWS, 1>(words, scales, xs, ahead),
+        (4, _) => tile::<4, 4, ROWS, 1>(words, scales, xs, ahead),
+        (_, 1) => tile::<8, 1, ROWS, 1>(words, scales, xs, ahead),
+        (_, 2) => tile::<8, 2, ROWS, 1>(words, scales, xs, ahead),
+        (_, _) => tile::<8, 4, ROWS, 1>(words, scales, xs, ahead),
     };
     let sums = x.group_sums(group_size).unwrap_or_default();
     for ((o, d), b) in out.iter_mut().zip(dots).zip(biases) {
-        *o = d + bias_dot(b, sums);
+        *o = d[0] + bias_dot(b, sums);
     }
 }
 
 /// Weight rows [`dot_affine_rows`] runs together.
 pub(super) const ROWS: usize = 4;
 
-/// `acc[r] += scale_r · step · Σ q_r·x` per lane for block pair `p` and each of the rows,
-/// with the input's codes and steps loaded once.
-#[inline]
+/// [`super::affine::AffineDots::rows`] on this tier against two to four inputs: [`ROWS`]
+/// weight rows, two at a time, each input's codes loaded once per block pair for both
+/// (`out[r · n + k]`, `n = xs.len()`). Lengths checked by the caller.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn rows_pair_step<const BITS: u32, const BPG: usize>(
-    pw: &[*const u8; ROWS],
-    ps: &[*const f32; ROWS],
-    pq: *const i16,
-    pst: *const f32,
-    p: usize,
-    acc: &mut [__m512; ROWS],
+pub(super) unsafe fn dot_affine_rows_many(
+    bits: u8,
+    group_size: usize,
+    words: [&[u32]; ROWS],
+    scales: [&[f32]; ROWS],
+    biases: [&[f32]; ROWS],
+    xs: &[QInput<'_>],
+    out: &mut [f32],
 ) {
-    let q0 = _mm512_loadu_si512(pq.add(p * QSPAN).cast());
-    let q1 = _mm512_loadu_si512(pq.add(p * QSPAN + QSPAN / 2).cast());
-    let steps = _mm512_loadu_ps(pst.add(p * 2 * STEP_LANES));
-    for r in 0..ROWS {
-        let (lo, hi) = unpack_pair::<BITS>(pw[r], p);
-        let s = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, q0), hi, q1);
-        let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), steps);
-        acc[r] = _mm512_fmadd_ps(t, pair_scale::<BPG>(ps[r], p), acc[r]);
+    let n = xs.len().min(MANY);
+    let xs = &xs[..n];
+    for half in 0..ROWS / 2 {
+        let (r0, r1) = (2 * half, 2 * half + 1);
+        let (w, s) = ([words[r0], words[r1]], [scales[r0], scales[r1]]);
+        let mut dots = [[0f32; MANY]; 2];
+        macro_rules! run {
+            ($bits:literal, $bpg:literal) => {{
+                macro_rules! put {
+                    ($n:literal) => {{
+                        let d = tile::<$bits, $bpg, 2, $n>(w, s, xs, &[]);
+                        for r in 0..2 {
+                            dots[r][..$n].copy_from_slice(&d[r]);
+                        }
+                    }};
+                }
+                match n {
+                    1 => put!(1),
+                    2 => put!(2),
+                    3 => put!(3),
+                    _ => put!(4),
+                }
+            }};
+        }
+        match (bits, group_size / QBLOCK) {
+            (4, 1) => run!(4, 1),
+            (4, 2) => run!(4, 2),
+            (4, _) => run!(4, 4),
+            (_, 1) => run!(8, 1),
+            (_, 2) => run!(8, 2),
+            (_, _) => run!(8, 4),
+        }
+        for (j, r) in [r0, r1].into_iter().enumerate() {
+            for (k, x) in xs.iter().enumerate() {
+                let sums = x.group_sums(group_size).unwrap_or_default();
+                out[r * n + k] = dots[j][k] + bias_dot(biases[r], sums);
+            }
+        }
     }
 }
 
-/// `Σ scale·step·Σ q·x` (no bias term) of [`ROWS`] weight rows against one input: pairs of
-/// blocks alternate between two accumulators per row, then a lone last block.
+/// `acc[r][k] += scale_r · step · Σ q_r·x_k` per lane for block pair `p`, every row `r` and
+/// input `k`: each input's codes and steps loaded once, each row's codes unpacked once.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn many_rows<const BITS: u32, const BPG: usize>(
-    words: [&[u32]; ROWS],
-    scales: [&[f32]; ROWS],
-    x: &QInput<'_>,
+unsafe fn pair_step<const BITS: u32, const BPG: usize, const R: usize, const N: usize>(
+    pw: &[*const u8; R],
+    ps: &[*const f32; R],
+    pq: &[*const i16; N],
+    pst: &[*const f32; N],
+    p: usize,
+    acc: &mut [[__m512; N]; R],
+) {
+    let mut q0 = [_mm512_setzero_si512(); N];
+    let mut q1 = [_mm512_setzero_si512(); N];
+    let mut st = [_mm512_setzero_ps(); N];
+    for k in 0..N {
+        q0[k] = _mm512_loadu_si512(pq[k].add(p * QSPAN).cast());
+        q1[k] = _mm512_loadu_si512(pq[k].add(p * QSPAN + QSPAN / 2).cast());
+        st[k] = _mm512_loadu_ps(pst[k].add(p * 2 * STEP_LANES));
+    }
+    for r in 0..R {
+        let (lo, hi) = unpack_pair::<BITS>(pw[r], p);
+        let scale = pair_scale::<BPG>(ps[r], p);
+        for k in 0..N {
+            let s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, q0[k]);
+            let s = _mm512_dpwssd_epi32(s, hi, q1[k]);
+            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), st[k]);
+            acc[r][k] = _mm512_fmadd_ps(t, scale, acc[r][k]);
+        }
+    }
+}
+
+/// `Σ scale·step·Σ q·x` (no bias term) of `R` weight rows against `N` inputs: block pairs
+/// alternate between two sets of accumulators, then a lone last block; `ahead` is prefetched
+/// over the pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize>(
+    words: [&[u32]; R],
+    scales: [&[f32]; R],
+    xs: &[QInput<'_>],
     ahead: &[u32],
-) -> [f32; ROWS] {
-    let blocks = x.codes.len() / QBLOCK;
+) -> [[f32; N]; R] {
+    let blocks = xs[0].codes.len() / QBLOCK;
     let pw = words.map(|w| w.as_ptr().cast::<u8>());
     let ps = scales.map(<[f32]>::as_ptr);
-    let (pq, pst) = (x.codes.as_ptr(), x.steps.as_ptr());
-    let mut acc = [[_mm512_setzero_ps(); ROWS]; 2];
+    let mut pq = [std::ptr::null::<i16>(); N];
+    let mut pst = [std::ptr::null::<f32>(); N];
+    for k in 0..N {
+        pq[k] = xs[k].codes.as_ptr();
+        pst[k] = xs[k].steps.as_ptr();
+    }
+    // Two sets of accumulators, separate locals so that they stay in registers.
+    let mut acc0 = [[_mm512_setzero_ps(); N]; R];
+    let mut acc1 = [[_mm512_setzero_ps(); N]; R];
     let pairs = blocks / 2;
     // Cache lines of `ahead` to prefetch every two pairs, so that all are asked for by the
     // last pairs.
@@ -271,25 +273,35 @@ unsafe fn many_rows<const BITS: u32, const BPG: usize>(
                 _mm_prefetch::<_MM_HINT_T0>(pa.add(64 * line));
             }
         }
-        rows_pair_step::<BITS, BPG>(&pw, &ps, pq, pst, p, &mut acc[0]);
-        rows_pair_step::<BITS, BPG>(&pw, &ps, pq, pst, p + 1, &mut acc[1]);
+        pair_step::<BITS, BPG, R, N>(&pw, &ps, &pq, &pst, p, &mut acc0);
+        pair_step::<BITS, BPG, R, N>(&pw, &ps, &pq, &pst, p + 1, &mut acc1);
         p += 2;
     }
     if p < pairs {
-        rows_pair_step::<BITS, BPG>(&pw, &ps, pq, pst, p, &mut acc[0]);
+        pair_step::<BITS, BPG, R, N>(&pw, &ps, &pq, &pst, p, &mut acc0);
     }
     if blocks % 2 == 1 {
         let b = blocks - 1;
-        let q = pq.add(QBLOCK * b);
-        let e = _mm512_maskz_loadu_epi16(0xffff, q.cast());
-        let o = _mm512_maskz_loadu_epi16(0xffff, q.add(QBLOCK / 2).cast());
-        let steps = _mm512_maskz_loadu_ps(0x00ff, pst.add(STEP_LANES * b));
-        for r in 0..ROWS {
-            let (lo, hi) = unpack_last::<BITS>(pw[r], b);
-            let s = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, e), hi, o);
-            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), steps);
-            acc[0][r] = _mm512_fmadd_ps(t, _mm512_set1_ps(*ps[r].add(b / BPG)), acc[0][r]);
+        for k in 0..N {
+            let q = pq[k].add(QBLOCK * b);
+            let e = _mm512_maskz_loadu_epi16(0xffff, q.cast());
+            let o = _mm512_maskz_loadu_epi16(0xffff, q.add(QBLOCK / 2).cast());
+            let steps = _mm512_maskz_loadu_ps(0x00ff, pst[k].add(STEP_LANES * b));
+            for r in 0..R {
+                let (lo, hi) = unpack_last::<BITS>(pw[r], b);
+                let s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, e);
+                let s = _mm512_dpwssd_epi32(s, hi, o);
+                let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), steps);
+                let scale = _mm512_set1_ps(*ps[r].add(b / BPG));
+                acc0[r][k] = _mm512_fmadd_ps(t, scale, acc0[r][k]);
+            }
         }
     }
-    std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r])))
+    let mut out = [[0f32; N]; R];
+    for r in 0..R {
+        for k in 0..N {
+            out[r][k] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r][k], acc1[r][k]));
+        }
+    }
+    out
 }
