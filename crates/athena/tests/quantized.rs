@@ -37,23 +37,27 @@ fn agreement_and_kl(reference: &Tensor, candidate: &Tensor) -> (f32, f32) {
     (same as f32 / a.len() as f32, kl)
 }
 
+/// The ids and mlx-lm's logits stored with an mlx-lm fixture.
+fn mlx_reference(name: &str) -> (Vec<u32>, Tensor) {
+    let r =
+        candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let ids = r["ids_a"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    (ids, r["logits_a"].clone())
+}
+
 #[test]
 fn mlx_lm_quantized_checkpoints_match_mlx_lm() {
     for name in ["mlx_q4", "mlx_q8_g64", "mlx_mixed_3_6"] {
         let model = load(name, &LoadOptions::default());
-        let r = candle_core::safetensors::load(
-            fixture(name).join("reference.safetensors"),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let ids: Vec<u32> = r["ids_a"]
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|i| i as u32)
-            .collect();
+        let (ids, want) = mlx_reference(name);
         let got = logits(&model, &ids);
-        let d = max_abs_diff(&got, &r["logits_a"]);
+        let d = max_abs_diff(&got, &want);
         println!("{name}: max |Δlogit| vs mlx-lm {d:.2e}");
         assert!(d <= 1e-3, "{name}: athena differs from mlx-lm by {d}");
     }
@@ -153,21 +157,11 @@ fn int8_activations_stay_close_to_the_reference() {
         ..Default::default()
     };
     for name in ["mlx_q4", "mlx_q8_g64"] {
-        let r = candle_core::safetensors::load(
-            fixture(name).join("reference.safetensors"),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let ids: Vec<u32> = r["ids_a"]
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|i| i as u32)
-            .collect();
+        let (ids, want) = mlx_reference(name);
         let exact = logits(&load(name, &LoadOptions::default()), &ids);
         let fast = logits(&load(name, &int8), &ids);
-        let d = max_abs_diff(&fast, &r["logits_a"]);
-        let (top1, kl) = agreement_and_kl(&r["logits_a"], &fast);
+        let d = max_abs_diff(&fast, &want);
+        let (top1, kl) = agreement_and_kl(&want, &fast);
         println!("{name} int8: max |Δlogit| vs mlx-lm {d:.2e}, top-1 {top1:.3}, KL {kl:.2e}");
         assert_eq!(
             vnni,

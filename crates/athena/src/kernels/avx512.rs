@@ -260,19 +260,10 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = [[_mm512_setzero_ps(); N]; R];
     let pairs = blocks / 2;
-    // Cache lines of `ahead` to prefetch every two pairs, so that all are asked for by the
-    // last pairs.
-    let lines = std::mem::size_of_val(ahead).div_ceil(64);
-    let per_step = lines.div_ceil(pairs.div_ceil(2).max(1));
-    let pa = ahead.as_ptr().cast::<i8>();
+    let ahead = Ahead::new(ahead, pairs.div_ceil(2));
     let mut p = 0;
     while p + 2 <= pairs {
-        for k in 0..per_step {
-            let line = p / 2 * per_step + k;
-            if line < lines {
-                _mm_prefetch::<_MM_HINT_T0>(pa.add(64 * line));
-            }
-        }
+        ahead.step(p / 2);
         pair_step::<BITS, BPG, R, N>(&pw, &ps, &pq, &pst, p, &mut acc0);
         pair_step::<BITS, BPG, R, N>(&pw, &ps, &pq, &pst, p + 1, &mut acc1);
         p += 2;
@@ -304,4 +295,35 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
         }
     }
     out
+}
+
+/// Prefetches of a slice spread over the steps of a loop: the cache lines of `ahead` asked for
+/// a few at each of `steps` steps, all of them by the last.
+pub(super) struct Ahead {
+    p: *const i8,
+    lines: usize,
+    per_step: usize,
+}
+
+impl Ahead {
+    pub(super) fn new(ahead: &[u32], steps: usize) -> Ahead {
+        let lines = std::mem::size_of_val(ahead).div_ceil(64);
+        Ahead {
+            p: ahead.as_ptr().cast::<i8>(),
+            lines,
+            per_step: lines.div_ceil(steps.max(1)),
+        }
+    }
+
+    /// Asks for step `i`'s lines (a prefetch never faults, whatever the address).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn step(&self, i: usize) {
+        for k in 0..self.per_step {
+            let line = i * self.per_step + k;
+            if line < self.lines {
+                _mm_prefetch::<_MM_HINT_T0>(self.p.wrapping_add(64 * line));
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 
 use super::affine::{bias_dot, QSPAN};
 use super::affine8::{QInput8, MANY, ROWS};
+use super::avx512::Ahead;
 
 /// [`super::affine8::Int8Dots::row`]: one weight row against up to [`MANY`] inputs
 /// (`xs.len() == out.len()`).
@@ -220,19 +221,10 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     // Two sets of accumulators, separate locals so that they stay in registers.
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = [[_mm512_setzero_ps(); N]; R];
-    // Cache lines of `ahead` to prefetch every two spans, so that all are asked for by the
-    // last spans.
-    let lines = std::mem::size_of_val(ahead).div_ceil(64);
-    let per_step = lines.div_ceil(spans.div_ceil(2).max(1));
-    let ahead = ahead.as_ptr().cast::<i8>();
+    let ahead = Ahead::new(ahead, spans.div_ceil(2));
     let mut p = 0;
     while p + 2 <= spans {
-        for k in 0..per_step {
-            let line = p / 2 * per_step + k;
-            if line < lines {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.add(64 * line));
-            }
-        }
+        ahead.step(p / 2);
         span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p, &mut acc0);
         span_step::<BITS, BPG, R, N>(&pw, &ps, &pa, &pst, p + 1, &mut acc1);
         p += 2;
