@@ -423,7 +423,7 @@ impl<'a> AffineDots<'a> {
             // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked
             // in `new` and `fits`.
             Tier::Avx512 => unsafe {
-                super::avx512::dot_affine(self.bits, gs, words, scales, biases, xs, out)
+                super::avx512::dot_one_row(self.bits, gs, words, scales, biases, xs, out)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA (checked in `new`); lengths checked in `new`
@@ -502,36 +502,18 @@ impl AffineDots<'_> {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
-        if n == 1 && self.tier == Tier::Avx512 {
-            let mut o = [0f32; ROWS];
+        if self.tier == Tier::Avx512 {
             // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked
             // in `new` and `fits`.
             unsafe {
-                super::avx512::dot_affine_rows(
-                    self.bits,
-                    self.group_size,
-                    words,
-                    scales,
-                    biases,
-                    &self.xs[0],
-                    ahead,
-                    &mut o,
-                )
-            };
-            out[..ROWS].copy_from_slice(&o);
-            return true;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if self.tier == Tier::Avx512 {
-            // SAFETY: as above.
-            unsafe {
-                super::avx512::dot_affine_rows_many(
+                super::avx512::dot_rows(
                     self.bits,
                     self.group_size,
                     words,
                     scales,
                     biases,
                     &self.xs[..n],
+                    ahead,
                     &mut out[..ROWS * n],
                 )
             };

@@ -264,7 +264,7 @@ impl<'a> Int8Dots<'a> {
         // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked in
         // `new` and `fits`.
         unsafe {
-            super::avx512_int8::dot_one_row(
+            super::avx512::dot_one_row(
                 self.bits,
                 self.group_size,
                 words,
@@ -297,34 +297,16 @@ impl<'a> Int8Dots<'a> {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
-        if n == 1 {
-            let mut o = [0f32; ROWS];
-            // SAFETY: as in `row`.
-            unsafe {
-                super::avx512_int8::dot_four_rows(
-                    self.bits,
-                    self.group_size,
-                    words,
-                    scales,
-                    biases,
-                    &self.xs[0],
-                    ahead,
-                    &mut o,
-                )
-            };
-            out[..ROWS].copy_from_slice(&o);
-            return true;
-        }
-        #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `row`.
         unsafe {
-            super::avx512_int8::dot_rows_many(
+            super::avx512::dot_rows(
                 self.bits,
                 self.group_size,
                 words,
                 scales,
                 biases,
                 &self.xs[..n],
+                ahead,
                 &mut out[..ROWS * n],
             )
         };

@@ -4,70 +4,147 @@
 
 use std::arch::x86_64::*;
 
-use super::affine::{bias_dot, QInput, MANY, QBLOCK, QSPAN, STEP_LANES};
+use super::affine::{bias_dot, QInput, MANY, QBLOCK, QSPAN, ROWS, STEP_LANES};
 
-/// [`super::affine::dot_affine_on`] for up to [`MANY`] inputs (`xs.len() == out.len()`,
-/// lengths checked by the caller): picks the kernel for `bits`, the group size and the
-/// number of inputs.
+/// A prepared input form with an AVX-512 tile kernel: the int16 form ([`QInput`], here) and
+/// the int8 form ([`super::affine8::QInput8`], in `avx512_int8`). The entry points below
+/// serve both.
+pub(super) trait TileInput: Sized {
+    /// `Σ scale·step·Σ q·x` (no bias term) of `R` weight rows against `N` inputs, `ahead`
+    /// prefetched over the row. Requires AVX-512 F, BW and VNNI; lengths checked by the
+    /// caller.
+    unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize>(
+        words: [&[u32]; R],
+        scales: [&[f32]; R],
+        xs: &[Self],
+        ahead: &[u32],
+    ) -> [[f32; N]; R];
+    /// `Σ x` per group of `group_size` values.
+    fn sums(&self, group_size: usize) -> &[f32];
+}
+
+impl TileInput for QInput<'_> {
+    #[inline]
+    unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize>(
+        words: [&[u32]; R],
+        scales: [&[f32]; R],
+        xs: &[Self],
+        ahead: &[u32],
+    ) -> [[f32; N]; R] {
+        tile::<BITS, BPG, R, N>(words, scales, xs, ahead)
+    }
+    fn sums(&self, group_size: usize) -> &[f32] {
+        self.group_sums(group_size).unwrap_or_default()
+    }
+}
+
+/// `$run!(BITS, BPG)` for the bit width `$bits` (4, else 8) and the blocks of [`QBLOCK`] per
+/// group of `$group` values (1, 2, else 4), fixed at compile time.
+macro_rules! by_width {
+    ($bits:expr, $group:expr, $run:ident) => {
+        match ($bits, $group / QBLOCK) {
+            (4, 1) => $run!(4, 1),
+            (4, 2) => $run!(4, 2),
+            (4, _) => $run!(4, 4),
+            (_, 1) => $run!(8, 1),
+            (_, 2) => $run!(8, 2),
+            (_, _) => $run!(8, 4),
+        }
+    };
+}
+
+/// One weight row against up to [`MANY`] prepared inputs (`out[k]`, as many as `xs`):
+/// [`super::affine::AffineDots::row`] and [`super::affine8::Int8Dots::row`] on this tier.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dot_affine(
+pub(super) unsafe fn dot_one_row<X: TileInput>(
     bits: u8,
     group_size: usize,
     words: &[u32],
     scales: &[f32],
     biases: &[f32],
-    xs: &[QInput<'_>],
-    out: &mut [f32],
-) {
-    match bits {
-        4 => by_group::<4>(group_size, words, scales, biases, xs, out),
-        _ => by_group::<8>(group_size, words, scales, biases, xs, out),
-    }
-}
-
-/// [`dot_affine`] with the bit width fixed: picks the group size.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn by_group<const BITS: u32>(
-    group_size: usize,
-    words: &[u32],
-    scales: &[f32],
-    biases: &[f32],
-    xs: &[QInput<'_>],
-    out: &mut [f32],
-) {
-    match group_size / QBLOCK {
-        1 => by_count::<BITS, 1>(group_size, words, scales, biases, xs, out),
-        2 => by_count::<BITS, 2>(group_size, words, scales, biases, xs, out),
-        _ => by_count::<BITS, 4>(group_size, words, scales, biases, xs, out),
-    }
-}
-
-/// [`dot_affine`] with the bit width and blocks per group fixed: picks the input count.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn by_count<const BITS: u32, const BPG: usize>(
-    group_size: usize,
-    words: &[u32],
-    scales: &[f32],
-    biases: &[f32],
-    xs: &[QInput<'_>],
+    xs: &[X],
     out: &mut [f32],
 ) {
     let n = xs.len().min(out.len()).min(MANY);
-    let (xs, out) = (&xs[..n], &mut out[..n]);
+    let xs = &xs[..n];
     let mut dots = [0f32; MANY];
-    let w = [words];
-    let s = [scales];
-    match n {
-        0 => return,
-        1 => dots[..1].copy_from_slice(&tile::<BITS, BPG, 1, 1>(w, s, xs, &[])[0]),
-        2 => dots[..2].copy_from_slice(&tile::<BITS, BPG, 1, 2>(w, s, xs, &[])[0]),
-        3 => dots[..3].copy_from_slice(&tile::<BITS, BPG, 1, 3>(w, s, xs, &[])[0]),
-        _ => dots.copy_from_slice(&tile::<BITS, BPG, 1, 4>(w, s, xs, &[])[0]),
+    let (w, s) = ([words], [scales]);
+    macro_rules! run {
+        ($bits:literal, $bpg:literal) => {
+            match n {
+                0 => {}
+                1 => dots[..1].copy_from_slice(&X::tile::<$bits, $bpg, 1, 1>(w, s, xs, &[])[0]),
+                2 => dots[..2].copy_from_slice(&X::tile::<$bits, $bpg, 1, 2>(w, s, xs, &[])[0]),
+                3 => dots[..3].copy_from_slice(&X::tile::<$bits, $bpg, 1, 3>(w, s, xs, &[])[0]),
+                _ => dots.copy_from_slice(&X::tile::<$bits, $bpg, 1, 4>(w, s, xs, &[])[0]),
+            }
+        };
     }
-    for ((o, d), x) in out.iter_mut().zip(dots).zip(xs) {
-        *o = d + bias_dot(biases, x.group_sums(group_size).unwrap_or_default());
+    by_width!(bits, group_size, run);
+    for ((o, d), x) in out[..n].iter_mut().zip(dots).zip(xs) {
+        *o = d + bias_dot(biases, x.sums(group_size));
+    }
+}
+
+/// [`ROWS`] weight rows against prepared inputs (`out[r · n + k]`, `n = xs.len()`, one to
+/// [`MANY`]): [`super::affine::AffineDots::rows`] and [`super::affine8::Int8Dots::rows`] on
+/// this tier. Against one input the four rows run together, the input's codes loaded once
+/// for all of them and `ahead` (the codes the next call will read) prefetched meanwhile;
+/// against more, two rows at a time share each input load.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot_rows<X: TileInput>(
+    bits: u8,
+    group_size: usize,
+    words: [&[u32]; ROWS],
+    scales: [&[f32]; ROWS],
+    biases: [&[f32]; ROWS],
+    xs: &[X],
+    ahead: &[u32],
+    out: &mut [f32],
+) {
+    let n = xs.len().min(MANY);
+    let xs = &xs[..n];
+    let mut dots = [[0f32; MANY]; ROWS];
+    if n == 1 {
+        macro_rules! run {
+            ($bits:literal, $bpg:literal) => {
+                for (d, t) in dots
+                    .iter_mut()
+                    .zip(X::tile::<$bits, $bpg, ROWS, 1>(words, scales, xs, ahead))
+                {
+                    d[0] = t[0];
+                }
+            };
+        }
+        by_width!(bits, group_size, run);
+    } else {
+        for half in 0..ROWS / 2 {
+            let (r0, r1) = (2 * half, 2 * half + 1);
+            let (w, s) = ([words[r0], words[r1]], [scales[r0], scales[r1]]);
+            macro_rules! put {
+                ($bits:literal, $bpg:literal, $n:literal) => {{
+                    let [d0, d1] = X::tile::<$bits, $bpg, 2, $n>(w, s, xs, &[]);
+                    dots[r0][..$n].copy_from_slice(&d0);
+                    dots[r1][..$n].copy_from_slice(&d1);
+                }};
+            }
+            macro_rules! run {
+                ($bits:literal, $bpg:literal) => {
+                    match n {
+                        2 => put!($bits, $bpg, 2),
+                        3 => put!($bits, $bpg, 3),
+                        _ => put!($bits, $bpg, 4),
+                    }
+                };
+            }
+            by_width!(bits, group_size, run);
+        }
+    }
+    for (r, d) in dots.iter().enumerate() {
+        for (k, x) in xs.iter().enumerate() {
+            out[r * n + k] = d[k] + bias_dot(biases[r], x.sums(group_size));
+        }
     }
 }
 
@@ -114,94 +191,6 @@ unsafe fn pair_scale<const BPG: usize>(ps: *const f32, p: usize) -> __m512 {
         )
     } else {
         _mm512_set1_ps(*ps.add(2 * p / BPG))
-    }
-}
-
-/// [`super::affine::AffineDots::rows`] on this tier: [`ROWS`] weight rows (codes `words`,
-/// per-group `scales` and `biases`) against one prepared input, whose codes and steps are
-/// loaded once per block pair for all of them. `ahead` (the codes the next call will read)
-/// is prefetched into L1 as the pairs go by. Lengths checked by the caller.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dot_affine_rows(
-    bits: u8,
-    group_size: usize,
-    words: [&[u32]; ROWS],
-    scales: [&[f32]; ROWS],
-    biases: [&[f32]; ROWS],
-    x: &QInput<'_>,
-    ahead: &[u32],
-    out: &mut [f32; ROWS],
-) {
-    let xs = std::slice::from_ref(x);
-    let dots = match (bits, group_size / QBLOCK) {
-        (4, 1) => tile::<4, 1, ROWS, 1>(words, scales, xs, ahead),
-        (4, 2) => tile::<4, 2, ROWS, 1>(words, scales, xs, ahead),
-        (4, _) => tile::<4, 4, ROWS, 1>(words, scales, xs, ahead),
-        (_, 1) => tile::<8, 1, ROWS, 1>(words, scales, xs, ahead),
-        (_, 2) => tile::<8, 2, ROWS, 1>(words, scales, xs, ahead),
-        (_, _) => tile::<8, 4, ROWS, 1>(words, scales, xs, ahead),
-    };
-    let sums = x.group_sums(group_size).unwrap_or_default();
-    for ((o, d), b) in out.iter_mut().zip(dots).zip(biases) {
-        *o = d[0] + bias_dot(b, sums);
-    }
-}
-
-/// Weight rows [`dot_affine_rows`] runs together.
-pub(super) const ROWS: usize = 4;
-
-/// [`super::affine::AffineDots::rows`] on this tier against two to four inputs: [`ROWS`]
-/// weight rows, two at a time, each input's codes loaded once per block pair for both
-/// (`out[r · n + k]`, `n = xs.len()`). Lengths checked by the caller.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dot_affine_rows_many(
-    bits: u8,
-    group_size: usize,
-    words: [&[u32]; ROWS],
-    scales: [&[f32]; ROWS],
-    biases: [&[f32]; ROWS],
-    xs: &[QInput<'_>],
-    out: &mut [f32],
-) {
-    let n = xs.len().min(MANY);
-    let xs = &xs[..n];
-    for half in 0..ROWS / 2 {
-        let (r0, r1) = (2 * half, 2 * half + 1);
-        let (w, s) = ([words[r0], words[r1]], [scales[r0], scales[r1]]);
-        let mut dots = [[0f32; MANY]; 2];
-        macro_rules! run {
-            ($bits:literal, $bpg:literal) => {{
-                macro_rules! put {
-                    ($n:literal) => {{
-                        let d = tile::<$bits, $bpg, 2, $n>(w, s, xs, &[]);
-                        for r in 0..2 {
-                            dots[r][..$n].copy_from_slice(&d[r]);
-                        }
-                    }};
-                }
-                match n {
-                    1 => put!(1),
-                    2 => put!(2),
-                    3 => put!(3),
-                    _ => put!(4),
-                }
-            }};
-        }
-        match (bits, group_size / QBLOCK) {
-            (4, 1) => run!(4, 1),
-            (4, 2) => run!(4, 2),
-            (4, _) => run!(4, 4),
-            (_, 1) => run!(8, 1),
-            (_, 2) => run!(8, 2),
-            (_, _) => run!(8, 4),
-        }
-        for (j, r) in [r0, r1].into_iter().enumerate() {
-            for (k, x) in xs.iter().enumerate() {
-                let sums = x.group_sums(group_size).unwrap_or_default();
-                out[r * n + k] = dots[j][k] + bias_dot(biases[r], sums);
-            }
-        }
     }
 }
 

@@ -1,137 +1,27 @@
 //! AVX-512 VNNI kernels of [`super::affine8`]: weight codes (unsigned) times int8 input codes
 //! (signed) with `vpdpbusd`, a span of 64 values a step. Every function here requires a CPU
 //! with AVX-512 F, BW and VNNI; the callers check that at run time and pass slices of the
-//! lengths each function names.
+//! lengths each function names. The entry points are [`super::avx512`]'s, through
+//! [`TileInput`].
 
 use std::arch::x86_64::*;
 
-use super::affine::{bias_dot, QSPAN};
-use super::affine8::{QInput8, MANY, ROWS};
-use super::avx512::Ahead;
+use super::affine::QSPAN;
+use super::affine8::QInput8;
+use super::avx512::{Ahead, TileInput};
 
-/// [`super::affine8::Int8Dots::row`]: one weight row against up to [`MANY`] inputs
-/// (`xs.len() == out.len()`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dot_one_row(
-    bits: u8,
-    group_size: usize,
-    words: &[u32],
-    scales: &[f32],
-    biases: &[f32],
-    xs: &[QInput8<'_>],
-    out: &mut [f32],
-) {
-    let n = xs.len().min(out.len()).min(MANY);
-    let mut dots = [0f32; MANY];
-    macro_rules! run {
-        ($bits:literal, $bpg:literal) => {
-            match n {
-                0 => {}
-                1 => dots[..1]
-                    .copy_from_slice(&tile::<$bits, $bpg, 1, 1>([words], [scales], xs, &[])[0]),
-                2 => dots[..2]
-                    .copy_from_slice(&tile::<$bits, $bpg, 1, 2>([words], [scales], xs, &[])[0]),
-                3 => dots[..3]
-                    .copy_from_slice(&tile::<$bits, $bpg, 1, 3>([words], [scales], xs, &[])[0]),
-                _ => {
-                    dots.copy_from_slice(&tile::<$bits, $bpg, 1, 4>([words], [scales], xs, &[])[0])
-                }
-            }
-        };
+impl TileInput for QInput8<'_> {
+    #[inline]
+    unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize>(
+        words: [&[u32]; R],
+        scales: [&[f32]; R],
+        xs: &[Self],
+        ahead: &[u32],
+    ) -> [[f32; N]; R] {
+        tile::<BITS, BPG, R, N>(words, scales, xs, ahead)
     }
-    match (bits, group_size / 32) {
-        (4, 1) => run!(4, 1),
-        (4, 2) => run!(4, 2),
-        (4, _) => run!(4, 4),
-        (_, 1) => run!(8, 1),
-        (_, 2) => run!(8, 2),
-        (_, _) => run!(8, 4),
-    }
-    for ((o, d), x) in out[..n].iter_mut().zip(dots).zip(xs) {
-        *o = d + bias_dot(biases, x.group_sums(group_size).unwrap_or_default());
-    }
-}
-
-/// [`super::affine8::Int8Dots::rows`] against one input: [`ROWS`] weight rows, the input's
-/// codes loaded once per span for all of them, `ahead` prefetched meanwhile.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dot_four_rows(
-    bits: u8,
-    group_size: usize,
-    words: [&[u32]; ROWS],
-    scales: [&[f32]; ROWS],
-    biases: [&[f32]; ROWS],
-    x: &QInput8<'_>,
-    ahead: &[u32],
-    out: &mut [f32; ROWS],
-) {
-    let xs = std::slice::from_ref(x);
-    let dots = match (bits, group_size / 32) {
-        (4, 1) => tile::<4, 1, ROWS, 1>(words, scales, xs, ahead),
-        (4, 2) => tile::<4, 2, ROWS, 1>(words, scales, xs, ahead),
-        (4, _) => tile::<4, 4, ROWS, 1>(words, scales, xs, ahead),
-        (_, 1) => tile::<8, 1, ROWS, 1>(words, scales, xs, ahead),
-        (_, 2) => tile::<8, 2, ROWS, 1>(words, scales, xs, ahead),
-        (_, _) => tile::<8, 4, ROWS, 1>(words, scales, xs, ahead),
-    };
-    let sums = x.group_sums(group_size).unwrap_or_default();
-    for ((o, d), b) in out.iter_mut().zip(dots).zip(biases) {
-        *o = d[0] + bias_dot(b, sums);
-    }
-}
-
-/// [`super::affine8::Int8Dots::rows`] against two to four inputs: [`ROWS`] weight rows, two at
-/// a time, each input's codes loaded once per span for both (`out[r · n + k]`, `n =
-/// xs.len()`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dot_rows_many(
-    bits: u8,
-    group_size: usize,
-    words: [&[u32]; ROWS],
-    scales: [&[f32]; ROWS],
-    biases: [&[f32]; ROWS],
-    xs: &[QInput8<'_>],
-    out: &mut [f32],
-) {
-    let n = xs.len().min(MANY);
-    let xs = &xs[..n];
-    for half in 0..ROWS / 2 {
-        let (r0, r1) = (2 * half, 2 * half + 1);
-        let (w, s) = ([words[r0], words[r1]], [scales[r0], scales[r1]]);
-        let mut dots = [[0f32; MANY]; 2];
-        macro_rules! run {
-            ($bits:literal, $bpg:literal) => {{
-                macro_rules! put {
-                    ($n:literal) => {{
-                        let d = tile::<$bits, $bpg, 2, $n>(w, s, xs, &[]);
-                        for r in 0..2 {
-                            dots[r][..$n].copy_from_slice(&d[r]);
-                        }
-                    }};
-                }
-                match n {
-                    1 => put!(1),
-                    2 => put!(2),
-                    3 => put!(3),
-                    _ => put!(4),
-                }
-            }};
-        }
-        match (bits, group_size / 32) {
-            (4, 1) => run!(4, 1),
-            (4, 2) => run!(4, 2),
-            (4, _) => run!(4, 4),
-            (_, 1) => run!(8, 1),
-            (_, 2) => run!(8, 2),
-            (_, _) => run!(8, 4),
-        }
-        for (j, r) in [r0, r1].into_iter().enumerate() {
-            for (k, x) in xs.iter().enumerate() {
-                let sums = x.group_sums(group_size).unwrap_or_default();
-                out[r * n + k] = dots[j][k] + bias_dot(biases[r], sums);
-            }
-        }
+    fn sums(&self, group_size: usize) -> &[f32] {
+        self.group_sums(group_size).unwrap_or_default()
     }
 }
 
