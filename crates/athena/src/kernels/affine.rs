@@ -354,14 +354,63 @@ pub fn dot_affine_on(
     true
 }
 
+/// The weight rows a kernel of prepared inputs takes: their bit width, group size and width.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowShape {
+    pub(super) bits: u8,
+    pub(super) group_size: usize,
+    pub(super) cols: usize,
+}
+
+impl RowShape {
+    /// `None` for other bit widths than 4 and 8, group sizes than 32, 64 and 128, or a width
+    /// that is not a positive multiple of the group size.
+    pub(super) fn new(bits: u8, group_size: usize, cols: usize) -> Option<RowShape> {
+        let ok = matches!(bits, 4 | 8)
+            && matches!(group_size, 32 | 64 | 128)
+            && cols > 0
+            && cols.is_multiple_of(group_size);
+        ok.then_some(RowShape {
+            bits,
+            group_size,
+            cols,
+        })
+    }
+
+    /// Groups in a row.
+    pub(super) fn groups(&self) -> usize {
+        self.cols / self.group_size
+    }
+
+    /// Whether one weight row's codes, scales and biases are this shape.
+    #[inline]
+    pub(super) fn fits(&self, words: &[u32], scales: &[f32], biases: &[f32]) -> bool {
+        scales.len() == self.groups()
+            && biases.len() == self.groups()
+            && words.len() * 32 == self.cols * usize::from(self.bits)
+    }
+
+    /// Whether [`ROWS`] weight rows are this shape and `out` holds their products with `n`
+    /// inputs.
+    #[inline]
+    pub(super) fn fits_rows(
+        &self,
+        words: [&[u32]; ROWS],
+        scales: [&[f32]; ROWS],
+        biases: [&[f32]; ROWS],
+        n: usize,
+        out: &[f32],
+    ) -> bool {
+        (0..ROWS).all(|r| self.fits(words[r], scales[r], biases[r])) && out.len() >= ROWS * n
+    }
+}
+
 /// Up to [`MANY`] prepared inputs checked once against a bit width, group size and tier, for
 /// [`dot_affine_on`] of many weight rows in turn ([`AffineDots::row`]).
 #[derive(Clone, Copy)]
 pub struct AffineDots<'a> {
     tier: Tier,
-    bits: u8,
-    group_size: usize,
-    cols: usize,
+    shape: RowShape,
     xs: [QInput<'a>; MANY],
     n: usize,
 }
@@ -372,17 +421,14 @@ impl<'a> AffineDots<'a> {
     /// sizes, or for inputs that disagree.
     pub fn new(tier: Tier, bits: u8, group_size: usize, xs: &[QInput<'a>]) -> Option<Self> {
         let cols = xs.first()?.codes.len();
-        let groups = cols / group_size.max(1);
+        let shape = RowShape::new(bits, group_size, cols)?;
         let ok = tier.available()
-            && matches!(bits, 4 | 8)
-            && matches!(group_size, 32 | 64 | 128)
             && xs.len() <= MANY
-            && cols > 0
-            && cols % group_size == 0
             && xs.iter().all(|x| {
                 x.codes.len() == cols
                     && x.steps.len() == STEP_LANES * cols / QBLOCK
-                    && x.group_sums(group_size).is_some_and(|s| s.len() == groups)
+                    && x.group_sums(group_size)
+                        .is_some_and(|s| s.len() == shape.groups())
             });
         if !ok {
             return None;
@@ -391,9 +437,7 @@ impl<'a> AffineDots<'a> {
         all[..xs.len()].copy_from_slice(xs);
         Some(AffineDots {
             tier,
-            bits,
-            group_size,
-            cols,
+            shape,
             xs: all,
             n: xs.len(),
         })
@@ -402,10 +446,7 @@ impl<'a> AffineDots<'a> {
     /// Whether one weight row's codes, scales and biases match the inputs' width.
     #[inline]
     pub fn fits(&self, words: &[u32], scales: &[f32], biases: &[f32]) -> bool {
-        let groups = self.cols / self.group_size;
-        scales.len() == groups
-            && biases.len() == groups
-            && words.len() * 32 == self.cols * usize::from(self.bits)
+        self.shape.fits(words, scales, biases)
     }
 
     /// `out[k] = Σ w·x_k` for one weight row (codes `words`, per-group `scales` and `biases`)
@@ -417,21 +458,21 @@ impl<'a> AffineDots<'a> {
             return false;
         }
         let (xs, out) = (&self.xs[..self.n], &mut out[..self.n]);
-        let gs = self.group_size;
+        let (bits, gs) = (self.shape.bits, self.shape.group_size);
         match self.tier {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked
             // in `new` and `fits`.
             Tier::Avx512 => unsafe {
-                super::avx512::dot_one_row(self.bits, gs, words, scales, biases, xs, out)
+                super::avx512::dot_one_row(bits, gs, words, scales, biases, xs, out)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA (checked in `new`); lengths checked in `new`
             // and `fits`.
             Tier::Avx2 => unsafe {
-                super::avx2::dot_affine(self.bits, gs, words, scales, biases, xs, out)
+                super::avx2::dot_affine(bits, gs, words, scales, biases, xs, out)
             },
-            _ => portable_dot_affine(self.bits, gs, words, scales, biases, xs, out),
+            _ => portable_dot_affine(bits, gs, words, scales, biases, xs, out),
         }
         true
     }
@@ -497,8 +538,7 @@ impl AffineDots<'_> {
         out: &mut [f32],
     ) -> bool {
         let n = self.n;
-        let fit = (0..ROWS).all(|r| self.fits(words[r], scales[r], biases[r]));
-        if !fit || out.len() < ROWS * n {
+        if !self.shape.fits_rows(words, scales, biases, n, out) {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
@@ -507,8 +547,8 @@ impl AffineDots<'_> {
             // in `new` and `fits`.
             unsafe {
                 super::avx512::dot_rows(
-                    self.bits,
-                    self.group_size,
+                    self.shape.bits,
+                    self.shape.group_size,
                     words,
                     scales,
                     biases,

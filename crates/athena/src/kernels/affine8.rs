@@ -21,7 +21,7 @@
 //! Rows need a multiple of [`QSPAN`] columns and a CPU with AVX-512 VNNI
 //! ([`super::affine::has_avx512_vnni`]); elsewhere inputs keep the int16 form.
 
-use super::affine::{RowDots, QBLOCK, QSPAN, STEP_LANES};
+use super::affine::{RowDots, RowShape, QBLOCK, QSPAN, STEP_LANES};
 
 /// The largest int8 code an input value is scaled to.
 const QMAX: f32 = 127.0;
@@ -203,9 +203,7 @@ pub fn prepared(x: &[f32], cols: usize) -> Option<QInput8<'_>> {
 /// the products of many weight rows in turn.
 #[derive(Clone, Copy)]
 pub struct Int8Dots<'a> {
-    bits: u8,
-    group_size: usize,
-    cols: usize,
+    shape: RowShape,
     xs: [QInput8<'a>; MANY],
     n: usize,
 }
@@ -216,19 +214,17 @@ impl<'a> Int8Dots<'a> {
     /// for inputs that disagree.
     pub fn new(bits: u8, group_size: usize, xs: &[QInput8<'a>]) -> Option<Self> {
         let cols = xs.first()?.codes.len();
-        let groups = cols / group_size.max(1);
+        let shape = RowShape::new(bits, group_size, cols)?;
         let ok = super::affine::has_avx512_vnni()
-            && matches!(bits, 4 | 8)
-            && matches!(group_size, 32 | 64 | 128)
             && xs.len() <= MANY
             && Layout::new(cols).is_some()
-            && cols.is_multiple_of(group_size)
             && xs.iter().all(|x| {
                 x.codes.len() == cols
                     && x.even_codes.len() == cols
                     && x.steps.len() == STEP_LANES * cols / QBLOCK
                     && x.even_steps.len() == STEP_LANES * cols / QBLOCK
-                    && x.group_sums(group_size).is_some_and(|s| s.len() == groups)
+                    && x.group_sums(group_size)
+                        .is_some_and(|s| s.len() == shape.groups())
             });
         if !ok {
             return None;
@@ -236,28 +232,17 @@ impl<'a> Int8Dots<'a> {
         let mut all = [QInput8::default(); MANY];
         all[..xs.len()].copy_from_slice(xs);
         Some(Int8Dots {
-            bits,
-            group_size,
-            cols,
+            shape,
             xs: all,
             n: xs.len(),
         })
-    }
-
-    /// Whether one weight row's codes, scales and biases match the inputs' width.
-    #[inline]
-    pub fn fits(&self, words: &[u32], scales: &[f32], biases: &[f32]) -> bool {
-        let groups = self.cols / self.group_size;
-        scales.len() == groups
-            && biases.len() == groups
-            && words.len() * 32 == self.cols * usize::from(self.bits)
     }
 
     /// `out[k] = Σ w·x_k` for one weight row and each input (`out` holds at least one value
     /// per input). `false`, writing nothing, when the row does not fit.
     #[inline]
     pub fn row(&self, words: &[u32], scales: &[f32], biases: &[f32], out: &mut [f32]) -> bool {
-        if !self.fits(words, scales, biases) || out.len() < self.n {
+        if !self.shape.fits(words, scales, biases) || out.len() < self.n {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
@@ -265,8 +250,8 @@ impl<'a> Int8Dots<'a> {
         // `new` and `fits`.
         unsafe {
             super::avx512::dot_one_row(
-                self.bits,
-                self.group_size,
+                self.shape.bits,
+                self.shape.group_size,
                 words,
                 scales,
                 biases,
@@ -292,16 +277,15 @@ impl<'a> Int8Dots<'a> {
         out: &mut [f32],
     ) -> bool {
         let n = self.n;
-        let fit = (0..ROWS).all(|r| self.fits(words[r], scales[r], biases[r]));
-        if !fit || out.len() < ROWS * n {
+        if !self.shape.fits_rows(words, scales, biases, n, out) {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `row`.
         unsafe {
             super::avx512::dot_rows(
-                self.bits,
-                self.group_size,
+                self.shape.bits,
+                self.shape.group_size,
                 words,
                 scales,
                 biases,
