@@ -190,6 +190,10 @@ fn bad_input_fails_with_a_message_naming_what_is_wrong() {
             vec!["bench", "--model", base, "--prompt-tokens", "4000"],
             "context",
         ),
+        (
+            vec!["bench", "--model", base, "--int8-activations=yes"],
+            "--int8-activations",
+        ),
     ] {
         let o = athena(&args);
         assert!(!o.status.success(), "{args:?} succeeded");

@@ -198,5 +198,13 @@ mod tests {
         std::fs::write(&toml_path, "quantization = \"3bit\"").unwrap();
         let err = OlmoeConfig::from_file(&toml_path).unwrap_err().to_string();
         assert!(err.contains("athena.toml") && err.contains("3bit"), "{err}");
+        std::fs::write(&toml_path, "int8_activations = true").unwrap();
+        assert!(OlmoeConfig::from_file(&toml_path).unwrap().int8_activations);
+        std::fs::write(&toml_path, "int8_activations = \"yes\"").unwrap();
+        let err = OlmoeConfig::from_file(&toml_path).unwrap_err().to_string();
+        assert!(
+            err.contains("athena.toml") && err.contains("int8_activations"),
+            "{err}"
+        );
     }
 }
