@@ -398,3 +398,21 @@ pub(super) unsafe fn dot_bf16_wide(w: &[bf16], x: &[f32]) -> f32 {
     }
     total as f32
 }
+
+/// `y += a·x`; `x.len() == y.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let va = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+        _mm256_storeu_ps(py.add(i), v);
+        i += 8;
+    }
+    while i < n {
+        *py.add(i) = a.mul_add(*px.add(i), *py.add(i));
+        i += 1;
+    }
+}

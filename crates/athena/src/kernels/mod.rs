@@ -31,6 +31,7 @@
 
 pub mod affine;
 pub mod affine8;
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -129,6 +130,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         return unsafe { avx2::dot(a, b) };
     }
     portable::dot(a, b)
+}
+
+/// `y += a·x` over the common length.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &mut y[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above); lengths are equal.
+        return unsafe { avx2::axpy(a, x, y) };
+    }
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * *x;
+    }
 }
 
 /// `[Σ w·x₀, Σ w·x₁, Σ w·x₂, Σ w·x₃]`: one weight row against four input rows, each read
@@ -554,6 +569,11 @@ fn prepared_block<W: Rows + ?Sized>(w: &W, inputs: &[&[f32]], rows: Range<usize>
     let n = inputs.len();
     let mut out = vec![0f32; rows.len() * n];
     let mut buf = vec![0f32; w.cols()];
+    if n <= affine::MANY {
+        // One group of inputs: its [weight row, input] layout is the block's.
+        w.dot_rows(rows, inputs, &mut out, &mut buf);
+        return out;
+    }
     let mut part = vec![0f32; rows.len() * affine::MANY.min(n)];
     for (g, group) in inputs.chunks(affine::MANY).enumerate() {
         let k = group.len();

@@ -207,16 +207,10 @@ impl Packed<'_> {
             };
             let w: [&[u32]; R] =
                 std::array::from_fn(|k| &block[k * row_words..(k + 1) * row_words]);
-            let mut scales = sbuf.chunks_exact_mut(groups);
-            let mut biases = bbuf.chunks_exact_mut(groups);
-            let s: [&[f32]; R] = std::array::from_fn(|k| {
-                let b = scales.next().unwrap_or_default();
-                self.scales.row_in(r + k, groups, b)
-            });
-            let b: [&[f32]; R] = std::array::from_fn(|k| {
-                let b = biases.next().unwrap_or_default();
-                self.biases.row_in(r + k, groups, b)
-            });
+            let scales = self.scales.rows_in(r, R, groups, sbuf);
+            let biases = self.biases.rows_in(r, R, groups, bbuf);
+            let s: [&[f32]; R] = std::array::from_fn(|k| &scales[k * groups..(k + 1) * groups]);
+            let b: [&[f32]; R] = std::array::from_fn(|k| &biases[k * groups..(k + 1) * groups]);
             let next = (r + R) * row_words..((r + 2 * R) * row_words).min(self.packed.len());
             let ahead = self.packed.get(next).unwrap_or_default();
             if !kernel.rows(w, s, b, ahead, out) {

@@ -50,6 +50,31 @@ impl Scalars {
         }
     }
 
+    /// Rows `first..first + count` (in range), row-major, as f32: borrowed, or converted
+    /// into `buf` (`count · groups` long) in one pass.
+    #[inline]
+    pub(crate) fn rows_in<'a>(
+        &'a self,
+        first: usize,
+        count: usize,
+        groups: usize,
+        buf: &'a mut [f32],
+    ) -> &'a [f32] {
+        let range = first * groups..(first + count) * groups;
+        let buf = &mut buf[..count * groups];
+        match self {
+            Scalars::F32(v) => &v[range],
+            Scalars::F16(v) => {
+                v[range].convert_to_f32_slice(buf);
+                buf
+            }
+            Scalars::Bf16(v) => {
+                v[range].convert_to_f32_slice(buf);
+                buf
+            }
+        }
+    }
+
     /// Value `i` (in range).
     #[inline]
     pub(crate) fn value(&self, i: usize) -> f32 {

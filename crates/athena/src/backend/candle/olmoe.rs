@@ -3,6 +3,7 @@
 //!
 //! Weights are immutable; the KV cache lives in a [`Session`].
 
+mod decode_attention;
 mod fused_attention;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -163,6 +164,11 @@ impl Attention {
         mask: Option<&Tensor>,
         scaled_q: bool,
     ) -> Result<Tensor> {
+        if mask.is_none() && !scaled_q {
+            if let Some(out) = self.decode_attention(q, k, v)? {
+                return Ok(out);
+            }
+        }
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?;
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?;
         let mut scores = q.matmul(&k.t()?)?;

@@ -1,0 +1,220 @@
+//! Attention of one new token per sequence over its cached keys and values (decode), in f32:
+//! `softmax(q·Kᵀ · scale) · V` per head, the heads in parallel on rayon's pool. It reads the
+//! cache where it lies (rows of `head_dim` values, one per position) instead of going through
+//! a general matrix product, whose fixed cost dominates at one query row.
+
+use rayon::prelude::*;
+
+use super::{axpy, dot};
+
+/// Where one tensor of cached keys or values [batch, kv_heads, len, head_dim] lies in `data`:
+/// element `[b, h, j, d]` at `offset + b·batch_stride + h·head_stride + j·head_dim + d`.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheView<'a> {
+    /// The backing storage.
+    pub data: &'a [f32],
+    /// Index of element `[0, 0, 0, 0]`.
+    pub offset: usize,
+    /// Elements between sequences.
+    pub batch_stride: usize,
+    /// Elements between heads.
+    pub head_stride: usize,
+    /// Positions filled.
+    pub len: usize,
+}
+
+impl CacheView<'_> {
+    /// Position `j` of head `h` of sequence `b` (`head_dim` values), `None` out of range.
+    fn row(&self, b: usize, h: usize, j: usize, head_dim: usize) -> Option<&[f32]> {
+        let at = self.offset + b * self.batch_stride + h * self.head_stride + j * head_dim;
+        self.data.get(at..at + head_dim)
+    }
+}
+
+/// The shape of a decode attention: `batch` sequences of one query each, `heads` query heads
+/// sharing `kv_heads` key/value heads (grouped-query attention), `head_dim` values a head.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    /// Sequences.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key and value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+}
+
+/// `out` [batch, heads, head_dim] for queries `q` [batch, heads, head_dim]: per head, the
+/// scores `q·k_j · scale` over the cached positions, their softmax, and the weighted sum of
+/// the values. `None` when a length disagrees with `shape` or the views reach past their data.
+pub fn decode(
+    q: &[f32],
+    keys: CacheView<'_>,
+    values: CacheView<'_>,
+    shape: Heads,
+    scale: f32,
+) -> Option<Vec<f32>> {
+    let Heads {
+        batch,
+        heads,
+        kv_heads,
+        head_dim,
+    } = shape;
+    let len = keys.len;
+    let group = heads.checked_div(kv_heads)?;
+    if head_dim == 0 || q.len() != batch * heads * head_dim || values.len != len {
+        return None;
+    }
+    if batch > 0 && len > 0 {
+        // The last row of each view must exist; the others lie below it.
+        let (b, h, j) = (batch - 1, kv_heads - 1, len - 1);
+        keys.row(b, h, j, head_dim)?;
+        values.row(b, h, j, head_dim)?;
+    }
+    let mut out = vec![0f32; q.len()];
+    out.par_chunks_mut(head_dim)
+        .zip(q.par_chunks(head_dim))
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (i, (o, qh))| {
+            let (b, kh) = (i / heads, i % heads / group);
+            scores.clear();
+            scores.extend((0..len).map(|j| {
+                keys.row(b, kh, j, head_dim)
+                    .map_or(f32::NAN, |k| dot(qh, k) * scale)
+            }));
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (j, &s) in scores.iter().enumerate() {
+                if let Some(v) = values.row(b, kh, j, head_dim) {
+                    axpy(s / sum, v, o);
+                }
+            }
+        });
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    /// The plain definition in f64, element `[b, h, j, d]` of a cache at `cache(b, h, j, d)`.
+    fn reference(
+        q: &[f32],
+        shape: Heads,
+        len: usize,
+        scale: f32,
+        k: impl Fn(usize, usize, usize, usize) -> f32,
+        v: impl Fn(usize, usize, usize, usize) -> f32,
+    ) -> Vec<f64> {
+        let Heads {
+            batch,
+            heads,
+            kv_heads,
+            head_dim: hd,
+        } = shape;
+        let mut out = vec![0f64; batch * heads * hd];
+        for b in 0..batch {
+            for h in 0..heads {
+                let kh = h / (heads / kv_heads);
+                let qh = &q[(b * heads + h) * hd..][..hd];
+                let scores: Vec<f64> = (0..len)
+                    .map(|j| {
+                        let s: f64 = (0..hd).map(|d| f64::from(qh[d] * k(b, kh, j, d))).sum();
+                        s * f64::from(scale)
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in 0..hd {
+                    out[(b * heads + h) * hd + d] = (0..len)
+                        .map(|j| e[j] / sum * f64::from(v(b, kh, j, d)))
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn decode_matches_the_plain_definition_on_a_strided_cache() {
+        // Two sequences, four query heads over two key/value heads, a buffer of 40 positions
+        // of which 37 are filled, keys then values in one allocation (as a session holds them).
+        let shape = Heads {
+            batch: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 24,
+        };
+        let (cap, len, hd) = (40, 37, shape.head_dim);
+        let per = shape.batch * shape.kv_heads * cap * hd;
+        let data = values(2 * per, 7);
+        let q = values(shape.batch * shape.heads * hd, 8);
+        let view = |offset| CacheView {
+            data: &data,
+            offset,
+            batch_stride: shape.kv_heads * cap * hd,
+            head_stride: cap * hd,
+            len,
+        };
+        let at = |base: usize| {
+            let data = &data;
+            move |b: usize, h: usize, j: usize, d: usize| {
+                data[base + b * shape.kv_heads * cap * hd + h * cap * hd + j * hd + d]
+            }
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        let got = decode(&q, view(0), view(per), shape, scale).unwrap();
+        let want = reference(&q, shape, len, scale, at(0), at(per));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(*g) - w).abs() < 1e-5,
+                "output {i}: {g} against {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_refuses_shapes_its_data_does_not_hold() {
+        let shape = Heads {
+            batch: 1,
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let data = values(2 * 8 * 4, 1);
+        let view = |len| CacheView {
+            data: &data,
+            offset: 0,
+            batch_stride: 64,
+            head_stride: 32,
+            len,
+        };
+        let q = values(16, 2);
+        assert!(decode(&q, view(4), view(4), shape, 1.0).is_some());
+        // Past the buffer, a query of the wrong length, values and keys of different lengths.
+        assert!(decode(&q, view(5), view(5), shape, 1.0).is_none());
+        assert!(decode(&q[..8], view(4), view(4), shape, 1.0).is_none());
+        assert!(decode(&q, view(4), view(3), shape, 1.0).is_none());
+        let bad = Heads {
+            kv_heads: 0,
+            ..shape
+        };
+        assert!(decode(&q, view(4), view(4), bad, 1.0).is_none());
+    }
+}
