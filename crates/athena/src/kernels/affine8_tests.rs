@@ -155,3 +155,90 @@ fn int8_dots_match_integer_reference_and_the_exact_product() {
         }
     }
 }
+
+#[test]
+fn panels_match_the_integer_reference() {
+    use super::panel::{self, Panel, Unpacked, WeightRows, PANEL};
+    if !panel::supported(4, 64, 128) {
+        return;
+    }
+    const R: usize = 4;
+    for bits in [4u8, 8] {
+        for gs in [32usize, 64, 128] {
+            for cols in [128usize, 384, 2048] {
+                let w = Quantized::new(bits, gs, R, cols, 700 + cols as u64 + u64::from(bits));
+                let (xs, xp) = prepare(cols, 21, 11 * cols as u64);
+                let qs: Vec<QInput8<'_>> = xp
+                    .iter()
+                    .map(|p| affine8::prepared(p, cols).unwrap())
+                    .collect();
+                let mut rows: [Unpacked; R] = Default::default();
+                for (r, u) in rows.iter_mut().enumerate() {
+                    assert!(u.unpack(bits, cols, w.row_words(r)));
+                }
+                let scales: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.scales, r));
+                let biases: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.biases, r));
+                for n in [1usize, 8, 16, 21] {
+                    let mut four = vec![f32::NAN; R * n];
+                    let mut one = vec![f32::NAN; R * n];
+                    for (p, chunk) in qs[..n].chunks(PANEL).enumerate() {
+                        let panel = Panel::new(bits, gs, chunk).unwrap();
+                        let at = p * PANEL;
+                        let all = WeightRows {
+                            rows: std::array::from_fn(|r| &rows[r]),
+                            scales,
+                            biases,
+                        };
+                        assert!(panel::dots::<R>(bits, gs, all, &panel, &mut four[at..], n));
+                        for r in 0..R {
+                            let single = WeightRows {
+                                rows: [&rows[r]],
+                                scales: [scales[r]],
+                                biases: [biases[r]],
+                            };
+                            let out = &mut one[r * n + at..];
+                            assert!(panel::dots::<1>(bits, gs, single, &panel, out, n));
+                        }
+                    }
+                    assert_eq!(four, one, "bits {bits} gs {gs} cols {cols} n {n}");
+                    for r in 0..R {
+                        for (k, q) in qs[..n].iter().enumerate() {
+                            let got = f64::from(four[r * n + k]);
+                            let want = reference(&w, r, q);
+                            let (exact, bound) = exact_and_bound(&w, r, &xs[k], q);
+                            assert!(
+                                (got - want).abs() <= 1e-5 * bound + 1e-5,
+                                "bits {bits} gs {gs} cols {cols} row {r} input {k}: {got} vs {want}"
+                            );
+                            assert!((got - exact).abs() <= bound, "{got} vs exact {exact}");
+                        }
+                    }
+                }
+                // Rows and panels that disagree are refused, with nothing written.
+                let panel = Panel::new(bits, gs, &qs[..PANEL]).unwrap();
+                let mut out = vec![f32::NAN; R * PANEL];
+                let all = WeightRows {
+                    rows: std::array::from_fn(|r| &rows[r]),
+                    scales,
+                    biases,
+                };
+                let short = WeightRows {
+                    scales: [&scales[0][1..]; R],
+                    ..all
+                };
+                assert!(!panel::dots::<R>(bits, gs, short, &panel, &mut out, PANEL));
+                assert!(!panel::dots::<R>(
+                    bits,
+                    gs,
+                    all,
+                    &panel,
+                    &mut out[1..],
+                    PANEL
+                ));
+                assert!(out.iter().all(|v| v.is_nan()));
+                assert!(Int8Dots::new(bits, 16, &qs[..1]).is_none());
+                assert!(Int8Dots::new(bits, gs, &[]).is_none());
+            }
+        }
+    }
+}

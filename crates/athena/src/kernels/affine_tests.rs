@@ -420,16 +420,18 @@ impl Rows for ManyRows {
             let (s, b) = (q.row_groups(&q.scales, r), q.row_groups(&q.biases, r));
             match &qs {
                 Some(qs) => {
-                    assert!(affine::dot_affine_on(
-                        affine::Tier::best(),
-                        q.bits,
-                        q.gs,
-                        q.row_words(r),
-                        s,
-                        b,
-                        qs,
-                        out
-                    ))
+                    for (qs, out) in qs.chunks(affine::MANY).zip(out.chunks_mut(affine::MANY)) {
+                        assert!(affine::dot_affine_on(
+                            affine::Tier::best(),
+                            q.bits,
+                            q.gs,
+                            q.row_words(r),
+                            s,
+                            b,
+                            qs,
+                            out
+                        ))
+                    }
                 }
                 None => {
                     for (o, x) in out.iter_mut().zip(xs) {

@@ -29,6 +29,8 @@ pub struct Product<'a> {
 const TASKS_PER_THREAD: usize = 4;
 /// Fewest weight rows in a task.
 const MIN_TASK_ROWS: usize = 16;
+/// Prepared values below which the inputs are prepared on the calling thread.
+const PAR_MIN_PREPARE: usize = 1 << 16;
 
 /// `[x₀ · W₀ᵀ, x₁ · W₁ᵀ, …]`, each `[m, rows]` row-major and equal to
 /// [`matmul`](super::matmul)`(w, x, m)`. The caller has checked `x.len() == m * w.cols()`.
@@ -37,28 +39,54 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         .iter()
         .map(|p| vec![0f32; p.m * p.w.rows()])
         .collect();
-    let mut xp = Vec::new();
     // (product, offset of its prepared rows in `xp`, length of each) for the products run
-    // together.
+    // together: decode-sized ones, and any number of input rows against rows that read
+    // prepared inputs (quantized experts at prefill), as `matmul` would run them.
+    let simd = affine::Tier::best() != affine::Tier::Portable;
     let mut shared: Vec<(usize, usize, usize)> = Vec::new();
+    let mut at = 0;
     for (i, p) in products.iter().enumerate() {
-        let cols = p.w.cols();
         let prep = Preparation::of(p.w);
-        let len = cols + prep.len;
-        let small = (1..=GEMV_MAX_ROWS).contains(&p.m) && !bf16_products(p);
-        let at = xp.len();
-        if small && len > cols && p.w.rows() > 0 {
-            xp.resize(at + p.m * len, 0.0);
-            let ok =
-                p.x.chunks_exact(cols)
-                    .zip(xp[at..].chunks_exact_mut(len))
-                    .all(|(x, out)| (prep.write)(x, out));
-            if ok {
-                shared.push((i, at, len));
-                continue;
-            }
-            xp.truncate(at);
+        let sized = p.m <= GEMV_MAX_ROWS || (simd && p.w.reads_prepared());
+        if p.m > 0 && sized && prep.len > 0 && p.w.rows() > 0 && !bf16_products(p) {
+            let len = p.w.cols() + prep.len;
+            shared.push((i, at, len));
+            at += p.m * len;
         }
+    }
+    let mut xp = vec![0f32; at];
+    // Each product's rows prepared (in parallel past decode sizes); one that has no prepared
+    // form (a value that is not finite) runs through `matmul` instead.
+    let prepared: Vec<bool> = {
+        let mut parts = Vec::with_capacity(shared.len());
+        let mut rest = xp.as_mut_slice();
+        for &(i, _, len) in &shared {
+            let (part, tail) = rest.split_at_mut(products[i].m * len);
+            parts.push((i, len, part));
+            rest = tail;
+        }
+        let prepare = |(i, len, part): (usize, usize, &mut [f32])| {
+            let p = &products[i];
+            let prep = Preparation::of(p.w);
+            p.x.chunks_exact(p.w.cols())
+                .zip(part.chunks_exact_mut(len))
+                .all(|(x, out)| (prep.write)(x, out))
+        };
+        match at < PAR_MIN_PREPARE || rayon::current_num_threads() == 1 {
+            true => parts.into_iter().map(prepare).collect(),
+            false => parts.into_par_iter().map(prepare).collect(),
+        }
+    };
+    let shared: Vec<(usize, usize, usize)> = shared
+        .into_iter()
+        .zip(prepared)
+        .filter_map(|(s, ok)| ok.then_some(s))
+        .collect();
+    let mut apart = vec![true; products.len()];
+    for &(i, ..) in &shared {
+        apart[i] = false;
+    }
+    for (i, p) in products.iter().enumerate().filter(|&(i, _)| apart[i]) {
         ys[i] = super::matmul(p.w, p.x, p.m);
     }
     if shared.is_empty() {
@@ -126,7 +154,7 @@ mod tests {
 
     use super::*;
     use crate::kernels::{matmul, Bf16Rows, F32Rows};
-    use crate::quant::{AffineParams, QMatrix};
+    use crate::quant::{AffineParams, InputForm, QMatrix};
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
@@ -195,5 +223,65 @@ mod tests {
                 }
             })
         });
+    }
+
+    #[test]
+    fn many_inputs_against_quantized_rows_equal_each_product_alone() {
+        // Prefill-sized products (the panel kernels past eight int8 inputs), in both input
+        // forms, with row counts that do and do not fill whole tasks.
+        let cols = 512;
+        let wf = values(300 * cols, 3);
+        let q4 = QMatrix::quantize("w4", &wf, 300, cols, AffineParams::new(4, 64).unwrap());
+        let q8 = QMatrix::quantize(
+            "w8",
+            &wf[..70 * cols],
+            70,
+            cols,
+            AffineParams::new(8, 32).unwrap(),
+        );
+        let (q4, q8) = (q4.unwrap(), q8.unwrap());
+        let xs: Vec<(Vec<f32>, usize)> = [9usize, 16, 20, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| (values(m * cols, 40 + i as u32), m))
+            .collect();
+        for form in [InputForm::Int16, InputForm::Int8] {
+            let (q4, q8) = (
+                q4.clone().with_input_form(form),
+                q8.clone().with_input_form(form),
+            );
+            q4.with_rows(|w4| {
+                q8.with_rows(|w8| {
+                    let ws: [&dyn Rows; 2] = [w4, w8];
+                    let products: Vec<Product<'_>> = ws
+                        .iter()
+                        .flat_map(|&w| xs.iter().map(move |(x, m)| Product { w, x, m: *m }))
+                        .collect();
+                    for threads in [1, 2] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let got = pool.install(|| matmul_many(&products));
+                        for (k, (p, y)) in products.iter().zip(&got).enumerate() {
+                            let alone = pool.install(|| matmul(p.w, p.x, p.m));
+                            let same = y.len() == alone.len()
+                                && y.iter()
+                                    .zip(&alone)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(
+                                same,
+                                "{form:?} product {k} (m {}) on {threads} threads",
+                                p.m
+                            );
+                            let exact = crate::kernels::matmul_exact(p.w, p.x, p.m);
+                            for (a, e) in y.iter().zip(&exact) {
+                                assert!((a - e).abs() <= 0.05 * (1.0 + e.abs()), "{a} vs {e}");
+                            }
+                        }
+                    }
+                })
+            });
+        }
     }
 }

@@ -40,10 +40,13 @@ mod avx512;
 mod avx512_float;
 #[cfg(target_arch = "x86_64")]
 mod avx512_int8;
+#[cfg(target_arch = "x86_64")]
+mod avx512_panel;
 pub mod bandwidth;
 #[cfg(target_arch = "x86_64")]
 mod bf16_pairs;
 mod grouped;
+pub mod panel;
 mod portable;
 
 pub use grouped::{matmul_many, Product};
@@ -275,9 +278,10 @@ pub trait Rows: Sync {
     }
     /// `out[(r - rows.start) · n + k] = Σ row_r · xs[k]` for weight rows `rows` (in range)
     /// and `n = xs.len()` input rows, each as [`Rows::dot`] takes it (`out` holds
-    /// `rows.len() · n` values); by default one [`Rows::dot`] each. Quantized rows check the
-    /// prepared inputs once and unpack each row's codes once for up to [`affine::MANY`] of
-    /// them. Wrappers forward it.
+    /// `rows.len() · n` values, any `n`); by default one [`Rows::dot`] each. Quantized rows
+    /// check the prepared inputs once and unpack each row's codes once for up to
+    /// [`affine::MANY`] of them, or, for many int8-prepared inputs, once for all of them
+    /// ([`panel`]). Wrappers forward it.
     fn dot_rows(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32], buf: &mut [f32]) {
         let n = xs.len().max(1);
         for (r, out) in rows.zip(out.chunks_exact_mut(n)) {
@@ -483,9 +487,19 @@ fn run_prepared<W: Rows + ?Sized>(w: &W, xp: &[f32], m: usize) -> Vec<f32> {
         scatter(&out, 0..rows, 0, m, &mut y);
         return y;
     }
-    let tasks = threads * 8;
+    // Many inputs against quantized rows: each task lays out its inputs once for all of its
+    // rows (`panel`), so fewer, larger tasks.
+    let tasks = match m >= panel::PANEL_MIN {
+        true => threads * 2,
+        false => threads * 8,
+    };
     let row_tasks = (rows / MIN_TASK_ROWS).clamp(1, tasks);
-    let input_tasks = (tasks / row_tasks).clamp(1, m.div_ceil(affine::MANY));
+    // Past a panel's worth of inputs every task takes them all, so that each output comes
+    // from the same kernel however the rows are cut (`matmul_many` runs them so too).
+    let input_tasks = match m >= panel::PANEL_MIN {
+        true => 1,
+        false => (tasks / row_tasks).clamp(1, m.div_ceil(affine::MANY)),
+    };
     let rows_per = rows.div_ceil(row_tasks);
     let inputs_per = m.div_ceil(input_tasks).next_multiple_of(affine::MANY);
     let parts: Vec<(usize, usize, Vec<f32>)> = (0..rows.div_ceil(rows_per))
@@ -562,27 +576,12 @@ fn run<W: Rows + ?Sized>(w: &W, m: usize, block: impl Fn(usize, &mut [f32]) + Sy
     y
 }
 
-/// The products of weight rows `rows` with the prepared `inputs`, [weight row, input]: the
-/// inputs [`affine::MANY`] at a time (they stay in L1) against each weight row in turn
-/// ([`Rows::dot_rows`]).
+/// The products of weight rows `rows` with the prepared `inputs`, [weight row, input], in one
+/// [`Rows::dot_rows`].
 fn prepared_block<W: Rows + ?Sized>(w: &W, inputs: &[&[f32]], rows: Range<usize>) -> Vec<f32> {
-    let n = inputs.len();
-    let mut out = vec![0f32; rows.len() * n];
+    let mut out = vec![0f32; rows.len() * inputs.len()];
     let mut buf = vec![0f32; w.cols()];
-    if n <= affine::MANY {
-        // One group of inputs: its [weight row, input] layout is the block's.
-        w.dot_rows(rows, inputs, &mut out, &mut buf);
-        return out;
-    }
-    let mut part = vec![0f32; rows.len() * affine::MANY.min(n)];
-    for (g, group) in inputs.chunks(affine::MANY).enumerate() {
-        let k = group.len();
-        let part = &mut part[..rows.len() * k];
-        w.dot_rows(rows.clone(), group, part, &mut buf);
-        for (o, p) in out.chunks_exact_mut(n).zip(part.chunks_exact(k)) {
-            o[g * affine::MANY..g * affine::MANY + k].copy_from_slice(p);
-        }
-    }
+    w.dot_rows(rows, inputs, &mut out, &mut buf);
     out
 }
 

@@ -16,7 +16,7 @@ use std::ops::Range;
 use super::scalars::Scalars;
 use super::{pack, AffineParams};
 use crate::kernels::affine::RowDots;
-use crate::kernels::{self, affine, affine8, Rows};
+use crate::kernels::{self, affine, affine8, panel, Rows};
 
 /// A borrowed view of a [`super::QMatrix`]'s storage.
 pub(super) struct Packed<'a> {
@@ -118,6 +118,9 @@ impl Packed<'_> {
         }
         let int8: Option<Vec<_>> = xs.iter().map(|x| affine8::prepared(x, self.cols)).collect();
         if let Some(qs) = int8 {
+            if n >= panel::PANEL_MIN && panel::supported(bits, gs, self.cols) {
+                return self.panel_dots(rows, &qs, out, buf);
+            }
             return self.run_dots(rows, n, out, buf, |c| {
                 affine8::Int8Dots::new(bits, gs, &qs[c])
             });
@@ -133,8 +136,7 @@ impl Packed<'_> {
     }
 
     /// [`Packed::affine_dots`] with the kernel for each chunk of up to [`affine::MANY`]
-    /// inputs: each weight row against a chunk at a time, or, against one input of 4-bit
-    /// rows, [`affine::ROWS`] weight rows at a time ([`Packed::four_rows`]).
+    /// inputs, chunk by chunk ([`Packed::run_chunk`]).
     fn run_dots<K: RowDots>(
         &self,
         rows: Range<usize>,
@@ -143,30 +145,136 @@ impl Packed<'_> {
         buf: &mut [f32],
         kernel: impl Fn(Range<usize>) -> Option<K>,
     ) -> bool {
+        if n <= affine::MANY {
+            return kernel(0..n).is_some_and(|k| self.run_chunk(&k, rows, n, out, buf));
+        }
+        let mut part = vec![0f32; rows.len() * affine::MANY];
+        for c in (0..n).step_by(affine::MANY) {
+            let c = c..(c + affine::MANY).min(n);
+            let part = &mut part[..rows.len() * c.len()];
+            let done = kernel(c.clone())
+                .is_some_and(|k| self.run_chunk(&k, rows.clone(), c.len(), part, buf));
+            if !done {
+                return false;
+            }
+            for (o, p) in out.chunks_exact_mut(n).zip(part.chunks_exact(c.len())) {
+                o[c.clone()].copy_from_slice(p);
+            }
+        }
+        true
+    }
+
+    /// Weight rows `rows` against the `n` inputs (up to [`affine::MANY`]) of `kernel`: each
+    /// row in turn, or, against one input of 4-bit rows or against several, [`affine::ROWS`]
+    /// rows at a time ([`Packed::four_rows`]).
+    fn run_chunk<K: RowDots>(
+        &self,
+        kernel: &K,
+        rows: Range<usize>,
+        n: usize,
+        out: &mut [f32],
+        buf: &mut [f32],
+    ) -> bool {
         let groups = self.cols / self.params.group_size;
         // Against one input, 8-bit rows (twice the bytes per product) stream faster one at a
         // time.
         let blocks = n > 1 || self.params.bits == 4;
-        if n <= affine::MANY && blocks && buf.len() >= 2 * affine::ROWS * groups {
-            return kernel(0..n).is_some_and(|k| self.four_rows(&k, rows, n, out, buf));
+        if blocks && buf.len() >= 2 * affine::ROWS * groups {
+            return self.four_rows(kernel, rows, n, out, buf);
         }
         let row_words = groups * self.group_words;
         let (sbuf, bbuf) = buf.split_at_mut(groups);
-        for c in (0..n).step_by(affine::MANY) {
-            let c = c..(c + affine::MANY).min(n);
-            let Some(k) = kernel(c.clone()) else {
+        for (r, out) in rows.zip(out.chunks_exact_mut(n)) {
+            let Some(words) = self.packed.get(r * row_words..(r + 1) * row_words) else {
                 return false;
             };
-            for (r, out) in rows.clone().zip(out.chunks_exact_mut(n)) {
-                let Some(words) = self.packed.get(r * row_words..(r + 1) * row_words) else {
-                    return false;
-                };
-                let scales = self.scales.row_in(r, groups, sbuf);
-                let biases = self.biases.row_in(r, groups, &mut bbuf[..groups]);
-                if !k.row(words, scales, biases, &mut out[c.clone()]) {
+            let scales = self.scales.row_in(r, groups, sbuf);
+            let biases = self.biases.row_in(r, groups, &mut bbuf[..groups]);
+            if !kernel.row(words, scales, biases, out) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Weight rows `rows` against many int8-prepared inputs (`out` [row, input]): the inputs
+    /// in panels of [`panel::PANEL`], each row unpacked once for all of them, four rows at a
+    /// time. `buf` holds at least `2 · 4` rows of scales.
+    fn panel_dots(
+        &self,
+        rows: Range<usize>,
+        xs: &[affine8::QInput8<'_>],
+        out: &mut [f32],
+        buf: &mut [f32],
+    ) -> bool {
+        const R: usize = 8;
+        let (gs, bits, cols) = (self.params.group_size, self.params.bits, self.cols);
+        let (n, groups) = (xs.len(), cols / gs);
+        let row_words = groups * self.group_words;
+        let panels: Option<Vec<_>> = xs
+            .chunks(panel::PANEL)
+            .map(|c| panel::Panel::new(bits, gs, c))
+            .collect();
+        let Some(panels) = panels else {
+            return false;
+        };
+        if buf.len() < 2 * R * groups {
+            return false;
+        }
+        let (sbuf, bbuf) = buf[..2 * R * groups].split_at_mut(R * groups);
+        let mut unpacked: [panel::Unpacked; R] = Default::default();
+        let mut r = rows.start;
+        while r < rows.end {
+            let take = if rows.end - r >= R { R } else { 1 };
+            for (k, u) in unpacked.iter_mut().enumerate().take(take) {
+                let at = (r + k) * row_words;
+                let unpacked = self
+                    .packed
+                    .get(at..at + row_words)
+                    .is_some_and(|w| u.unpack(bits, cols, w));
+                if !unpacked {
                     return false;
                 }
             }
+            let scales = self.scales.rows_in(r, take, groups, sbuf);
+            let biases = self.biases.rows_in(r, take, groups, bbuf);
+            let s = |k: usize| &scales[k * groups..(k + 1) * groups];
+            let b = |k: usize| &biases[k * groups..(k + 1) * groups];
+            for (p, panel) in panels.iter().enumerate() {
+                let Some(at) = out.get_mut((r - rows.start) * n + p * panel::PANEL..) else {
+                    return false;
+                };
+                let done = match take {
+                    R => panel::dots::<R>(
+                        bits,
+                        gs,
+                        panel::WeightRows {
+                            rows: std::array::from_fn(|k| &unpacked[k]),
+                            scales: std::array::from_fn(s),
+                            biases: std::array::from_fn(b),
+                        },
+                        panel,
+                        at,
+                        n,
+                    ),
+                    _ => panel::dots::<1>(
+                        bits,
+                        gs,
+                        panel::WeightRows {
+                            rows: [&unpacked[0]],
+                            scales: [s(0)],
+                            biases: [b(0)],
+                        },
+                        panel,
+                        at,
+                        n,
+                    ),
+                };
+                if !done {
+                    return false;
+                }
+            }
+            r += take;
         }
         true
     }

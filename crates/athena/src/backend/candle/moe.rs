@@ -13,6 +13,7 @@
 
 use candle_core::{DType, Tensor};
 use half::bf16;
+use rayon::prelude::*;
 
 use super::linear::Linear;
 use super::weights::Weights;
@@ -109,6 +110,9 @@ impl Rows for GateUp<'_> {
         }
     }
 }
+
+/// Tokens from which [`SparseMoeBlock::forward`]'s work around the products runs in parallel.
+const PAR_MIN_TOKENS: usize = 8;
 
 fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())
@@ -303,8 +307,15 @@ impl SparseMoeBlock {
         };
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let groups = routing.by_expert(self.experts.gate.len());
+        // Past a few tokens (prefill) the per-token work around the products runs in parallel
+        // too; at decode a hand-off to the pool would cost more than it saves.
+        let min_len = match n >= PAR_MIN_TOKENS {
+            true => 1,
+            false => usize::MAX,
+        };
         let inputs: Vec<Vec<f32>> = groups
-            .iter()
+            .par_iter()
+            .with_min_len(min_len)
             .map(|(_, rows, _)| {
                 rows.iter()
                     .flat_map(|&r| &xs[r as usize * h..(r as usize + 1) * h])
@@ -339,7 +350,8 @@ impl SparseMoeBlock {
         })?
         .ok_or_else(|| expert_not_on_kernels(&groups))?;
         let hidden: Vec<Vec<f32>> = gate_ups
-            .iter()
+            .par_iter()
+            .with_min_len(min_len)
             .map(|gate_up| {
                 gate_up
                     .chunks_exact(2)
@@ -365,16 +377,24 @@ impl SparseMoeBlock {
             kernels::matmul_many(&products)
         })?
         .ok_or_else(|| expert_not_on_kernels(&groups))?;
-        // Experts in ascending order, as the reference sums them.
-        let mut out = vec![0f32; n * h];
+        // Each token's experts in ascending order, as the reference sums them.
+        let mut terms: Vec<Vec<(&[f32], f32)>> = vec![Vec::new(); n];
         for ((_, rows, weights), y) in groups.iter().zip(&ys) {
             for ((&r, &w), y) in rows.iter().zip(weights).zip(y.chunks_exact(h)) {
-                let w = round(w);
-                let acc = &mut out[r as usize * h..(r as usize + 1) * h];
+                terms[r as usize].push((y, round(w)));
+            }
+        }
+        let mut out = vec![0f32; n * h];
+        let combine = |(acc, terms): (&mut [f32], &Vec<(&[f32], f32)>)| {
+            for &(y, w) in terms {
                 for (a, &y) in acc.iter_mut().zip(y) {
                     *a = round(*a + round(round(y) * w));
                 }
             }
+        };
+        match n >= PAR_MIN_TOKENS {
+            true => out.par_chunks_mut(h).zip(&terms).for_each(combine),
+            false => out.chunks_mut(h).zip(&terms).for_each(combine),
         }
         Ok(Tensor::from_vec(out, (n, h), x.device())?.to_dtype(x.dtype())?)
     }

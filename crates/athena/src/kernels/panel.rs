@@ -1,0 +1,226 @@
+//! Quantized weight rows against many int8-prepared inputs at once (prefill, batched decode):
+//! one int32 lane per input.
+//!
+//! [`super::affine8`]'s kernels give each int32 lane four products of one input; a block of
+//! 32 values then ends in sixteen partial sums that must each be converted, stepped and
+//! scaled. Here the inputs are laid out as a panel instead: sixteen inputs side by side, four
+//! codes of each per 512-bit vector, so that one `vpdpbusd` against four weight codes
+//! (broadcast to every lane) adds four products to each of the sixteen inputs' sums. A block
+//! of 32 values is eight of them, and its sums for all sixteen inputs end in one register: one
+//! conversion, one multiply by the inputs' steps and one by the group's scale serve sixteen
+//! outputs. The biases meet the exact input sums per group as before.
+//!
+//! `vpdpbusd` multiplies unsigned bytes by signed ones, and the broadcast operand is the signed
+//! one: the weights. A weight row is unpacked once per call into signed bytes (4-bit codes
+//! as they are; 8-bit codes less 128), the input codes are stored plus 128 (unsigned), and
+//! each block's integer sum starts from the exact correction of both offsets.
+//!
+//! The order of a block's columns inside the panel follows how a weight row unpacks (4-bit:
+//! per 128 columns, the low nibbles of its 64 bytes, then the high ones; 8-bit: natural), so
+//! the weights need no shuffle. Rows need a multiple of 128 columns and a CPU with AVX-512
+//! VNNI.
+
+use super::affine::QBLOCK;
+use super::affine8::QInput8;
+
+/// Inputs per panel: the int32 lanes of a 512-bit register.
+pub const PANEL: usize = 16;
+/// Fewer inputs than this run the row kernels of [`super::affine8`] instead.
+pub const PANEL_MIN: usize = 8;
+/// Columns per unit of the weight layout (a multiple of every group size).
+const CHUNK: usize = 128;
+/// Four-code quads per block of [`QBLOCK`] values.
+const QUADS: usize = QBLOCK / 4;
+
+/// Whether rows of `bits` bits in groups of `group_size` over `cols` columns have panel
+/// kernels on this CPU.
+pub fn supported(bits: u8, group_size: usize, cols: usize) -> bool {
+    matches!(bits, 4 | 8)
+        && matches!(group_size, 32 | 64 | 128)
+        && cols > 0
+        && cols.is_multiple_of(CHUNK)
+        && super::affine::has_avx512_vnni()
+}
+
+/// Where quad `j` of block `b` lies in a weight row unpacked for `bits` bits, in bytes.
+#[inline(always)]
+pub(super) fn quad_offset(bits: u8, b: usize, j: usize) -> usize {
+    if bits == 8 {
+        return QBLOCK * b + 4 * j;
+    }
+    // Per 128 columns: 64 low nibbles (even columns), then 64 high ones (odd columns); block
+    // k of the chunk is bytes 16k..16k + 16 of each half.
+    let (c, k) = (b / 4, b % 4);
+    CHUNK * c + 64 * (j / 4) + 16 * k + 4 * (j % 4)
+}
+
+/// Where the four codes of quad `j` of block `b` lie in an int8-prepared input: in its
+/// natural codes (8 bits), or in its codes evens first per 64 values (4 bits).
+fn input_offset(bits: u8, b: usize, j: usize) -> usize {
+    if bits == 8 {
+        return QBLOCK * b + 4 * j;
+    }
+    // Low nibble `i` of a chunk is its column 2i, high nibble `i` its column 2i + 1; evens
+    // first per 64 values puts column 2i at 64·(i / 32) + i % 32 and 2i + 1 32 further.
+    let (c, k) = (b / 4, b % 4);
+    let i = 16 * k + 4 * (j % 4);
+    CHUNK * c + 64 * (i / 32) + i % 32 + 32 * (j / 4)
+}
+
+/// Up to [`PANEL`] int8-prepared inputs laid out for the panel kernels.
+pub struct Panel {
+    /// Inputs held (the other lanes are zero).
+    pub(super) n: usize,
+    /// Per block, per quad, per input: four codes plus 128.
+    pub(super) codes: Vec<u8>,
+    /// Per block, per input: its step.
+    pub(super) steps: Vec<f32>,
+    /// Per block, per input: what the block's integer sum starts from for the inputs' side
+    /// (8 bits: 128 · the sum of the input's codes; 4 bits: zero).
+    pub(super) start: Vec<i32>,
+    /// Per group, per input: `Σ x` of the original values.
+    pub(super) sums: Vec<f32>,
+}
+
+impl Panel {
+    /// The panel of `xs` (1 to [`PANEL`] inputs of one width) for rows of `bits` bits in
+    /// groups of `group_size`; `None` when [`supported`] is false or the inputs disagree.
+    pub fn new(bits: u8, group_size: usize, xs: &[QInput8<'_>]) -> Option<Panel> {
+        let cols = xs.first()?.codes.len();
+        if xs.len() > PANEL || !supported(bits, group_size, cols) {
+            return None;
+        }
+        let (blocks, groups) = (cols / QBLOCK, cols / group_size);
+        let mut codes = vec![0u8; blocks * QUADS * PANEL * 4];
+        let mut steps = vec![0f32; blocks * PANEL];
+        let mut start = vec![0i32; blocks * PANEL];
+        let mut sums = vec![0f32; groups * PANEL];
+        for (n, x) in xs.iter().enumerate() {
+            let src = if bits == 8 { x.codes } else { x.even_codes };
+            let group_sums = x.group_sums(group_size)?;
+            if x.codes.len() != cols || src.len() != cols || group_sums.len() != groups {
+                return None;
+            }
+            for b in 0..blocks {
+                for j in 0..QUADS {
+                    let s = input_offset(bits, b, j);
+                    let d = ((b * QUADS + j) * PANEL + n) * 4;
+                    let quad = [src[s], src[s + 1], src[s + 2], src[s + 3]].map(|c| c as u8);
+                    let plus = u32::from_le_bytes(quad) ^ 0x8080_8080;
+                    codes[d..d + 4].copy_from_slice(&plus.to_le_bytes());
+                }
+                steps[b * PANEL + n] = x.step(b);
+                if bits == 8 {
+                    let total: i32 = x.codes[b * QBLOCK..(b + 1) * QBLOCK]
+                        .iter()
+                        .map(|&c| i32::from(c))
+                        .sum();
+                    start[b * PANEL + n] = 128 * total;
+                }
+            }
+            for (g, &s) in group_sums.iter().enumerate() {
+                sums[g * PANEL + n] = s;
+            }
+        }
+        Some(Panel {
+            n: xs.len(),
+            codes,
+            steps,
+            start,
+            sums,
+        })
+    }
+
+    /// Inputs held.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether it holds no input.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Blocks of [`QBLOCK`] columns.
+    fn blocks(&self) -> usize {
+        self.steps.len() / PANEL
+    }
+}
+
+/// A weight row unpacked for the panel kernels: signed byte codes in the panel's column order
+/// and, per block, 128 · the sum of those codes.
+#[derive(Default)]
+pub struct Unpacked {
+    pub(super) codes: Vec<i8>,
+    pub(super) sums: Vec<i32>,
+}
+
+impl Unpacked {
+    /// Unpacks the row `words` (`cols · bits / 32` words) of `bits` bits; `false`, changing
+    /// nothing, when [`supported`] is false for it.
+    pub fn unpack(&mut self, bits: u8, cols: usize, words: &[u32]) -> bool {
+        if !supported(bits, 32, cols) || words.len() != cols * usize::from(bits) / 32 {
+            return false;
+        }
+        self.codes.resize(cols, 0);
+        self.sums.resize(cols / QBLOCK, 0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F, BW and VNNI are present (`supported`); lengths checked above.
+        unsafe {
+            super::avx512_panel::unpack(bits, words, &mut self.codes, &mut self.sums)
+        };
+        true
+    }
+}
+
+/// `R` weight rows (1 or 4) for [`dots`]: unpacked, with their per-group scales and biases.
+#[derive(Clone, Copy)]
+pub struct WeightRows<'a, const R: usize> {
+    /// The rows unpacked.
+    pub rows: [&'a Unpacked; R],
+    /// Each row's scales, one per group.
+    pub scales: [&'a [f32]; R],
+    /// Each row's biases, one per group.
+    pub biases: [&'a [f32]; R],
+}
+
+/// `out[r · stride + k] = Σ w_r·x_k` for the rows `w` and every input `k` of `panel`
+/// (`group_size` columns a group). `false`, writing nothing, when a length disagrees.
+pub fn dots<const R: usize>(
+    bits: u8,
+    group_size: usize,
+    w: WeightRows<'_, R>,
+    panel: &Panel,
+    out: &mut [f32],
+    stride: usize,
+) -> bool {
+    let blocks = panel.blocks();
+    let cols = blocks * QBLOCK;
+    let groups = cols / group_size.max(1);
+    let fits = supported(bits, group_size, cols)
+        && panel.codes.len() == blocks * QUADS * PANEL * 4
+        && panel.start.len() == blocks * PANEL
+        && panel.sums.len() == groups * PANEL
+        && (0..R).all(|r| {
+            w.rows[r].codes.len() == cols
+                && w.rows[r].sums.len() == blocks
+                && w.scales[r].len() == groups
+                && w.biases[r].len() == groups
+        })
+        && stride >= panel.n
+        && out.len() >= (R - 1) * stride + panel.n;
+    if !fits {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512 F, BW and VNNI are present (`supported`); lengths checked above.
+        let dots = unsafe { super::avx512_panel::dots::<R>(bits, group_size, w, panel) };
+        for (r, d) in dots.iter().enumerate() {
+            out[r * stride..r * stride + panel.n].copy_from_slice(&d[..panel.n]);
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
