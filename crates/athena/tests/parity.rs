@@ -157,3 +157,35 @@ fn bf16_compute_stays_close_to_transformers_bf16() {
         "bf16 differs from transformers bf16 by {vs_bf16}"
     );
 }
+
+#[test]
+fn bf16_cached_decode_stays_close_to_transformers_bf16() {
+    // Decode in bf16 runs attention on the CPU's decode path (one query against the cache),
+    // rounding where the reference's bf16 tensors do; it is held to the bound of the bf16
+    // forward above.
+    let model = load("base", DType::BF16);
+    let r = Reference::load("base");
+    let ids = r.ids("ids_a");
+    let mut s = model.session();
+    let mut rows = vec![model
+        .forward(&[ids[..4].to_vec()], &mut s)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()];
+    for &id in &ids[4..] {
+        rows.push(
+            model
+                .forward(&[vec![id]], &mut s)
+                .unwrap()
+                .squeeze(0)
+                .unwrap(),
+        );
+    }
+    let cached = Tensor::cat(&rows, 0).unwrap();
+    let d = max_abs_diff(&cached, r.get("logits_a_bf16"));
+    println!("bf16 cached decode: max |Δlogit| vs transformers bf16 {d:.3e}");
+    assert!(
+        d <= 5e-2,
+        "bf16 cached decode differs from transformers bf16 by {d}"
+    );
+}

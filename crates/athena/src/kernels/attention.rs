@@ -1,18 +1,52 @@
-//! Attention of one new token per sequence over its cached keys and values (decode), in f32:
+//! Attention of one new token per sequence over its cached keys and values (decode):
 //! `softmax(q·Kᵀ · scale) · V` per head, the heads in parallel on rayon's pool. It reads the
 //! cache where it lies (rows of `head_dim` values, one per position) instead of going through
 //! a general matrix product, whose fixed cost dominates at one query row.
+//!
+//! Values are f32 or bf16 ([`Value`]). A bf16 model's attention rounds where the reference's
+//! bf16 tensors do: the scores, the scores times the scale (itself a bf16), the softmax
+//! (taken in f32) and the output; sums run in f32.
 
+use half::bf16;
 use rayon::prelude::*;
 
-use super::{axpy, dot};
+use super::{axpy, bf16_to_f32, dot};
+
+/// An element type of the cache and the query.
+pub trait Value: Copy + Send + Sync {
+    /// `src` as f32: itself, or widened into `buf` (as long).
+    fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+    /// `v` rounded to this type's precision, as f32.
+    fn round(v: f32) -> f32;
+}
+
+impl Value for f32 {
+    fn widen<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+    #[inline]
+    fn round(v: f32) -> f32 {
+        v
+    }
+}
+
+impl Value for bf16 {
+    fn widen<'a>(src: &'a [bf16], buf: &'a mut [f32]) -> &'a [f32] {
+        bf16_to_f32(src, buf);
+        buf
+    }
+    #[inline]
+    fn round(v: f32) -> f32 {
+        bf16::from_f32(v).to_f32()
+    }
+}
 
 /// Where one tensor of cached keys or values [batch, kv_heads, len, head_dim] lies in `data`:
 /// element `[b, h, j, d]` at `offset + b·batch_stride + h·head_stride + j·head_dim + d`.
 #[derive(Debug, Clone, Copy)]
-pub struct CacheView<'a> {
+pub struct CacheView<'a, V> {
     /// The backing storage.
-    pub data: &'a [f32],
+    pub data: &'a [V],
     /// Index of element `[0, 0, 0, 0]`.
     pub offset: usize,
     /// Elements between sequences.
@@ -23,9 +57,9 @@ pub struct CacheView<'a> {
     pub len: usize,
 }
 
-impl CacheView<'_> {
+impl<V> CacheView<'_, V> {
     /// Position `j` of head `h` of sequence `b` (`head_dim` values), `None` out of range.
-    fn row(&self, b: usize, h: usize, j: usize, head_dim: usize) -> Option<&[f32]> {
+    fn row(&self, b: usize, h: usize, j: usize, head_dim: usize) -> Option<&[V]> {
         let at = self.offset + b * self.batch_stride + h * self.head_stride + j * head_dim;
         self.data.get(at..at + head_dim)
     }
@@ -47,11 +81,12 @@ pub struct Heads {
 
 /// `out` [batch, heads, head_dim] for queries `q` [batch, heads, head_dim]: per head, the
 /// scores `q·k_j · scale` over the cached positions, their softmax, and the weighted sum of
-/// the values. `None` when a length disagrees with `shape` or the views reach past their data.
-pub fn decode(
-    q: &[f32],
-    keys: CacheView<'_>,
-    values: CacheView<'_>,
+/// the values, rounded to `V` where [`Value`] says (the outputs are `V` values held in f32).
+/// `None` when a length disagrees with `shape` or the views reach past their data.
+pub fn decode<V: Value>(
+    q: &[V],
+    keys: CacheView<'_, V>,
+    values: CacheView<'_, V>,
     shape: Heads,
     scale: f32,
 ) -> Option<Vec<f32>> {
@@ -72,29 +107,37 @@ pub fn decode(
         keys.row(b, h, j, head_dim)?;
         values.row(b, h, j, head_dim)?;
     }
+    let scale = V::round(scale);
     let mut out = vec![0f32; q.len()];
     out.par_chunks_mut(head_dim)
         .zip(q.par_chunks(head_dim))
         .enumerate()
-        .for_each_init(Vec::new, |scores, (i, (o, qh))| {
-            let (b, kh) = (i / heads, i % heads / group);
-            scores.clear();
-            scores.extend((0..len).map(|j| {
-                keys.row(b, kh, j, head_dim)
-                    .map_or(f32::NAN, |k| dot(qh, k) * scale)
-            }));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            for (j, &s) in scores.iter().enumerate() {
-                if let Some(v) = values.row(b, kh, j, head_dim) {
-                    axpy(s / sum, v, o);
+        .for_each_init(
+            || (Vec::new(), vec![0f32; head_dim], vec![0f32; head_dim]),
+            |(scores, qf, row), (i, (o, qh))| {
+                let (b, kh) = (i / heads, i % heads / group);
+                let qh = V::widen(qh, qf);
+                scores.clear();
+                scores.extend((0..len).map(|j| match keys.row(b, kh, j, head_dim) {
+                    Some(k) => V::round(V::round(dot(qh, V::widen(k, row))) * scale),
+                    None => f32::NAN,
+                }));
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
                 }
-            }
-        });
+                for (j, &s) in scores.iter().enumerate() {
+                    if let Some(v) = values.row(b, kh, j, head_dim) {
+                        axpy(V::round(s / sum), V::widen(v, row), o);
+                    }
+                }
+                for v in o.iter_mut() {
+                    *v = V::round(*v);
+                }
+            },
+        );
     Some(out)
 }
 
@@ -216,5 +259,47 @@ mod tests {
             ..shape
         };
         assert!(decode(&q, view(4), view(4), bad, 1.0).is_none());
+    }
+
+    #[test]
+    fn bf16_decode_stays_within_bf16_rounding_of_the_definition() {
+        let shape = Heads {
+            batch: 1,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 16,
+        };
+        let (len, hd) = (9, shape.head_dim);
+        let data: Vec<bf16> = values(2 * len * hd, 3)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let q: Vec<bf16> = values(2 * hd, 4)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let view = |offset| CacheView {
+            data: &data,
+            offset,
+            batch_stride: len * hd,
+            head_stride: len * hd,
+            len,
+        };
+        let at = |base: usize| {
+            let data = &data;
+            move |_: usize, _: usize, j: usize, d: usize| data[base + j * hd + d].to_f32()
+        };
+        let qf: Vec<f32> = q.iter().map(|v| v.to_f32()).collect();
+        let scale = 0.25;
+        let got = decode(&q, view(0), view(len * hd), shape, scale).unwrap();
+        let want = reference(&qf, shape, len, scale, at(0), at(len * hd));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // Each output is a bf16 (rounded from sums of rounded terms).
+            assert_eq!(*g, bf16::from_f32(*g).to_f32(), "output {i} is not a bf16");
+            assert!(
+                (f64::from(*g) - w).abs() <= 2e-2 * (1.0 + w.abs()),
+                "{i}: {g} vs {w}"
+            );
+        }
     }
 }

@@ -1,17 +1,19 @@
-//! Attention's decode path on the CPU: one f32 query per sequence against the cache as it lies
-//! in the session's buffer, through [`crate::kernels::attention::decode`] instead of two
-//! batched matrix products and a softmax.
+//! Attention's decode path on the CPU: one query per sequence (f32 or bf16) against the cache
+//! as it lies in the session's buffer, through [`crate::kernels::attention::decode`] instead
+//! of two batched matrix products and a softmax.
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use half::bf16;
 
 use super::Attention;
 use crate::error::Result;
-use crate::kernels::attention::{self, CacheView, Heads};
+use crate::kernels::attention::{self, CacheView, Heads, Value};
 
 impl Attention {
     /// `softmax(q·Kᵀ/√D)·V` for q [B, heads, 1, D] (unscaled) and the cached k, v
-    /// [B, kv_heads, L, D], on the CPU in f32; `None` where this path does not apply (another
-    /// device or dtype, more than one query, a layout it does not read), for the general path.
+    /// [B, kv_heads, L, D], on the CPU in f32 or bf16; `None` where this path does not apply
+    /// (another device or dtype, more than one query, a layout it does not read), for the
+    /// general path.
     pub(super) fn decode_attention(
         &self,
         q: &Tensor,
@@ -20,8 +22,10 @@ impl Attention {
     ) -> Result<Option<Tensor>> {
         let (b, heads, t, d) = q.dims4()?;
         let (kb, kv_heads, len, kd) = k.dims4()?;
+        let dtype = q.dtype();
         if !q.device().is_cpu()
-            || [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3]
+            || !matches!(dtype, DType::F32 | DType::BF16)
+            || [k.dtype(), v.dtype()] != [dtype; 2]
             || t != 1
             || (kb, kd) != (b, d)
             || v.dims4()? != (b, kv_heads, len, d)
@@ -34,14 +38,6 @@ impl Attention {
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
-        let (Some(qd), Some(keys), Some(values)) = (
-            f32_data(&qs)
-                .and_then(|s| s.get(ql.start_offset()..ql.start_offset() + q.elem_count())),
-            f32_data(&ks).and_then(|s| view(s, kl, len, d)),
-            f32_data(&vs).and_then(|s| view(s, vl, len, d)),
-        ) else {
-            return Ok(None);
-        };
         let shape = Heads {
             batch: b,
             heads,
@@ -49,24 +45,46 @@ impl Attention {
             head_dim: d,
         };
         let scale = self.softmax_scale() as f32;
-        let Some(out) = attention::decode(qd, keys, values, shape, scale) else {
+        let q_range = ql.start_offset()..ql.start_offset() + q.elem_count();
+        let out = match (&*qs, &*ks, &*vs) {
+            (
+                Storage::Cpu(CpuStorage::F32(qd)),
+                Storage::Cpu(CpuStorage::F32(kd)),
+                Storage::Cpu(CpuStorage::F32(vd)),
+            ) => run(qd.get(q_range), (kd, kl), (vd, vl), shape, scale),
+            (
+                Storage::Cpu(CpuStorage::BF16(qd)),
+                Storage::Cpu(CpuStorage::BF16(kd)),
+                Storage::Cpu(CpuStorage::BF16(vd)),
+            ) => run::<bf16>(qd.get(q_range), (kd, kl), (vd, vl), shape, scale),
+            _ => None,
+        };
+        let Some(out) = out else {
             return Ok(None);
         };
-        Ok(Some(Tensor::from_vec(out, (b, heads, 1, d), q.device())?))
+        // The outputs are values of the dtype already: converting back is exact.
+        let out = Tensor::from_vec(out, (b, heads, 1, d), q.device())?.to_dtype(dtype)?;
+        Ok(Some(out))
     }
 }
 
-/// The f32 data of a CPU storage.
-fn f32_data(s: &Storage) -> Option<&[f32]> {
-    match s {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(v),
-        _ => None,
-    }
+/// [`attention::decode`] on the storages of q, k and v, `None` when a layout does not fit.
+fn run<V: Value>(
+    q: Option<&[V]>,
+    (k, kl): (&[V], &Layout),
+    (v, vl): (&[V], &Layout),
+    shape: Heads,
+    scale: f32,
+) -> Option<Vec<f32>> {
+    let len = kl.dims().get(2).copied()?;
+    let keys = view(k, kl, len, shape.head_dim)?;
+    let values = view(v, vl, len, shape.head_dim)?;
+    attention::decode(q?, keys, values, shape, scale)
 }
 
 /// `data` under `layout` [B, heads, len, d] as a [`CacheView`]: rows of `d` contiguous values,
 /// one position after another.
-fn view<'a>(data: &'a [f32], layout: &Layout, len: usize, d: usize) -> Option<CacheView<'a>> {
+fn view<'a, V>(data: &'a [V], layout: &Layout, len: usize, d: usize) -> Option<CacheView<'a, V>> {
     match layout.stride() {
         &[batch_stride, head_stride, row, 1] if row == d || len <= 1 => Some(CacheView {
             data,
