@@ -57,7 +57,15 @@ pub struct CacheView<'a, V> {
     pub len: usize,
 }
 
-impl<V> CacheView<'_, V> {
+impl<'a, V> CacheView<'a, V> {
+    /// The view of sequence `b` alone.
+    fn sequence(self, b: usize) -> CacheView<'a, V> {
+        CacheView {
+            offset: self.offset + b * self.batch_stride,
+            ..self
+        }
+    }
+
     /// Position `j` of head `h` of sequence `b` (`head_dim` values), `None` out of range.
     fn row(&self, b: usize, h: usize, j: usize, head_dim: usize) -> Option<&[V]> {
         let at = self.offset + b * self.batch_stride + h * self.head_stride + j * head_dim;
@@ -90,55 +98,92 @@ pub fn decode<V: Value>(
     shape: Heads,
     scale: f32,
 ) -> Option<Vec<f32>> {
+    let per = shape.heads * shape.head_dim;
+    if q.len() != shape.batch * per {
+        return None;
+    }
+    let one = |b: usize| Query {
+        q: &q[b * per..(b + 1) * per],
+        keys: keys.sequence(b),
+        values: values.sequence(b),
+    };
+    let queries: Vec<Query<'_, V>> = (0..shape.batch).map(one).collect();
+    decode_each(&queries, shape, scale).map(|outs| outs.concat())
+}
+
+/// One sequence's query [heads, head_dim] and its cache (views of batch 1).
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a, V> {
+    /// The query, head after head.
+    pub q: &'a [V],
+    /// Its cached keys.
+    pub keys: CacheView<'a, V>,
+    /// Its cached values.
+    pub values: CacheView<'a, V>,
+}
+
+/// [`decode`] for several sequences, each with its own cache and length (a server's decode
+/// step), in one parallel pass over every sequence's heads: one output [heads, head_dim] per
+/// query. `shape.batch` is ignored.
+pub fn decode_each<V: Value>(
+    queries: &[Query<'_, V>],
+    shape: Heads,
+    scale: f32,
+) -> Option<Vec<Vec<f32>>> {
     let Heads {
-        batch,
         heads,
         kv_heads,
         head_dim,
+        ..
     } = shape;
-    let len = keys.len;
     let group = heads.checked_div(kv_heads)?;
-    if head_dim == 0 || q.len() != batch * heads * head_dim || values.len != len {
+    let per = heads * head_dim;
+    let fits = |x: &Query<'_, V>| {
+        let len = x.keys.len;
+        // The last row of each view must exist; the others lie below it.
+        let last =
+            |v: &CacheView<'_, V>| len == 0 || v.row(0, kv_heads - 1, len - 1, head_dim).is_some();
+        x.q.len() == per && x.values.len == len && last(&x.keys) && last(&x.values)
+    };
+    if head_dim == 0 || !queries.iter().all(fits) {
         return None;
     }
-    if batch > 0 && len > 0 {
-        // The last row of each view must exist; the others lie below it.
-        let (b, h, j) = (batch - 1, kv_heads - 1, len - 1);
-        keys.row(b, h, j, head_dim)?;
-        values.row(b, h, j, head_dim)?;
-    }
     let scale = V::round(scale);
-    let mut out = vec![0f32; q.len()];
-    out.par_chunks_mut(head_dim)
-        .zip(q.par_chunks(head_dim))
-        .enumerate()
-        .for_each_init(
-            || (Vec::new(), vec![0f32; head_dim], vec![0f32; head_dim]),
-            |(scores, qf, row), (i, (o, qh))| {
-                let (b, kh) = (i / heads, i % heads / group);
-                let qh = V::widen(qh, qf);
-                scores.clear();
-                scores.extend((0..len).map(|j| match keys.row(b, kh, j, head_dim) {
-                    Some(k) => V::round(V::round(dot(qh, V::widen(k, row))) * scale),
-                    None => f32::NAN,
-                }));
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+    let mut outs: Vec<Vec<f32>> = queries.iter().map(|_| vec![0f32; per]).collect();
+    let mut tasks: Vec<(&Query<'_, V>, usize, &mut [f32])> =
+        Vec::with_capacity(queries.len() * heads);
+    for (x, out) in queries.iter().zip(outs.iter_mut()) {
+        for (h, o) in out.chunks_mut(head_dim).enumerate() {
+            tasks.push((x, h, o));
+        }
+    }
+    tasks.into_par_iter().for_each_init(
+        || (Vec::new(), vec![0f32; head_dim], vec![0f32; head_dim]),
+        |(scores, qf, row), (x, h, o)| {
+            let (kh, len) = (h / group, x.keys.len);
+            let qh = V::widen(&x.q[h * head_dim..(h + 1) * head_dim], qf);
+            scores.clear();
+            scores.extend((0..len).map(|j| match x.keys.row(0, kh, j, head_dim) {
+                Some(k) => V::round(V::round(dot(qh, V::widen(k, row))) * scale),
+                None => f32::NAN,
+            }));
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (j, &s) in scores.iter().enumerate() {
+                if let Some(v) = x.values.row(0, kh, j, head_dim) {
+                    axpy(V::round(s / sum), V::widen(v, row), o);
                 }
-                for (j, &s) in scores.iter().enumerate() {
-                    if let Some(v) = values.row(b, kh, j, head_dim) {
-                        axpy(V::round(s / sum), V::widen(v, row), o);
-                    }
-                }
-                for v in o.iter_mut() {
-                    *v = V::round(*v);
-                }
-            },
-        );
-    Some(out)
+            }
+            for v in o.iter_mut() {
+                *v = V::round(*v);
+            }
+        },
+    );
+    Some(outs)
 }
 
 #[cfg(test)]

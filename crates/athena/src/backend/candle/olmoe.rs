@@ -239,6 +239,9 @@ impl Attention {
             return self.forward_each_fused(x, rope, lens, caches);
         }
         let (q, k, v) = self.qkv(x, rope)?;
+        if lens.iter().all(|&t| t == 1) {
+            return self.decode_each(&q, &k, &v, caches);
+        }
         let mut outs = Vec::with_capacity(caches.len());
         let mut offset = 0;
         for (cache, &t) in caches.iter_mut().zip(lens) {
@@ -249,6 +252,35 @@ impl Attention {
             outs.push(self.attend(&qi, &ki, &vi, mask.as_ref(), false)?);
             offset += t;
         }
+        self.output(&Tensor::cat(&outs, 2)?)
+    }
+}
+
+impl Attention {
+    /// [`Self::forward_each`] when every sequence brings one token: each sequence's key and
+    /// value appended to its cache, then every sequence attended in one pass where the decode
+    /// path applies, else one after another.
+    fn decode_each(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        caches: &mut [&mut Option<LayerCache>],
+    ) -> Result<Tensor> {
+        let column =
+            |x: &Tensor, i: usize| -> Result<Tensor> { Ok(x.narrow(2, i, 1)?.contiguous()?) };
+        let mut kvs = Vec::with_capacity(caches.len());
+        for (i, cache) in caches.iter_mut().enumerate() {
+            kvs.push(LayerCache::append(cache, &column(k, i)?, &column(v, i)?)?);
+        }
+        if let Some(out) = self.decode_attention_each(q, &kvs)? {
+            return self.o_proj.forward(&out);
+        }
+        let outs = kvs
+            .iter()
+            .enumerate()
+            .map(|(i, (ki, vi))| self.attend(&column(q, i)?, ki, vi, None, false))
+            .collect::<Result<Vec<_>>>()?;
         self.output(&Tensor::cat(&outs, 2)?)
     }
 }
