@@ -2,11 +2,11 @@
 //! and f64 references: 4 and 8 bits, group sizes 32, 64 and 128, one to four inputs and four
 //! rows at once, mixed signs, zero blocks and an outlier.
 
-use super::affine8::{self, Int8Dots, QInput8};
+use super::affine8::{self, InputForm, Int8Dots, QInput8};
 use super::affine_tests::{inputs, Quantized};
 
 /// Input rows of `cols` values and their int8 prepared forms.
-fn prepare(cols: usize, n: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+pub(super) fn prepare(cols: usize, n: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let xs: Vec<Vec<f32>> = (0..n).map(|k| inputs(cols, seed + k as u64)).collect();
     let xp = xs
         .iter()
@@ -174,7 +174,7 @@ fn panels_match_the_integer_reference() {
                     .collect();
                 let mut rows: [Unpacked; R] = Default::default();
                 for (r, u) in rows.iter_mut().enumerate() {
-                    assert!(u.unpack(bits, cols, w.row_words(r)));
+                    assert!(u.unpack(InputForm::Int8, bits, cols, w.row_words(r)));
                 }
                 let scales: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.scales, r));
                 let biases: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.biases, r));

@@ -517,3 +517,73 @@ fn quantized_matrices_run_prepared_inputs_close_to_the_exact_product() {
         }
     }
 }
+
+#[test]
+fn int16_panels_match_the_integer_reference() {
+    use super::affine8::InputForm;
+    use super::panel::{self, Panel, Unpacked, WeightRows, PANEL};
+    if !panel::supported(4, 64, 128) {
+        return;
+    }
+    const R: usize = 4;
+    for bits in [4u8, 8] {
+        for gs in [32usize, 64, 128] {
+            for cols in [128usize, 384, 2048] {
+                let w = Quantized::new(bits, gs, R, cols, 900 + cols as u64 + u64::from(bits));
+                let (_, xp) = prepare(cols, 21, 13 * cols as u64);
+                let qs: Vec<QInput<'_>> = xp
+                    .iter()
+                    .map(|p| affine::prepared(p, cols).unwrap())
+                    .collect();
+                let mut rows: [Unpacked; R] = Default::default();
+                for (r, u) in rows.iter_mut().enumerate() {
+                    assert!(u.unpack(InputForm::Int16, bits, cols, w.row_words(r)));
+                }
+                let all = WeightRows {
+                    rows: std::array::from_fn(|r| &rows[r]),
+                    scales: std::array::from_fn(|r| w.row_groups(&w.scales, r)),
+                    biases: std::array::from_fn(|r| w.row_groups(&w.biases, r)),
+                };
+                for n in [1usize, 8, 16, 21] {
+                    let mut four = vec![f32::NAN; R * n];
+                    let mut one = vec![f32::NAN; R * n];
+                    for (p, chunk) in qs[..n].chunks(PANEL).enumerate() {
+                        let panel = Panel::new_int16(bits, gs, chunk).unwrap();
+                        let at = p * PANEL;
+                        assert!(panel::dots::<R>(bits, gs, all, &panel, &mut four[at..], n));
+                        for r in 0..R {
+                            let single = WeightRows {
+                                rows: [all.rows[r]],
+                                scales: [all.scales[r]],
+                                biases: [all.biases[r]],
+                            };
+                            let out = &mut one[r * n + at..];
+                            assert!(panel::dots::<1>(bits, gs, single, &panel, out, n));
+                        }
+                    }
+                    assert_eq!(four, one, "bits {bits} gs {gs} cols {cols} n {n}");
+                    for r in 0..R {
+                        for (k, q) in qs[..n].iter().enumerate() {
+                            let (got, want) = (f64::from(four[r * n + k]), w.reference(r, q));
+                            let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "bits {bits} gs {gs} cols {cols} row {r} input {k}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+                // A panel of the other form is refused, with nothing written.
+                let (_, xp8) = super::affine8_tests::prepare(cols, 2, 5);
+                let q8: Vec<_> = xp8
+                    .iter()
+                    .map(|p| super::affine8::prepared(p, cols).unwrap())
+                    .collect();
+                let other = Panel::new(bits, gs, &q8).unwrap();
+                let mut out = vec![f32::NAN; R * 2];
+                assert!(!panel::dots::<R>(bits, gs, all, &other, &mut out, 2));
+                assert!(out.iter().all(|v| v.is_nan()));
+            }
+        }
+    }
+}

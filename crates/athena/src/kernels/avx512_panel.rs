@@ -4,16 +4,14 @@
 
 use std::arch::x86_64::*;
 
-use super::affine::QBLOCK;
-use super::panel::{quad_offset, Panel, WeightRows, PANEL};
-
-/// Quads of four codes per block.
-const QUADS: usize = QBLOCK / 4;
+use super::affine::QSPAN;
+use super::affine8::InputForm;
+use super::panel::{pair_offset, quad_offset, steps_per_block, Panel, WeightRows, PANEL};
 
 /// The row `words` of `bits` bits as signed bytes in the panel's column order (`codes`,
 /// `cols` long) and 128 · each block's code sum (`sums`, `cols / 32` long).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn unpack(bits: u8, words: &[u32], codes: &mut [i8], sums: &mut [i32]) {
+pub(super) unsafe fn unpack(bits: u8, words: &[u32], codes: &mut [u8], sums: &mut [i32]) {
     let src = words.as_ptr().cast::<u8>();
     let dst = codes.as_mut_ptr();
     let zero = _mm512_setzero_si512();
@@ -27,7 +25,7 @@ pub(super) unsafe fn unpack(bits: u8, words: &[u32], codes: &mut [i8], sums: &mu
             _mm512_storeu_si512(q.as_mut_ptr().cast(), _mm512_sad_epu8(v, zero));
             for k in 0..2 {
                 let total = (q[4 * k] + q[4 * k + 1] + q[4 * k + 2] + q[4 * k + 3]) as i32;
-                sums[2 * c + k] = 128 * (total - 128 * QBLOCK as i32);
+                sums[2 * c + k] = 128 * (total - 128 * 32);
             }
         }
     } else {
@@ -48,6 +46,32 @@ pub(super) unsafe fn unpack(bits: u8, words: &[u32], codes: &mut [i8], sums: &mu
     }
 }
 
+/// The row `words` of `bits` bits as int16 codes in the int16 form's order (`codes`,
+/// `2 · cols` bytes): per span of 64 values, the even columns, then the odd ones.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn unpack_int16(bits: u8, words: &[u32], codes: &mut [u8]) {
+    let src = words.as_ptr().cast::<u8>();
+    let dst = codes.as_mut_ptr();
+    let spans = codes.len() / (2 * QSPAN);
+    for s in 0..spans {
+        let (even, odd) = if bits == 8 {
+            let v = _mm512_loadu_si512(src.add(QSPAN * s).cast());
+            (
+                _mm512_and_si512(v, _mm512_set1_epi16(0xff)),
+                _mm512_srli_epi16::<8>(v),
+            )
+        } else {
+            let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(src.add(QSPAN / 2 * s).cast()));
+            (
+                _mm512_and_si512(v, _mm512_set1_epi16(0x0f)),
+                _mm512_srli_epi16::<4>(v),
+            )
+        };
+        _mm512_storeu_si512(dst.add(2 * QSPAN * s).cast(), even);
+        _mm512_storeu_si512(dst.add(2 * QSPAN * s + 64).cast(), odd);
+    }
+}
+
 /// `Σ w_r·x_k` for `R` unpacked rows and every input lane of `panel` (lanes past its inputs
 /// hold zeros).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -58,17 +82,19 @@ pub(super) unsafe fn dots<const R: usize>(
     panel: &Panel,
 ) -> [[f32; PANEL]; R] {
     macro_rules! go {
-        ($bits:literal) => {
+        ($wide:literal, $bits:literal) => {
             match group_size {
-                32 => run::<$bits, 1, R>(w, panel),
-                64 => run::<$bits, 2, R>(w, panel),
-                _ => run::<$bits, 4, R>(w, panel),
+                32 => run::<$wide, $bits, 1, R>(w, panel),
+                64 => run::<$wide, $bits, 2, R>(w, panel),
+                _ => run::<$wide, $bits, 4, R>(w, panel),
             }
         };
     }
-    match bits {
-        8 => go!(8),
-        _ => go!(4),
+    match (panel.form, bits) {
+        (InputForm::Int16, 8) => go!(true, 8),
+        (InputForm::Int16, _) => go!(true, 4),
+        (InputForm::Int8, 8) => go!(false, 8),
+        (InputForm::Int8, _) => go!(false, 4),
     }
 }
 
@@ -77,7 +103,7 @@ pub(super) unsafe fn dots<const R: usize>(
 /// the compiler would otherwise hoist every broadcast of a block into registers and spill.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dpbusd_broadcast(acc: __m512i, x: __m512i, w: *const i8) -> __m512i {
+unsafe fn dpbusd_broadcast(acc: __m512i, x: __m512i, w: *const u8) -> __m512i {
     let mut acc = acc;
     std::arch::asm!(
         "vpdpbusd {acc}, {x}, dword ptr [{w}]{{1to16}}",
@@ -89,9 +115,26 @@ unsafe fn dpbusd_broadcast(acc: __m512i, x: __m512i, w: *const i8) -> __m512i {
     acc
 }
 
+/// `acc + Σ x·w` per int32 lane (`vpdpwssd`), `x` int16 pairs and the two int16 values at
+/// `w` broadcast to every lane, the broadcast kept in the instruction as in
+/// [`dpbusd_broadcast`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn run<const BITS: u8, const BPG: usize, const R: usize>(
+unsafe fn dpwssd_broadcast(acc: __m512i, x: __m512i, w: *const u8) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpdpwssd {acc}, {x}, dword ptr [{w}]{{1to16}}",
+        acc = inout(zmm_reg) acc,
+        x = in(zmm_reg) x,
+        w = in(reg) w,
+        options(pure, readonly, nostack, preserves_flags),
+    );
+    acc
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn run<const WIDE: bool, const BITS: u8, const BPG: usize, const R: usize>(
     weights: WeightRows<'_, R>,
     panel: &Panel,
 ) -> [[f32; PANEL]; R] {
@@ -109,17 +152,31 @@ unsafe fn run<const BITS: u8, const BPG: usize, const R: usize>(
         panel.sums.as_ptr(),
     );
     let mut acc = [_mm512_setzero_ps(); R];
+    let per_block = steps_per_block(if WIDE {
+        InputForm::Int16
+    } else {
+        InputForm::Int8
+    });
     for b in 0..blocks {
-        let from = _mm512_loadu_si512(start.add(PANEL * b).cast());
         let mut dot = [_mm512_setzero_si512(); R];
-        for r in 0..R {
-            dot[r] = _mm512_sub_epi32(from, _mm512_set1_epi32(*ws[r].add(b)));
-        }
-        for j in 0..QUADS {
-            let xv = _mm512_loadu_si512(x.add(64 * (QUADS * b + j)).cast());
-            let at = quad_offset(BITS, b, j);
+        if !WIDE {
+            let from = _mm512_loadu_si512(start.add(PANEL * b).cast());
             for r in 0..R {
-                dot[r] = dpbusd_broadcast(dot[r], xv, w[r].add(at));
+                dot[r] = _mm512_sub_epi32(from, _mm512_set1_epi32(*ws[r].add(b)));
+            }
+        }
+        for j in 0..per_block {
+            let xv = _mm512_loadu_si512(x.add(64 * (per_block * b + j)).cast());
+            if WIDE {
+                let at = pair_offset(b, j);
+                for r in 0..R {
+                    dot[r] = dpwssd_broadcast(dot[r], xv, w[r].add(at));
+                }
+            } else {
+                let at = quad_offset(BITS, b, j);
+                for r in 0..R {
+                    dot[r] = dpbusd_broadcast(dot[r], xv, w[r].add(at));
+                }
             }
         }
         let st = _mm512_loadu_ps(steps.add(PANEL * b));

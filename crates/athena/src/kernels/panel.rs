@@ -19,9 +19,14 @@
 //! per 128 columns, the low nibbles of its 64 bytes, then the high ones; 8-bit: natural), so
 //! the weights need no shuffle. Rows need a multiple of 128 columns and a CPU with AVX-512
 //! VNNI.
+//!
+//! Inputs in the int16 form ([`super::affine`]) make panels too: two codes of each input per
+//! lane, `vpdpwssd` against two weight codes widened to int16 (no offsets: both are signed),
+//! sixteen steps a block. Both the weights and the inputs keep the int16 form's order, each
+//! span of 64 values evens first, which is how both widths unpack.
 
-use super::affine::QBLOCK;
-use super::affine8::QInput8;
+use super::affine::{QInput, QBLOCK, QSPAN};
+use super::affine8::{InputForm, QInput8};
 
 /// Inputs per panel: the int32 lanes of a 512-bit register.
 pub const PANEL: usize = 16;
@@ -29,8 +34,18 @@ pub const PANEL: usize = 16;
 pub const PANEL_MIN: usize = 8;
 /// Columns per unit of the weight layout (a multiple of every group size).
 const CHUNK: usize = 128;
-/// Four-code quads per block of [`QBLOCK`] values.
+/// Four-code quads per block of [`QBLOCK`] values (int8 inputs).
 const QUADS: usize = QBLOCK / 4;
+/// Two-code pairs per block (int16 inputs).
+const PAIRS: usize = QBLOCK / 2;
+
+/// Lane-wide steps (dwords of codes) per block in `form`.
+pub(super) const fn steps_per_block(form: InputForm) -> usize {
+    match form {
+        InputForm::Int8 => QUADS,
+        InputForm::Int16 => PAIRS,
+    }
+}
 
 /// Whether rows of `bits` bits in groups of `group_size` over `cols` columns have panel
 /// kernels on this CPU.
@@ -54,6 +69,15 @@ pub(super) fn quad_offset(bits: u8, b: usize, j: usize) -> usize {
     CHUNK * c + 64 * (j / 4) + 16 * k + 4 * (j % 4)
 }
 
+/// Where pair `j` of block `b` lies in a row or an input held in the int16 form's order
+/// (spans of 64 values, evens first), in bytes: both halves of the span hold the block's
+/// sixteen values at the same place.
+#[inline(always)]
+pub(super) fn pair_offset(b: usize, j: usize) -> usize {
+    let (span, half) = (b / 2, b % 2);
+    2 * QSPAN * span + 64 * (j / 8) + 32 * half + 4 * (j % 8)
+}
+
 /// Where the four codes of quad `j` of block `b` lie in an int8-prepared input: in its
 /// natural codes (8 bits), or in its codes evens first per 64 values (4 bits).
 fn input_offset(bits: u8, b: usize, j: usize) -> usize {
@@ -69,14 +93,16 @@ fn input_offset(bits: u8, b: usize, j: usize) -> usize {
 
 /// Up to [`PANEL`] int8-prepared inputs laid out for the panel kernels.
 pub struct Panel {
+    /// The form of the inputs.
+    pub(super) form: InputForm,
     /// Inputs held (the other lanes are zero).
     pub(super) n: usize,
-    /// Per block, per quad, per input: four codes plus 128.
+    /// Per block, per dword step, per input: four int8 codes plus 128, or two int16 codes.
     pub(super) codes: Vec<u8>,
     /// Per block, per input: its step.
     pub(super) steps: Vec<f32>,
     /// Per block, per input: what the block's integer sum starts from for the inputs' side
-    /// (8 bits: 128 · the sum of the input's codes; 4 bits: zero).
+    /// (int8 inputs of 8-bit rows: 128 · the sum of the input's codes; else zero).
     pub(super) start: Vec<i32>,
     /// Per group, per input: `Σ x` of the original values.
     pub(super) sums: Vec<f32>,
@@ -123,12 +149,57 @@ impl Panel {
             }
         }
         Some(Panel {
+            form: InputForm::Int8,
             n: xs.len(),
             codes,
             steps,
             start,
             sums,
         })
+    }
+
+    /// The panel of `xs` (1 to [`PANEL`] int16-prepared inputs of one width) for rows in
+    /// groups of `group_size`; `None` when [`supported`] is false or the inputs disagree.
+    pub fn new_int16(bits: u8, group_size: usize, xs: &[QInput<'_>]) -> Option<Panel> {
+        let cols = xs.first()?.codes.len();
+        if xs.len() > PANEL || !supported(bits, group_size, cols) {
+            return None;
+        }
+        let (blocks, groups) = (cols / QBLOCK, cols / group_size);
+        let mut codes = vec![0u8; blocks * PAIRS * PANEL * 4];
+        let mut steps = vec![0f32; blocks * PANEL];
+        let mut sums = vec![0f32; groups * PANEL];
+        for (n, x) in xs.iter().enumerate() {
+            let group_sums = x.group_sums(group_size)?;
+            if x.codes.len() != cols || x.blocks() != blocks || group_sums.len() != groups {
+                return None;
+            }
+            for b in 0..blocks {
+                for j in 0..PAIRS {
+                    let at = pair_offset(b, j) / 2;
+                    let d = ((b * PAIRS + j) * PANEL + n) * 4;
+                    codes[d..d + 2].copy_from_slice(&x.codes[at].to_le_bytes());
+                    codes[d + 2..d + 4].copy_from_slice(&x.codes[at + 1].to_le_bytes());
+                }
+                steps[b * PANEL + n] = x.step(b);
+            }
+            for (g, &s) in group_sums.iter().enumerate() {
+                sums[g * PANEL + n] = s;
+            }
+        }
+        Some(Panel {
+            form: InputForm::Int16,
+            n: xs.len(),
+            codes,
+            steps,
+            start: vec![0i32; blocks * PANEL],
+            sums,
+        })
+    }
+
+    /// The form of the inputs it holds.
+    pub fn form(&self) -> InputForm {
+        self.form
     }
 
     /// Inputs held.
@@ -147,27 +218,39 @@ impl Panel {
     }
 }
 
-/// A weight row unpacked for the panel kernels: signed byte codes in the panel's column order
-/// and, per block, 128 · the sum of those codes.
+/// A weight row unpacked for the panel kernels of one input form: for int8 inputs, signed
+/// byte codes in the panel's column order and, per block, 128 · the sum of those codes; for
+/// int16 inputs, int16 codes in the int16 form's order.
 #[derive(Default)]
 pub struct Unpacked {
-    pub(super) codes: Vec<i8>,
+    pub(super) form: InputForm,
+    pub(super) codes: Vec<u8>,
     pub(super) sums: Vec<i32>,
 }
 
 impl Unpacked {
-    /// Unpacks the row `words` (`cols · bits / 32` words) of `bits` bits; `false`, changing
-    /// nothing, when [`supported`] is false for it.
-    pub fn unpack(&mut self, bits: u8, cols: usize, words: &[u32]) -> bool {
+    /// Unpacks the row `words` (`cols · bits / 32` words) of `bits` bits for inputs in `form`;
+    /// `false`, changing nothing, when [`supported`] is false for it.
+    pub fn unpack(&mut self, form: InputForm, bits: u8, cols: usize, words: &[u32]) -> bool {
         if !supported(bits, 32, cols) || words.len() != cols * usize::from(bits) / 32 {
             return false;
         }
-        self.codes.resize(cols, 0);
+        let width = match form {
+            InputForm::Int8 => 1,
+            InputForm::Int16 => 2,
+        };
+        self.form = form;
+        self.codes.resize(width * cols, 0);
         self.sums.resize(cols / QBLOCK, 0);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 F, BW and VNNI are present (`supported`); lengths checked above.
         unsafe {
-            super::avx512_panel::unpack(bits, words, &mut self.codes, &mut self.sums)
+            match form {
+                InputForm::Int8 => {
+                    super::avx512_panel::unpack(bits, words, &mut self.codes, &mut self.sums)
+                }
+                InputForm::Int16 => super::avx512_panel::unpack_int16(bits, words, &mut self.codes),
+            }
         };
         true
     }
@@ -197,12 +280,17 @@ pub fn dots<const R: usize>(
     let blocks = panel.blocks();
     let cols = blocks * QBLOCK;
     let groups = cols / group_size.max(1);
+    let width = match panel.form {
+        InputForm::Int8 => 1,
+        InputForm::Int16 => 2,
+    };
     let fits = supported(bits, group_size, cols)
-        && panel.codes.len() == blocks * QUADS * PANEL * 4
+        && panel.codes.len() == blocks * steps_per_block(panel.form) * PANEL * 4
         && panel.start.len() == blocks * PANEL
         && panel.sums.len() == groups * PANEL
         && (0..R).all(|r| {
-            w.rows[r].codes.len() == cols
+            w.rows[r].form == panel.form
+                && w.rows[r].codes.len() == width * cols
                 && w.rows[r].sums.len() == blocks
                 && w.scales[r].len() == groups
                 && w.biases[r].len() == groups

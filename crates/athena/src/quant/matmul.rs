@@ -119,7 +119,11 @@ impl Packed<'_> {
         let int8: Option<Vec<_>> = xs.iter().map(|x| affine8::prepared(x, self.cols)).collect();
         if let Some(qs) = int8 {
             if n >= panel::PANEL_MIN && panel::supported(bits, gs, self.cols) {
-                return self.panel_dots(rows, &qs, out, buf);
+                let panels = qs
+                    .chunks(panel::PANEL)
+                    .map(|c| panel::Panel::new(bits, gs, c))
+                    .collect();
+                return self.panel_dots(rows, panels, out, buf);
             }
             return self.run_dots(rows, n, out, buf, |c| {
                 affine8::Int8Dots::new(bits, gs, &qs[c])
@@ -129,6 +133,13 @@ impl Packed<'_> {
         let Some(qs) = int16 else {
             return false;
         };
+        if n >= panel::PANEL_MIN && panel::supported(bits, gs, self.cols) {
+            let panels = qs
+                .chunks(panel::PANEL)
+                .map(|c| panel::Panel::new_int16(bits, gs, c))
+                .collect();
+            return self.panel_dots(rows, panels, out, buf);
+        }
         let tier = affine::Tier::best();
         self.run_dots(rows, n, out, buf, |c| {
             affine::AffineDots::new(tier, bits, gs, &qs[c])
@@ -197,27 +208,28 @@ impl Packed<'_> {
         true
     }
 
-    /// Weight rows `rows` against many int8-prepared inputs (`out` [row, input]): the inputs
-    /// in panels of [`panel::PANEL`], each row unpacked once for all of them, four rows at a
-    /// time. `buf` holds at least `2 · 4` rows of scales.
+    /// Weight rows `rows` against many prepared inputs laid out in `panels` (of
+    /// [`panel::PANEL`] inputs each; `None` when one could not be made), `out` [row, input]:
+    /// each row unpacked once for all of them, eight rows at a time. `buf` holds at least
+    /// `2 · 8` rows of scales.
     fn panel_dots(
         &self,
         rows: Range<usize>,
-        xs: &[affine8::QInput8<'_>],
+        panels: Option<Vec<panel::Panel>>,
         out: &mut [f32],
         buf: &mut [f32],
     ) -> bool {
         const R: usize = 8;
         let (gs, bits, cols) = (self.params.group_size, self.params.bits, self.cols);
-        let (n, groups) = (xs.len(), cols / gs);
-        let row_words = groups * self.group_words;
-        let panels: Option<Vec<_>> = xs
-            .chunks(panel::PANEL)
-            .map(|c| panel::Panel::new(bits, gs, c))
-            .collect();
         let Some(panels) = panels else {
             return false;
         };
+        let Some(form) = panels.first().map(|p| p.form()) else {
+            return false;
+        };
+        let n: usize = panels.iter().map(panel::Panel::len).sum();
+        let groups = cols / gs;
+        let row_words = groups * self.group_words;
         if buf.len() < 2 * R * groups {
             return false;
         }
@@ -231,7 +243,7 @@ impl Packed<'_> {
                 let unpacked = self
                     .packed
                     .get(at..at + row_words)
-                    .is_some_and(|w| u.unpack(bits, cols, w));
+                    .is_some_and(|w| u.unpack(form, bits, cols, w));
                 if !unpacked {
                     return false;
                 }
