@@ -3,10 +3,32 @@
 
 mod common;
 
+use athena::backend::candle::Olmoe;
 use candle_core::{DType, Tensor};
 use common::{load, max_abs_diff, Reference, VARIANTS};
 
 const TOL: f32 = 1e-4;
+
+/// The logits of `ids` through the cache: the first four tokens in one pass, then one token
+/// a step.
+fn cached_logits(model: &Olmoe, ids: &[u32]) -> Tensor {
+    let mut s = model.session();
+    let mut rows = vec![model
+        .forward(&[ids[..4].to_vec()], &mut s)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()];
+    for &id in &ids[4..] {
+        rows.push(
+            model
+                .forward(&[vec![id]], &mut s)
+                .unwrap()
+                .squeeze(0)
+                .unwrap(),
+        );
+    }
+    Tensor::cat(&rows, 0).unwrap()
+}
 
 #[test]
 fn logits_and_hidden_states_match_transformers() {
@@ -36,23 +58,7 @@ fn cached_decode_equals_full_forward() {
     for &name in VARIANTS {
         let model = load(name, DType::F32);
         let r = Reference::load(name);
-        let ids = r.ids("ids_a");
-        let mut s = model.session();
-        let mut rows = vec![model
-            .forward(&[ids[..4].to_vec()], &mut s)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()];
-        for &id in &ids[4..] {
-            rows.push(
-                model
-                    .forward(&[vec![id]], &mut s)
-                    .unwrap()
-                    .squeeze(0)
-                    .unwrap(),
-            );
-        }
-        let cached = Tensor::cat(&rows, 0).unwrap();
+        let cached = cached_logits(&model, &r.ids("ids_a"));
         let d = max_abs_diff(&cached, r.get("logits_a"));
         assert!(
             d <= TOL,
@@ -165,23 +171,7 @@ fn bf16_cached_decode_stays_close_to_transformers_bf16() {
     // forward above.
     let model = load("base", DType::BF16);
     let r = Reference::load("base");
-    let ids = r.ids("ids_a");
-    let mut s = model.session();
-    let mut rows = vec![model
-        .forward(&[ids[..4].to_vec()], &mut s)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()];
-    for &id in &ids[4..] {
-        rows.push(
-            model
-                .forward(&[vec![id]], &mut s)
-                .unwrap()
-                .squeeze(0)
-                .unwrap(),
-        );
-    }
-    let cached = Tensor::cat(&rows, 0).unwrap();
+    let cached = cached_logits(&model, &r.ids("ids_a"));
     let d = max_abs_diff(&cached, r.get("logits_a_bf16"));
     println!("bf16 cached decode: max |Δlogit| vs transformers bf16 {d:.3e}");
     assert!(

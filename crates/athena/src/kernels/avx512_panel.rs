@@ -98,39 +98,38 @@ pub(super) unsafe fn dots<const R: usize>(
     }
 }
 
-/// `acc + Σ x·w` per int32 lane (`vpdpbusd`), `x` unsigned bytes and the four signed bytes at
-/// `w` broadcast to every lane. Written out so that the broadcast stays in the instruction:
-/// the compiler would otherwise hoist every broadcast of a block into registers and spill.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dpbusd_broadcast(acc: __m512i, x: __m512i, w: *const u8) -> __m512i {
-    let mut acc = acc;
-    std::arch::asm!(
-        "vpdpbusd {acc}, {x}, dword ptr [{w}]{{1to16}}",
-        acc = inout(zmm_reg) acc,
-        x = in(zmm_reg) x,
-        w = in(reg) w,
-        options(pure, readonly, nostack, preserves_flags),
-    );
-    acc
+/// `acc + Σ x·w` per int32 lane with one VNNI instruction, the dword at `w` broadcast to
+/// every lane, written out so that the broadcast stays in the instruction: the compiler would
+/// otherwise hoist every broadcast of a block into registers and spill.
+macro_rules! broadcast_dot {
+    ($(#[$doc:meta])* $name:ident, $insn:literal) => {
+        $(#[$doc])*
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn $name(acc: __m512i, x: __m512i, w: *const u8) -> __m512i {
+            let mut acc = acc;
+            std::arch::asm!(
+                concat!($insn, " {acc}, {x}, dword ptr [{w}]{{1to16}}"),
+                acc = inout(zmm_reg) acc,
+                x = in(zmm_reg) x,
+                w = in(reg) w,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+            acc
+        }
+    };
 }
 
-/// `acc + Σ x·w` per int32 lane (`vpdpwssd`), `x` int16 pairs and the two int16 values at
-/// `w` broadcast to every lane, the broadcast kept in the instruction as in
-/// [`dpbusd_broadcast`].
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dpwssd_broadcast(acc: __m512i, x: __m512i, w: *const u8) -> __m512i {
-    let mut acc = acc;
-    std::arch::asm!(
-        "vpdpwssd {acc}, {x}, dword ptr [{w}]{{1to16}}",
-        acc = inout(zmm_reg) acc,
-        x = in(zmm_reg) x,
-        w = in(reg) w,
-        options(pure, readonly, nostack, preserves_flags),
-    );
-    acc
-}
+broadcast_dot!(
+    /// `vpdpbusd`: `x` unsigned bytes, the four signed bytes at `w`.
+    dpbusd_broadcast,
+    "vpdpbusd"
+);
+broadcast_dot!(
+    /// `vpdpwssd`: `x` int16 pairs, the two int16 values at `w`.
+    dpwssd_broadcast,
+    "vpdpwssd"
+);
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]

@@ -205,24 +205,33 @@ mod tests {
                     .iter()
                     .flat_map(|&w| xs.iter().map(move |(x, m)| Product { w, x, m: *m }))
                     .collect();
-                for threads in [1, 2] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let got = pool.install(|| matmul_many(&products));
-                    for (k, (p, y)) in products.iter().zip(&got).enumerate() {
-                        let alone = pool.install(|| matmul(p.w, p.x, p.m));
-                        assert_eq!(y.len(), p.m * p.w.rows(), "product {k}");
-                        let same = y
-                            .iter()
-                            .zip(&alone)
-                            .all(|(a, b)| a.to_bits() == b.to_bits());
-                        assert!(same, "product {k} (m {}) on {threads} threads", p.m);
-                    }
-                }
+                assert_each_alone(&products, "");
             })
         });
+    }
+
+    /// `matmul_many(products)` on one and two threads, against `matmul` of each product
+    /// alone, bit for bit; returns the outputs.
+    fn assert_each_alone(products: &[Product<'_>], what: &str) -> Vec<Vec<f32>> {
+        let mut last = Vec::new();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(|| matmul_many(products));
+            for (k, (p, y)) in products.iter().zip(&got).enumerate() {
+                let alone = pool.install(|| matmul(p.w, p.x, p.m));
+                assert_eq!(y.len(), p.m * p.w.rows(), "{what} product {k}");
+                let same = y
+                    .iter()
+                    .zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{what} product {k} (m {}) on {threads} threads", p.m);
+            }
+            last = got;
+        }
+        last
     }
 
     #[test]
@@ -257,27 +266,11 @@ mod tests {
                         .iter()
                         .flat_map(|&w| xs.iter().map(move |(x, m)| Product { w, x, m: *m }))
                         .collect();
-                    for threads in [1, 2] {
-                        let pool = rayon::ThreadPoolBuilder::new()
-                            .num_threads(threads)
-                            .build()
-                            .unwrap();
-                        let got = pool.install(|| matmul_many(&products));
-                        for (k, (p, y)) in products.iter().zip(&got).enumerate() {
-                            let alone = pool.install(|| matmul(p.w, p.x, p.m));
-                            let same = y.len() == alone.len()
-                                && y.iter()
-                                    .zip(&alone)
-                                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                            assert!(
-                                same,
-                                "{form:?} product {k} (m {}) on {threads} threads",
-                                p.m
-                            );
-                            let exact = crate::kernels::matmul_exact(p.w, p.x, p.m);
-                            for (a, e) in y.iter().zip(&exact) {
-                                assert!((a - e).abs() <= 0.05 * (1.0 + e.abs()), "{a} vs {e}");
-                            }
+                    let got = assert_each_alone(&products, &format!("{form:?}"));
+                    for (p, y) in products.iter().zip(&got) {
+                        let exact = crate::kernels::matmul_exact(p.w, p.x, p.m);
+                        for (a, e) in y.iter().zip(&exact) {
+                            assert!((a - e).abs() <= 0.05 * (1.0 + e.abs()), "{a} vs {e}");
                         }
                     }
                 })

@@ -193,7 +193,24 @@ impl Packed<'_> {
         if blocks && buf.len() >= 2 * affine::ROWS * groups {
             return self.four_rows(kernel, rows, n, out, buf);
         }
+        self.one_by_one(kernel, rows, n, out, buf)
+    }
+
+    /// Weight rows `rows` against the `n` inputs of `kernel`, one row at a time ([`RowDots::row`]).
+    /// `buf` holds at least two rows of scales.
+    fn one_by_one<K: RowDots>(
+        &self,
+        kernel: &K,
+        rows: Range<usize>,
+        n: usize,
+        out: &mut [f32],
+        buf: &mut [f32],
+    ) -> bool {
+        let groups = self.cols / self.params.group_size;
         let row_words = groups * self.group_words;
+        if buf.len() < 2 * groups {
+            return false;
+        }
         let (sbuf, bbuf) = buf.split_at_mut(groups);
         for (r, out) in rows.zip(out.chunks_exact_mut(n)) {
             let Some(words) = self.packed.get(r * row_words..(r + 1) * row_words) else {
@@ -305,22 +322,12 @@ impl Packed<'_> {
         const R: usize = affine::ROWS;
         let groups = self.cols / self.params.group_size;
         let row_words = groups * self.group_words;
-        let words = |r: usize| self.packed.get(r * row_words..(r + 1) * row_words);
         let (sbuf, bbuf) = buf[..2 * R * groups].split_at_mut(R * groups);
         let mut r = rows.start;
         for out in out.chunks_mut(R * n) {
             if out.len() < R * n {
-                for (o, r) in out.chunks_exact_mut(n).zip(r..) {
-                    let Some(w) = words(r) else {
-                        return false;
-                    };
-                    let scales = self.scales.row_in(r, groups, sbuf);
-                    let biases = self.biases.row_in(r, groups, bbuf);
-                    if !kernel.row(w, scales, biases, o) {
-                        return false;
-                    }
-                }
-                return true;
+                let last = r..r + out.len() / n.max(1);
+                return self.one_by_one(kernel, last, n, out, buf);
             }
             let Some(block) = self.packed.get(r * row_words..(r + R) * row_words) else {
                 return false;
