@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn many_inputs_against_quantized_rows_equal_each_product_alone() {
-        // Prefill-sized products (the panel kernels past eight int8 inputs), in both input
+        // Prefill-sized products (the panel kernels from ten inputs), in both input
         // forms, with row counts that do and do not fill whole tasks.
         let cols = 512;
         let wf = values(300 * cols, 3);

@@ -30,8 +30,11 @@ use super::affine8::{InputForm, QInput8};
 
 /// Inputs per panel: the int32 lanes of a 512-bit register.
 pub const PANEL: usize = 16;
-/// Fewer inputs than this run the row kernels of [`super::affine8`] instead.
-pub const PANEL_MIN: usize = 8;
+/// Fewer inputs than this run the row kernels of [`super::affine`] and [`super::affine8`]
+/// instead: a panel costs the same per row whatever it holds. One thread, 1024 × 2048, 4-bit
+/// (Gelem/s, panel against rows): 8 inputs 30.8 / 40.2 (int16) and 39.2 / 44.0 (int8); 10
+/// inputs 37.2 / 36.9 and 61.2 / 39.8; 12 inputs 49.0 / 35.3 and 60.3 / 44.0.
+pub const PANEL_MIN: usize = 10;
 /// Columns per unit of the weight layout (a multiple of every group size).
 const CHUNK: usize = 128;
 /// Four-code quads per block of [`QBLOCK`] values (int8 inputs).
