@@ -39,11 +39,13 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         .iter()
         .map(|p| vec![0f32; p.m * p.w.rows()])
         .collect();
-    // (product, offset of its prepared rows in `xp`, length of each) for the products run
-    // together: decode-sized ones, and any number of input rows against rows that read
-    // prepared inputs (quantized experts at prefill), as `matmul` would run them.
+    // (product, offset of its prepared rows in `xp`, length of each, how they are prepared)
+    // for the products run together: decode-sized ones, and any number of input rows against
+    // rows that read prepared inputs (quantized experts at prefill), as `matmul` would run
+    // them. The others run through `matmul` one by one.
     let simd = affine::Tier::best() != affine::Tier::Portable;
     let mut shared: Vec<(usize, usize, usize)> = Vec::new();
+    let mut preps = Vec::new();
     let mut at = 0;
     for (i, p) in products.iter().enumerate() {
         let prep = Preparation::of(p.w);
@@ -51,7 +53,10 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         if p.m > 0 && sized && prep.len > 0 && p.w.rows() > 0 && !bf16_products(p) {
             let len = p.w.cols() + prep.len;
             shared.push((i, at, len));
+            preps.push(prep);
             at += p.m * len;
+        } else {
+            ys[i] = super::matmul(p.w, p.x, p.m);
         }
     }
     let mut xp = vec![0f32; at];
@@ -60,14 +65,13 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     let prepared: Vec<bool> = {
         let mut parts = Vec::with_capacity(shared.len());
         let mut rest = xp.as_mut_slice();
-        for &(i, _, len) in &shared {
+        for (&(i, _, len), &prep) in shared.iter().zip(&preps) {
             let (part, tail) = rest.split_at_mut(products[i].m * len);
-            parts.push((i, len, part));
+            parts.push((i, len, prep, part));
             rest = tail;
         }
-        let prepare = |(i, len, part): (usize, usize, &mut [f32])| {
+        let prepare = |(i, len, prep, part): (usize, usize, Preparation, &mut [f32])| {
             let p = &products[i];
-            let prep = Preparation::of(p.w);
             p.x.chunks_exact(p.w.cols())
                 .zip(part.chunks_exact_mut(len))
                 .all(|(x, out)| (prep.write)(x, out))
@@ -77,18 +81,14 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
             false => parts.into_par_iter().map(prepare).collect(),
         }
     };
-    let shared: Vec<(usize, usize, usize)> = shared
-        .into_iter()
-        .zip(prepared)
-        .filter_map(|(s, ok)| ok.then_some(s))
-        .collect();
-    let mut apart = vec![true; products.len()];
-    for &(i, ..) in &shared {
-        apart[i] = false;
+    let mut kept = Vec::with_capacity(shared.len());
+    for (s, ok) in shared.into_iter().zip(prepared) {
+        match ok {
+            true => kept.push(s),
+            false => ys[s.0] = super::matmul(products[s.0].w, products[s.0].x, products[s.0].m),
+        }
     }
-    for (i, p) in products.iter().enumerate().filter(|&(i, _)| apart[i]) {
-        ys[i] = super::matmul(p.w, p.x, p.m);
-    }
+    let shared = kept;
     if shared.is_empty() {
         return ys;
     }

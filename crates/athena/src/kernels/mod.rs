@@ -280,7 +280,7 @@ pub trait Rows: Sync {
     /// and `n = xs.len()` input rows, each as [`Rows::dot`] takes it (`out` holds
     /// `rows.len() · n` values, any `n`); by default one [`Rows::dot`] each. Quantized rows
     /// check the prepared inputs once and unpack each row's codes once for up to
-    /// [`affine::MANY`] of them, or, for many int8-prepared inputs, once for all of them
+    /// [`affine::MANY`] of them, or, for many prepared inputs, once for all of them
     /// ([`panel`]). Wrappers forward it.
     fn dot_rows(&self, rows: Range<usize>, xs: &[&[f32]], out: &mut [f32], buf: &mut [f32]) {
         let n = xs.len().max(1);
@@ -489,14 +489,15 @@ fn run_prepared<W: Rows + ?Sized>(w: &W, xp: &[f32], m: usize) -> Vec<f32> {
     }
     // Many inputs against quantized rows: each task lays out its inputs once for all of its
     // rows (`panel`), so fewer, larger tasks.
-    let tasks = match m >= panel::PANEL_MIN {
+    let panels = m >= panel::PANEL_MIN;
+    let tasks = match panels {
         true => threads * 2,
         false => threads * 8,
     };
     let row_tasks = (rows / MIN_TASK_ROWS).clamp(1, tasks);
     // Past a panel's worth of inputs every task takes them all, so that each output comes
     // from the same kernel however the rows are cut (`matmul_many` runs them so too).
-    let input_tasks = match m >= panel::PANEL_MIN {
+    let input_tasks = match panels {
         true => 1,
         false => (tasks / row_tasks).clamp(1, m.div_ceil(affine::MANY)),
     };

@@ -116,9 +116,10 @@ impl Packed<'_> {
         {
             return false;
         }
+        let panels = n >= panel::PANEL_MIN && panel::supported(bits, gs, self.cols);
         let int8: Option<Vec<_>> = xs.iter().map(|x| affine8::prepared(x, self.cols)).collect();
         if let Some(qs) = int8 {
-            if n >= panel::PANEL_MIN && panel::supported(bits, gs, self.cols) {
+            if panels {
                 let panels = qs
                     .chunks(panel::PANEL)
                     .map(|c| panel::Panel::new(bits, gs, c))
@@ -133,7 +134,7 @@ impl Packed<'_> {
         let Some(qs) = int16 else {
             return false;
         };
-        if n >= panel::PANEL_MIN && panel::supported(bits, gs, self.cols) {
+        if panels {
             let panels = qs
                 .chunks(panel::PANEL)
                 .map(|c| panel::Panel::new_int16(bits, gs, c))

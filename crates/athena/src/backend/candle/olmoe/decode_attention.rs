@@ -1,9 +1,8 @@
 //! Attention's decode path on the CPU: one query per sequence (f32 or bf16) against the cache
-//! as it lies in the session's buffer, through [`crate::kernels::attention::decode`] instead
-//! of two batched matrix products and a softmax.
+//! as it lies in the session's buffer, through [`crate::kernels::attention::decode_each`]
+//! instead of two batched matrix products and a softmax.
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
-use half::bf16;
 
 use super::Attention;
 use crate::error::Result;
@@ -11,9 +10,8 @@ use crate::kernels::attention::{self, CacheView, Heads, Query, Value};
 
 impl Attention {
     /// `softmax(q·Kᵀ/√D)·V` for q [B, heads, 1, D] (unscaled) and the cached k, v
-    /// [B, kv_heads, L, D], on the CPU in f32 or bf16; `None` where this path does not apply
-    /// (another device or dtype, more than one query, a layout it does not read), for the
-    /// general path.
+    /// [B, kv_heads, L, D] of one batch, through [`Self::decode_attention_each`] with each
+    /// sequence's part of the cache; `None` where that path does not apply.
     pub(super) fn decode_attention(
         &self,
         q: &Tensor,
@@ -21,50 +19,17 @@ impl Attention {
         v: &Tensor,
     ) -> Result<Option<Tensor>> {
         let (b, heads, t, d) = q.dims4()?;
-        let (kb, kv_heads, len, kd) = k.dims4()?;
-        let dtype = q.dtype();
-        if !q.device().is_cpu()
-            || !matches!(dtype, DType::F32 | DType::BF16)
-            || [k.dtype(), v.dtype()] != [dtype; 2]
-            || t != 1
-            || (kb, kd) != (b, d)
-            || v.dims4()? != (b, kv_heads, len, d)
-            || kv_heads == 0
-            || heads % kv_heads != 0
-        {
+        if t != 1 || k.dim(0)? != b || v.dim(0)? != b {
             return Ok(None);
         }
-        let q = q.contiguous()?;
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let shape = Heads {
-            batch: b,
-            heads,
-            kv_heads,
-            head_dim: d,
-        };
-        let scale = self.softmax_scale() as f32;
-        let q_range = ql.start_offset()..ql.start_offset() + q.elem_count();
-        let out = match (&*qs, &*ks, &*vs) {
-            (
-                Storage::Cpu(CpuStorage::F32(qd)),
-                Storage::Cpu(CpuStorage::F32(kd)),
-                Storage::Cpu(CpuStorage::F32(vd)),
-            ) => run(qd.get(q_range), (kd, kl), (vd, vl), shape, scale),
-            (
-                Storage::Cpu(CpuStorage::BF16(qd)),
-                Storage::Cpu(CpuStorage::BF16(kd)),
-                Storage::Cpu(CpuStorage::BF16(vd)),
-            ) => run::<bf16>(qd.get(q_range), (kd, kl), (vd, vl), shape, scale),
-            _ => None,
-        };
-        let Some(out) = out else {
+        let kvs = (0..b)
+            .map(|i| Ok((k.narrow(0, i, 1)?, v.narrow(0, i, 1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        // [1, heads, B, D]: sequence i's query in column i.
+        let Some(out) = self.decode_attention_each(&q.transpose(0, 2)?, &kvs)? else {
             return Ok(None);
         };
-        // The outputs are values of the dtype already: converting back is exact.
-        let out = Tensor::from_vec(out, (b, heads, 1, d), q.device())?.to_dtype(dtype)?;
-        Ok(Some(out))
+        Ok(Some(out.reshape((b, 1, heads, d))?.transpose(1, 2)?))
     }
 }
 
@@ -101,7 +66,6 @@ impl Attention {
             }
         }
         let shape = Heads {
-            batch: 1,
             heads,
             kv_heads: kv_heads.unwrap_or(heads),
             head_dim: d,
@@ -168,28 +132,13 @@ fn each<'a, V: Value>(
     Some(outs.concat())
 }
 
-/// [`attention::decode`] on the storages of q, k and v, `None` when a layout does not fit.
-fn run<V: Value>(
-    q: Option<&[V]>,
-    (k, kl): (&[V], &Layout),
-    (v, vl): (&[V], &Layout),
-    shape: Heads,
-    scale: f32,
-) -> Option<Vec<f32>> {
-    let len = kl.dims().get(2).copied()?;
-    let keys = view(k, kl, len, shape.head_dim)?;
-    let values = view(v, vl, len, shape.head_dim)?;
-    attention::decode(q?, keys, values, shape, scale)
-}
-
-/// `data` under `layout` [B, heads, len, d] as a [`CacheView`]: rows of `d` contiguous values,
+/// `data` under `layout` [1, heads, len, d] as a [`CacheView`]: rows of `d` contiguous values,
 /// one position after another.
 fn view<'a, V>(data: &'a [V], layout: &Layout, len: usize, d: usize) -> Option<CacheView<'a, V>> {
     match layout.stride() {
-        &[batch_stride, head_stride, row, 1] if row == d || len <= 1 => Some(CacheView {
+        &[_, head_stride, row, 1] if row == d || len <= 1 => Some(CacheView {
             data,
             offset: layout.start_offset(),
-            batch_stride,
             head_stride,
             len,
         }),
