@@ -1,14 +1,14 @@
 //! Attention of one new token per sequence over its cached keys and values (decode):
-//! `softmax(q·Kᵀ · scale) · V` per head, the heads in parallel on rayon's pool. It reads the
-//! cache where it lies (rows of `head_dim` values, one per position) instead of going through
-//! a general matrix product, whose fixed cost dominates at one query row.
+//! `softmax(q·Kᵀ · scale) · V` per head, the heads in parallel on the kernel
+//! [`pool`](super::pool). It reads the cache where it lies (rows of `head_dim` values, one per
+//! position) instead of going through a general matrix product, whose fixed cost dominates
+//! at one query row.
 //!
 //! Values are f32 or bf16 ([`Value`]). A bf16 model's attention rounds where the reference's
 //! bf16 tensors do: the scores, the scores times the scale (itself a bf16), the softmax
 //! (taken in f32) and the output; sums run in f32.
 
 use half::bf16;
-use rayon::prelude::*;
 
 use super::{axpy, bf16_to_f32, dot};
 
@@ -122,9 +122,13 @@ pub fn decode_each<V: Value>(
             tasks.push((x, h, o));
         }
     }
-    tasks.into_par_iter().for_each_init(
-        || (Vec::new(), vec![0f32; head_dim], vec![0f32; head_dim]),
-        |(scores, qf, row), (x, h, o)| {
+    let per = tasks.len().div_ceil(super::pool::threads() * 4);
+    super::pool::for_each_chunk(&mut tasks, per, |_, part| {
+        let (mut scores, mut qf, mut row) =
+            (Vec::new(), vec![0f32; head_dim], vec![0f32; head_dim]);
+        let (scores, qf, row) = (&mut scores, &mut qf, &mut row);
+        for (x, h, o) in part.iter_mut() {
+            let (x, h) = (*x, *h);
             let (kh, len) = (h / group, x.keys.len);
             let qh = V::widen(&x.q[h * head_dim..(h + 1) * head_dim], qf);
             scores.clear();
@@ -146,8 +150,8 @@ pub fn decode_each<V: Value>(
             for v in o.iter_mut() {
                 *v = V::round(*v);
             }
-        },
-    );
+        }
+    });
     Some(outs)
 }
 

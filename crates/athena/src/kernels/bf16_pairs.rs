@@ -8,7 +8,7 @@
 //! each output is the exact sum up to f32 rounding of the partial sums (sixteen lanes, each
 //! summing `cols / 16` products); only the summation order differs from
 //! [`super::matmul_exact`]. Input rows are taken in tiles that stay in L2 while the weight
-//! rows stream past; chunks of output rows run in parallel on rayon's pool, each writing its
+//! rows stream past; chunks of output rows run in parallel on the kernel pool, each writing its
 //! outputs input row by input row so that `y` is gathered with contiguous copies. The
 //! packed inputs and the chunks' outputs live in per-thread buffers reused across calls (up to
 //! [`KEEP_BYTES`] each).
@@ -16,7 +16,6 @@
 use std::cell::Cell;
 
 use half::bf16;
-use rayon::prelude::*;
 
 use super::{avx512_float as simd, Rows};
 
@@ -95,7 +94,7 @@ fn run_chunks<W: Rows + ?Sized>(
     block: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let (rows, cols) = (w.rows(), w.cols());
-    let threads = rayon::current_num_threads();
+    let threads = super::pool::threads();
     let work = m.saturating_mul(rows).saturating_mul(cols);
     let chunk = match work < super::PAR_MIN_WORK || threads == 1 {
         true => rows,
@@ -107,10 +106,7 @@ fn run_chunks<W: Rows + ?Sized>(
     if chunk >= rows {
         block(0, &mut parts);
     } else {
-        parts
-            .par_chunks_mut(chunk * m)
-            .enumerate()
-            .for_each(|(c, out)| block(c * chunk, out));
+        super::pool::for_each_chunk(&mut parts, chunk * m, |c, out| block(c * chunk, out));
     }
     let mut y = Vec::with_capacity(m * rows);
     for i in 0..m {

@@ -11,9 +11,9 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::{affine, prepared_block, scatter, Preparation, Rows, GEMV_MAX_ROWS, PAR_MIN_WORK};
+use super::{
+    affine, pool, prepared_block, scatter, Preparation, Rows, GEMV_MAX_ROWS, PAR_MIN_WORK,
+};
 
 /// One product of [`matmul_many`]: `x` holds `m` rows of `w.cols()` values.
 pub struct Product<'a> {
@@ -76,9 +76,16 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
                 .zip(part.chunks_exact_mut(len))
                 .all(|(x, out)| (prep.write)(x, out))
         };
-        match at < PAR_MIN_PREPARE || rayon::current_num_threads() == 1 {
+        match at < PAR_MIN_PREPARE || pool::threads() == 1 {
             true => parts.into_iter().map(prepare).collect(),
-            false => parts.into_par_iter().map(prepare).collect(),
+            false => {
+                let parts: Vec<_> = parts.into_iter().map(std::sync::Mutex::new).collect();
+                pool::map(parts.len(), |k| {
+                    let mut part = parts[k].lock().unwrap_or_else(|e| e.into_inner());
+                    let (i, len, prep) = (part.0, part.1, part.2);
+                    prepare((i, len, prep, &mut *part.3))
+                })
+            }
         }
     };
     let mut kept = Vec::with_capacity(shared.len());
@@ -105,9 +112,9 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         .iter()
         .map(|&(i, ..)| products[i].m * products[i].w.rows() * products[i].w.cols())
         .sum();
-    let outs: Vec<Vec<f32>> = match work < PAR_MIN_WORK || rayon::current_num_threads() == 1 {
+    let outs: Vec<Vec<f32>> = match work < PAR_MIN_WORK || pool::threads() == 1 {
         true => tasks.iter().map(block).collect(),
-        false => tasks.par_iter().map(block).collect(),
+        false => pool::map(tasks.len(), |k| block(&tasks[k])),
     };
     for ((s, rows), out) in tasks.into_iter().zip(outs) {
         let i = shared[s].0;
@@ -133,7 +140,7 @@ fn bf16_products(p: &Product<'_>) -> bool {
 /// into blocks of one size, whole multiples of [`affine::ROWS`].
 fn tasks(products: &[Product<'_>], shared: &[(usize, usize, usize)]) -> Vec<(usize, Range<usize>)> {
     let total: usize = shared.iter().map(|&(i, ..)| products[i].w.rows()).sum();
-    let want = rayon::current_num_threads() * TASKS_PER_THREAD;
+    let want = pool::threads() * TASKS_PER_THREAD;
     let per = total
         .div_ceil(want.max(1))
         .max(MIN_TASK_ROWS)
@@ -215,13 +222,9 @@ mod tests {
     fn assert_each_alone(products: &[Product<'_>], what: &str) -> Vec<Vec<f32>> {
         let mut last = Vec::new();
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let got = pool.install(|| matmul_many(products));
+            let got = pool::with_threads(threads, || matmul_many(products));
             for (k, (p, y)) in products.iter().zip(&got).enumerate() {
-                let alone = pool.install(|| matmul(p.w, p.x, p.m));
+                let alone = pool::with_threads(threads, || matmul(p.w, p.x, p.m));
                 assert_eq!(y.len(), p.m * p.w.rows(), "{what} product {k}");
                 let same = y
                     .iter()

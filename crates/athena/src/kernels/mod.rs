@@ -17,8 +17,10 @@
 //! [`matmul`] computes `y = x · Wᵀ` one weight row at a time: a row is converted to f32 once
 //! (dequantized or widened from bf16) into a buffer that stays in L1, then dotted with up to
 //! four input rows at once; input rows are taken in tiles that stay in L2 while the row blocks
-//! stream past, and row blocks run in parallel on rayon's pool. At one input row (decode)
-//! bf16 and f32 rows skip the buffer and are read straight from the weights.
+//! stream past, and row blocks run in parallel on the kernels' own [`pool`] (the calling
+//! thread takes part, and idle workers spin briefly, so that the next product starts without
+//! a wake-up). At one input row (decode) bf16 and f32 rows skip the buffer and are read
+//! straight from the weights.
 //!
 //! [`matmul`] also hands 4- and 8-bit affine rows the inputs' int16 form ([`affine`]) at
 //! every number of input rows (other rows up to [`GEMV_MAX_ROWS`]): they run integer dot
@@ -47,6 +49,7 @@ pub mod bandwidth;
 mod bf16_pairs;
 mod grouped;
 pub mod panel;
+pub mod pool;
 mod portable;
 
 pub use grouped::{matmul_many, Product};
@@ -54,7 +57,6 @@ pub use grouped::{matmul_many, Product};
 use std::ops::Range;
 
 use half::bf16;
-use rayon::prelude::*;
 
 /// Elements summed in f32 lanes before the partial sums are folded into f64.
 pub(crate) const FLUSH: usize = 256;
@@ -452,16 +454,25 @@ fn prepare_rows(x: &[f32], cols: usize, m: usize, prep: Preparation, xp: &mut Ve
     xp.clear();
     xp.resize(m * len, 0.0);
     let rows = x.chunks_exact(cols).take(m);
-    if m < 2 * PREPARE_ROWS_PER_TASK || rayon::current_num_threads() == 1 {
+    if m < 2 * PREPARE_ROWS_PER_TASK || pool::threads() == 1 {
         return xp
             .chunks_exact_mut(len)
             .zip(rows)
             .all(|(out, xi)| (prep.write)(xi, out));
     }
-    xp.par_chunks_mut(len)
-        .zip(x.par_chunks_exact(cols))
-        .with_min_len(PREPARE_ROWS_PER_TASK)
-        .all(|(out, xi)| (prep.write)(xi, out))
+    let ok = std::sync::atomic::AtomicBool::new(true);
+    pool::for_each_chunk(xp, PREPARE_ROWS_PER_TASK * len, |c, out| {
+        let first = c * PREPARE_ROWS_PER_TASK;
+        let rows = x.chunks_exact(cols).skip(first);
+        if !out
+            .chunks_exact_mut(len)
+            .zip(rows)
+            .all(|(out, xi)| (prep.write)(xi, out))
+        {
+            ok.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    ok.into_inner()
 }
 
 /// Weight rows per task below which [`run_prepared`] also splits the input rows.
@@ -481,7 +492,7 @@ fn run_prepared<W: Rows + ?Sized>(w: &W, xp: &[f32], m: usize) -> Vec<f32> {
         return y;
     }
     let work = m.saturating_mul(rows).saturating_mul(cols);
-    let threads = rayon::current_num_threads();
+    let threads = pool::threads();
     if work < PAR_MIN_WORK || threads == 1 {
         let out = prepared_block(w, &inputs, 0..rows);
         scatter(&out, 0..rows, 0, m, &mut y);
@@ -503,16 +514,12 @@ fn run_prepared<W: Rows + ?Sized>(w: &W, xp: &[f32], m: usize) -> Vec<f32> {
     };
     let rows_per = rows.div_ceil(row_tasks);
     let inputs_per = m.div_ceil(input_tasks).next_multiple_of(affine::MANY);
-    let parts: Vec<(usize, usize, Vec<f32>)> = (0..rows.div_ceil(rows_per))
-        .flat_map(|rb| (0..m.div_ceil(inputs_per)).map(move |ib| (rb, ib)))
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|(rb, ib)| {
-            let (r0, i0) = (rb * rows_per, ib * inputs_per);
-            let (r1, i1) = ((r0 + rows_per).min(rows), (i0 + inputs_per).min(m));
-            (r0, i0, prepared_block(w, &inputs[i0..i1], r0..r1))
-        })
-        .collect();
+    let input_blocks = m.div_ceil(inputs_per);
+    let parts = pool::map(rows.div_ceil(rows_per) * input_blocks, |k| {
+        let (r0, i0) = (k / input_blocks * rows_per, k % input_blocks * inputs_per);
+        let (r1, i1) = ((r0 + rows_per).min(rows), (i0 + inputs_per).min(m));
+        (r0, i0, prepared_block(w, &inputs[i0..i1], r0..r1))
+    });
     for (r0, i0, out) in &parts {
         let n = (rows - r0).min(rows_per);
         scatter(out, *r0..r0 + n, *i0, m, &mut y);
@@ -555,14 +562,12 @@ fn run<W: Rows + ?Sized>(w: &W, m: usize, block: impl Fn(usize, &mut [f32]) + Sy
         return yt;
     }
     let work = m.saturating_mul(rows).saturating_mul(cols);
-    let threads = rayon::current_num_threads();
+    let threads = pool::threads();
     if work < PAR_MIN_WORK || threads == 1 {
         block(0, &mut yt);
     } else {
         let rows_per = rows.div_ceil(threads * 8).max(1);
-        yt.par_chunks_mut(rows_per * m)
-            .enumerate()
-            .for_each(|(b, out)| block(b * rows_per, out));
+        pool::for_each_chunk(&mut yt, rows_per * m, |b, out| block(b * rows_per, out));
     }
     if m == 1 {
         return yt;
