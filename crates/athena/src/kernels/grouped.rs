@@ -45,16 +45,28 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     // them. The others run through `matmul` one by one.
     let simd = affine::Tier::best() != affine::Tier::Portable;
     let mut shared: Vec<(usize, usize, usize)> = Vec::new();
-    let mut preps = Vec::new();
+    let mut preps: Vec<Preparation> = Vec::new();
+    // Per entry of `shared`, the earlier entry whose prepared rows it reads (the same input
+    // rows prepared the same way: a decode step's experts all read the token's row).
+    let mut same_as: Vec<Option<usize>> = Vec::new();
     let mut at = 0;
     for (i, p) in products.iter().enumerate() {
         let prep = Preparation::of(p.w);
         let sized = p.m <= GEMV_MAX_ROWS || (simd && p.w.reads_prepared());
         if p.m > 0 && sized && prep.len > 0 && p.w.rows() > 0 && !bf16_products(p) {
             let len = p.w.cols() + prep.len;
-            shared.push((i, at, len));
+            let earlier = shared.iter().zip(&preps).position(|(&(j, _, l), q)| {
+                l == len && q.form == prep.form && products[j].x == p.x
+            });
+            match earlier {
+                Some(e) => shared.push((i, shared[e].1, len)),
+                None => {
+                    shared.push((i, at, len));
+                    at += p.m * len;
+                }
+            }
+            same_as.push(earlier);
             preps.push(prep);
-            at += p.m * len;
         } else {
             ys[i] = super::matmul(p.w, p.x, p.m);
         }
@@ -65,7 +77,8 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     let prepared: Vec<bool> = {
         let mut parts = Vec::with_capacity(shared.len());
         let mut rest = xp.as_mut_slice();
-        for (&(i, _, len), &prep) in shared.iter().zip(&preps) {
+        let owners = shared.iter().zip(&preps).zip(&same_as);
+        for ((&(i, _, len), &prep), _) in owners.filter(|(_, e)| e.is_none()) {
             let (part, tail) = rest.split_at_mut(products[i].m * len);
             parts.push((i, len, prep, part));
             rest = tail;
@@ -88,6 +101,15 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
             }
         }
     };
+    let mut owned = prepared.into_iter();
+    let mut prepared: Vec<bool> = Vec::with_capacity(shared.len());
+    for e in &same_as {
+        let ok = match *e {
+            Some(e) => prepared[e],
+            None => owned.next().unwrap_or(false),
+        };
+        prepared.push(ok);
+    }
     let mut kept = Vec::with_capacity(shared.len());
     for (s, ok) in shared.into_iter().zip(prepared) {
         match ok {

@@ -62,8 +62,9 @@ use half::bf16;
 pub(crate) const FLUSH: usize = 256;
 /// Bytes of input rows per tile: small enough to stay in a core's L2 cache.
 const TILE_BYTES: usize = 256 * 1024;
-/// Products below this many multiply-adds run on the calling thread.
-const PAR_MIN_WORK: usize = 1 << 18;
+/// Products below this many multiply-adds run on the calling thread (a router's 64 × 2048
+/// runs on the pool: a call costs a few microseconds, the product tens).
+const PAR_MIN_WORK: usize = 1 << 16;
 /// Up to this many input rows, [`matmul`] hands every kind of row the inputs' prepared forms
 /// (decode); past it only rows that read them ([`Rows::reads_prepared`]) get them, on CPUs
 /// with a SIMD tier of the integer kernels, and other rows reuse each converted weight row
@@ -421,6 +422,7 @@ const PREPARE_ROWS_PER_TASK: usize = 8;
 /// have no prepared form) and what writes a row and its tail.
 #[derive(Clone, Copy)]
 pub(crate) struct Preparation {
+    pub form: affine8::InputForm,
     pub len: usize,
     pub write: fn(&[f32], &mut [f32]) -> bool,
 }
@@ -436,10 +438,12 @@ impl Preparation {
             && affine8::prepared_len(cols) > 0;
         match int8 {
             true => Preparation {
+                form: affine8::InputForm::Int8,
                 len: affine8::prepared_len(cols),
                 write: affine8::write_prepared,
             },
             false => Preparation {
+                form: affine8::InputForm::Int16,
                 len: affine::prepared_len(cols),
                 write: affine::write_prepared,
             },
