@@ -178,6 +178,23 @@ unsafe fn unpack_last<const BITS: u32>(pw: *const u8, b: usize) -> (__m512i, __m
     (_mm512_and_si512(v, mask), _mm512_srli_epi16::<BITS>(v))
 }
 
+/// `acc` plus the sums of pairs of products `a·b` of int16 lanes, per int32 lane: one
+/// `vpdpwssd`, written out because the compiler splits the intrinsic into `vpmaddwd` and
+/// `vpaddd` (twice the instructions in the decode kernel's inner loop).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpdpwssd {acc}, {a}, {b}",
+        acc = inout(zmm_reg) acc,
+        a = in(zmm_reg) a,
+        b = in(zmm_reg) b,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
 /// Per f32 lane, the scale of the group of blocks `2p` (lanes 0–7) and `2p + 1` (lanes 8–15)
 /// for `BPG` blocks per group.
 #[inline]
@@ -218,8 +235,7 @@ unsafe fn pair_step<const BITS: u32, const BPG: usize, const R: usize, const N: 
         let (lo, hi) = unpack_pair::<BITS>(pw[r], p);
         let scale = pair_scale::<BPG>(ps[r], p);
         for k in 0..N {
-            let s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, q0[k]);
-            let s = _mm512_dpwssd_epi32(s, hi, q1[k]);
+            let s = dpwssd(_mm512_madd_epi16(lo, q0[k]), hi, q1[k]);
             let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), st[k]);
             acc[r][k] = _mm512_fmadd_ps(t, scale, acc[r][k]);
         }
@@ -269,8 +285,7 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
             let steps = _mm512_maskz_loadu_ps(0x00ff, pst[k].add(STEP_LANES * b));
             for r in 0..R {
                 let (lo, hi) = unpack_last::<BITS>(pw[r], b);
-                let s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, e);
-                let s = _mm512_dpwssd_epi32(s, hi, o);
+                let s = dpwssd(_mm512_madd_epi16(lo, e), hi, o);
                 let t = _mm512_mul_ps(_mm512_cvtepi32_ps(s), steps);
                 let scale = _mm512_set1_ps(*ps[r].add(b / BPG));
                 acc0[r][k] = _mm512_fmadd_ps(t, scale, acc0[r][k]);
