@@ -37,7 +37,7 @@ impl Value for bf16 {
     }
     #[inline]
     fn round(v: f32) -> f32 {
-        bf16::from_f32(v).to_f32()
+        super::round_bf16(v)
     }
 }
 

@@ -58,6 +58,20 @@ use std::ops::Range;
 
 use half::bf16;
 
+/// `v` rounded to the nearest bf16 (ties to even), as f32: [`bf16::from_f32`]'s result, NaN
+/// kept quiet, written without branches so that loops over slices vectorize.
+#[inline]
+pub fn round_bf16(v: f32) -> f32 {
+    let b = v.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    f32::from_bits(if nan {
+        (b | 0x0040_0000) & 0xffff_0000
+    } else {
+        rounded
+    })
+}
+
 /// Elements summed in f32 lanes before the partial sums are folded into f64.
 pub(crate) const FLUSH: usize = 256;
 /// Bytes of input rows per tile: small enough to stay in a core's L2 cache.

@@ -358,3 +358,31 @@ fn matmul_runs_quantized_rows_on_prepared_inputs_at_decode_sizes() {
         }
     }
 }
+
+#[test]
+fn round_bf16_is_half_s_rounding() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let special = [
+        0u32,
+        0x8000_0000,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7fc0_0000,
+        0x7f80_0001,
+        0xffa0_1234,
+        0x7f7f_ffff,
+        0x3f80_8000,
+        0x3f81_8000,
+        0x3f80_8001,
+        0x0000_8000,
+        0x0001_8000,
+    ];
+    let bits = special
+        .into_iter()
+        .chain((0..200_000).map(|_| rng.random::<u32>()));
+    for b in bits {
+        let v = f32::from_bits(b);
+        let want = bf16::from_f32(v).to_f32().to_bits();
+        assert_eq!(round_bf16(v).to_bits(), want, "{b:#010x}");
+    }
+}

@@ -13,7 +13,6 @@
 
 use candle_core::{DType, Tensor};
 use half::bf16;
-use rayon::prelude::*;
 
 use super::linear::Linear;
 use super::weights::Weights;
@@ -302,27 +301,25 @@ impl SparseMoeBlock {
         // A closure rather than a function pointer, so that it is inlined into the loops.
         let in_bf16 = x.dtype() == DType::BF16;
         let round = |v: f32| match in_bf16 {
-            true => bf16::from_f32(v).to_f32(),
+            true => kernels::round_bf16(v),
             false => v,
         };
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let groups = routing.by_expert(self.experts.gate.len());
-        // Past a few tokens (prefill) the per-token work around the products runs in parallel
-        // too; at decode a hand-off to the pool would cost more than it saves.
-        let min_len = match n >= PAR_MIN_TOKENS {
-            true => 1,
-            false => usize::MAX,
+        // Past a few tokens (prefill) the per-token work around the products runs on the
+        // kernel pool too; at decode a hand-off would cost more than it saves.
+        let parallel = n >= PAR_MIN_TOKENS;
+        let map = |count: usize, f: &(dyn Fn(usize) -> Vec<f32> + Sync)| match parallel {
+            true => kernels::pool::map(count, f),
+            false => (0..count).map(f).collect::<Vec<_>>(),
         };
-        let inputs: Vec<Vec<f32>> = groups
-            .par_iter()
-            .with_min_len(min_len)
-            .map(|(_, rows, _)| {
-                rows.iter()
-                    .flat_map(|&r| &xs[r as usize * h..(r as usize + 1) * h])
-                    .copied()
-                    .collect()
-            })
-            .collect();
+        let inputs: Vec<Vec<f32>> = map(groups.len(), &|g| {
+            let rows = &groups[g].1;
+            rows.iter()
+                .flat_map(|&r| &xs[r as usize * h..(r as usize + 1) * h])
+                .copied()
+                .collect()
+        });
         // Gate and up of every routed expert in one pass, then down of every one.
         let layers: Vec<&Linear> = groups
             .iter()
@@ -349,16 +346,12 @@ impl SparseMoeBlock {
             kernels::matmul_many(&products)
         })?
         .ok_or_else(|| expert_not_on_kernels(&groups))?;
-        let hidden: Vec<Vec<f32>> = gate_ups
-            .par_iter()
-            .with_min_len(min_len)
-            .map(|gate_up| {
-                gate_up
-                    .chunks_exact(2)
-                    .map(|gu| round(round(silu(round(gu[0]))) * round(gu[1])))
-                    .collect()
-            })
-            .collect();
+        let hidden: Vec<Vec<f32>> = map(gate_ups.len(), &|g| {
+            gate_ups[g]
+                .chunks_exact(2)
+                .map(|gu| round(round(silu(round(gu[0]))) * round(gu[1])))
+                .collect()
+        });
         let downs: Vec<&Linear> = groups
             .iter()
             .map(|&(e, _, _)| &self.experts.down[e])
@@ -392,10 +385,14 @@ impl SparseMoeBlock {
                 }
             }
         };
-        match n >= PAR_MIN_TOKENS {
-            true => out.par_chunks_mut(h).zip(&terms).for_each(combine),
-            false => out.chunks_mut(h).zip(&terms).for_each(combine),
-        }
+        let per = match parallel {
+            true => n.div_ceil(kernels::pool::threads() * 4),
+            false => n,
+        };
+        kernels::pool::for_each_chunk(&mut out, per * h, |c, chunk| {
+            let terms = &terms[c * per..];
+            chunk.chunks_mut(h).zip(terms).for_each(combine)
+        });
         Ok(Tensor::from_vec(out, (n, h), x.device())?.to_dtype(x.dtype())?)
     }
 }
