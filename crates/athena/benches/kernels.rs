@@ -2,6 +2,9 @@
 //! (one input row) and a prefill-sized batch, for f32, bf16 and 8- and 4-bit weights.
 //!
 //! `cargo bench -p athena --bench kernels` (`RAYON_NUM_THREADS` sets the pool size).
+//!
+//! `pool_handoff` times the hand-off of a small product to the threads after a stretch of
+//! serial work, as in a decode step: the kernel pool against rayon's.
 
 use athena::kernels::{self, Bf16Rows, F32Rows};
 use athena::quant::{AffineParams, InputForm, QMatrix};
@@ -119,9 +122,39 @@ fn decode_stream(c: &mut Criterion) {
     }
 }
 
+/// Spins (without sleeping) for `d`.
+fn busy(d: std::time::Duration) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+fn pool_handoff(c: &mut Criterion) {
+    use rayon::prelude::*;
+    use std::time::Duration;
+    let (serial, task) = (Duration::from_micros(200), Duration::from_micros(60));
+    let mut g = c.benchmark_group("pool_handoff");
+    // Each iteration: 200 µs on the calling thread, then two tasks of 60 µs (260 µs at best
+    // on two threads); the excess is the cost of waking and joining the threads.
+    g.bench_function("kernel_pool", |bch| {
+        bch.iter(|| {
+            busy(serial);
+            kernels::pool::run(2, |_| busy(task));
+        })
+    });
+    g.bench_function("rayon", |bch| {
+        bch.iter(|| {
+            busy(serial);
+            (0..2).into_par_iter().for_each(|_| busy(task));
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = dots, matmuls, decode_stream
+    targets = dots, matmuls, decode_stream, pool_handoff
 }
 criterion_main!(benches);
