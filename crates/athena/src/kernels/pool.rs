@@ -189,7 +189,19 @@ impl Drop for Restore {
 /// others have finished.
 pub fn run(tasks: usize, f: impl Fn(usize) + Sync) {
     let pool = pool();
-    let inline = || (0..tasks).for_each(&f);
+    // On the calling thread alone, with the same contract: every task runs, then the first
+    // panic is resumed.
+    let inline = || {
+        let mut first = None;
+        for i in 0..tasks {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))) {
+                first.get_or_insert(p);
+            }
+        }
+        if let Some(p) = first {
+            std::panic::resume_unwind(p);
+        }
+    };
     if tasks <= 1 || threads() == 1 {
         return inline();
     }
@@ -304,15 +316,19 @@ mod tests {
 
     #[test]
     fn a_panicking_task_panics_the_call_after_the_others_finish() {
-        let ran = AtomicUsize::new(0);
-        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(16, |i| {
-                ran.fetch_add(1, Ordering::Relaxed);
-                assert_ne!(i, 5, "task five");
-            })
-        }));
-        assert!(got.is_err());
-        assert_eq!(ran.load(Ordering::Relaxed), 16);
+        for threads in [1, 2] {
+            let ran = AtomicUsize::new(0);
+            let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_threads(threads, || {
+                    run(16, |i| {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                        assert_ne!(i, 5, "task five");
+                    })
+                })
+            }));
+            assert!(got.is_err(), "{threads} threads");
+            assert_eq!(ran.load(Ordering::Relaxed), 16, "{threads} threads");
+        }
         // The pool still works.
         assert_eq!(map(4, |i| i + 1), vec![1, 2, 3, 4]);
     }
