@@ -242,8 +242,9 @@ impl Weights<'_> {
                     Ok(Linear::Quantized { weight, bias: None })
                 })
                 .collect::<Result<_>>()?
-        } else if self.opts.quantize.is_some() || merge {
-            // Expert by expert: never more than one dense expert matrix converted at a time.
+        } else {
+            // Expert by expert: never more than one dense expert matrix converted at a time,
+            // and per-expert checkpoints are copied once (not into a stack first).
             let mut bases = Vec::with_capacity(e);
             self.r.for_each_expert(layer, proj, |x, w| {
                 let w = match (deltas[x], self.opts.merge_lora) {
@@ -259,11 +260,6 @@ impl Weights<'_> {
                 Ok(())
             })?;
             bases
-        } else {
-            let stack = self.r.experts(layer, proj)?;
-            (0..e)
-                .map(|x| Ok(Linear::dense(stack.get(x)?, None)))
-                .collect::<Result<_>>()?
         };
         Ok(bases
             .into_iter()
