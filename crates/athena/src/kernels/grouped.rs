@@ -56,7 +56,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         if p.m > 0 && sized && prep.len > 0 && p.w.rows() > 0 && !bf16_products(p) {
             let len = p.w.cols() + prep.len;
             let earlier = shared.iter().zip(&preps).position(|(&(j, _, l), q)| {
-                l == len && q.form == prep.form && products[j].x == p.x
+                l == len && q.form == prep.form && same_bits(products[j].x, p.x)
             });
             match earlier {
                 Some(e) => shared.push((i, shared[e].1, len)),
@@ -91,14 +91,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         };
         match at < PAR_MIN_PREPARE || pool::threads() == 1 {
             true => parts.into_iter().map(prepare).collect(),
-            false => {
-                let parts: Vec<_> = parts.into_iter().map(std::sync::Mutex::new).collect();
-                pool::map(parts.len(), |k| {
-                    let mut part = parts[k].lock().unwrap_or_else(|e| e.into_inner());
-                    let (i, len, prep) = (part.0, part.1, part.2);
-                    prepare((i, len, prep, &mut *part.3))
-                })
-            }
+            false => pool::map_owned(parts, prepare),
         }
     };
     let mut owned = prepared.into_iter();
@@ -143,6 +136,13 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
         scatter(&out, rows, 0, products[i].m, &mut ys[i]);
     }
     ys
+}
+
+/// Whether two inputs hold the same values, bit for bit (so that one prepared copy serves
+/// both exactly).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    std::ptr::eq(a, b)
+        || (a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()))
 }
 
 /// Whether [`matmul`](super::matmul) runs this product on bf16 × bf16 products rather than on

@@ -251,6 +251,15 @@ pub fn map<T: Send>(tasks: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
         .collect()
 }
 
+/// `f(item)` for every item, in order, computed by [`run`] (each item moved into its task).
+pub fn map_owned<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let items: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    map(items.len(), |i| {
+        let item = items[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        f(item.expect("each task takes its own item once"))
+    })
+}
+
 /// Runs `f(i, chunk)` over `data` cut into chunks of `size` (the last may be shorter), by
 /// [`run`].
 pub fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
@@ -282,6 +291,9 @@ mod tests {
 
     #[test]
     fn map_keeps_order_and_chunks_cover_the_data() {
+        let words: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+        let lens = map_owned(words.clone(), |w| w.len());
+        assert_eq!(lens, words.iter().map(String::len).collect::<Vec<_>>());
         assert_eq!(
             map(50, |i| i * i),
             (0..50).map(|i| i * i).collect::<Vec<_>>()
