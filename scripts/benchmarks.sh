@@ -38,24 +38,30 @@ have_hf=0
 [ -z "${NO_HF:-}" ] && "$PY" -c 'import torch, transformers' 2>/dev/null && have_hf=1
 have_llama=0
 [ -z "${NO_LLAMACPP:-}" ] && [ -f "$ANCHORS/llamacpp.sh" ] && have_llama=1
+# Each precision's athena rows run next to their anchors, so that every ratio compares runs
+# minutes apart at most (this kind of host drifts by more than the differences measured);
+# f32, whose 7 GB process disturbs what follows it, runs last.
+athena() { # dtype quantization [int8]
+  local label="athena $1 $2${3:+ $3}"
+  emit "$label" "$r" "$("$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" \
+    --dtype "$1" --quantization "$2" ${3:+--int8-activations} --threads "$T" --json)"
+}
+hf() { # float32 | bfloat16
+  [ "$have_hf" = 1 ] || return 0
+  emit "transformers $1" "$r" "$(OMP_NUM_THREADS=$T "$PY" "$ANCHORS/anchor_hf.py" "$MODEL" "$P" "$D" "$1")"
+}
+llama() { # bf16 | Q8_0 | Q4_0
+  [ "$have_llama" = 1 ] || return 0
+  local out
+  out=$(PYTHON="$PY" bash "$ANCHORS/llamacpp.sh" "$MODEL" "$P" "$D" "$1" 2>/dev/null | tail -1) || out=""
+  [ -n "$out" ] && emit "llama.cpp $1" "$r" "$out"
+  return 0
+}
 for r in $(seq 1 "$RUNS"); do
-  for cfg in "f32 none" "bf16 none" "f32 8bit" "f32 4bit" "f32 8bit int8" "f32 4bit int8"; do
-    set -- $cfg
-    label="athena $1 $2${3:+ $3}"
-    emit "$label" "$r" "$("$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" \
-      --dtype "$1" --quantization "$2" ${3:+--int8-activations} --threads "$T" --json)"
-  done
-  if [ "$have_hf" = 1 ]; then
-    for dt in float32 bfloat16; do
-      emit "transformers $dt" "$r" "$(OMP_NUM_THREADS=$T "$PY" "$ANCHORS/anchor_hf.py" "$MODEL" "$P" "$D" "$dt")"
-    done
-  fi
-  if [ "$have_llama" = 1 ]; then
-    for ty in bf16 Q8_0 Q4_0; do
-      out=$(PYTHON="$PY" bash "$ANCHORS/llamacpp.sh" "$MODEL" "$P" "$D" "$ty" 2>/dev/null | tail -1) || out=""
-      [ -n "$out" ] && emit "llama.cpp $ty" "$r" "$out"
-    done
-  fi
+  athena bf16 none; llama bf16; hf bfloat16
+  athena f32 8bit; llama Q8_0; athena f32 8bit int8
+  athena f32 4bit; llama Q4_0; athena f32 4bit int8
+  athena f32 none; hf float32
 done
 emit stream 0 "$("$BIN" bench --model "$MODEL" --stream --stream-only --threads "$T")"
 "$PY" scripts/bench_table.py "$RAW"
