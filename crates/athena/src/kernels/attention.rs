@@ -126,14 +126,12 @@ pub fn decode_each<V: Value>(
     super::pool::for_each_chunk(&mut tasks, per, |_, part| {
         let (mut scores, mut qf, mut row) =
             (Vec::new(), vec![0f32; head_dim], vec![0f32; head_dim]);
-        let (scores, qf, row) = (&mut scores, &mut qf, &mut row);
-        for (x, h, o) in part.iter_mut() {
-            let (x, h) = (*x, *h);
+        for &mut (x, h, ref mut o) in part.iter_mut() {
             let (kh, len) = (h / group, x.keys.len);
-            let qh = V::widen(&x.q[h * head_dim..(h + 1) * head_dim], qf);
+            let qh = V::widen(&x.q[h * head_dim..(h + 1) * head_dim], &mut qf);
             scores.clear();
             scores.extend((0..len).map(|j| match x.keys.row(kh, j, head_dim) {
-                Some(k) => V::round(V::round(dot(qh, V::widen(k, row))) * scale),
+                Some(k) => V::round(V::round(dot(qh, V::widen(k, &mut row))) * scale),
                 None => f32::NAN,
             }));
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -144,7 +142,7 @@ pub fn decode_each<V: Value>(
             }
             for (j, &s) in scores.iter().enumerate() {
                 if let Some(v) = x.values.row(kh, j, head_dim) {
-                    axpy(V::round(s / sum), V::widen(v, row), o);
+                    axpy(V::round(s / sum), V::widen(v, &mut row), o);
                 }
             }
             for v in o.iter_mut() {

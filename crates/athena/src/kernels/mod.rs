@@ -471,22 +471,19 @@ fn prepare_rows(x: &[f32], cols: usize, m: usize, prep: Preparation, xp: &mut Ve
     let len = cols + prep.len;
     xp.clear();
     xp.resize(m * len, 0.0);
-    let rows = x.chunks_exact(cols).take(m);
+    let write = |out: &mut [f32], first: usize| {
+        out.chunks_exact_mut(len)
+            .zip(x.chunks_exact(cols).skip(first))
+            .all(|(out, xi)| (prep.write)(xi, out))
+    };
+    // A decode step's row on this thread (no hand-off on the hot path); past two tasks' worth
+    // of rows, in tasks on the pool.
     if m < 2 * PREPARE_ROWS_PER_TASK || pool::threads() == 1 {
-        return xp
-            .chunks_exact_mut(len)
-            .zip(rows)
-            .all(|(out, xi)| (prep.write)(xi, out));
+        return write(xp, 0);
     }
     let ok = std::sync::atomic::AtomicBool::new(true);
     pool::for_each_chunk(xp, PREPARE_ROWS_PER_TASK * len, |c, out| {
-        let first = c * PREPARE_ROWS_PER_TASK;
-        let rows = x.chunks_exact(cols).skip(first);
-        if !out
-            .chunks_exact_mut(len)
-            .zip(rows)
-            .all(|(out, xi)| (prep.write)(xi, out))
-        {
+        if !write(out, c * PREPARE_ROWS_PER_TASK) {
             ok.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     });

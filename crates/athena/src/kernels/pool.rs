@@ -38,6 +38,11 @@ struct Shared {
     wake: Condvar,
 }
 
+/// The panic of `f`, if it panics.
+fn caught(f: impl FnOnce()) -> Option<Box<dyn Any + Send>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).err()
+}
+
 fn pack(generation: u64, tasks: usize, next: usize) -> u64 {
     (generation << 48) | ((tasks as u64) << 24) | next as u64
 }
@@ -70,7 +75,7 @@ impl Shared {
         let task = self.task.load(Ordering::Acquire);
         // SAFETY: that call does not return before `done` counts this task.
         let f = unsafe { *task };
-        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))) {
+        if let Some(p) = caught(|| f(i)) {
             let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
             slot.get_or_insert(p);
         }
@@ -168,11 +173,8 @@ pub fn threads() -> usize {
 /// Runs `f` with this thread's calls limited to `threads` threads (one: the calling thread
 /// alone); kernels also cut their work for that many.
 pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
-    let before = LIMIT.with(|l| l.replace(Some(threads.max(1))));
-    let restore = Restore(before);
-    let out = f();
-    drop(restore);
-    out
+    let _restore = Restore(LIMIT.with(|l| l.replace(Some(threads.max(1)))));
+    f()
 }
 
 /// Puts back the limit [`with_threads`] replaced, also when `f` panics.
@@ -194,7 +196,7 @@ pub fn run(tasks: usize, f: impl Fn(usize) + Sync) {
     let inline = || {
         let mut first = None;
         for i in 0..tasks {
-            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))) {
+            if let Some(p) = caught(|| f(i)) {
                 first.get_or_insert(p);
             }
         }

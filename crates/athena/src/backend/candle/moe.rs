@@ -385,14 +385,15 @@ impl SparseMoeBlock {
                 }
             }
         };
-        let per = match parallel {
-            true => n.div_ceil(kernels::pool::threads() * 4),
-            false => n,
-        };
-        kernels::pool::for_each_chunk(&mut out, per * h, |c, chunk| {
-            let terms = &terms[c * per..];
-            chunk.chunks_mut(h).zip(terms).for_each(combine)
-        });
+        match parallel {
+            true => {
+                let per = n.div_ceil(kernels::pool::threads() * 4);
+                kernels::pool::for_each_chunk(&mut out, per * h, |c, chunk| {
+                    chunk.chunks_mut(h).zip(&terms[c * per..]).for_each(combine)
+                })
+            }
+            false => out.chunks_mut(h).zip(&terms).for_each(combine),
+        }
         Ok(Tensor::from_vec(out, (n, h), x.device())?.to_dtype(x.dtype())?)
     }
 }
