@@ -8,6 +8,7 @@
 
 use athena::kernels::{self, Bf16Rows, F32Rows};
 use athena::quant::{AffineParams, InputForm, QMatrix};
+use candle_core::DType;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 
@@ -88,30 +89,36 @@ fn matmuls(c: &mut Criterion) {
 
 /// Decode as the model runs it: one input row against a stream of expert-sized 4- and 8-bit
 /// matrices larger together than the last-level cache, through [`kernels::matmul`] (the
-/// inputs' int16 form). Throughput is the weight bytes read.
+/// inputs' int16 or int8 form), with scales and biases in f16, bf16 or f32. Throughput is the
+/// weight bytes read.
 fn decode_stream(c: &mut Criterion) {
     const MATRICES: usize = 48;
     let x = values(COLS, 5);
-    for (bits, gs, form) in [
-        (4u8, 64usize, InputForm::Int16),
-        (4, 64, InputForm::Int8),
-        (8, 64, InputForm::Int16),
-        (8, 64, InputForm::Int8),
+    for (bits, gs, form, scales) in [
+        (4u8, 64usize, InputForm::Int16, DType::F16),
+        (4, 64, InputForm::Int16, DType::BF16),
+        (4, 64, InputForm::Int16, DType::F32),
+        (4, 64, InputForm::Int8, DType::F16),
+        (8, 64, InputForm::Int16, DType::F16),
+        (8, 64, InputForm::Int8, DType::F16),
     ] {
         let params = AffineParams::new(bits, gs).unwrap();
         let ms: Vec<QMatrix> = (0..MATRICES)
             .map(|i| {
                 let w = values(ROWS * COLS, 10 + i as u32);
-                QMatrix::quantize("w", &w, ROWS, COLS, params)
-                    .and_then(|q| q.with_half_scales("w"))
-                    .unwrap()
-                    .with_input_form(form)
+                let q = QMatrix::quantize("w", &w, ROWS, COLS, params).unwrap();
+                match scales {
+                    DType::F16 => q.with_half_scales("w").unwrap(),
+                    DType::BF16 => q.with_bf16_scales(),
+                    _ => q,
+                }
+                .with_input_form(form)
             })
             .collect();
         let bytes: usize = ms.iter().map(QMatrix::storage_bytes).sum();
         let mut g = c.benchmark_group("decode_stream");
         g.throughput(Throughput::Bytes(bytes as u64));
-        g.bench_function(format!("q{bits}_g{gs}_{form:?}"), |bch| {
+        g.bench_function(format!("q{bits}_g{gs}_{form:?}_{scales:?}"), |bch| {
             bch.iter(|| {
                 for m in &ms {
                     criterion::black_box(m.with_rows(|w| kernels::matmul(w, &x, 1)));

@@ -51,8 +51,10 @@ mod grouped;
 pub mod panel;
 pub mod pool;
 mod portable;
+mod widen;
 
 pub use grouped::{matmul_many, Product};
+pub use widen::{widen_bf16, widen_f16};
 
 use std::ops::Range;
 

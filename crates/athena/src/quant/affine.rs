@@ -527,6 +527,17 @@ impl QMatrix {
             ..self
         })
     }
+
+    /// The same matrix with its scales and biases rounded to bf16, as mlx-lm stores them for
+    /// a bf16 model: half the memory, and bf16's range.
+    pub fn with_bf16_scales(self) -> Self {
+        QMatrix {
+            scales: self.scales.to_bf16(),
+            biases: self.biases.to_bf16(),
+            scales_dtype: DType::BF16,
+            ..self
+        }
+    }
 }
 
 /// MLX's affine quantization of one group: fills `codes` and returns `(scale, bias)`.
@@ -888,6 +899,39 @@ mod tests {
             for i in [0, 16] {
                 let one = m.matmul(&x[i * cols..(i + 1) * cols], 1).unwrap();
                 assert_eq!(one, got[i * rows..(i + 1) * rows], "row {i}");
+            }
+        }
+    }
+
+    /// bf16 scales and biases are the f32 ones rounded, and the products read them through
+    /// the same kernels: equal to the dequantized rows' exact products.
+    #[test]
+    fn bf16_scales_are_the_rounded_values_and_multiply_alike() {
+        let (rows, cols) = (9, 256);
+        let w = weights(rows, cols, 13);
+        let x = weights(1, cols, 14);
+        for (bits, gs) in [(4, 64), (8, 64), (4, 32)] {
+            let m = QMatrix::quantize("w", &w, rows, cols, params(bits, gs)).unwrap();
+            let b = m.clone().with_bf16_scales();
+            assert_eq!(b.scales_dtype(), DType::BF16);
+            for i in 0..m.scales.len() {
+                let (s, bs) = (m.scales.value(i), b.scales.value(i));
+                assert_eq!(bs, half::bf16::from_f32(s).to_f32(), "scale {i}");
+                let (z, bz) = (m.biases.value(i), b.biases.value(i));
+                assert_eq!(bz, half::bf16::from_f32(z).to_f32(), "bias {i}");
+            }
+            let deq = b.dequantize();
+            let got = b.matmul(&x, 1).unwrap();
+            for (r, g) in got.iter().enumerate() {
+                let want: f32 = deq[r * cols..(r + 1) * cols]
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| a * b)
+                    .sum();
+                assert!(
+                    (g - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                    "b{bits} row {r}: {g} vs {want}"
+                );
             }
         }
     }

@@ -335,6 +335,10 @@ impl Packed<'_> {
             };
             let w: [&[u32]; R] =
                 std::array::from_fn(|k| &block[k * row_words..(k + 1) * row_words]);
+            if !matches!(self.scales, Scalars::F32(_)) {
+                self.scales.prefetch_rows(r + R, R, groups);
+                self.biases.prefetch_rows(r + R, R, groups);
+            }
             let scales = self.scales.rows_in(r, R, groups, sbuf);
             let biases = self.biases.rows_in(r, R, groups, bbuf);
             let s: [&[f32]; R] = std::array::from_fn(|k| &scales[k * groups..(k + 1) * groups]);

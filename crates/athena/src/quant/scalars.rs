@@ -1,9 +1,9 @@
 //! Per-group scales or biases, kept as f32 or, to halve their memory, as f16 or bf16 (the
-//! dtype of an mlx-lm checkpoint's scales is kept as stored: bf16 widens to f32 exactly).
+//! dtype of an mlx-lm checkpoint's scales is kept as stored: bf16 widens to f32 exactly,
+//! a row block at a time through [`crate::kernels::widen_bf16`]).
 
 use std::borrow::Cow;
 
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 /// One value per group, row-major [rows, groups].
@@ -40,11 +40,11 @@ impl Scalars {
         match self {
             Scalars::F32(v) => &v[range],
             Scalars::F16(v) => {
-                v[range].convert_to_f32_slice(&mut buf[..groups]);
+                crate::kernels::widen_f16(&v[range], &mut buf[..groups]);
                 &buf[..groups]
             }
             Scalars::Bf16(v) => {
-                v[range].convert_to_f32_slice(&mut buf[..groups]);
+                crate::kernels::widen_bf16(&v[range], &mut buf[..groups]);
                 &buf[..groups]
             }
         }
@@ -65,14 +65,41 @@ impl Scalars {
         match self {
             Scalars::F32(v) => &v[range],
             Scalars::F16(v) => {
-                v[range].convert_to_f32_slice(buf);
+                crate::kernels::widen_f16(&v[range], buf);
                 buf
             }
             Scalars::Bf16(v) => {
-                v[range].convert_to_f32_slice(buf);
+                crate::kernels::widen_bf16(&v[range], buf);
                 buf
             }
         }
+    }
+
+    /// Asks the cache for rows `first..first + count` (a hint: rows past the end are
+    /// skipped). Half-precision rows are widened before the products that use them, so a
+    /// miss there would stall the products; the next block's rows are asked for meanwhile.
+    #[inline]
+    pub(crate) fn prefetch_rows(&self, first: usize, count: usize, groups: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (ptr, size, len) = match self {
+                Scalars::F32(v) => (v.as_ptr().cast::<u8>(), 4, v.len()),
+                Scalars::F16(v) => (v.as_ptr().cast::<u8>(), 2, v.len()),
+                Scalars::Bf16(v) => (v.as_ptr().cast::<u8>(), 2, v.len()),
+            };
+            let start = (first * groups).min(len) * size;
+            let end = ((first + count) * groups).min(len) * size;
+            for at in (start..end).step_by(64) {
+                // SAFETY: `at` is inside the allocation; a prefetch never faults.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        ptr.add(at).cast(),
+                    )
+                };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (first, count, groups);
     }
 
     /// Value `i` (in range).
@@ -100,6 +127,17 @@ impl Scalars {
             Scalars::F32(v) => Scalars::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
             Scalars::F16(v) => Scalars::F16(v.clone()),
             Scalars::Bf16(v) => Scalars::F16(v.iter().map(|x| f16::from_f32(x.to_f32())).collect()),
+        }
+    }
+
+    /// The same values rounded to bf16.
+    pub(crate) fn to_bf16(&self) -> Scalars {
+        match self {
+            Scalars::F32(v) => Scalars::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            Scalars::F16(v) => {
+                Scalars::Bf16(v.iter().map(|x| bf16::from_f32(x.to_f32())).collect())
+            }
+            Scalars::Bf16(v) => Scalars::Bf16(v.clone()),
         }
     }
 
