@@ -3,10 +3,13 @@
 //!
 //! For a group of weights `w = scale·q + bias`, `Σ w·x = scale·Σ q·x + bias·Σ x`. An input
 //! row is prepared once for all weight rows ([`prepare_input`]): cut into blocks of
-//! [`QBLOCK`] values, each block stored as int16 codes `round(x / s)` with its own step
-//! `s = max|x| / 32767` (relative error at most 2⁻¹⁶ of the block's largest value), plus the
-//! exact sums `Σ x` of every block and of every span of 64 and 128 values (the group sizes
-//! that use them). A weight row then costs only integer multiply-adds of its codes with the
+//! [`QBLOCK`] values stored as int16 codes `round(x / s)`, with one step `s = max|x| / 32767`
+//! for the two blocks of each span of [`QSPAN`] values (relative error at most 2⁻¹⁶ of the
+//! span's largest value), plus the exact sums `Σ x` of every block and of every span of 64 and
+//! 128 values (the group sizes that use them). A span's one step lets a group of 64 weights
+//! fold it into the group's scale: at decode the AVX-512 kernel multiplies each row's scales
+//! by the spans' steps sixteen groups at a time, then needs one conversion and one
+//! multiply-add per group. A weight row then costs only integer multiply-adds of its codes with the
 //! input codes, exact in int32 (`vpdpwssd` on AVX-512 VNNI, two blocks a step; `vpmaddwd`
 //! on AVX2, one block a step), one conversion and two f32 multiplies per block for the step
 //! and the group's scale, and one short dot product of the row's biases with the group sums.
@@ -50,6 +53,8 @@ const MARKER: u32 = 0x7fa1_6e57;
 struct Layout {
     /// Blocks of [`QBLOCK`] values.
     blocks: usize,
+    /// The step of each span of [`QSPAN`] values (a last lone block is a span), once.
+    spans: usize,
     /// Sums per block, then per 64 and per 128 values.
     sums: [usize; 3],
     /// The int16 codes (two a word).
@@ -69,9 +74,11 @@ impl Layout {
         let s32 = STEP_LANES * blocks;
         let s64 = s32 + blocks;
         let s128 = s64 + blocks / 2;
-        let codes = s128 + blocks / 4;
+        let spans = s128 + blocks / 4;
+        let codes = spans + blocks.div_ceil(2);
         Some(Layout {
             blocks,
+            spans,
             sums: [s32, s64, s128],
             codes,
             end: codes + cols / 2,
@@ -138,18 +145,23 @@ pub(super) fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
     head[..cols].copy_from_slice(x);
     head[cols] = f32::from_bits(MARKER);
     let (steps, rest) = tail.split_at_mut(l.sums[0]);
-    let (sums, codes) = rest.split_at_mut(l.codes - l.sums[0]);
+    let (sums, rest) = rest.split_at_mut(l.spans - l.sums[0]);
+    let (spans, codes) = rest.split_at_mut(l.codes - l.spans);
     // SAFETY: an f32 slice reinterpreted as twice as many i16 values: same memory, i16's
     // alignment (2) divides f32's (4), and every bit pattern is a valid i16.
     let codes: &mut [i16] =
         unsafe { std::slice::from_raw_parts_mut(codes.as_mut_ptr().cast::<i16>(), cols) };
     let mut inv = vec![0f32; l.blocks];
     let mut exact = vec![0f64; l.blocks];
-    for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
-        let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        steps[STEP_LANES * b..STEP_LANES * (b + 1)].fill(max / QMAX);
-        inv[b] = if max > 0.0 { QMAX / max } else { 0.0 };
-        exact[b] = xb.iter().map(|&v| f64::from(v)).sum();
+    for (s, xs) in x.chunks(QSPAN).enumerate() {
+        let max = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        spans[s] = max / QMAX;
+        let blocks = 2 * s..2 * s + xs.len() / QBLOCK;
+        steps[STEP_LANES * blocks.start..STEP_LANES * blocks.end].fill(max / QMAX);
+        inv[blocks.clone()].fill(if max > 0.0 { QMAX / max } else { 0.0 });
+        for (e, xb) in exact[blocks].iter_mut().zip(xs.chunks_exact(QBLOCK)) {
+            *e = xb.iter().map(|&v| f64::from(v)).sum();
+        }
     }
     write_sums(&exact, sums);
     for (s, (xs, qs)) in x.chunks(QSPAN).zip(codes.chunks_mut(QSPAN)).enumerate() {
@@ -198,6 +210,8 @@ pub(super) fn write_sums(exact: &[f64], out: &mut [f32]) {
 pub struct QInput<'a> {
     /// Per block, the value of one code step, [`STEP_LANES`] copies.
     pub steps: &'a [f32],
+    /// Per span of [`QSPAN`] values (both its blocks'), the step once.
+    pub spans: &'a [f32],
     /// `Σ x` of the original values per block, per 64 and per 128 values.
     pub sums: [&'a [f32]; 3],
     /// `cols` codes in spans of [`QSPAN`], evens first.
@@ -234,13 +248,15 @@ pub fn prepared(x: &[f32], cols: usize) -> Option<QInput<'_>> {
     }
     let tail = &x[cols + 1..];
     let (steps, rest) = tail.split_at(l.sums[0]);
-    let (sums, codes) = rest.split_at(l.codes - l.sums[0]);
+    let (sums, rest) = rest.split_at(l.spans - l.sums[0]);
+    let (spans, codes) = rest.split_at(l.codes - l.spans);
     let (s32, rest) = sums.split_at(l.blocks);
     let (s64, s128) = rest.split_at(l.blocks / 2);
     // SAFETY: as in `write_prepared`: `codes` holds cols / 2 f32 words, i.e. cols i16 values.
     let codes: &[i16] = unsafe { std::slice::from_raw_parts(codes.as_ptr().cast::<i16>(), cols) };
     Some(QInput {
         steps,
+        spans,
         sums: [s32, s64, s128],
         codes,
     })
@@ -427,6 +443,7 @@ impl<'a> AffineDots<'a> {
             && xs.iter().all(|x| {
                 x.codes.len() == cols
                     && x.steps.len() == STEP_LANES * cols / QBLOCK
+                    && x.spans.len() == (cols / QBLOCK).div_ceil(2)
                     && x.group_sums(group_size)
                         .is_some_and(|s| s.len() == shape.groups())
             });

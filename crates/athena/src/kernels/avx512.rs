@@ -252,6 +252,9 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     xs: &[QInput<'_>],
     ahead: &[u32],
 ) -> [[f32; N]; R] {
+    if BPG == 2 {
+        return tile_spans::<BITS, R, N>(words, scales, xs, ahead);
+    }
     let blocks = xs[0].codes.len() / QBLOCK;
     let pw = words.map(|w| w.as_ptr().cast::<u8>());
     let ps = scales.map(<[f32]>::as_ptr);
@@ -299,6 +302,98 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
         }
     }
     out
+}
+
+/// Groups of a row whose scales [`tile_spans`] folds with the spans' steps in one pass.
+const FOLD: usize = 16;
+
+/// [`tile`] for groups of 64 values, one span of the input each: the span's one step folded
+/// into the row's group scale, [`FOLD`] groups at a time (`scale · step` per row and input),
+/// so that each group costs one conversion and one multiply-add per row and input instead of
+/// a multiply more. Groups alternate between two sets of accumulators; `ahead` is prefetched
+/// over them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_spans<const BITS: u32, const R: usize, const N: usize>(
+    words: [&[u32]; R],
+    scales: [&[f32]; R],
+    xs: &[QInput<'_>],
+    ahead: &[u32],
+) -> [[f32; N]; R] {
+    let groups = xs[0].codes.len() / QSPAN;
+    let pw = words.map(|w| w.as_ptr().cast::<u8>());
+    let ps = scales.map(<[f32]>::as_ptr);
+    let mut pq = [std::ptr::null::<i16>(); N];
+    let mut pspan = [std::ptr::null::<f32>(); N];
+    for k in 0..N {
+        pq[k] = xs[k].codes.as_ptr();
+        pspan[k] = xs[k].spans.as_ptr();
+    }
+    let mut acc0 = [[_mm512_setzero_ps(); N]; R];
+    let mut acc1 = [[_mm512_setzero_ps(); N]; R];
+    let ahead = Ahead::new(ahead, groups.div_ceil(2));
+    let mut folded = [[[0f32; FOLD]; N]; R];
+    let mut g0 = 0;
+    while g0 < groups {
+        let count = (groups - g0).min(FOLD);
+        let mask: __mmask16 = match count {
+            FOLD => 0xffff,
+            c => (1u16 << c) - 1,
+        };
+        for r in 0..R {
+            let scale = _mm512_maskz_loadu_ps(mask, ps[r].add(g0));
+            for k in 0..N {
+                let step = _mm512_maskz_loadu_ps(mask, pspan[k].add(g0));
+                _mm512_storeu_ps(folded[r][k].as_mut_ptr(), _mm512_mul_ps(scale, step));
+            }
+        }
+        let mut j = 0;
+        while j + 2 <= count {
+            ahead.step((g0 + j) / 2);
+            span_step::<BITS, R, N>(&pw, &pq, &folded, g0 + j, j, &mut acc0);
+            span_step::<BITS, R, N>(&pw, &pq, &folded, g0 + j + 1, j + 1, &mut acc1);
+            j += 2;
+        }
+        if j < count {
+            ahead.step((g0 + j) / 2);
+            span_step::<BITS, R, N>(&pw, &pq, &folded, g0 + j, j, &mut acc0);
+        }
+        g0 += count;
+    }
+    let mut out = [[0f32; N]; R];
+    for r in 0..R {
+        for k in 0..N {
+            out[r][k] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r][k], acc1[r][k]));
+        }
+    }
+    out
+}
+
+/// `acc[r][k] += folded[r][k][j] · Σ q_r·x_k` per lane for group (and span) `g`, every row
+/// `r` and input `k`: each input's codes loaded once, each row's codes unpacked once.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn span_step<const BITS: u32, const R: usize, const N: usize>(
+    pw: &[*const u8; R],
+    pq: &[*const i16; N],
+    folded: &[[[f32; FOLD]; N]; R],
+    g: usize,
+    j: usize,
+    acc: &mut [[__m512; N]; R],
+) {
+    let mut q0 = [_mm512_setzero_si512(); N];
+    let mut q1 = [_mm512_setzero_si512(); N];
+    for k in 0..N {
+        q0[k] = _mm512_loadu_si512(pq[k].add(g * QSPAN).cast());
+        q1[k] = _mm512_loadu_si512(pq[k].add(g * QSPAN + QSPAN / 2).cast());
+    }
+    for r in 0..R {
+        let (lo, hi) = unpack_pair::<BITS>(pw[r], g);
+        for k in 0..N {
+            let s = dpwssd(_mm512_madd_epi16(lo, q0[k]), hi, q1[k]);
+            let scale = _mm512_set1_ps(folded[r][k][j]);
+            acc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[r][k]);
+        }
+    }
 }
 
 /// Prefetches of a slice spread over the steps of a loop: the cache lines of `ahead` asked for
