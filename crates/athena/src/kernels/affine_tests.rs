@@ -29,7 +29,7 @@ pub(super) struct Quantized {
     pub(super) bits: u8,
     pub(super) gs: usize,
     pub(super) cols: usize,
-    words: Vec<u32>,
+    pub(super) words: Vec<u32>,
     pub(super) scales: Vec<f32>,
     pub(super) biases: Vec<f32>,
 }
@@ -279,6 +279,97 @@ fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
                         assert!(out.iter().all(|v| v.is_nan()));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Decode's one-call path ([`decode::decode_rows`]): every row of a range, with scales and
+/// biases stored in f32, bf16 or f16, equal bit for bit to [`affine::AffineDots::row`] on the
+/// same values widened, whatever the range's start and length; shapes it does not take are
+/// refused with nothing written.
+#[test]
+fn decode_rows_equal_each_row_alone() {
+    use half::{bf16, f16};
+
+    use super::decode::{self, GroupValues};
+    let vnni = affine::has_avx512_vnni();
+    let rows = 11;
+    for bits in [4u8, 8] {
+        for cols in [64usize, 192, 2048] {
+            let groups = cols / 64;
+            let w = Quantized::new(bits, 64, rows, cols, 77 + cols as u64);
+            let (_, xp) = prepare(cols, 1, 9 + cols as u64);
+            let q = affine::prepared(&xp[0], cols).unwrap();
+            let k = affine::AffineDots::new(Tier::best(), bits, 64, &[q]).unwrap();
+            let (sb, bb): (Vec<bf16>, Vec<bf16>) = (
+                w.scales.iter().map(|&v| bf16::from_f32(v)).collect(),
+                w.biases.iter().map(|&v| bf16::from_f32(v)).collect(),
+            );
+            let (sh, bh): (Vec<f16>, Vec<f16>) = (
+                w.scales.iter().map(|&v| f16::from_f32(v)).collect(),
+                w.biases.iter().map(|&v| f16::from_f32(v)).collect(),
+            );
+            let stored = [
+                (GroupValues::F32(&w.scales), GroupValues::F32(&w.biases)),
+                (GroupValues::Bf16(&sb), GroupValues::Bf16(&bb)),
+                (GroupValues::F16(&sh), GroupValues::F16(&bh)),
+            ];
+            for (scales, biases) in stored {
+                let mut buf = vec![0f32; 2 * rows * groups];
+                let (sbuf, bbuf) = buf.split_at_mut(rows * groups);
+                let (s, b) = (scales.widened(sbuf), biases.widened(bbuf));
+                for range in [0..rows, 3..4, 1..10, 5..5, 2..9] {
+                    let mut out = vec![f32::NAN; range.len()];
+                    let done = decode::decode_rows(
+                        bits,
+                        64,
+                        &w.words,
+                        scales,
+                        biases,
+                        &q,
+                        range.clone(),
+                        &mut out,
+                    );
+                    assert_eq!(done, vnni, "{bits}-bit {cols} {scales:?}");
+                    if !done {
+                        assert!(out.iter().all(|v| v.is_nan()));
+                        continue;
+                    }
+                    for (i, r) in range.clone().enumerate() {
+                        let g = r * groups..(r + 1) * groups;
+                        let mut one = [f32::NAN];
+                        assert!(k.row(w.row_words(r), &s[g.clone()], &b[g], &mut one));
+                        assert_eq!(
+                            out[i].to_bits(),
+                            one[0].to_bits(),
+                            "{bits}-bit {cols} row {r}"
+                        );
+                    }
+                }
+            }
+            // Refused: groups of 32, codes or scales short of the range, a wrong output length.
+            let (s, b) = (GroupValues::F32(&w.scales), GroupValues::F32(&w.biases));
+            let short = &w.words[..w.words.len() - 1];
+            let short_scales = GroupValues::F32(&w.scales[..w.scales.len() - 1]);
+            for (gs, words, scales, len) in [
+                (32, &w.words[..], s, rows),
+                (64, short, s, rows),
+                (64, &w.words[..], short_scales, rows),
+                (64, &w.words[..], s, rows - 1),
+            ] {
+                let mut out = vec![f32::NAN; len];
+                assert!(!decode::decode_rows(
+                    bits,
+                    gs,
+                    words,
+                    scales,
+                    b,
+                    &q,
+                    0..rows,
+                    &mut out
+                ));
+                assert!(out.iter().all(|v| v.is_nan()));
             }
         }
     }

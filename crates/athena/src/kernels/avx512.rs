@@ -4,7 +4,10 @@
 
 use std::arch::x86_64::*;
 
+use std::ops::Range;
+
 use super::affine::{bias_dot, QInput, MANY, QBLOCK, QSPAN, ROWS, STEP_LANES};
+use super::decode::GroupValues;
 
 /// A prepared input form with an AVX-512 tile kernel: the int16 form ([`QInput`], here) and
 /// the int8 form ([`super::affine8::QInput8`], in `avx512_int8`). The entry points below
@@ -253,7 +256,7 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     ahead: &[u32],
 ) -> [[f32; N]; R] {
     if BPG == 2 {
-        return tile_spans::<BITS, R, N>(words, scales, xs, ahead);
+        return tile_spans::<BITS, R, N>(words, scales.map(GroupValues::F32), xs, ahead);
     }
     let blocks = xs[0].codes.len() / QBLOCK;
     let pw = words.map(|w| w.as_ptr().cast::<u8>());
@@ -315,13 +318,12 @@ const FOLD: usize = 16;
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_spans<const BITS: u32, const R: usize, const N: usize>(
     words: [&[u32]; R],
-    scales: [&[f32]; R],
+    scales: [GroupValues<'_>; R],
     xs: &[QInput<'_>],
     ahead: &[u32],
 ) -> [[f32; N]; R] {
     let groups = xs[0].codes.len() / QSPAN;
     let pw = words.map(|w| w.as_ptr().cast::<u8>());
-    let ps = scales.map(<[f32]>::as_ptr);
     let mut pq = [std::ptr::null::<i16>(); N];
     let mut pspan = [std::ptr::null::<f32>(); N];
     for k in 0..N {
@@ -340,7 +342,7 @@ unsafe fn tile_spans<const BITS: u32, const R: usize, const N: usize>(
             c => (1u16 << c) - 1,
         };
         for r in 0..R {
-            let scale = _mm512_maskz_loadu_ps(mask, ps[r].add(g0));
+            let scale = load_fold(scales[r], g0, count);
             for k in 0..N {
                 let step = _mm512_maskz_loadu_ps(mask, pspan[k].add(g0));
                 _mm512_storeu_ps(folded[r][k].as_mut_ptr(), _mm512_mul_ps(scale, step));
@@ -366,6 +368,80 @@ unsafe fn tile_spans<const BITS: u32, const R: usize, const N: usize>(
         }
     }
     out
+}
+
+/// Values `at..at + count` (`count` ≤ [`FOLD`], the rest of the lanes zero) as f32 lanes,
+/// widened from bf16 or f16 as stored.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn load_fold(v: GroupValues<'_>, at: usize, count: usize) -> __m512 {
+    let mask: __mmask16 = match count {
+        FOLD => 0xffff,
+        c => (1u16 << c) - 1,
+    };
+    match v {
+        GroupValues::F32(v) => _mm512_maskz_loadu_ps(mask, v.as_ptr().add(at)),
+        GroupValues::Bf16(v) => {
+            let w = _mm512_cvtepu16_epi32(half_lanes(v.as_ptr().cast(), at, count));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w))
+        }
+        GroupValues::F16(v) => _mm512_cvtph_ps(half_lanes(v.as_ptr().cast(), at, count)),
+    }
+}
+
+/// 16-bit values `at..at + count` of `p` (`count` ≤ [`FOLD`]) in the low lanes, zeros above.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn half_lanes(p: *const u16, at: usize, count: usize) -> __m256i {
+    if count == FOLD {
+        return _mm256_loadu_si256(p.add(at).cast());
+    }
+    let mut h = [0u16; FOLD];
+    std::ptr::copy_nonoverlapping(p.add(at), h.as_mut_ptr(), count);
+    _mm256_loadu_si256(h.as_ptr().cast())
+}
+
+/// [`super::decode::decode_rows`] on AVX-512: rows four at a time through [`tile_spans`]
+/// (the next four rows' codes prefetched), the rest one by one, each output its row's tile
+/// plus the bias term as [`dot_rows`] and [`dot_one_row`] add it.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn decode_rows<'a, const BITS: u32>(
+    packed: &[u32],
+    row_words: usize,
+    scales: GroupValues<'a>,
+    biases: GroupValues<'a>,
+    x: &QInput<'_>,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    let groups = x.codes.len() / QSPAN;
+    let sums = x.sums[1];
+    let xs = std::slice::from_ref(x);
+    let mut wide = vec![0f32; groups];
+    let row = |r: usize| &packed[r * row_words..(r + 1) * row_words];
+    let values = |v: GroupValues<'a>, r: usize| v.slice(r * groups..(r + 1) * groups);
+    let mut r = rows.start;
+    while r + ROWS <= rows.end {
+        let next = ((r + ROWS) * row_words).min(packed.len())
+            ..((r + 2 * ROWS) * row_words).min(packed.len());
+        let t = tile_spans::<BITS, ROWS, 1>(
+            std::array::from_fn(|k| row(r + k)),
+            std::array::from_fn(|k| values(scales, r + k)),
+            xs,
+            &packed[next],
+        );
+        for (k, t) in t.iter().enumerate() {
+            let b = values(biases, r + k);
+            out[r + k - rows.start] = t[0] + bias_dot(b.widened(&mut wide), sums);
+        }
+        r += ROWS;
+    }
+    while r < rows.end {
+        let [t] = tile_spans::<BITS, 1, 1>([row(r)], [values(scales, r)], xs, &[]);
+        let b = values(biases, r);
+        out[r - rows.start] = t[0] + bias_dot(b.widened(&mut wide), sums);
+        r += 1;
+    }
 }
 
 /// `acc[r][k] += folded[r][k][j] · Σ q_r·x_k` per lane for group (and span) `g`, every row

@@ -47,6 +47,7 @@ mod avx512_panel;
 pub mod bandwidth;
 #[cfg(target_arch = "x86_64")]
 mod bf16_pairs;
+pub mod decode;
 mod grouped;
 pub mod panel;
 pub mod pool;

@@ -134,6 +134,14 @@ impl Packed<'_> {
         let Some(qs) = int16 else {
             return false;
         };
+        // Decode: every row of the range in one call, scales read as stored.
+        if let [x] = qs.as_slice() {
+            let (scales, biases) = (self.scales.values(), self.biases.values());
+            let words = self.packed;
+            if kernels::decode::decode_rows(bits, gs, words, scales, biases, x, rows.clone(), out) {
+                return true;
+            }
+        }
         if panels {
             let panels = qs
                 .chunks(panel::PANEL)

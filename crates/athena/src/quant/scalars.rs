@@ -102,6 +102,16 @@ impl Scalars {
         let _ = (first, count, groups);
     }
 
+    /// The values as stored, for kernels that widen them as they read.
+    pub(crate) fn values(&self) -> crate::kernels::decode::GroupValues<'_> {
+        use crate::kernels::decode::GroupValues;
+        match self {
+            Scalars::F32(v) => GroupValues::F32(v),
+            Scalars::F16(v) => GroupValues::F16(v),
+            Scalars::Bf16(v) => GroupValues::Bf16(v),
+        }
+    }
+
     /// Value `i` (in range).
     #[inline]
     pub(crate) fn value(&self, i: usize) -> f32 {
