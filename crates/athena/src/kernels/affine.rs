@@ -581,23 +581,44 @@ impl AffineDots<'_> {
 }
 
 /// `Σ a·b` over two short slices of equal length (a row's biases and an input's group sums),
-/// in eight independent f32 lanes.
+/// in [`BIAS_LANES`] independent f32 lanes, then the lanes in order, then the tail.
 #[inline]
 pub(super) fn bias_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
+    let mut acc = [0f32; BIAS_LANES];
+    let (ac, bc) = (a.chunks_exact(BIAS_LANES), b.chunks_exact(BIAS_LANES));
+    let tail = bias_tail(ac.remainder().iter().copied(), bc.remainder());
     for (a, b) in ac.zip(bc) {
-        for k in 0..8 {
+        for k in 0..BIAS_LANES {
             acc[k] += a[k] * b[k];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    bias_total(&acc, tail)
+}
+
+/// Lanes of [`bias_dot`]'s partial sums (an AVX-512 register of f32, so that the decode
+/// kernel computes the same sums in one).
+pub(super) const BIAS_LANES: usize = 16;
+
+/// [`bias_dot`]'s sum of the values past the last whole set of lanes.
+#[inline]
+pub(super) fn bias_tail(a: impl Iterator<Item = f32>, b: &[f32]) -> f32 {
+    a.zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// [`bias_dot`]'s total of its lanes' partial sums, pairwise (lane `i` with `i + 8`, then
+/// `i + 4`, `i + 2`, `i + 1`: the order in which a register's lanes fold in halves), plus
+/// the tail.
+#[inline]
+pub(super) fn bias_total(acc: &[f32; BIAS_LANES], tail: f32) -> f32 {
+    let mut v = *acc;
+    let mut half = BIAS_LANES / 2;
+    while half > 0 {
+        for i in 0..half {
+            v[i] += v[i + half];
+        }
+        half /= 2;
+    }
+    v[0] + tail
 }
 
 /// [`dot_affine_on`] in plain integer arithmetic; lengths checked by the caller.

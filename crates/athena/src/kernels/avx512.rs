@@ -6,7 +6,9 @@ use std::arch::x86_64::*;
 
 use std::ops::Range;
 
-use super::affine::{bias_dot, QInput, MANY, QBLOCK, QSPAN, ROWS, STEP_LANES};
+use super::affine::{
+    bias_dot, bias_tail, QInput, BIAS_LANES, MANY, QBLOCK, QSPAN, ROWS, STEP_LANES,
+};
 use super::decode::GroupValues;
 
 /// A prepared input form with an AVX-512 tile kernel: the int16 form ([`QInput`], here) and
@@ -405,11 +407,11 @@ unsafe fn half_lanes(p: *const u16, at: usize, count: usize) -> __m256i {
 /// (the next four rows' codes prefetched), the rest one by one, each output its row's tile
 /// plus the bias term as [`dot_rows`] and [`dot_one_row`] add it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn decode_rows<'a, const BITS: u32>(
+pub(super) unsafe fn decode_rows<const BITS: u32>(
     packed: &[u32],
     row_words: usize,
-    scales: GroupValues<'a>,
-    biases: GroupValues<'a>,
+    scales: GroupValues<'_>,
+    biases: GroupValues<'_>,
     x: &QInput<'_>,
     rows: Range<usize>,
     out: &mut [f32],
@@ -417,31 +419,64 @@ pub(super) unsafe fn decode_rows<'a, const BITS: u32>(
     let groups = x.codes.len() / QSPAN;
     let sums = x.sums[1];
     let xs = std::slice::from_ref(x);
-    let mut wide = vec![0f32; groups];
-    let row = |r: usize| &packed[r * row_words..(r + 1) * row_words];
-    let values = |v: GroupValues<'a>, r: usize| v.slice(r * groups..(r + 1) * groups);
     let mut r = rows.start;
     while r + ROWS <= rows.end {
         let next = ((r + ROWS) * row_words).min(packed.len())
             ..((r + 2 * ROWS) * row_words).min(packed.len());
-        let t = tile_spans::<BITS, ROWS, 1>(
-            std::array::from_fn(|k| row(r + k)),
-            std::array::from_fn(|k| values(scales, r + k)),
-            xs,
-            &packed[next],
-        );
+        // The next block's scales and biases too: read first in its fold, a miss would stall.
+        let ahead = (r + ROWS) * groups..(r + 2 * ROWS) * groups;
+        scales.prefetch(ahead.clone());
+        biases.prefetch(ahead);
+        let block = &packed[r * row_words..(r + ROWS) * row_words];
+        let mut words = [block; ROWS];
+        let mut rows_scales = [scales; ROWS];
+        for k in 0..ROWS {
+            words[k] = &block[k * row_words..(k + 1) * row_words];
+            rows_scales[k] = scales.slice((r + k) * groups..(r + k + 1) * groups);
+        }
+        let t = tile_spans::<BITS, ROWS, 1>(words, rows_scales, xs, &packed[next]);
         for (k, t) in t.iter().enumerate() {
-            let b = values(biases, r + k);
-            out[r + k - rows.start] = t[0] + bias_dot(b.widened(&mut wide), sums);
+            let b = biases.slice((r + k) * groups..(r + k + 1) * groups);
+            out[r + k - rows.start] = t[0] + bias_dot_as_stored(b, sums);
         }
         r += ROWS;
     }
     while r < rows.end {
-        let [t] = tile_spans::<BITS, 1, 1>([row(r)], [values(scales, r)], xs, &[]);
-        let b = values(biases, r);
-        out[r - rows.start] = t[0] + bias_dot(b.widened(&mut wide), sums);
+        let (g, words) = (
+            r * groups..(r + 1) * groups,
+            &packed[r * row_words..(r + 1) * row_words],
+        );
+        let [t] = tile_spans::<BITS, 1, 1>([words], [scales.slice(g.clone())], xs, &[]);
+        out[r - rows.start] = t[0] + bias_dot_as_stored(biases.slice(g), sums);
         r += 1;
     }
+}
+
+/// [`bias_dot`] of a row's biases as stored (widened as they are read) with an input's
+/// group sums, its lanes in one register: the same sums, bit for bit.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn bias_dot_as_stored(biases: GroupValues<'_>, sums: &[f32]) -> f32 {
+    let whole = sums.len() / BIAS_LANES * BIAS_LANES;
+    let mut acc = _mm512_setzero_ps();
+    for at in (0..whole).step_by(BIAS_LANES) {
+        let b = load_fold(biases, at, BIAS_LANES);
+        acc = _mm512_add_ps(
+            acc,
+            _mm512_mul_ps(b, _mm512_loadu_ps(sums.as_ptr().add(at))),
+        );
+    }
+    // The lanes folded in halves, as `bias_total` adds them.
+    let a = _mm512_castps_pd(acc);
+    let h = _mm256_add_ps(
+        _mm256_castpd_ps(_mm512_castpd512_pd256(a)),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(a)),
+    );
+    let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    let e = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    let total = _mm_cvtss_f32(_mm_add_ss(e, _mm_movehdup_ps(e)));
+    let tail = (whole..sums.len()).map(|i| biases.value(i));
+    total + bias_tail(tail, &sums[whole..])
 }
 
 /// `acc[r][k] += folded[r][k][j] · Σ q_r·x_k` per lane for group (and span) `g`, every row

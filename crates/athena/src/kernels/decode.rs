@@ -25,6 +25,7 @@ pub enum GroupValues<'a> {
 
 impl<'a> GroupValues<'a> {
     /// Number of values.
+    #[inline]
     pub fn len(&self) -> usize {
         match self {
             GroupValues::F32(v) => v.len(),
@@ -34,11 +35,13 @@ impl<'a> GroupValues<'a> {
     }
 
     /// Whether there are no values.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Values `range` (in range).
+    #[inline(always)]
     pub(super) fn slice(&self, range: Range<usize>) -> GroupValues<'a> {
         match *self {
             GroupValues::F32(v) => GroupValues::F32(&v[range]),
@@ -47,7 +50,41 @@ impl<'a> GroupValues<'a> {
         }
     }
 
+    /// Asks the cache for values `range` (clamped to the values held; a hint only).
+    #[inline]
+    pub(super) fn prefetch(&self, range: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (ptr, size) = match self {
+                GroupValues::F32(v) => (v.as_ptr().cast::<u8>(), 4),
+                GroupValues::Bf16(v) => (v.as_ptr().cast::<u8>(), 2),
+                GroupValues::F16(v) => (v.as_ptr().cast::<u8>(), 2),
+            };
+            let end = range.end.min(self.len()) * size;
+            for at in (range.start.min(end / size) * size..end).step_by(64) {
+                // SAFETY: `at` lies inside the values; a prefetch never faults.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    _mm_prefetch::<_MM_HINT_T0>(ptr.add(at).cast());
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = range;
+    }
+
+    /// Value `i` (in range) as f32.
+    #[inline]
+    pub(super) fn value(&self, i: usize) -> f32 {
+        match self {
+            GroupValues::F32(v) => v[i],
+            GroupValues::Bf16(v) => v[i].to_f32(),
+            GroupValues::F16(v) => v[i].to_f32(),
+        }
+    }
+
     /// The values as f32, borrowed or widened into `buf` (at least as long).
+    #[cfg(test)]
     pub(super) fn widened<'b>(&'b self, buf: &'b mut [f32]) -> &'b [f32] {
         match *self {
             GroupValues::F32(v) => v,
