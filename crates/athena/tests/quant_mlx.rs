@@ -169,6 +169,12 @@ fn bf16_checkpoints_match_mlx() {
             assert_eq!(u32s(&ow), u32s(weight), "{k}: packed codes");
             assert_eq!(f32s(&os), f32s(scales), "{k}: scales");
             assert_eq!(f32s(&ob), f32s(biases), "{k}: biases");
+            // Load-time quantization of a bf16 checkpoint keeps them so in memory.
+            let held = ours.clone().with_bf16_scales();
+            assert_eq!(held.scales_dtype(), DType::BF16);
+            let (_, hs, hb) = held.to_mlx(DType::BF16).unwrap();
+            assert_eq!(f32s(&hs), f32s(scales), "{k}: scales held in bf16");
+            assert_eq!(f32s(&hb), f32s(biases), "{k}: biases held in bf16");
 
             let m = QMatrix::from_mlx(&k, weight, scales, biases, p).unwrap();
             assert_eq!(m.scales_dtype(), DType::BF16);

@@ -146,6 +146,52 @@ fn a_quantized_checkpoint_written_by_athena_loads_back_identically() {
     assert!(!dir.path().join("x").exists());
 }
 
+/// A bf16 checkpoint quantizes as mlx-lm quantizes it: scales and biases in bf16, both by
+/// `quantize_checkpoint` and at load time, the two giving the same model.
+#[test]
+fn a_bf16_checkpoint_quantizes_with_bf16_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4");
+    quantize_checkpoint(
+        &fixture("tied_bf16"),
+        &out,
+        AffineParams::new(4, 64).unwrap(),
+        |_, _| {},
+    )
+    .unwrap();
+    let written =
+        candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let scales: Vec<_> = written.keys().filter(|k| k.ends_with(".scales")).collect();
+    assert!(!scales.is_empty());
+    for k in scales {
+        assert_eq!(written[k].dtype(), DType::BF16, "{k}");
+        let b = k.replace(".scales", ".biases");
+        assert_eq!(written[&b].dtype(), DType::BF16, "{b}");
+    }
+    let stored = load_olmoe_with(
+        &out,
+        &Device::Cpu,
+        DType::F32,
+        &LoadOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let at_load = load(
+        "tied_bf16",
+        &LoadOptions {
+            quantization: Quantization::Int4,
+            ..Default::default()
+        },
+    );
+    let r = Reference::load("tied_bf16");
+    let ids = r.ids("ids_a");
+    let d = max_abs_diff(&logits(&stored, &ids), &logits(&at_load, &ids));
+    assert_eq!(
+        d, 0.0,
+        "the written checkpoint and load-time quantization differ by {d}"
+    );
+}
+
 /// `int8_activations`: quantized products on int8 inputs (where the CPU has AVX-512 VNNI)
 /// stay close to the default int16 form, on mlx-lm checkpoints against mlx-lm's logits and on
 /// load-time quantization against transformers' f32 logits.

@@ -2,6 +2,9 @@
 //! checkpoint that mlx-lm itself loads: experts stacked as `switch_mlp`, every linear weight,
 //! the embeddings and lm_head quantized, the router kept dense (its top-k choices are the most
 //! sensitive part of the model), norms and biases in float32 (MLX's CPU kernels need f32).
+//! Scales and biases of the quantized layers are stored as `mlx_lm.convert` stores them: bf16
+//! for a checkpoint that declares bf16 (`mx.quantize` of its bf16 weights, bit for bit), else
+//! float32.
 //!
 //! The output directory is written beside its final place, validated by loading it back, and
 //! only then renamed into place; an existing output is never overwritten.
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use super::args::OlmoeArgs;
+use super::args::{OlmoeArgs, StorageDtype};
 use super::files::WeightFiles;
 use super::layout::{CheckpointReader, ExpertProj};
 use crate::error::{Error, Result};
@@ -45,6 +48,8 @@ pub struct QuantizeReport {
 struct Writer {
     tensors: HashMap<String, Tensor>,
     params: AffineParams,
+    /// The dtype of the quantized layers' scales and biases.
+    scales: DType,
     /// Modules written with other parameters than the default (or dense: `None`).
     overrides: std::collections::BTreeMap<String, Option<AffineParams>>,
 }
@@ -69,7 +74,7 @@ impl Writer {
     fn linear(&mut self, module: &str, w: &Tensor) -> Result<()> {
         match self.fit(module, w.dim(1)?) {
             Some(p) => {
-                let (qw, s, b) = QMatrix::quantize_tensor(module, w, p)?.to_mlx(DType::F32)?;
+                let (qw, s, b) = QMatrix::quantize_tensor(module, w, p)?.to_mlx(self.scales)?;
                 self.tensors.insert(format!("{module}.weight"), qw);
                 self.tensors.insert(format!("{module}.scales"), s);
                 self.tensors.insert(format!("{module}.biases"), b);
@@ -89,7 +94,7 @@ impl Writer {
                 let (mut ws, mut ss, mut bs) = (vec![], vec![], vec![]);
                 for (x, m) in mats.iter().enumerate() {
                     let (qw, s, b) = QMatrix::quantize_tensor(&format!("{module}[{x}]"), m, p)?
-                        .to_mlx(DType::F32)?;
+                        .to_mlx(self.scales)?;
                     ws.push(qw);
                     ss.push(s);
                     bs.push(b);
@@ -136,6 +141,10 @@ pub fn quantize_checkpoint(
     let mut w = Writer {
         tensors: HashMap::new(),
         params,
+        scales: match args.dtype {
+            Some(StorageDtype::Bfloat16) => DType::BF16,
+            _ => DType::F32,
+        },
         overrides: Default::default(),
     };
 

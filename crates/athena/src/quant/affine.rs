@@ -528,12 +528,17 @@ impl QMatrix {
         })
     }
 
-    /// The same matrix with its scales and biases rounded to bf16, as mlx-lm stores them for
-    /// a bf16 model: half the memory, and bf16's range.
+    /// The same matrix with its scales and biases rounded to bf16, as `mx.quantize` returns
+    /// them for bf16 weights (codes fitted to the f32 values, scales and biases rounded after):
+    /// half their memory. A matrix with a value past bf16's range stays as it is.
     pub fn with_bf16_scales(self) -> Self {
+        let (scales, biases) = (self.scales.to_bf16(), self.biases.to_bf16());
+        if !scales.all_finite() || !biases.all_finite() {
+            return self;
+        }
         QMatrix {
-            scales: self.scales.to_bf16(),
-            biases: self.biases.to_bf16(),
+            scales,
+            biases,
             scales_dtype: DType::BF16,
             ..self
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use super::linear::{Embedding, Linear};
-use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs};
+use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs, StorageDtype};
 use crate::error::{Error, Result};
 use crate::lora::{LoraAdapter, LoraDelta, LoraTarget};
 use crate::quant::{AffineParams, InputForm, QMatrix};
@@ -105,12 +105,20 @@ impl Weights<'_> {
         };
         // At 8 bits, scales and biases in f16 halve their memory (they are a fifth of an
         // 8-bit matrix at group 32), the codes fitted to the rounded values; a matrix whose
-        // range does not fit f16 keeps them in f32. At 4 bits they stay f32: there they are a
-        // smaller share, and on the test fixtures f16 moves 4-bit logits measurably.
+        // range does not fit f16 keeps them in f32. At 4 bits they follow the checkpoint, as
+        // mlx-lm quantizes it: bf16 for a bf16 model (`mx.quantize` of bf16 weights, bit for
+        // bit: 4.5 bits a weight instead of 5), else f32 (on the test fixtures f16 moves 4-bit
+        // logits measurably).
         let q = match params.bits {
             8 => QMatrix::quantize_tensor_half(name, w, params)
                 .or_else(|_| QMatrix::quantize_tensor(name, w, params))?,
-            _ => QMatrix::quantize_tensor(name, w, params)?,
+            _ => {
+                let q = QMatrix::quantize_tensor(name, w, params)?;
+                match self.args.dtype {
+                    Some(StorageDtype::Bfloat16) => q.with_bf16_scales(),
+                    _ => q,
+                }
+            }
         };
         Ok(Some(Arc::new(q.with_input_form(self.opts.input_form))))
     }
