@@ -52,7 +52,7 @@ impl<'a> GroupValues<'a> {
 
     /// Asks the cache for values `range` (clamped to the values held; a hint only).
     #[inline]
-    pub(super) fn prefetch(&self, range: Range<usize>) {
+    pub(crate) fn prefetch(&self, range: Range<usize>) {
         #[cfg(target_arch = "x86_64")]
         {
             let (ptr, size) = match self {

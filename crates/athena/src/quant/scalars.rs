@@ -80,26 +80,8 @@ impl Scalars {
     /// miss there would stall the products; the next block's rows are asked for meanwhile.
     #[inline]
     pub(crate) fn prefetch_rows(&self, first: usize, count: usize, groups: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (ptr, size, len) = match self {
-                Scalars::F32(v) => (v.as_ptr().cast::<u8>(), 4, v.len()),
-                Scalars::F16(v) => (v.as_ptr().cast::<u8>(), 2, v.len()),
-                Scalars::Bf16(v) => (v.as_ptr().cast::<u8>(), 2, v.len()),
-            };
-            let start = (first * groups).min(len) * size;
-            let end = ((first + count) * groups).min(len) * size;
-            for at in (start..end).step_by(64) {
-                // SAFETY: `at` is inside the allocation; a prefetch never faults.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        ptr.add(at).cast(),
-                    )
-                };
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (first, count, groups);
+        self.values()
+            .prefetch(first * groups..(first + count) * groups);
     }
 
     /// The values as stored, for kernels that widen them as they read.
