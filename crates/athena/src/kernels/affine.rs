@@ -6,22 +6,23 @@
 //! [`QBLOCK`] values stored as int16 codes `round(x / s)`, with one step `s = max|x| / 32767`
 //! for the two blocks of each span of [`QSPAN`] values (relative error at most 2⁻¹⁶ of the
 //! span's largest value), plus the exact sums `Σ x` of every block and of every span of 64 and
-//! 128 values (the group sizes that use them). A span's one step lets a group of 64 weights
-//! fold it into the group's scale: at decode the AVX-512 kernel multiplies each row's scales
-//! by the spans' steps sixteen groups at a time, then needs one conversion and one
-//! multiply-add per group. A weight row then costs only integer multiply-adds of its codes with the
-//! input codes, exact in int32 (`vpdpwssd` on AVX-512 VNNI, two blocks a step; `vpmaddwd`
-//! on AVX2, one block a step), one conversion and two f32 multiplies per block for the step
-//! and the group's scale, and one short dot product of the row's biases with the group sums.
-//! The int32 block sums round to f32 (2⁻²⁴ relative) when converted; blocks are summed in
-//! f32 lanes, several independent accumulators wide.
+//! 128 values (the group sizes that use them). A weight row then costs only integer
+//! multiply-adds of its codes with the input codes, exact in int32 (`vpdpwssd` on AVX-512
+//! VNNI, two blocks a step; `vpmaddwd` on AVX2, one block a step), one conversion and two f32
+//! multiplies per block for the step and the group's scale, and one short dot product of the
+//! row's biases with the group sums. For groups of 64 on AVX-512 the span's one step is folded
+//! into the group's scale instead (each row's scales times the spans' steps, sixteen groups at
+//! a time), and a group costs one conversion and one multiply-add. The int32 block sums round
+//! to f32 (2⁻²⁴ relative) when converted; blocks are summed in f32 lanes, several independent
+//! accumulators wide.
 //!
 //! [`dot_affine_on`] runs one weight row against up to [`MANY`] prepared input rows at
 //! once: the row's codes are loaded and unpacked once for all of them. At decode (one input)
 //! [`AffineDots::rows`] runs [`ROWS`] weight rows together instead: on AVX-512 the input's
 //! codes are loaded once for all of them, and the codes of the next rows are prefetched
 //! while these are multiplied (four rows read side by side defeat the hardware prefetcher's
-//! one sequential stream). Its outputs equal [`AffineDots::row`]'s, bit for bit.
+//! one sequential stream). Its outputs equal [`AffineDots::row`]'s, bit for bit, and so do
+//! those of [`super::decode::decode_rows`], which runs a whole range of rows in one call.
 //!
 //! The prepared form travels behind the input row itself: [`crate::kernels::matmul`] hands
 //! every [`crate::kernels::Rows`] the row's `cols` values followed by the prepared tail. Rows
