@@ -21,7 +21,7 @@ pub fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
     bf16_plain(src, dst);
 }
 
-/// `src` widened into `dst` (the shorter length), exactly as [`f16::to_f32`] does.
+/// `src` widened into `dst` (the shorter length), exactly as `f16::to_f32` does.
 pub fn widen_f16(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx512() {
