@@ -1,7 +1,8 @@
 //! Decode's quantized products in one call per task: every weight row of a range against one
-//! prepared int16 input ([`affine::QInput`]), for groups of 64 on AVX-512. Rows run four at a
-//! time (the next four's codes prefetched) and the last few one by one, with the same
-//! arithmetic, so a row's output does not depend on where a task's range starts; scales and
+//! prepared int16 input ([`affine::QInput`]), for groups of 64 on AVX-512. 4-bit rows run four
+//! at a time and the last few one by one, 8-bit rows one by one (the next block's codes,
+//! scales and biases prefetched), with the same arithmetic per row, so a row's output does
+//! not depend on where a task's range starts; scales and
 //! biases are read as stored (f32, bf16 or f16), widened as the kernel folds them. Each
 //! output equals [`affine::AffineDots`]'s for that row, bit for bit: this path only leaves out
 //! the calls, slices and buffer copies it makes per block of four rows.
