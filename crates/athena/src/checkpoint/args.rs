@@ -466,6 +466,13 @@ impl OlmoeArgs {
         })
     }
 
+    /// Whether mlx-lm, quantizing this checkpoint, keeps scales and biases in bf16: it
+    /// quantizes the weights in their declared dtype, and `mx.quantize` of bf16 weights returns
+    /// bf16 scales and biases. Otherwise athena keeps them in f32.
+    pub fn bf16_scales(&self) -> bool {
+        self.dtype == Some(StorageDtype::Bfloat16)
+    }
+
     /// Parameters in the checkpoint (embedding, attention, router, experts, norms, head).
     pub fn total_params(&self) -> u64 {
         let (h, v) = (self.hidden_size as u64, self.vocab_size as u64);

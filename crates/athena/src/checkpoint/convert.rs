@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use super::args::{OlmoeArgs, StorageDtype};
+use super::args::OlmoeArgs;
 use super::files::WeightFiles;
 use super::layout::{CheckpointReader, ExpertProj};
 use crate::error::{Error, Result};
@@ -141,9 +141,9 @@ pub fn quantize_checkpoint(
     let mut w = Writer {
         tensors: HashMap::new(),
         params,
-        scales: match args.dtype {
-            Some(StorageDtype::Bfloat16) => DType::BF16,
-            _ => DType::F32,
+        scales: match args.bf16_scales() {
+            true => DType::BF16,
+            false => DType::F32,
         },
         overrides: Default::default(),
     };

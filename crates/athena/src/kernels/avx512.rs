@@ -326,12 +326,7 @@ unsafe fn tile_spans<const BITS: u32, const R: usize, const N: usize>(
 ) -> [[f32; N]; R] {
     let groups = xs[0].codes.len() / QSPAN;
     let pw = words.map(|w| w.as_ptr().cast::<u8>());
-    let mut pq = [std::ptr::null::<i16>(); N];
-    let mut pspan = [std::ptr::null::<f32>(); N];
-    for k in 0..N {
-        pq[k] = xs[k].codes.as_ptr();
-        pspan[k] = xs[k].spans.as_ptr();
-    }
+    let pq: [*const i16; N] = std::array::from_fn(|k| xs[k].codes.as_ptr());
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = [[_mm512_setzero_ps(); N]; R];
     let ahead = Ahead::new(ahead, groups.div_ceil(2));
@@ -339,15 +334,12 @@ unsafe fn tile_spans<const BITS: u32, const R: usize, const N: usize>(
     let mut g0 = 0;
     while g0 < groups {
         let count = (groups - g0).min(FOLD);
-        let mask: __mmask16 = match count {
-            FOLD => 0xffff,
-            c => (1u16 << c) - 1,
-        };
+        let steps: [__m512; N] =
+            std::array::from_fn(|k| load_fold(GroupValues::F32(xs[k].spans), g0, count));
         for r in 0..R {
             let scale = load_fold(scales[r], g0, count);
             for k in 0..N {
-                let step = _mm512_maskz_loadu_ps(mask, pspan[k].add(g0));
-                _mm512_storeu_ps(folded[r][k].as_mut_ptr(), _mm512_mul_ps(scale, step));
+                _mm512_storeu_ps(folded[r][k].as_mut_ptr(), _mm512_mul_ps(scale, steps[k]));
             }
         }
         let mut j = 0;
@@ -403,9 +395,9 @@ unsafe fn half_lanes(p: *const u16, at: usize, count: usize) -> __m256i {
     _mm256_loadu_si256(h.as_ptr().cast())
 }
 
-/// [`super::decode::decode_rows`] on AVX-512: rows four at a time through [`tile_spans`]
-/// (the next four rows' codes prefetched), the rest one by one, each output its row's tile
-/// plus the bias term as [`dot_rows`] and [`dot_one_row`] add it.
+/// [`super::decode::decode_rows`] on AVX-512: 4-bit rows four at a time through
+/// [`tile_spans`], the rest (and 8-bit rows) one by one, the next block prefetched meanwhile,
+/// each output its row's tile plus the bias term as [`dot_rows`] and [`dot_one_row`] add it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn decode_rows<const BITS: u32>(
     packed: &[u32],
@@ -416,24 +408,14 @@ pub(super) unsafe fn decode_rows<const BITS: u32>(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    let groups = x.codes.len() / QSPAN;
-    let sums = x.sums[1];
-    let xs = std::slice::from_ref(x);
-    // 4-bit rows four at a time, sharing each load of the input; 8-bit rows (twice the bytes
-    // per product) stream faster one by one.
-    let mut r = match BITS {
+    // 4-bit rows four at a time, sharing each load of the input, then the last few one by
+    // one; 8-bit rows (twice the bytes per product) stream faster one by one.
+    let r = match BITS {
         4 => row_blocks::<BITS, ROWS>(packed, row_words, scales, biases, x, rows.clone(), out),
-        _ => row_blocks::<BITS, 1>(packed, row_words, scales, biases, x, rows.clone(), out),
+        _ => rows.start,
     };
-    while r < rows.end {
-        let (g, words) = (
-            r * groups..(r + 1) * groups,
-            &packed[r * row_words..(r + 1) * row_words],
-        );
-        let [t] = tile_spans::<BITS, 1, 1>([words], [scales.slice(g.clone())], xs, &[]);
-        out[r - rows.start] = t[0] + bias_dot_as_stored(biases.slice(g), sums);
-        r += 1;
-    }
+    let rest = &mut out[r - rows.start..];
+    row_blocks::<BITS, 1>(packed, row_words, scales, biases, x, r..rows.end, rest);
 }
 
 /// [`decode_rows`]' whole blocks of `R` rows from `rows.start`, the next block's codes,

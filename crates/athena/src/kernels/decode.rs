@@ -43,7 +43,7 @@ impl<'a> GroupValues<'a> {
 
     /// Values `range` (in range).
     #[inline(always)]
-    pub(super) fn slice(&self, range: Range<usize>) -> GroupValues<'a> {
+    pub(crate) fn slice(&self, range: Range<usize>) -> GroupValues<'a> {
         match *self {
             GroupValues::F32(v) => GroupValues::F32(&v[range]),
             GroupValues::Bf16(v) => GroupValues::Bf16(&v[range]),
@@ -76,7 +76,7 @@ impl<'a> GroupValues<'a> {
 
     /// Value `i` (in range) as f32.
     #[inline]
-    pub(super) fn value(&self, i: usize) -> f32 {
+    pub(crate) fn value(&self, i: usize) -> f32 {
         match self {
             GroupValues::F32(v) => v[i],
             GroupValues::Bf16(v) => v[i].to_f32(),
@@ -85,8 +85,8 @@ impl<'a> GroupValues<'a> {
     }
 
     /// The values as f32, borrowed or widened into `buf` (at least as long).
-    #[cfg(test)]
-    pub(super) fn widened<'b>(&'b self, buf: &'b mut [f32]) -> &'b [f32] {
+    #[inline]
+    pub(crate) fn widened<'b>(&'b self, buf: &'b mut [f32]) -> &'b [f32] {
         match *self {
             GroupValues::F32(v) => v,
             GroupValues::Bf16(v) => {
@@ -136,11 +136,9 @@ pub fn decode_rows(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let run = super::avx512::decode_rows::<4>;
-        let run = if bits == 4 {
-            run
-        } else {
-            super::avx512::decode_rows::<8>
+        let run = match bits {
+            4 => super::avx512::decode_rows::<4>,
+            _ => super::avx512::decode_rows::<8>,
         };
         // SAFETY: the CPU has AVX-512 F, BW and VNNI, and the lengths were checked above.
         unsafe { run(packed, row_words, scales, biases, x, rows, out) };

@@ -1,10 +1,13 @@
 //! Per-group scales or biases, kept as f32 or, to halve their memory, as f16 or bf16 (the
 //! dtype of an mlx-lm checkpoint's scales is kept as stored: bf16 widens to f32 exactly,
-//! a row block at a time through [`crate::kernels::widen_bf16`]).
+//! a row block at a time through [`crate::kernels::widen_bf16`]). Kernels read them as
+//! stored through [`GroupValues`].
 
 use std::borrow::Cow;
 
 use half::{bf16, f16};
+
+use crate::kernels::decode::GroupValues;
 
 /// One value per group, row-major [rows, groups].
 #[derive(Debug, Clone, PartialEq)]
@@ -36,18 +39,7 @@ impl Scalars {
     /// Row `row` (in range) as f32: borrowed, or converted into `buf` (`groups` long).
     #[inline]
     pub(crate) fn row_in<'a>(&'a self, row: usize, groups: usize, buf: &'a mut [f32]) -> &'a [f32] {
-        let range = row * groups..(row + 1) * groups;
-        match self {
-            Scalars::F32(v) => &v[range],
-            Scalars::F16(v) => {
-                crate::kernels::widen_f16(&v[range], &mut buf[..groups]);
-                &buf[..groups]
-            }
-            Scalars::Bf16(v) => {
-                crate::kernels::widen_bf16(&v[range], &mut buf[..groups]);
-                &buf[..groups]
-            }
-        }
+        self.rows_in(row, 1, groups, buf)
     }
 
     /// Rows `first..first + count` (in range), row-major, as f32: borrowed, or converted
@@ -60,16 +52,14 @@ impl Scalars {
         groups: usize,
         buf: &'a mut [f32],
     ) -> &'a [f32] {
-        let range = first * groups..(first + count) * groups;
-        let buf = &mut buf[..count * groups];
-        match self {
-            Scalars::F32(v) => &v[range],
-            Scalars::F16(v) => {
-                crate::kernels::widen_f16(&v[range], buf);
-                buf
-            }
-            Scalars::Bf16(v) => {
-                crate::kernels::widen_bf16(&v[range], buf);
+        match self
+            .values()
+            .slice(first * groups..(first + count) * groups)
+        {
+            GroupValues::F32(v) => v,
+            half => {
+                let buf = &mut buf[..count * groups];
+                half.widened(buf);
                 buf
             }
         }
@@ -85,8 +75,7 @@ impl Scalars {
     }
 
     /// The values as stored, for kernels that widen them as they read.
-    pub(crate) fn values(&self) -> crate::kernels::decode::GroupValues<'_> {
-        use crate::kernels::decode::GroupValues;
+    pub(crate) fn values(&self) -> GroupValues<'_> {
         match self {
             Scalars::F32(v) => GroupValues::F32(v),
             Scalars::F16(v) => GroupValues::F16(v),
@@ -97,11 +86,7 @@ impl Scalars {
     /// Value `i` (in range).
     #[inline]
     pub(crate) fn value(&self, i: usize) -> f32 {
-        match self {
-            Scalars::F32(v) => v[i],
-            Scalars::F16(v) => v[i].to_f32(),
-            Scalars::Bf16(v) => v[i].to_f32(),
-        }
+        self.values().value(i)
     }
 
     /// All values as f32.
@@ -144,11 +129,7 @@ impl Scalars {
 
     /// Number of values.
     pub(crate) fn len(&self) -> usize {
-        match self {
-            Scalars::F32(v) => v.len(),
-            Scalars::F16(v) => v.len(),
-            Scalars::Bf16(v) => v.len(),
-        }
+        self.values().len()
     }
 
     /// Bytes held.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use super::linear::{Embedding, Linear};
-use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs, StorageDtype};
+use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs};
 use crate::error::{Error, Result};
 use crate::lora::{LoraAdapter, LoraDelta, LoraTarget};
 use crate::quant::{AffineParams, InputForm, QMatrix};
@@ -114,9 +114,9 @@ impl Weights<'_> {
                 .or_else(|_| QMatrix::quantize_tensor(name, w, params))?,
             _ => {
                 let q = QMatrix::quantize_tensor(name, w, params)?;
-                match self.args.dtype {
-                    Some(StorageDtype::Bfloat16) => q.with_bf16_scales(),
-                    _ => q,
+                match self.args.bf16_scales() {
+                    true => q.with_bf16_scales(),
+                    false => q,
                 }
             }
         };
