@@ -941,6 +941,20 @@ mod tests {
         }
     }
 
+    /// A value past bf16's range (f32's largest rounds up to infinity in bf16) leaves the
+    /// matrix's scales and biases in f32 rather than turning them into infinities.
+    #[test]
+    fn bf16_scales_past_bf16_range_stay_f32() {
+        let mut w = weights(2, 64, 15);
+        w[3] = f32::MAX;
+        let m = QMatrix::quantize("w", &w, 2, 64, params(4, 64)).unwrap();
+        let past = |v: f32| half::bf16::from_f32(v).is_infinite();
+        assert!(past(m.scales.value(0)) || past(m.biases.value(0)));
+        let kept = m.clone().with_bf16_scales();
+        assert_eq!(kept.scales_dtype(), DType::F32);
+        assert_eq!((kept.scales, kept.biases), (m.scales, m.biases));
+    }
+
     #[test]
     fn quantize_half_keeps_every_weight_within_half_a_step() {
         let (rows, cols) = (6, 256);
