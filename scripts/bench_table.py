@@ -44,7 +44,9 @@ plan = [
     ("f32", "athena f32 none", ["transformers float32"]),
     ("bf16", "athena bf16 none", ["llama.cpp bf16", "transformers bfloat16"]),
     ("8-bit", "athena f32 8bit", ["llama.cpp Q8_0"]),
+    ("8-bit checkpoint", "athena checkpoint 8bit", ["llama.cpp Q8_0"]),
     ("4-bit", "athena f32 4bit", ["llama.cpp Q4_0"]),
+    ("4-bit checkpoint", "athena checkpoint 4bit", ["llama.cpp Q4_0"]),
     ("8-bit, int8 activations", "athena f32 8bit int8", ["llama.cpp Q8_0"]),
     ("4-bit, int8 activations", "athena f32 4bit int8", ["llama.cpp Q4_0"]),
 ]

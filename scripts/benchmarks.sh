@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the CPU table of docs/BENCHMARKS.md in one sitting: athena at f32, bf16, 8-bit
-# and 4-bit beside every anchor that is installed (HF transformers f32 and bf16 through
+# and 4-bit (quantized at load time, and as checkpoints written by `athena quantize`, the
+# counterpart of llama.cpp's converted GGUF files) beside every anchor that is installed (HF transformers f32 and bf16 through
 # anchor_hf.py; llama.cpp bf16, Q8_0 and Q4_0 through llamacpp.sh), RUNS rounds of each, then
 # the machine's bandwidth; prints a Markdown table of medians and ratios.
 # usage: scripts/benchmarks.sh [MODEL_DIR] [PROMPT=128] [DECODE=32] [RUNS=3]
@@ -34,6 +35,13 @@ machine=$(printf '{"cpu":"%s","cores":%s,"flags":"%s","kernel":"%s","rustc":"%s"
   "$(grep -m1 -o -w -E 'avx512f|avx2' /proc/cpuinfo | sort -u | xargs)" "$(uname -r)" \
   "$(rustc --version)" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo +dirty)")
 emit machine 0 "$machine"
+# athena's own quantized checkpoints of MODEL (mlx-lm layout, groups of 64), written once per
+# sitting and removed at the end.
+CKPT=$(mktemp -d target/bench-checkpoints.XXXXXX)
+trap 'rm -rf "$CKPT"' EXIT
+for b in 8 4; do
+  "$BIN" quantize --model "$MODEL" --out "$CKPT/q$b" --bits "$b" --json >&2
+done
 have_hf=0
 [ -z "${NO_HF:-}" ] && "$PY" -c 'import torch, transformers' 2>/dev/null && have_hf=1
 have_llama=0
@@ -45,6 +53,11 @@ athena() { # dtype quantization [int8]
   local label="athena $1 $2${3:+ $3}"
   emit "$label" "$r" "$("$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" \
     --dtype "$1" --quantization "$2" ${3:+--int8-activations} --threads "$T" --json)"
+}
+checkpoint() { # bits [int8]
+  local label="athena checkpoint $1bit${2:+ $2}"
+  emit "$label" "$r" "$("$BIN" bench --model "$CKPT/q$1" --prompt-tokens "$P" --gen-tokens "$D" \
+    ${2:+--int8-activations} --threads "$T" --json)"
 }
 hf() { # float32 | bfloat16
   [ "$have_hf" = 1 ] || return 0
@@ -59,8 +72,8 @@ llama() { # bf16 | Q8_0 | Q4_0
 }
 for r in $(seq 1 "$RUNS"); do
   athena bf16 none; llama bf16; hf bfloat16
-  athena f32 8bit; llama Q8_0; athena f32 8bit int8
-  athena f32 4bit; llama Q4_0; athena f32 4bit int8
+  athena f32 8bit; llama Q8_0; checkpoint 8; athena f32 8bit int8
+  athena f32 4bit; llama Q4_0; checkpoint 4; athena f32 4bit int8
   athena f32 none; hf float32
 done
 emit stream 0 "$("$BIN" bench --model "$MODEL" --stream --stream-only --threads "$T")"
