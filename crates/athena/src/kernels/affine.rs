@@ -37,6 +37,8 @@
 //! Each block's step is stored [`STEP_LANES`] times, once per int32 lane of the block's
 //! products, so one load gives the per-lane steps of a block (AVX2) or two (AVX-512).
 
+use super::all_finite;
+
 /// Input values per block of the int16 form (the smallest MLX group size).
 pub const QBLOCK: usize = 32;
 /// Input values per span whose codes are stored evens first (two blocks).
@@ -125,7 +127,7 @@ pub fn prepare_input(x: &[f32], out: &mut Vec<f32>) -> bool {
     out.clear();
     out.extend_from_slice(x);
     let len = prepared_len(x.len());
-    if len == 0 || !x.iter().all(|v| v.is_finite()) {
+    if len == 0 || !all_finite(x) {
         return false;
     }
     out.resize(x.len() + len, 0.0);
@@ -139,7 +141,7 @@ pub(super) fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
     let Some(l) = Layout::new(cols) else {
         return false;
     };
-    if out.len() != cols + 1 + l.end || !x.iter().all(|v| v.is_finite()) {
+    if out.len() != cols + 1 + l.end || !all_finite(x) {
         return false;
     }
     let (head, tail) = out.split_at_mut(cols + 1);
@@ -152,33 +154,79 @@ pub(super) fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
     // alignment (2) divides f32's (4), and every bit pattern is a valid i16.
     let codes: &mut [i16] =
         unsafe { std::slice::from_raw_parts_mut(codes.as_mut_ptr().cast::<i16>(), cols) };
-    let mut inv = vec![0f32; l.blocks];
-    let mut exact = vec![0f64; l.blocks];
-    for (s, xs) in x.chunks(QSPAN).enumerate() {
-        let max = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    write_sums(&exact_block_sums(x), sums);
+    for (s, (xs, qs)) in x.chunks(QSPAN).zip(codes.chunks_mut(QSPAN)).enumerate() {
+        let max = max_abs(xs);
         spans[s] = max / QMAX;
         let blocks = 2 * s..2 * s + xs.len() / QBLOCK;
         steps[STEP_LANES * blocks.start..STEP_LANES * blocks.end].fill(max / QMAX);
-        inv[blocks.clone()].fill(if max > 0.0 { QMAX / max } else { 0.0 });
-        for (e, xb) in exact[blocks].iter_mut().zip(xs.chunks_exact(QBLOCK)) {
-            *e = xb.iter().map(|&v| f64::from(v)).sum();
-        }
-    }
-    write_sums(&exact, sums);
-    for (s, (xs, qs)) in x.chunks(QSPAN).zip(codes.chunks_mut(QSPAN)).enumerate() {
+        let inv = if max > 0.0 { QMAX / max } else { 0.0 };
         let (evens, odds) = qs.split_at_mut(xs.len() / 2);
         let halves = evens
             .chunks_exact_mut(QBLOCK / 2)
             .zip(odds.chunks_exact_mut(QBLOCK / 2));
-        for (h, (xb, (ev, od))) in xs.chunks_exact(QBLOCK).zip(halves).enumerate() {
-            let inv = inv[s * 2 + h];
-            for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(xb.chunks_exact(2)) {
-                *e = code(pair[0] * inv);
-                *o = code(pair[1] * inv);
-            }
+        for (xb, (ev, od)) in xs.chunks_exact(QBLOCK).zip(halves) {
+            block_codes(xb, inv, ev, od);
         }
     }
     true
+}
+
+/// `Σ x` of each block of [`QBLOCK`] values in f64, each block summed in order from its
+/// first value (eight blocks side by side, so that their additions overlap).
+pub(super) fn exact_block_sums(x: &[f32]) -> Vec<f64> {
+    const SIDE: usize = 8;
+    let mut exact = vec![0f64; x.len() / QBLOCK];
+    for (out, xs) in exact.chunks_mut(SIDE).zip(x.chunks(SIDE * QBLOCK)) {
+        let mut acc = [-0.0f64; SIDE];
+        match <&[f32; SIDE * QBLOCK]>::try_from(xs) {
+            Ok(xs) => {
+                for j in 0..QBLOCK {
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a += f64::from(xs[k * QBLOCK + j]);
+                    }
+                }
+            }
+            Err(_) => {
+                for (a, xb) in acc.iter_mut().zip(xs.chunks_exact(QBLOCK)) {
+                    for &v in xb {
+                        *a += f64::from(v);
+                    }
+                }
+            }
+        }
+        out.copy_from_slice(&acc[..out.len()]);
+    }
+    exact
+}
+
+/// The largest `|v|` of `xs`.
+pub(super) fn max_abs(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        // SAFETY: AVX-512 F is present (checked just above).
+        return unsafe { super::avx512::max_abs(xs) };
+    }
+    xs.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// The int16 codes `round(x · inv)` of one block of [`QBLOCK`] values: its even values into
+/// `ev`, its odd ones into `od`.
+pub(super) fn block_codes(xb: &[f32], inv: f32, ev: &mut [i16], od: &mut [i16]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() && xb.len() == QBLOCK && ev.len() == QBLOCK / 2 && od.len() == ev.len() {
+        // SAFETY: AVX-512 F and BW are present and the lengths are checked just above.
+        return unsafe { super::avx512::block_codes(xb, inv, ev, od) };
+    }
+    block_codes_plain(xb, inv, ev, od);
+}
+
+/// [`block_codes`] value by value.
+pub(super) fn block_codes_plain(xb: &[f32], inv: f32, ev: &mut [i16], od: &mut [i16]) {
+    for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(xb.chunks_exact(2)) {
+        *e = code(pair[0] * inv);
+        *o = code(pair[1] * inv);
+    }
 }
 
 /// `y` (|y| ≤ 32767 up to rounding) rounded to the nearest int16, ties to even: adding and

@@ -22,6 +22,7 @@
 //! ([`super::affine::has_avx512_vnni`]); elsewhere inputs keep the int16 form.
 
 use super::affine::{RowDots, RowShape, QBLOCK, QSPAN, STEP_LANES};
+use super::all_finite;
 
 /// The largest int8 code an input value is scaled to.
 const QMAX: f32 = 127.0;
@@ -90,7 +91,7 @@ pub fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
     let Some(l) = Layout::new(cols) else {
         return false;
     };
-    if out.len() != cols + 1 + l.end || !x.iter().all(|v| v.is_finite()) {
+    if out.len() != cols + 1 + l.end || !all_finite(x) {
         return false;
     }
     let (head, tail) = out.split_at_mut(cols + 1);

@@ -681,3 +681,47 @@ fn int16_panels_match_the_integer_reference() {
         }
     }
 }
+
+/// The int16 form's parts on this CPU's kernels against their plain definitions, bit for
+/// bit: codes (halves, ties, the saturating top, a zero step), the largest magnitude, and the
+/// block sums summed value by value in f64.
+#[test]
+fn prepared_parts_equal_their_plain_definitions() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for case in 0..200 {
+        let scale = [1e-30f32, 1e-3, 1.0, 7.0, 1e6, 3e37][case % 6];
+        let mut xb: Vec<f32> = (0..affine::QBLOCK)
+            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+            .collect();
+        // Values that land on .5 steps, and the extremes of the range.
+        xb[3] = 2.5 * scale / 32767.0;
+        xb[4] = -3.5 * scale / 32767.0;
+        xb[7] = scale;
+        xb[8] = -scale;
+        let max = affine::max_abs(&xb);
+        assert_eq!(
+            max.to_bits(),
+            xb.iter().fold(0f32, |m, v| m.max(v.abs())).to_bits()
+        );
+        for inv in [32767.0 / max, 0.0, 32767.0 / max * 1.000_001] {
+            let (mut ev, mut od) = ([0i16; 16], [0i16; 16]);
+            let (mut pe, mut po) = ([0i16; 16], [0i16; 16]);
+            affine::block_codes(&xb, inv, &mut ev, &mut od);
+            affine::block_codes_plain(&xb, inv, &mut pe, &mut po);
+            assert_eq!((ev, od), (pe, po), "case {case}, inv {inv}");
+        }
+    }
+    for cols in [32, 96, 160, 2048] {
+        let x = inputs(cols, cols as u64);
+        let want: Vec<f64> = x
+            .chunks_exact(affine::QBLOCK)
+            .map(|b| b.iter().fold(-0.0f64, |s, &v| s + f64::from(v)))
+            .collect();
+        let got = affine::exact_block_sums(&x);
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{cols} columns"
+        );
+    }
+}

@@ -544,3 +544,35 @@ impl Ahead {
         }
     }
 }
+
+/// The largest `|v|` of `xs` (its values finite).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn max_abs(xs: &[f32]) -> f32 {
+    let (n, p) = (xs.len(), xs.as_ptr());
+    let mut m = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let len = (n - i).min(16);
+        let mask: __mmask16 = (((1u32 << len) - 1) & 0xffff) as __mmask16;
+        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, p.add(i))));
+        i += len;
+    }
+    _mm512_reduce_max_ps(m)
+}
+
+/// [`super::affine::block_codes_plain`] sixteen pairs at once: the block's even and odd
+/// values split by two permutes, scaled, rounded to nearest (ties to even, as `code` rounds)
+/// and saturated to int16. `xb` holds [`QBLOCK`] values, `ev` and `od` half as many.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn block_codes(xb: &[f32], inv: f32, ev: &mut [i16], od: &mut [i16]) {
+    let a = _mm512_loadu_ps(xb.as_ptr());
+    let b = _mm512_loadu_ps(xb.as_ptr().add(16));
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+    let s = _mm512_set1_ps(inv);
+    for (idx, out) in [(evens, ev.as_mut_ptr()), (odds, od.as_mut_ptr())] {
+        let v = _mm512_mul_ps(_mm512_permutex2var_ps(a, idx, b), s);
+        let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        _mm256_storeu_si256(out.cast(), _mm512_cvtsepi32_epi16(q));
+    }
+}

@@ -416,6 +416,12 @@ pub fn matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Vec<f32> {
     y
 }
 
+/// Whether every value of `x` is finite: without an early exit, so that the compiler
+/// compares many lanes at once (a prepared row checks every input value, at each product).
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    x.iter().fold(true, |ok, v| ok & v.is_finite())
+}
+
 /// `buf` when it takes at most `max_bytes` (a per-thread buffer worth keeping for the next
 /// call), else an empty vector, freeing it.
 fn keep_for_reuse<T>(buf: Vec<T>, max_bytes: usize) -> Vec<T> {
@@ -429,6 +435,8 @@ thread_local! {
     /// The prepared inputs of this thread's last [`matmul`], kept for the next one (a call
     /// that runs while another is in progress on the same thread takes an empty buffer).
     static PREPARED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The scratch row of this thread's last [`prepared_block`], kept likewise.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The largest prepared-input buffer a thread keeps between [`matmul`] calls.
@@ -552,6 +560,11 @@ fn run_prepared<W: Rows + ?Sized>(w: &W, xp: &[f32], m: usize) -> Vec<f32> {
 fn scatter(out: &[f32], rows: Range<usize>, first_input: usize, m: usize, y: &mut [f32]) {
     let total = y.len() / m.max(1);
     let n = out.len() / rows.len().max(1);
+    if n == 1 {
+        let at = first_input * total;
+        y[at + rows.start..at + rows.end].copy_from_slice(out);
+        return;
+    }
     // Input by input, so that the writes into `y` are contiguous (the task's outputs are
     // small enough to be read across).
     for i in 0..n {
@@ -606,8 +619,12 @@ fn run<W: Rows + ?Sized>(w: &W, m: usize, block: impl Fn(usize, &mut [f32]) + Sy
 /// [`Rows::dot_rows`].
 fn prepared_block<W: Rows + ?Sized>(w: &W, inputs: &[&[f32]], rows: Range<usize>) -> Vec<f32> {
     let mut out = vec![0f32; rows.len() * inputs.len()];
-    let mut buf = vec![0f32; w.cols()];
+    // A task's scratch row, kept by the thread for its next task rather than allocated and
+    // zeroed for each (a decode step runs a few dozen tasks per product).
+    let mut buf = SCRATCH.with(|c| c.take());
+    buf.resize(w.cols(), 0.0);
     w.dot_rows(rows, inputs, &mut out, &mut buf);
+    SCRATCH.with(|c| c.set(keep_for_reuse(buf, PREPARED_KEEP_BYTES)));
     out
 }
 

@@ -313,13 +313,21 @@ impl SparseMoeBlock {
             true => kernels::pool::map(count, f),
             false => (0..count).map(f).collect::<Vec<_>>(),
         };
-        let inputs: Vec<Vec<f32>> = map(groups.len(), &|g| {
-            let rows = &groups[g].1;
-            rows.iter()
-                .flat_map(|&r| &xs[r as usize * h..(r as usize + 1) * h])
-                .copied()
-                .collect()
-        });
+        // Each expert's input rows: a one-token step's experts all read its row in place.
+        let gathered: Vec<Vec<f32>> = match n {
+            1 => Vec::new(),
+            _ => map(groups.len(), &|g| {
+                let mut x = Vec::with_capacity(groups[g].1.len() * h);
+                for &r in &groups[g].1 {
+                    x.extend_from_slice(&xs[r as usize * h..(r as usize + 1) * h]);
+                }
+                x
+            }),
+        };
+        let inputs: Vec<&[f32]> = match n {
+            1 => vec![&xs[..]; groups.len()],
+            _ => gathered.iter().map(Vec::as_slice).collect(),
+        };
         // Gate and up of every routed expert in one pass, then down of every one.
         let layers: Vec<&Linear> = groups
             .iter()
@@ -380,8 +388,18 @@ impl SparseMoeBlock {
         let mut out = vec![0f32; n * h];
         let combine = |(acc, terms): (&mut [f32], &Vec<(&[f32], f32)>)| {
             for &(y, w) in terms {
-                for (a, &y) in acc.iter_mut().zip(y) {
-                    *a = round(*a + round(round(y) * w));
+                match in_bf16 {
+                    true => {
+                        for (a, &y) in acc.iter_mut().zip(y) {
+                            *a = round(*a + round(round(y) * w));
+                        }
+                    }
+                    // f32: nothing to round, and a loop the compiler vectorizes.
+                    false => {
+                        for (a, &y) in acc.iter_mut().zip(y) {
+                            *a += y * w;
+                        }
+                    }
                 }
             }
         };
