@@ -131,13 +131,6 @@ impl Panel {
                 return None;
             }
             for b in 0..blocks {
-                for j in 0..QUADS {
-                    let s = input_offset(bits, b, j);
-                    let d = ((b * QUADS + j) * PANEL + n) * 4;
-                    let quad = [src[s], src[s + 1], src[s + 2], src[s + 3]].map(|c| c as u8);
-                    let plus = u32::from_le_bytes(quad) ^ 0x8080_8080;
-                    codes[d..d + 4].copy_from_slice(&plus.to_le_bytes());
-                }
                 steps[b * PANEL + n] = x.step(b);
                 if bits == 8 {
                     let total: i32 = x.codes[b * QBLOCK..(b + 1) * QBLOCK]
@@ -149,6 +142,16 @@ impl Panel {
             }
             for (g, &s) in group_sums.iter().enumerate() {
                 sums[g * PANEL + n] = s;
+            }
+        }
+        // Each quad's sixteen lanes (one per input) side by side, as in `new_int16`.
+        for (slot, lanes) in codes.chunks_exact_mut(PANEL * 4).enumerate() {
+            let s = input_offset(bits, slot / QUADS, slot % QUADS);
+            for (lane, x) in lanes.chunks_exact_mut(4).zip(xs) {
+                let src = if bits == 8 { x.codes } else { x.even_codes };
+                let quad = [src[s], src[s + 1], src[s + 2], src[s + 3]].map(|c| c as u8);
+                let plus = u32::from_le_bytes(quad) ^ 0x8080_8080;
+                lane.copy_from_slice(&plus.to_le_bytes());
             }
         }
         Some(Panel {
@@ -178,16 +181,19 @@ impl Panel {
                 return None;
             }
             for b in 0..blocks {
-                for j in 0..PAIRS {
-                    let at = pair_offset(b, j) / 2;
-                    let d = ((b * PAIRS + j) * PANEL + n) * 4;
-                    codes[d..d + 2].copy_from_slice(&x.codes[at].to_le_bytes());
-                    codes[d + 2..d + 4].copy_from_slice(&x.codes[at + 1].to_le_bytes());
-                }
                 steps[b * PANEL + n] = x.step(b);
             }
             for (g, &s) in group_sums.iter().enumerate() {
                 sums[g * PANEL + n] = s;
+            }
+        }
+        // Each pair's sixteen lanes (one per input) side by side: the writes fill one cache
+        // line at a time while the inputs are read in step.
+        for (slot, lanes) in codes.chunks_exact_mut(PANEL * 4).enumerate() {
+            let at = pair_offset(slot / PAIRS, slot % PAIRS) / 2;
+            for (lane, x) in lanes.chunks_exact_mut(4).zip(xs) {
+                let pair = u32::from(x.codes[at] as u16) | u32::from(x.codes[at + 1] as u16) << 16;
+                lane.copy_from_slice(&pair.to_le_bytes());
             }
         }
         Some(Panel {
