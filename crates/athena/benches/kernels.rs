@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p athena --bench kernels` (`RAYON_NUM_THREADS` sets the pool size).
 //!
+//! `prepare_input` times the int16 form of one input row (1024 and 2048 values).
+//!
 //! `pool_handoff` times the hand-off of a small product to the threads after a stretch of
 //! serial work, as in a decode step: the kernel pool against rayon's.
 
@@ -32,6 +34,21 @@ fn dots(c: &mut Criterion) {
     g.throughput(Throughput::Elements(COLS as u64));
     g.bench_function("f32", |bch| bch.iter(|| kernels::dot(&a, &b)));
     g.bench_function("bf16", |bch| bch.iter(|| kernels::dot_bf16(&ab, &b)));
+    g.finish();
+}
+
+/// The int16 form of one input row, prepared before every quantized product (serial work
+/// between a decode step's products).
+fn prepare(c: &mut Criterion) {
+    let mut g = c.benchmark_group("prepare_input");
+    for cols in [1024, 2048] {
+        let x = values(cols, 9);
+        let mut out = Vec::new();
+        g.throughput(Throughput::Elements(cols as u64));
+        g.bench_function(BenchmarkId::new("int16", cols), |bch| {
+            bch.iter(|| kernels::affine::prepare_input(&x, &mut out))
+        });
+    }
     g.finish();
 }
 
@@ -162,6 +179,6 @@ fn pool_handoff(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = dots, matmuls, decode_stream, pool_handoff
+    targets = dots, prepare, matmuls, decode_stream, pool_handoff
 }
 criterion_main!(benches);
