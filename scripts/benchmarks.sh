@@ -49,10 +49,13 @@ have_llama=0
 # Each precision's athena rows run next to their anchors, so that every ratio compares runs
 # minutes apart at most (this kind of host drifts by more than the differences measured);
 # f32, whose 7 GB process disturbs what follows it, runs last.
+# athena warms up before it times (one untimed prefill and decode step), as llama-bench does;
+# f32, whose anchor (anchor_hf.py) times transformers' first call, runs cold like it.
 athena() { # dtype quantization [int8]
-  local label="athena $1 $2${3:+ $3}"
+  local label="athena $1 $2${3:+ $3}" cold=""
+  [ "$1" = f32 ] && [ "$2" = none ] && cold=--no-warmup
   emit "$label" "$r" "$("$BIN" bench --model "$MODEL" --prompt-tokens "$P" --gen-tokens "$D" \
-    --dtype "$1" --quantization "$2" ${3:+--int8-activations} --threads "$T" --json)"
+    --dtype "$1" --quantization "$2" ${3:+--int8-activations} --threads "$T" $cold --json)"
 }
 checkpoint() { # bits [int8]
   local label="athena checkpoint $1bit${2:+ $2}"

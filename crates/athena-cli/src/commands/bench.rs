@@ -35,6 +35,11 @@ pub struct Args {
     /// batched throughput; tok/s figures are then aggregates over the batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Time the first prefill and decode steps cold: without the untimed warm-up pass (the
+    /// same prompt and one decode step in a throwaway session) that otherwise runs first, as
+    /// llama-bench runs one.
+    #[arg(long)]
+    no_warmup: bool,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -89,6 +94,14 @@ pub fn run(a: Args) -> Result<()> {
                 .collect()
         })
         .collect();
+    // One-time costs (the first touch of the weights and of the step's buffers, the kernel
+    // pool's start) out of the timed steps.
+    if !a.no_warmup {
+        let mut warm = Backend::session(&model);
+        let logits = warm.step(&prompts)?;
+        let next: Vec<Vec<u32>> = logits.iter().map(|l| vec![argmax(l)]).collect();
+        warm.step(&next)?;
+    }
     let mut session = Backend::session(&model);
     let t0 = Instant::now();
     let logits = session.step(&prompts)?;
@@ -116,6 +129,7 @@ pub fn run(a: Args) -> Result<()> {
         "batch": a.batch,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
+        "warmup": !a.no_warmup,
         "load_s": round(load_s, 2),
         "prefill_tok_s": round(batch * a.prompt_tokens as f64 / prefill_s, 1),
         "decode_tok_s": round(decode_tok_s, 2),
