@@ -127,11 +127,16 @@ pub fn prepare_input(x: &[f32], out: &mut Vec<f32>) -> bool {
     out.clear();
     out.extend_from_slice(x);
     let len = prepared_len(x.len());
-    if len == 0 || !all_finite(x) {
+    if len == 0 {
         return false;
     }
     out.resize(x.len() + len, 0.0);
-    write_prepared(x, out)
+    // `write_prepared` checks every value is finite, and writes nothing when one is not.
+    let ok = write_prepared(x, out);
+    if !ok {
+        out.truncate(x.len());
+    }
+    ok
 }
 
 /// Writes `x` and its prepared tail into `out` (`x.len() + prepared_len(x.len())` long, else

@@ -232,6 +232,8 @@ fn prepared_input_round_trips_within_a_step() {
     let mut bad = x.clone();
     bad[3] = f32::NAN;
     assert!(!affine::prepare_input(&bad, &mut xp));
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&xp), bits(&bad), "only the row itself is left");
     assert!(affine::prepared(&x, 256).is_none());
 }
 
