@@ -80,39 +80,32 @@ fn info_reports_architecture_parameters_and_bytes() {
 
 #[test]
 fn bench_prints_one_json_line_with_the_figures() {
-    let o = athena(&[
-        "bench",
-        "--model",
-        fixture("base").to_str().unwrap(),
-        "--prompt-tokens",
-        "8",
-        "--gen-tokens",
-        "4",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let stdout = String::from_utf8(o.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 1);
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let base = fixture("base");
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--model",
+            base.to_str().unwrap(),
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = athena(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let stdout = String::from_utf8(o.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 1);
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
+    };
+    let v = bench(&[]);
     for key in ["prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_mb"] {
         assert!(v[key].as_f64().is_some(), "{key} missing in {v}");
     }
     // A warm-up pass runs first unless asked not to, and the report says which.
     assert_eq!(v["warmup"], true);
-    let cold = athena(&[
-        "bench",
-        "--model",
-        fixture("base").to_str().unwrap(),
-        "--prompt-tokens",
-        "8",
-        "--gen-tokens",
-        "4",
-        "--no-warmup",
-        "--json",
-    ]);
-    assert!(cold.status.success(), "{}", stderr(&cold));
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8(cold.stdout).unwrap().trim()).unwrap();
+    let v = bench(&["--no-warmup"]);
     assert_eq!(v["warmup"], false);
     assert!(v["prefill_tok_s"].as_f64().is_some_and(|t| t > 0.0));
 }

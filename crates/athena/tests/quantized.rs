@@ -5,14 +5,27 @@
 mod common;
 
 use athena::backend::candle::{load_olmoe_with, LoadOptions, Olmoe};
-use athena::checkpoint::convert::quantize_checkpoint;
+use athena::checkpoint::convert::{quantize_checkpoint, QuantizeReport};
 use athena::config::Quantization;
+use athena::error::Result;
 use athena::quant::AffineParams;
+use std::path::Path;
+
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_abs_diff, Reference};
 
 fn load(name: &str, opts: &LoadOptions) -> Olmoe {
-    load_olmoe_with(&fixture(name), &Device::Cpu, DType::F32, opts, |_, _| {}).unwrap()
+    load_dir(&fixture(name), opts)
+}
+
+fn load_dir(dir: &Path, opts: &LoadOptions) -> Olmoe {
+    load_olmoe_with(dir, &Device::Cpu, DType::F32, opts, |_, _| {}).unwrap()
+}
+
+/// `quantize_checkpoint` of fixture `name` into `out` at `bits` bits in groups of `group_size`.
+fn quantize(name: &str, out: &Path, bits: u8, group_size: usize) -> Result<QuantizeReport> {
+    let params = AffineParams::new(bits, group_size).unwrap();
+    quantize_checkpoint(&fixture(name), out, params, |_, _| {})
 }
 
 fn logits(model: &Olmoe, ids: &[u32]) -> Tensor {
@@ -106,42 +119,17 @@ fn load_time_quantization_stays_close_to_f32() {
 fn a_quantized_checkpoint_written_by_athena_loads_back_identically() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q4");
-    let report = quantize_checkpoint(
-        &fixture("base"),
-        &out,
-        AffineParams::new(4, 32).unwrap(),
-        |_, _| {},
-    )
-    .unwrap();
+    let report = quantize("base", &out, 4, 32).unwrap();
     assert!(report.bytes < report.input_bytes / 3, "{report:?}");
-    let written = load_olmoe_with(
-        &out,
-        &Device::Cpu,
-        DType::F32,
-        &LoadOptions::default(),
-        |_, _| {},
-    )
-    .unwrap();
+    let written = load_dir(&out, &LoadOptions::default());
     let r = Reference::load("base");
     let a = logits(&written, &r.ids("ids_a"));
     let d = max_abs_diff(&a, r.get("logits_a"));
     assert!(d < 1.0, "4-bit g32 drifted by {d}");
     // Refuses to overwrite, and refuses an already quantized input.
-    let err = quantize_checkpoint(
-        &fixture("base"),
-        &out,
-        AffineParams::new(4, 32).unwrap(),
-        |_, _| {},
-    )
-    .unwrap_err();
+    let err = quantize("base", &out, 4, 32).unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
-    let err = quantize_checkpoint(
-        &fixture("mlx_q4"),
-        &dir.path().join("x"),
-        AffineParams::new(4, 32).unwrap(),
-        |_, _| {},
-    )
-    .unwrap_err();
+    let err = quantize("mlx_q4", &dir.path().join("x"), 4, 32).unwrap_err();
     assert!(err.to_string().contains("already quantized"), "{err}");
     assert!(!dir.path().join("x").exists());
 }
@@ -152,13 +140,7 @@ fn a_quantized_checkpoint_written_by_athena_loads_back_identically() {
 fn a_bf16_checkpoint_quantizes_with_bf16_scales() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q4");
-    quantize_checkpoint(
-        &fixture("tied_bf16"),
-        &out,
-        AffineParams::new(4, 64).unwrap(),
-        |_, _| {},
-    )
-    .unwrap();
+    quantize("tied_bf16", &out, 4, 64).unwrap();
     let written =
         candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
     let scales: Vec<_> = written.keys().filter(|k| k.ends_with(".scales")).collect();
@@ -168,14 +150,7 @@ fn a_bf16_checkpoint_quantizes_with_bf16_scales() {
         let b = k.replace(".scales", ".biases");
         assert_eq!(written[&b].dtype(), DType::BF16, "{b}");
     }
-    let stored = load_olmoe_with(
-        &out,
-        &Device::Cpu,
-        DType::F32,
-        &LoadOptions::default(),
-        |_, _| {},
-    )
-    .unwrap();
+    let stored = load_dir(&out, &LoadOptions::default());
     let at_load = load(
         "tied_bf16",
         &LoadOptions {
