@@ -17,10 +17,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{
-    check_factor, check_indices, check_rank, describe, load_f32, open_weights, parse_config,
-    AttnProj, ExpertProjKind, LoraDelta, LoraTarget, PyNumber,
-};
+use super::config_text::{check_factor, check_rank, parse_config, PyNumber, CONFIG_FILE};
+use super::delta::{load_f32, open_weights, LoraDelta};
+use super::target::{check_indices, describe, parse_index, AttnProj, ExpertProjKind, LoraTarget};
 use crate::checkpoint::{OlmoeArgs, WeightFiles};
 use crate::error::{Error, Result};
 
@@ -204,7 +203,7 @@ pub(super) fn load(
                     &weights_path,
                     format!(
                         "{} adapts `{module}`, but this file has no lora_a/lora_b for it",
-                        super::CONFIG_FILE
+                        CONFIG_FILE
                     ),
                 ))
             }
@@ -243,7 +242,7 @@ fn parse_name(name: &str, args: &OlmoeArgs) -> Result<(usize, Key, bool)> {
     };
     let parsed = module.strip_prefix("model.layers.").and_then(|rest| {
         let (layer, path) = rest.split_once('.')?;
-        Some((super::parse_index(layer)?, Key::parse(path)?))
+        Some((parse_index(layer)?, Key::parse(path)?))
     });
     let Some((layer, key)) = parsed else {
         return Err(Error::tensor(

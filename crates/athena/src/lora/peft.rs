@@ -35,9 +35,10 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
+use super::config_text::CONFIG_FILE;
+use super::delta::{load_f32, open_weights, LoraDelta};
 use super::peft_config::{fused_param, PeftConfig};
-use super::{check_indices, describe, load_f32, open_weights, ExpertProjKind};
-use super::{LoraDelta, LoraTarget};
+use super::target::{check_indices, describe, parse_index, ExpertProjKind, LoraTarget};
 use crate::checkpoint::{OlmoeArgs, WeightFiles};
 use crate::error::{Error, Result};
 
@@ -118,7 +119,7 @@ pub(super) fn load(
                 &weights_path,
                 format!(
                     "{} targets `{}` ({}), but this file has no lora_A/lora_B for it",
-                    super::CONFIG_FILE,
+                    CONFIG_FILE,
                     t.hf_name(),
                     cfg.summary()
                 ),
@@ -252,7 +253,7 @@ fn parse_module(module: &str) -> Option<Site> {
     }
     let rest = module.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
-    let layer = super::parse_index(layer)?;
+    let layer = parse_index(layer)?;
     let mut segs = rest.split('.');
     if segs.next()? != "mlp" || segs.next()? != "experts" {
         return None;

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::config_text::{check_factor, check_rank, parse_config, Ordered, PyNumber};
 use super::regex::Regex;
-use super::{check_factor, check_rank, parse_config, Ordered, PyNumber};
-use super::{ExpertProjKind, LoraTarget};
+use super::target::{AttnProj, ExpertProjKind, LoraTarget};
 use crate::checkpoint::OlmoeArgs;
 use crate::error::{Error, Result};
 
@@ -447,7 +447,7 @@ impl PeftConfig {
         let mut out = Vec::new();
         for layer in 0..args.num_hidden_layers {
             let mut all = Vec::with_capacity(5 + 3 * args.num_experts);
-            all.extend(super::AttnProj::ALL.map(|proj| LoraTarget::Attn { layer, proj }));
+            all.extend(AttnProj::ALL.map(|proj| LoraTarget::Attn { layer, proj }));
             all.push(LoraTarget::Router { layer });
             for expert in 0..args.num_experts {
                 all.extend(ExpertProjKind::ALL.map(|proj| LoraTarget::Expert {
