@@ -10,7 +10,8 @@ A name a module re-exports
 are not dependencies, and neither are test modules (`#[cfg(test)]`
 blocks and files reached only through them): tests may reach anywhere.
 
-Usage: check_module_cycles.py [CRATE_SRC_DIR ...]   (default: crates/athena/src)
+Usage: check_module_cycles.py [CRATE_SRC_DIR ...]   (default: crates/athena/src; the root
+module is lib.rs, else main.rs)
 Prints every cycle (a strongly connected component of more than one module) with one edge
 of each pair that closes it, and exits 1 if there is any.
 """
@@ -148,8 +149,10 @@ def module_files(src_dir):
                     visit(path + (name,), cand, owner)
                     break
 
-    lib = os.path.join(src_dir, "lib.rs")
-    visit((), lib, True)
+    root = os.path.join(src_dir, "lib.rs")
+    if not os.path.exists(root):
+        root = os.path.join(src_dir, "main.rs")
+    visit((), root, True)
     return modules
 
 
