@@ -1,4 +1,4 @@
-//! Inputs the loader must refuse (REFERENCE §6): malformed safetensors files, sharded indexes
+//! Inputs the loader must refuse: malformed safetensors files, sharded indexes
 //! that disagree with their shards or leave the model directory, checkpoints that do not match
 //! config.json, and invalid configs. Each case corrupts one thing in a copy of a fixture and
 //! expects an error, not a panic, that names the file (and the tensor) at fault and says what

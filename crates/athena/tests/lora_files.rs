@@ -2,7 +2,7 @@
 //! scripts/make_lora_fixtures.py): each loads into the expected per-module deltas with the
 //! expected scales, each delta reproduces the library's own merge (merged − base weight), and
 //! adapters that are broken in one way each are refused with an error that names the field,
-//! file or tensor at fault (REFERENCE §3, §6).
+//! file or tensor at fault.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;

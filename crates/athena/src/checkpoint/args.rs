@@ -1,5 +1,5 @@
 //! `config.json`: every field of `OlmoeForCausalLM` that changes the computation, parsed once
-//! and validated (REFERENCE §1, §6). Defaults are those of transformers' `OlmoeConfig`.
+//! and validated. Defaults are those of transformers' `OlmoeConfig`.
 
 use std::path::Path;
 

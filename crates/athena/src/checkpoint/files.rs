@@ -1,6 +1,6 @@
 //! The safetensors files of a checkpoint: one `model.safetensors`, or shards listed by
 //! `model.safetensors.index.json`. Files are memory-mapped and validated by the `safetensors`
-//! crate when opened; errors name the file and, where there is one, the tensor (REFERENCE §6).
+//! crate when opened; errors name the file and, where there is one, the tensor.
 
 use std::collections::BTreeMap;
 use std::fs::File;

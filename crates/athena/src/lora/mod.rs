@@ -2,7 +2,8 @@
 //! (`adapter_config.json` + `adapters.safetensors`), read, checked against the model and
 //! normalised into one form: per module of OLMoE, in Hugging Face names, a low-rank update
 //! `ΔW = scale · B·A` with A [r, in] and B [out, r] in f32, to be added to the module's
-//! [out, in] weight (REFERENCE §3, §6).
+//! [out, in] weight, as PEFT computes it
+//! (<https://github.com/huggingface/peft/blob/v0.21.2/src/peft/tuners/lora/layer.py>).
 //!
 //! Every expert layout becomes per-expert deltas ([`LoraTarget::Expert`]), in the per-expert
 //! HF orientation (gate/up [I, H], down [H, I]):
@@ -51,8 +52,8 @@ use candle_core::Device;
 use crate::checkpoint::OlmoeArgs;
 use crate::error::{Error, Result};
 
-pub use config_text::CONFIG_FILE;
 use config_text::python_json;
+pub use config_text::CONFIG_FILE;
 pub use delta::LoraDelta;
 pub use target::{AttnProj, ExpertProjKind, LoraTarget};
 

@@ -1,5 +1,5 @@
-//! OLMoE's forward pass on MLX arrays, in the reference's names (REFERENCE §1;
-//! `transformers/models/olmoe/modeling_olmoe.py`). The kernels are those mlx-lm uses
+//! OLMoE's forward pass on MLX arrays, in the reference's names
+//! (<https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/olmoe/modeling_olmoe.py>). The kernels are those mlx-lm uses
 //! (`mlx_lm/models/olmoe.py`, `switch_layers.py`): `quantized_matmul`, `gather_mm` /
 //! `gather_qmm` over experts stacked [E, out, in], `fast::rms_norm`, `fast::rope`,
 //! `fast::scaled_dot_product_attention`. Where mlx-lm departs from transformers, this file
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 pub(super) enum Linear {
     /// `weight` [out, in].
     Dense { weight: Array, bias: Option<Array> },
-    /// mlx-lm's packed `weight`, `scales` and `biases` (REFERENCE §2).
+    /// mlx-lm's packed `weight`, `scales` and `biases` (`mx.quantize`'s affine format).
     Quantized {
         weight: Array,
         scales: Array,
