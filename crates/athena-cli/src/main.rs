@@ -42,8 +42,8 @@ enum Command {
 }
 
 /// glibc hands freed blocks above its thresholds back to the system, so a layer's large
-/// buffers at prefill were mapped, faulted in and zeroed afresh for every layer (13% of a bf16
-/// prefill's samples, in the kernel's `clear_page`). Raised thresholds keep freed memory for
+/// buffers at prefill were mapped, faulted in and zeroed afresh for every layer (the kernel's
+/// `clear_page` shows in a bf16 prefill's profile). Raised thresholds keep freed memory for
 /// the next layer; the peak stays where it was, since only what is in use at once is ever
 /// touched.
 fn keep_freed_memory() {
