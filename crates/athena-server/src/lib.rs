@@ -13,50 +13,25 @@
 #![warn(missing_docs)]
 
 pub mod api;
+mod config;
 pub mod engine;
 pub mod error;
 mod routes;
+mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use athena::models::olmoe::OlmoeModel;
 use tokio::net::TcpListener;
 
+pub use config::ServerConfig;
 pub use engine::Engine;
 pub use error::ApiError;
-
-/// How the server runs.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// The name `/v1/models` lists and responses carry.
-    pub model_id: String,
-    /// Sequences decoded together at most (the batch of a step).
-    pub max_concurrency: usize,
-    /// Requests that may wait beyond those; past them the answer is 429.
-    pub queue: usize,
-    /// Largest request body, in bytes (413 past it).
-    pub max_body_bytes: usize,
-    /// After SIGTERM (or the shutdown future), how long open requests may still run before
-    /// they are cancelled.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServerConfig {
-    /// 16 running, 64 waiting, 1 MiB bodies, 10 s grace.
-    fn default() -> Self {
-        ServerConfig {
-            model_id: "athena".into(),
-            max_concurrency: 16,
-            queue: 64,
-            max_body_bytes: 1 << 20,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
+use state::{Admission, AppState};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -72,60 +47,6 @@ pub enum ServerError {
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// Bounds the requests in the server (running and waiting).
-#[derive(Debug)]
-pub(crate) struct Admission {
-    capacity: usize,
-    held: AtomicUsize,
-}
-
-/// A place in the server, given back on drop.
-#[derive(Debug)]
-pub(crate) struct Ticket {
-    admission: Arc<Admission>,
-    n: usize,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.admission.held.fetch_sub(self.n, Ordering::SeqCst);
-    }
-}
-
-impl Admission {
-    /// Takes `n` places, or none when fewer are free.
-    pub(crate) fn try_acquire(self: &Arc<Self>, n: usize) -> Option<Ticket> {
-        let mut held = self.held.load(Ordering::SeqCst);
-        loop {
-            if held + n > self.capacity {
-                return None;
-            }
-            match self
-                .held
-                .compare_exchange(held, held + n, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => {
-                    return Some(Ticket {
-                        admission: self.clone(),
-                        n,
-                    })
-                }
-                Err(now) => held = now,
-            }
-        }
-    }
-}
-
-/// What every handler sees.
-pub(crate) struct AppState {
-    pub model: Arc<OlmoeModel>,
-    pub engine: Engine,
-    pub admission: Arc<Admission>,
-    pub config: ServerConfig,
-    pub draining: AtomicBool,
-    pub started: std::time::Instant,
 }
 
 /// Serves `model` on `listener` until `shutdown` completes; then stops accepting, lets open
@@ -148,10 +69,7 @@ pub async fn serve_on(
     let state = Arc::new(AppState {
         model,
         engine: engine.clone(),
-        admission: Arc::new(Admission {
-            capacity: config.max_concurrency + config.queue,
-            held: AtomicUsize::new(0),
-        }),
+        admission: Arc::new(Admission::new(config.max_concurrency + config.queue)),
         config: config.clone(),
         draining: AtomicBool::new(false),
         started: std::time::Instant::now(),

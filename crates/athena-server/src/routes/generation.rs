@@ -1,159 +1,23 @@
-//! The HTTP handlers: parse the body once into validated types, hand generation to the
-//! scheduler, answer in OpenAI's shapes.
+//! Chat and text completions: render, submit to the scheduler, answer whole or streamed.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use athena::generate::{ChatMessage, ChatTemplate, FinishReason, GenerateParams};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::api::{
-    self, ChatRequest, CompletionRequest, Content, EmbeddingInput, EmbeddingRequest,
-    GenerationRequest, MemoryActionRequest, Prompt, Usage,
-};
+use super::common::{admit, context, now, parse, request_id};
+use crate::api::{self, ChatRequest, CompletionRequest, Content, GenerationRequest, Prompt, Usage};
 use crate::engine::{Event, Job};
 use crate::error::ApiError;
-use crate::{AppState, Ticket};
-
-type Shared = Arc<AppState>;
-
-pub(crate) fn router(state: Shared) -> Router {
-    let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/memory/actions", post(memory_actions))
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError {
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                ..ApiError::not_found("method not allowed on this route")
-            }
-        })
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
-}
-
-/// The body as `T`: 413 past the size limit, 400 for bytes that are not JSON (or not UTF-8),
-/// 422 for JSON of the wrong shape.
-fn parse<T: DeserializeOwned>(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(state.config.max_body_bytes)
-        } else {
-            ApiError::malformed(format!("reading the request body: {e}"))
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::unprocessable(format!("invalid request: {e}"))
-        }
-        _ => ApiError::malformed(format!("the body is not valid JSON: {e}")),
-    })
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn request_id(prefix: &str) -> String {
-    use std::sync::atomic::AtomicU64;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{nanos:08x}{n:06x}")
-}
-
-fn admit(state: &AppState, n: usize) -> Result<Ticket, ApiError> {
-    if state.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
-    state
-        .admission
-        .try_acquire(n)
-        .ok_or_else(|| ApiError::overloaded(state.admission.capacity))
-}
-
-async fn health(State(s): State<Shared>) -> Response {
-    let stats = s.engine.stats().snapshot();
-    let status = if s.draining.load(Ordering::SeqCst) {
-        "draining"
-    } else {
-        "ok"
-    };
-    let code = if status == "ok" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({
-        "status": status,
-        "backend": s.model.backend().map(|b| b.to_string()),
-        "model": s.config.model_id,
-        "running": stats.running,
-        "waiting": stats.waiting,
-        "requests_in_server": s.admission.held.load(Ordering::SeqCst),
-        "max_concurrency": s.config.max_concurrency,
-        "queue": s.config.queue,
-        "uptime_s": s.started.elapsed().as_secs(),
-    });
-    (code, Json(body)).into_response()
-}
-
-async fn metrics(State(s): State<Shared>) -> Response {
-    let st = s.engine.stats().snapshot();
-    let text = format!(
-        "# TYPE athena_running_sequences gauge\nathena_running_sequences {}\n\
-         # TYPE athena_waiting_sequences gauge\nathena_waiting_sequences {}\n\
-         # TYPE athena_decode_steps_total counter\nathena_decode_steps_total {}\n\
-         # TYPE athena_generated_tokens_total counter\nathena_generated_tokens_total {}\n\
-         # TYPE athena_sequences_finished_total counter\nathena_sequences_finished_total {}\n\
-         # TYPE athena_sequences_cancelled_total counter\nathena_sequences_cancelled_total {}\n\
-         # TYPE athena_sequences_failed_total counter\nathena_sequences_failed_total {}\n",
-        st.running, st.waiting, st.steps, st.tokens, st.finished, st.cancelled, st.failed
-    );
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
-}
-
-async fn models(State(s): State<Shared>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.config.model_id,
-            "object": "model",
-            "created": 0,
-            "owned_by": "athena",
-            "backend": s.model.backend().map(|b| b.to_string()),
-            "max_model_len": s.model.model().map(|m| m.args().max_position_embeddings),
-        }],
-    }))
-}
+use crate::state::{AppState, Shared, Ticket};
 
 /// The chat's messages as the template sees them.
 fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
@@ -210,7 +74,7 @@ fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 /// The prompt ids of a chat, through the checkpoint's template or athena's default one.
-fn chat_prompt(state: &AppState, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
+pub(super) fn chat_prompt(state: &AppState, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
     let tok = state
         .model
         .tokenizer()
@@ -228,14 +92,6 @@ fn chat_prompt(state: &AppState, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiEr
         .render(msgs, true)
         .map_err(|e| ApiError::bad_request("messages", e.to_string()))?;
     Ok(tok.encode(&text, false)?)
-}
-
-fn context(state: &AppState) -> Result<(usize, usize), ApiError> {
-    let m = state
-        .model
-        .model()
-        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
-    Ok((m.args().max_position_embeddings, m.args().vocab_size))
 }
 
 /// Submits every choice of every prompt on one channel.
@@ -457,7 +313,7 @@ fn sse(
     Sse::new(all).keep_alive(KeepAlive::default())
 }
 
-async fn chat(
+pub(super) async fn chat(
     State(s): State<Shared>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -496,7 +352,7 @@ async fn chat(
     .into_response())
 }
 
-async fn completions(
+pub(super) async fn completions(
     State(s): State<Shared>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -587,152 +443,4 @@ async fn completions(
         "usage": usage,
     }))
     .into_response())
-}
-
-async fn embeddings(
-    State(s): State<Shared>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let req: EmbeddingRequest = parse(&s, body)?;
-    let texts = match req.input {
-        EmbeddingInput::Text(t) => vec![t],
-        EmbeddingInput::Texts(ts) => ts,
-    };
-    if texts.is_empty() || texts.len() > api::MAX_EMBED_INPUTS {
-        return Err(ApiError::bad_request(
-            "input",
-            format!(
-                "`input` must hold 1 to {} texts, got {}",
-                api::MAX_EMBED_INPUTS,
-                texts.len()
-            ),
-        ));
-    }
-    let base64 = match req.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "encoding_format",
-                format!("`{other}` is not `float` or `base64`"),
-            ))
-        }
-    };
-    let (ctx, _) = context(&s)?;
-    let tok = s
-        .model
-        .tokenizer()
-        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
-    let mut prompt_tokens = 0;
-    for (i, t) in texts.iter().enumerate() {
-        let n = tok.encode(t, true)?.len();
-        if n == 0 || n > ctx {
-            return Err(ApiError::bad_request(
-                "input",
-                format!("input {i} has {n} tokens; it needs 1 to {ctx}"),
-            ));
-        }
-        prompt_tokens += n;
-    }
-    let ticket = admit(&s, 1)?;
-    let model = s.model.clone();
-    let vectors = tokio::task::spawn_blocking(move || {
-        let _ticket = ticket;
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        model.encode(&refs)
-    })
-    .await
-    .map_err(|_| ApiError::internal("the embedding task failed"))??;
-    let data: Vec<_> = vectors
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let embedding = if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(api::base64(&bytes))
-            } else {
-                json!(v)
-            };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
-        })
-        .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": s.config.model_id,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }))
-    .into_response())
-}
-
-async fn memory_actions(
-    State(s): State<Shared>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let req: MemoryActionRequest = parse(&s, body)?;
-    if s.model.action_head().is_none() {
-        return Err(ApiError {
-            code: Some("backend_unsupported"),
-            ..ApiError::bad_request(
-                "fact",
-                format!(
-                    "the memory action head runs on the candle backend only; this server runs on {}",
-                    s.model.backend().map(|b| b.to_string()).unwrap_or_default()
-                ),
-            )
-        });
-    }
-    if req.fact.trim().is_empty() {
-        return Err(ApiError::bad_request("fact", "`fact` must not be empty"));
-    }
-    if req.memories.len() > api::MAX_MEMORIES {
-        return Err(ApiError::bad_request(
-            "memories",
-            format!(
-                "at most {} memories, got {}",
-                api::MAX_MEMORIES,
-                req.memories.len()
-            ),
-        ));
-    }
-    let (ctx, _) = context(&s)?;
-    let tok = s
-        .model
-        .tokenizer()
-        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
-    let mut ids = std::collections::HashSet::new();
-    for (i, m) in req.memories.iter().enumerate() {
-        if !ids.insert(m.id.as_str()) {
-            return Err(ApiError::bad_request(
-                "memories",
-                format!("duplicate memory id `{}`", m.id),
-            ));
-        }
-        let n = tok.encode(&m.text, true)?.len();
-        if n == 0 || n > ctx {
-            return Err(ApiError::bad_request(
-                "memories",
-                format!("memory {i} has {n} tokens; it needs 1 to {ctx}"),
-            ));
-        }
-    }
-    let n = tok.encode(&req.fact, true)?.len();
-    if n == 0 || n > ctx {
-        return Err(ApiError::bad_request(
-            "fact",
-            format!("the fact has {n} tokens; it needs 1 to {ctx}"),
-        ));
-    }
-    let ticket = admit(&s, 1)?;
-    let model = s.model.clone();
-    let action = tokio::task::spawn_blocking(move || {
-        let _ticket = ticket;
-        model.act(&req.fact, &req.memories)
-    })
-    .await
-    .map_err(|_| ApiError::internal("the memory action task failed"))??;
-    Ok(
-        Json(json!({"object": "memory.action", "model": s.config.model_id, "action": action}))
-            .into_response(),
-    )
 }

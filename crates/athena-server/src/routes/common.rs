@@ -1,0 +1,69 @@
+//! What every handler does first: parse the body, admit the request, name it.
+
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::{AppState, Ticket};
+
+/// The body as `T`: 413 past the size limit, 400 for bytes that are not JSON (or not UTF-8),
+/// 422 for JSON of the wrong shape.
+pub(super) fn parse<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.config.max_body_bytes)
+        } else {
+            ApiError::malformed(format!("reading the request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable(format!("invalid request: {e}"))
+        }
+        _ => ApiError::malformed(format!("the body is not valid JSON: {e}")),
+    })
+}
+
+pub(super) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(super) fn request_id(prefix: &str) -> String {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{nanos:08x}{n:06x}")
+}
+
+pub(super) fn admit(state: &AppState, n: usize) -> Result<Ticket, ApiError> {
+    if state.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    state
+        .admission
+        .try_acquire(n)
+        .ok_or_else(|| ApiError::overloaded(state.admission.capacity()))
+}
+
+pub(super) fn context(state: &AppState) -> Result<(usize, usize), ApiError> {
+    let m = state
+        .model
+        .model()
+        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
+    Ok((m.args().max_position_embeddings, m.args().vocab_size))
+}
