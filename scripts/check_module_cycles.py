@@ -10,9 +10,9 @@ A name a module re-exports
 are not dependencies, and neither are test modules (`#[cfg(test)]`
 blocks and files reached only through them): tests may reach anywhere.
 
-Usage: check_module_cycles.py [CRATE_SRC_DIR ...]   (default: crates/athena/src; the root
+Usage: check_module_cycles.py [--summary] [CRATE_SRC_DIR ...]   (default: crates/athena/src; the root
 module is lib.rs, else main.rs)
-Prints every cycle (a strongly connected component of more than one module) with one edge
+`--summary` also prints which top-level modules each one uses. Prints every cycle (a strongly connected component of more than one module) with one edge
 of each pair that closes it, and exits 1 if there is any.
 """
 
@@ -254,14 +254,29 @@ def name(mod):
     return "crate::" + "::".join(mod) if mod else "crate"
 
 
+def print_summary(edges):
+    """The dependencies between top-level modules (`--summary`)."""
+    top = {}
+    for a, targets in edges.items():
+        for b in targets:
+            if a[:1] != b[:1] and a and b:
+                top.setdefault(a[0], set()).add(b[0])
+    for a in sorted(top):
+        print(f"  {a} -> {', '.join(sorted(top[a]))}")
+
+
 def main():
-    dirs = sys.argv[1:] or ["crates/athena/src"]
+    args = sys.argv[1:]
+    summary = "--summary" in args
+    dirs = [a for a in args if a != "--summary"] or ["crates/athena/src"]
     failed = False
     for src_dir in dirs:
         modules = module_files(src_dir)
         edges = dependencies(modules)
         cycles = strongly_connected(edges)
         n_edges = sum(len(e) for e in edges.values())
+        if summary:
+            print_summary(edges)
         if not cycles:
             print(f"{src_dir}: {len(modules)} modules, {n_edges} dependencies, no cycle")
             continue
