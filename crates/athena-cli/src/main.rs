@@ -63,7 +63,18 @@ fn keep_freed_memory() {
     }
 }
 
+/// Output piped into a program that stops reading (`athena info | head`) ends the process
+/// quietly, as it ends other command-line tools, instead of a panic on the failed write.
+fn die_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    die_quietly_on_closed_pipe();
     // candle's CPU kernels look up their thread count on every call, through num_cpus, unless
     // RAYON_NUM_THREADS is set; set once here, before any thread starts, it costs nothing
     // per call (profiles of small matmuls spent a third of their time in that lookup).

@@ -58,6 +58,25 @@ fn logits_writes_the_reference_logits_as_npy() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    // `athena info | true`: the reader is gone before the first line is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_athena"))
+        .args(["info", "--model", fixture("base").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert!(!e.contains("panicked"), "{e}");
+    // Ended by SIGPIPE, as `cat` or `grep` would be.
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?} {e}", o.status);
+}
+
+#[test]
 fn info_reports_architecture_parameters_and_bytes() {
     let o = athena(&[
         "info",
@@ -270,6 +289,16 @@ fn load_reports_the_backend_and_every_attempt_as_json() {
     assert!(
         e.contains("error: No inference backend available (MLX and candle both unavailable)"),
         "{e}"
+    );
+    // A JSON consumer gets a line to parse on failure too.
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["loaded"], false);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("No inference backend available"),
+        "{v}"
     );
 }
 

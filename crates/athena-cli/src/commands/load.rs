@@ -15,10 +15,22 @@ pub struct Args {
     json: bool,
 }
 
-/// Runs `athena load`.
+/// Runs `athena load`. With `--json`, a failure is a JSON object too
+/// (`{"loaded": false, "error": ...}`, exit status 1), so that a consumer always has a line
+/// to parse.
 pub fn run(a: Args) -> Result<()> {
     let mut model = OlmoeModel::new(a.load.config()?);
-    let report = model.load()?;
+    let report = match model.load() {
+        Ok(report) => report,
+        Err(e) if a.json => {
+            println!(
+                "{}",
+                serde_json::json!({"loaded": false, "error": e.to_string()})
+            );
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if a.json {
         println!("{}", serde_json::to_string(report)?);
         return Ok(());
