@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use athena::backend::candle::{load_olmoe_with, CandleProvider, LoadOptions, Olmoe};
 use athena::backend::mlx::MlxProvider;
-use athena::backend::{Backend, BackendKind, BackendProvider, DecodeSession, Pooling};
+use athena::backend::{Backend, BackendKind, BackendProvider, DecodeSession, LoadSpec, Pooling};
 use athena::checkpoint::{hub, OlmoeArgs};
-use athena::config::{ComputeDtype, DeviceKind, OlmoeConfig, Quantization};
+use athena::config::{ComputeDtype, DeviceKind, Quantization};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -185,14 +185,16 @@ impl ModelArgs {
             }
             BackendArg::Mlx => {
                 let dir = self.dir()?;
-                let mut config = OlmoeConfig::for_model(self.model.clone());
-                config.device = self.device.into();
-                config.dtype = self.dtype.into();
-                config.quantization = self.quantization.into();
-                config.lora_path = self.lora.clone();
-                config.merge_lora = self.merge_lora;
+                let spec = LoadSpec {
+                    device: self.device.into(),
+                    dtype: self.dtype.into(),
+                    quantization: self.quantization.into(),
+                    lora_path: self.lora.clone(),
+                    merge_lora: self.merge_lora,
+                    ..LoadSpec::for_model(dir.to_string_lossy())
+                };
                 let model = MlxProvider
-                    .load(&config, &dir.to_string_lossy())
+                    .load(&spec)
                     .with_context(|| format!("loading {} on MLX", dir.display()))?;
                 Ok((dir, AnyModel::Other(model)))
             }

@@ -133,9 +133,11 @@ impl ApiError {
 }
 
 impl From<athena::Error> for ApiError {
-    /// Invalid input is the client's fault; anything else is the server's.
+    /// Invalid input is the client's fault; anything else, a broken internal invariant
+    /// ([`athena::Error::Internal`]) above all, is the server's.
     fn from(e: athena::Error) -> Self {
         match &e {
+            athena::Error::Internal { .. } => ApiError::internal(e.to_string()),
             athena::Error::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
             athena::Error::NeedsCandle { .. } => ApiError {
                 code: Some("backend_unsupported"),
@@ -163,5 +165,24 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_mistakes_are_4xx_and_athenas_bugs_500() {
+        let invalid = ApiError::from(athena::Error::invalid("top_p", "2 is not in (0, 1]"));
+        assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+        let bug = ApiError::from(athena::Error::internal(
+            "logits",
+            "the backend returned no rows",
+        ));
+        assert_eq!(bug.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(bug.message.contains("bug"), "{}", bug.message);
+        assert!(!athena::Error::internal("x", "y").is_user_error());
+        assert!(athena::Error::invalid("x", "y").is_user_error());
     }
 }

@@ -5,62 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Pooling;
 use crate::error::{Error, Result};
 use crate::models::action_head::ActionHeadConfig;
-
-/// Weight quantization applied at load time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum Quantization {
-    /// Weights as stored (or converted to `dtype`).
-    #[default]
-    #[serde(rename = "none")]
-    None,
-    /// Group-wise 8-bit.
-    #[serde(rename = "8bit")]
-    Int8,
-    /// Group-wise 4-bit.
-    #[serde(rename = "4bit")]
-    Int4,
-}
-
-/// Where to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceKind {
-    /// CUDA if compiled in and present, else Metal if compiled in and present, else CPU.
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// The first CUDA GPU.
-    Cuda,
-    /// The Metal GPU.
-    Metal,
-}
-
-/// Compute dtype.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ComputeDtype {
-    /// 32-bit float: exact parity with transformers.
-    #[default]
-    F32,
-    /// bfloat16.
-    Bf16,
-    /// IEEE half.
-    F16,
-}
-
-impl From<ComputeDtype> for candle_core::DType {
-    fn from(d: ComputeDtype) -> Self {
-        match d {
-            ComputeDtype::F32 => candle_core::DType::F32,
-            ComputeDtype::Bf16 => candle_core::DType::BF16,
-            ComputeDtype::F16 => candle_core::DType::F16,
-        }
-    }
-}
+pub use crate::options::{ComputeDtype, DeviceKind, Pooling, Quantization};
 
 /// The default model: OLMoE's instruction-tuned release.
 pub const DEFAULT_MODEL: &str = "allenai/OLMoE-1B-7B-0924-Instruct";

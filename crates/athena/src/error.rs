@@ -56,6 +56,14 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A broken internal invariant: a bug in athena, never the caller's mistake.
+    #[error("internal error in {what}: {msg} (this is a bug in athena)")]
+    Internal {
+        /// The component whose invariant broke.
+        what: &'static str,
+        /// What was found.
+        msg: String,
+    },
     /// A request (ids, sampling parameters, batch) is invalid.
     #[error("invalid {field}: {msg}")]
     Invalid {
@@ -79,7 +87,7 @@ pub enum Error {
         /// What was asked for.
         what: &'static str,
         /// The backend the model runs on.
-        backend: crate::backend::BackendKind,
+        backend: crate::options::BackendKind,
     },
     /// An error from candle's tensor operations.
     #[error("tensor operation failed: {0}")]
@@ -114,6 +122,18 @@ impl Error {
             path: path.into(),
             msg: msg.into(),
         }
+    }
+    /// Shorthand for [`Error::Internal`].
+    pub fn internal(what: &'static str, msg: impl Into<String>) -> Self {
+        Error::Internal {
+            what,
+            msg: msg.into(),
+        }
+    }
+    /// Whether the error is the caller's doing (bad input, a missing or malformed file, an
+    /// unavailable device) rather than a bug in athena or a failed tensor operation.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Error::Internal { .. } | Error::Candle(_))
     }
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(field: &'static str, msg: impl Into<String>) -> Self {

@@ -39,6 +39,7 @@ pub mod io;
 pub mod kernels;
 pub mod lora;
 pub mod models;
+pub mod options;
 pub mod quant;
 pub mod train;
 

@@ -6,7 +6,7 @@ mod common;
 
 use athena::backend::candle::{load_olmoe, Olmoe};
 use athena::backend::{
-    Availability, Backend, BackendKind, BackendProvider, DecodeSession, Pooling,
+    Availability, Backend, BackendKind, BackendProvider, DecodeSession, LoadSpec, Pooling,
 };
 use athena::checkpoint::OlmoeArgs;
 use athena::config::OlmoeConfig;
@@ -50,12 +50,12 @@ impl BackendProvider for SimulatedMlx {
     fn availability(&self) -> Availability {
         self.availability.clone()
     }
-    fn load(&self, _config: &OlmoeConfig, model: &str) -> Result<Box<dyn Backend>> {
+    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
         if let Some(why) = self.fails_with {
             return Err(Error::invalid("mlx", why));
         }
         Ok(Box::new(AsMlx(load_olmoe(
-            std::path::Path::new(model),
+            std::path::Path::new(&spec.model),
             &Device::Cpu,
             DType::F32,
             |_, _| {},

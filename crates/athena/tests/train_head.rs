@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use athena::backend::candle::{load_olmoe, Olmoe};
 use athena::backend::{
-    Availability, Backend, BackendKind, BackendProvider, DecodeSession, Pooling,
+    Availability, Backend, BackendKind, BackendProvider, DecodeSession, LoadSpec, Pooling,
 };
 use athena::checkpoint::OlmoeArgs;
 use athena::config::OlmoeConfig;
@@ -399,9 +399,9 @@ impl BackendProvider for SimulatedMlx {
     fn availability(&self) -> Availability {
         Availability::Available
     }
-    fn load(&self, _config: &OlmoeConfig, model: &str) -> Result<Box<dyn Backend>> {
+    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
         Ok(Box::new(AsMlx(load_olmoe(
-            std::path::Path::new(model),
+            std::path::Path::new(&spec.model),
             &Device::Cpu,
             DType::F32,
             |_, _| {},

@@ -1,9 +1,10 @@
 //! How backends are offered to the loader: each provider says whether it can run here and,
 //! if so, loads a model. The loader tries them in order and reports why each one was skipped.
 
-use super::{Backend, BackendKind};
-use crate::config::OlmoeConfig;
+use super::contract::Backend;
+use super::spec::LoadSpec;
 use crate::error::Result;
+use crate::options::BackendKind;
 
 /// Whether a backend can run in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,6 @@ pub trait BackendProvider: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// Whether it can run here.
     fn availability(&self) -> Availability;
-    /// Loads `model` (a local directory or hub id) according to `config`.
-    fn load(&self, config: &OlmoeConfig, model: &str) -> Result<Box<dyn Backend>>;
+    /// Loads what `spec` asks for.
+    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>>;
 }

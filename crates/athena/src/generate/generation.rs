@@ -267,5 +267,5 @@ pub fn generate(
 fn first_row(rows: Vec<Vec<f32>>) -> Result<Vec<f32>> {
     rows.into_iter()
         .next()
-        .ok_or_else(|| Error::invalid("logits", "the backend returned no rows"))
+        .ok_or_else(|| Error::internal("logits", "the backend returned no rows"))
 }

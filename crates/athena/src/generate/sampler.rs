@@ -151,7 +151,7 @@ impl Sampler {
         self.candidates
             .last()
             .map(|c| c.id)
-            .ok_or_else(|| Error::invalid("logits", "no token left"))
+            .ok_or_else(|| Error::internal("logits", "no token left"))
     }
 
     /// The distribution [`Sampler::sample`] draws from: every token left after the filters with

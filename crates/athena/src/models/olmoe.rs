@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::action_head::{Action, MemoryActionHead};
 use crate::backend::candle::CandleProvider;
 use crate::backend::mlx::MlxProvider;
-use crate::backend::{Availability, Backend, BackendKind, BackendProvider};
+use crate::backend::{Availability, Backend, BackendKind, BackendProvider, LoadSpec};
 use crate::checkpoint::hub;
 use crate::config::OlmoeConfig;
 use crate::error::{Error, Result};
@@ -194,9 +194,23 @@ impl OlmoeModel {
             BackendKind::Mlx => self.mlx.as_ref(),
             BackendKind::Candle => &self.candle,
         };
-        let backend = provider.load(&self.config, model)?;
+        let backend = provider.load(&self.load_spec(model))?;
         let tokenizer = Tokenizer::from_dir(&hub::resolve(model)?)?;
         Ok((backend, tokenizer))
+    }
+
+    /// What the backends are asked to load for `model`, from the caller's configuration.
+    fn load_spec(&self, model: &str) -> LoadSpec {
+        let c = &self.config;
+        LoadSpec {
+            model: model.to_string(),
+            device: c.device,
+            dtype: c.dtype,
+            quantization: c.quantization,
+            lora_path: c.lora_path.clone(),
+            merge_lora: c.merge_lora,
+            int8_activations: c.int8_activations,
+        }
     }
 
     fn attach_head(&self, backend: &dyn Backend) -> Result<MemoryActionHead> {

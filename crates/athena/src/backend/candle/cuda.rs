@@ -110,7 +110,7 @@ impl Program {
 pub(crate) fn cuda_storage(s: &Storage) -> Result<&CudaStorage> {
     match s {
         Storage::Cuda(c) => Ok(c),
-        _ => Err(Error::invalid("device", "expected a CUDA tensor")),
+        _ => Err(Error::internal("device", "expected a CUDA tensor")),
     }
 }
 

@@ -344,7 +344,7 @@ impl Prologue<'_> {
         op.q.into_inner()
             .ok()
             .flatten()
-            .ok_or_else(|| Error::invalid("cuda", "the attention prologue wrote no q"))
+            .ok_or_else(|| Error::internal("cuda", "the attention prologue wrote no q"))
     }
 
     /// The launch, on the cache's storage `kv` with element type `T`; returns q.

@@ -418,7 +418,7 @@ impl SparseMoeBlock {
 
 fn expert_not_on_kernels(groups: &[(usize, Vec<u32>, Vec<f32>)]) -> crate::error::Error {
     let experts: Vec<usize> = groups.iter().map(|g| g.0).collect();
-    crate::error::Error::invalid(
+    crate::error::Error::internal(
         "experts",
         format!("one of experts {experts:?} is not in a layout the CPU kernels read"),
     )

@@ -2,7 +2,10 @@
 
 use candle_core::Device;
 
+use super::load::{load_olmoe_with, LoadOptions};
+use crate::backend::{Availability, Backend, BackendProvider, LoadSpec};
 use crate::error::Result;
+use crate::options::{BackendKind, DeviceKind};
 
 /// The candle backend's provider: always compiled in; CUDA and Metal devices when built with
 /// their features.
@@ -11,8 +14,7 @@ pub struct CandleProvider;
 
 impl CandleProvider {
     /// The candle device for `kind`: `auto` takes CUDA, then Metal, when built in and present.
-    pub fn device(kind: crate::config::DeviceKind) -> Result<Device> {
-        use crate::config::DeviceKind;
+    pub fn device(kind: DeviceKind) -> Result<Device> {
         let unavailable = |what: &str, e: candle_core::Error| {
             crate::error::Error::invalid("device", format!("{what} is not available: {e}"))
         };
@@ -33,29 +35,25 @@ impl CandleProvider {
     }
 }
 
-impl crate::backend::registry::BackendProvider for CandleProvider {
-    fn kind(&self) -> crate::backend::BackendKind {
-        crate::backend::BackendKind::Candle
+impl BackendProvider for CandleProvider {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Candle
     }
 
-    fn availability(&self) -> crate::backend::registry::Availability {
-        crate::backend::registry::Availability::Available
+    fn availability(&self) -> Availability {
+        Availability::Available
     }
 
-    fn load(
-        &self,
-        config: &crate::config::OlmoeConfig,
-        model: &str,
-    ) -> Result<Box<dyn crate::backend::Backend>> {
-        let dir = crate::checkpoint::hub::resolve(model)?;
-        let device = Self::device(config.device)?;
-        let opts = super::LoadOptions {
-            quantization: config.quantization,
-            lora_path: config.lora_path.clone(),
-            merge_lora: config.merge_lora,
-            int8_activations: config.int8_activations,
+    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
+        let dir = crate::checkpoint::hub::resolve(&spec.model)?;
+        let device = Self::device(spec.device)?;
+        let opts = LoadOptions {
+            quantization: spec.quantization,
+            lora_path: spec.lora_path.clone(),
+            merge_lora: spec.merge_lora,
+            int8_activations: spec.int8_activations,
         };
-        let model = super::load_olmoe_with(&dir, &device, config.dtype.into(), &opts, |_, _| {})?;
+        let model = load_olmoe_with(&dir, &device, spec.dtype.into(), &opts, |_, _| {})?;
         Ok(Box::new(model))
     }
 }

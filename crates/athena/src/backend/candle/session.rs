@@ -62,7 +62,7 @@ impl LayerCache {
         }
         cache
             .as_mut()
-            .ok_or_else(|| Error::invalid("session", "the layer cache is missing"))
+            .ok_or_else(|| Error::internal("session", "the layer cache is missing"))
     }
 
     /// Records that the next `t` columns were written and returns the keys and values of

@@ -7,10 +7,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::ffi::{self, Array};
 use super::model::{Cache, Olmoe};
-use crate::backend::{Backend, BackendKind, DecodeSession, Pooling};
+use crate::backend::{Backend, BackendKind, DecodeSession, LoadSpec, Pooling};
 use crate::checkpoint::{hub, OlmoeArgs};
-use crate::config::{DeviceKind, OlmoeConfig, Quantization};
 use crate::error::{Error, Result};
+use crate::options::{ComputeDtype, DeviceKind, Quantization};
 
 /// Where MLX computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,21 +82,21 @@ fn load_on(dir: &Path, device: MlxDevice) -> Result<MlxOlmoe> {
     })
 }
 
-/// What `OlmoeModel::load` asks of MLX: the device in `config`, the checkpoint `model`.
-pub(super) fn load_for(config: &OlmoeConfig, model: &str) -> Result<MlxOlmoe> {
-    if config.quantization != Quantization::None {
+/// What `OlmoeModel::load` asks of MLX: the checkpoint and device in `spec`.
+pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
+    if spec.quantization != Quantization::None {
         return Err(Error::invalid(
             "quantization",
             "load-time quantization runs on the candle path; MLX reads checkpoints already quantized (`athena quantize`, `mlx_lm.convert -q`)",
         ));
     }
-    if config.lora_path.is_some() {
+    if spec.lora_path.is_some() {
         return Err(Error::invalid(
             "lora_path",
             "LoRA adapters run on the candle path only",
         ));
     }
-    let device = match config.device {
+    let device = match spec.device {
         DeviceKind::Auto => {
             default_device().map_err(|why| Error::invalid("device", format!("MLX: {why}")))?
         }
@@ -110,7 +110,7 @@ pub(super) fn load_for(config: &OlmoeConfig, model: &str) -> Result<MlxOlmoe> {
                     "device",
                     format!(
                         "{:?} was asked for, but this MLX build has no GPU",
-                        config.device
+                        spec.device
                     ),
                 ));
             }
@@ -118,10 +118,10 @@ pub(super) fn load_for(config: &OlmoeConfig, model: &str) -> Result<MlxOlmoe> {
             MlxDevice::Gpu
         }
     };
-    if config.dtype != crate::config::ComputeDtype::F32 {
-        tracing::info!(dtype = ?config.dtype, "MLX computes in float32");
+    if spec.dtype != ComputeDtype::F32 {
+        tracing::info!(dtype = ?spec.dtype, "MLX computes in float32");
     }
-    load_on(&hub::resolve(model)?, device)
+    load_on(&hub::resolve(&spec.model)?, device)
 }
 
 impl MlxOlmoe {

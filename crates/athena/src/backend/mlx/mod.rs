@@ -12,12 +12,13 @@ mod load;
 #[cfg(feature = "mlx")]
 mod model;
 
+use super::contract::Backend;
 use super::registry::{Availability, BackendProvider};
-use super::{Backend, BackendKind};
-use crate::config::OlmoeConfig;
+use super::spec::LoadSpec;
 #[cfg(not(feature = "mlx"))]
 use crate::error::Error;
 use crate::error::Result;
+use crate::options::BackendKind;
 
 /// What the MLX backend reports when it is compiled out.
 pub const NOT_COMPILED: &str = "not compiled in (build with --features mlx)";
@@ -36,9 +37,9 @@ impl BackendProvider for MlxProvider {
         Availability::NotCompiled(NOT_COMPILED.to_string())
     }
 
-    fn load(&self, _config: &OlmoeConfig, model: &str) -> Result<Box<dyn Backend>> {
+    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
         Err(Error::Resolve {
-            model: model.to_string(),
+            model: spec.model.clone(),
             msg: format!("MLX backend {NOT_COMPILED}"),
         })
     }
@@ -64,7 +65,7 @@ impl BackendProvider for MlxProvider {
         }
     }
 
-    fn load(&self, config: &OlmoeConfig, model: &str) -> Result<Box<dyn Backend>> {
-        Ok(Box::new(enabled::load_for(config, model)?))
+    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
+        Ok(Box::new(enabled::load_for(spec)?))
     }
 }

@@ -4,7 +4,7 @@
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 
-use super::Attention;
+use super::attention::Attention;
 use crate::error::Result;
 use crate::kernels::attention::{self, CacheView, Heads, Query, Value};
 
