@@ -8,8 +8,8 @@ use crate::error::Result;
 /// `OlmoeRMSNorm`: normalise in f32, cast back, then scale by the weight.
 #[derive(Debug, Clone)]
 pub(crate) struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
+    pub(super) weight: Tensor,
+    pub(super) eps: f64,
 }
 
 impl RmsNorm {
