@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::action_head::ActionHeadConfig;
+use crate::models::encode_batches::DEFAULT_ENCODE_BATCH_TOKENS;
 pub use crate::options::{ComputeDtype, DeviceKind, Pooling, Quantization};
 
 /// The default model: OLMoE's instruction-tuned release.
@@ -37,6 +38,9 @@ pub struct OlmoeConfig {
     pub dtype: ComputeDtype,
     /// How `encode` pools hidden states. Default: `mean`.
     pub pooling: Pooling,
+    /// The most padded tokens (texts × the longest of them) one `encode` pass runs; more texts
+    /// run in several passes. Default: 4096.
+    pub encode_batch_tokens: usize,
     /// The memory action head attached on the candle path.
     pub action_head: ActionHeadConfig,
     /// A trained head to load instead of a freshly initialised one. Default: none.
@@ -56,6 +60,7 @@ impl Default for OlmoeConfig {
             device: DeviceKind::Auto,
             dtype: ComputeDtype::F32,
             pooling: Pooling::Mean,
+            encode_batch_tokens: DEFAULT_ENCODE_BATCH_TOKENS,
             action_head: ActionHeadConfig::default(),
             action_head_path: None,
         }
@@ -92,6 +97,9 @@ impl OlmoeConfig {
     pub fn validate(&self) -> Result<()> {
         if self.model_name.trim().is_empty() {
             return Err(Error::invalid("model_name", "is empty"));
+        }
+        if self.encode_batch_tokens == 0 {
+            return Err(Error::invalid("encode_batch_tokens", "must be at least 1"));
         }
         self.action_head.validate()
     }

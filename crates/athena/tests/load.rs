@@ -291,6 +291,35 @@ fn encode_of_a_batch_equals_encode_one_by_one_and_matches_transformers() {
 }
 
 #[test]
+fn encode_under_a_small_token_budget_gives_the_same_vectors_in_the_callers_order() {
+    let texts: Vec<String> = (0..40)
+        .map(|i| "memory ".repeat(1 + (i * 7) % 23) + &format!("fact {i}"))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut one_pass = OlmoeModel::new(OlmoeConfig {
+        encode_batch_tokens: usize::MAX,
+        ..config("gqa_normtopk")
+    });
+    one_pass.load().unwrap();
+    let mut budgeted = OlmoeModel::new(OlmoeConfig {
+        encode_batch_tokens: 64,
+        ..config("gqa_normtopk")
+    });
+    budgeted.load().unwrap();
+    let want = one_pass.encode(&refs).unwrap();
+    let got = budgeted.encode(&refs).unwrap();
+    assert_eq!(got.len(), texts.len());
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-4, "text {i}: budgeted vs one pass differ by {d}");
+    }
+}
+
+#[test]
 fn a_saved_head_loads_back_with_identical_decisions() {
     let mut m = OlmoeModel::new(candle_config("base"));
     m.load().unwrap();

@@ -3,4 +3,5 @@
 //! [`action_head::MemoryActionHead`] that decides what to do with a new fact.
 
 pub mod action_head;
+pub mod encode_batches;
 pub mod olmoe;

@@ -12,6 +12,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::action_head::{Action, MemoryActionHead};
+use super::encode_batches::token_batches;
 use crate::backend::candle::CandleProvider;
 use crate::backend::mlx::MlxProvider;
 use crate::backend::{Availability, Backend, BackendKind, BackendProvider, LoadSpec};
@@ -288,8 +289,10 @@ impl OlmoeModel {
         self.loaded.as_ref().ok_or(Error::NotLoaded)
     }
 
-    /// Final-norm hidden states of each text, pooled as the config says, computed as one
-    /// padded batch: one vector of `hidden_size` floats per text.
+    /// Final-norm hidden states of each text, pooled as the config says: one vector of
+    /// `hidden_size` floats per text, in the order given. Texts run in padded batches of like
+    /// length under the configuration's `encode_batch_tokens` ([`token_batches`]), so a pass
+    /// allocates what the budget allows whatever the number of texts.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let loaded = self.loaded()?;
         let _span = tracing::info_span!("encode", texts = texts.len()).entered();
@@ -307,7 +310,22 @@ impl OlmoeModel {
                 Ok(ids)
             })
             .collect::<Result<Vec<_>>>()?;
-        loaded.backend.encode(&batch, self.config.pooling)
+        let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
+        for part in token_batches(&lens, self.config.encode_batch_tokens) {
+            let ids: Vec<Vec<u32>> = part.iter().map(|&i| batch[i].clone()).collect();
+            let vectors = loaded.backend.encode(&ids, self.config.pooling)?;
+            if vectors.len() != part.len() {
+                return Err(Error::internal(
+                    "encode",
+                    format!("{} vectors for {} texts", vectors.len(), part.len()),
+                ));
+            }
+            for (i, v) in part.into_iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
     }
 
     /// Decides what to do with `fact` given the agent's `memories` (candle path only).
