@@ -2,8 +2,10 @@
 //! and f64 references: 4 and 8 bits, group sizes 32, 64 and 128, one to four inputs and four
 //! rows at once, mixed signs, zero blocks and an outlier.
 
-use super::affine8::{self, InputForm, Int8Dots, QInput8};
+use super::affine8::{self, Int8Dots};
 use super::affine_tests::{inputs, Quantized};
+use super::has_avx512_vnni;
+use super::layout::{InputForm, QInput8, ROWS_PER_BLOCK};
 
 /// Input rows of `cols` values and their int8 prepared forms.
 pub(super) fn prepare(cols: usize, n: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
@@ -95,10 +97,10 @@ fn int8_form_rounds_each_value_within_half_a_step() {
 
 #[test]
 fn int8_dots_match_integer_reference_and_the_exact_product() {
-    if !super::affine::has_avx512_vnni() {
+    if !has_avx512_vnni() {
         return;
     }
-    const R: usize = affine8::ROWS;
+    const R: usize = ROWS_PER_BLOCK;
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
             for cols in [64usize, 192, 384, 2048] {

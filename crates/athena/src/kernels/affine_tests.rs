@@ -5,11 +5,18 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::affine::{self, QInput, Tier};
+use super::affine;
+use super::layout::{
+    block_offsets, code_index, QInput, BLOCK_LEN, INPUTS_PER_PASS, ROWS_PER_BLOCK,
+};
 use super::*;
 use std::ops::Range;
 
-const TIERS: [Tier; 3] = [Tier::Avx512, Tier::Avx2, Tier::Portable];
+const TIERS: [InstructionSet; 3] = [
+    InstructionSet::Avx512Vnni,
+    InstructionSet::Avx2Fma,
+    InstructionSet::Portable,
+];
 
 /// Mixed-sign inputs with a zero block, a lone zero and an outlier channel.
 pub(super) fn inputs(cols: usize, seed: u64) -> Vec<f32> {
@@ -87,7 +94,7 @@ impl Quantized {
         let mut total = 0f64;
         for b in 0..cols / 32 {
             let s: i64 = (b * 32..(b + 1) * 32)
-                .map(|i| self.code(r, i) * i64::from(q.codes[affine::code_index(cols, i)]))
+                .map(|i| self.code(r, i) * i64::from(q.codes[code_index(cols, i)]))
                 .sum();
             let g = r * cols / self.gs + b * 32 / self.gs;
             total += s as f64 * f64::from(q.step(b)) * f64::from(self.scales[g]);
@@ -108,7 +115,7 @@ impl Quantized {
         let mut total = 0f64;
         for i in 0..cols {
             let g = r * cols / self.gs + i / self.gs;
-            let x = f64::from(q.codes[affine::code_index(cols, i)]) * f64::from(q.step(i / 32));
+            let x = f64::from(q.codes[code_index(cols, i)]) * f64::from(q.step(i / 32));
             total += (f64::from(self.scales[g]) * self.code(r, i) as f64 * x).abs();
         }
         let sums = q.group_sums(self.gs).unwrap();
@@ -145,7 +152,7 @@ fn prepared_codes_follow_the_span_order() {
         let q = affine::prepared(&xp, cols).unwrap();
         let mut seen = vec![false; cols];
         for i in 0..cols {
-            let k = affine::code_index(cols, i);
+            let k = code_index(cols, i);
             assert!(!seen[k], "cols {cols}: position {k} taken twice");
             seen[k] = true;
             let back = f32::from(q.codes[k]) * q.step(i / 32);
@@ -157,17 +164,9 @@ fn prepared_codes_follow_the_span_order() {
             );
         }
         for b in 0..cols / 32 {
-            let (even, odd) = affine::block_offsets(cols / 32, b);
-            assert_eq!(
-                even,
-                affine::code_index(cols, 32 * b),
-                "cols {cols} block {b}"
-            );
-            assert_eq!(
-                odd,
-                affine::code_index(cols, 32 * b + 1),
-                "cols {cols} block {b}"
-            );
+            let (even, odd) = block_offsets(cols / 32, b);
+            assert_eq!(even, code_index(cols, 32 * b), "cols {cols} block {b}");
+            assert_eq!(odd, code_index(cols, 32 * b + 1), "cols {cols} block {b}");
             assert!(q.steps[8 * b..8 * b + 8].iter().all(|&s| s == q.step(b)));
             assert_eq!(q.spans[b / 2], q.step(b), "cols {cols} block {b}");
         }
@@ -237,7 +236,7 @@ fn affine_many_matches_integer_reference_on_every_tier() {
 
 #[test]
 fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
-    const R: usize = affine::ROWS;
+    const R: usize = ROWS_PER_BLOCK;
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
             for cols in [32usize, 96, 384, 2048] {
@@ -292,8 +291,8 @@ fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
 fn decode_rows_equal_each_row_alone() {
     use half::{bf16, f16};
 
-    use super::decode::{self, GroupValues};
-    let vnni = affine::has_avx512_vnni();
+    use super::decode;
+    let vnni = has_avx512_vnni();
     let rows = 11;
     for bits in [4u8, 8] {
         for cols in [64usize, 192, 2048] {
@@ -301,7 +300,7 @@ fn decode_rows_equal_each_row_alone() {
             let w = Quantized::new(bits, 64, rows, cols, 77 + cols as u64);
             let (_, xp) = prepare(cols, 1, 9 + cols as u64);
             let q = affine::prepared(&xp[0], cols).unwrap();
-            let k = affine::AffineDots::new(Tier::best(), bits, 64, &[q]).unwrap();
+            let k = affine::AffineDots::new(InstructionSet::best(), bits, 64, &[q]).unwrap();
             let (sb, bb): (Vec<bf16>, Vec<bf16>) = (
                 w.scales.iter().map(|&v| bf16::from_f32(v)).collect(),
                 w.biases.iter().map(|&v| bf16::from_f32(v)).collect(),
@@ -489,7 +488,7 @@ fn affine_many_rejects_mismatched_arguments() {
 /// Quantized rows for `matmul` that read prepared inputs, several at a time.
 struct ManyRows(Quantized, usize);
 
-impl Rows for ManyRows {
+impl WeightMatrix for ManyRows {
     fn rows(&self) -> usize {
         self.1
     }
@@ -514,9 +513,12 @@ impl Rows for ManyRows {
             let (s, b) = (q.row_groups(&q.scales, r), q.row_groups(&q.biases, r));
             match &qs {
                 Some(qs) => {
-                    for (qs, out) in qs.chunks(affine::MANY).zip(out.chunks_mut(affine::MANY)) {
+                    for (qs, out) in qs
+                        .chunks(INPUTS_PER_PASS)
+                        .zip(out.chunks_mut(INPUTS_PER_PASS))
+                    {
                         assert!(affine::dot_affine_on(
-                            affine::Tier::best(),
+                            InstructionSet::best(),
                             q.bits,
                             q.gs,
                             q.row_words(r),
@@ -614,7 +616,6 @@ fn quantized_matrices_run_prepared_inputs_close_to_the_exact_product() {
 
 #[test]
 fn int16_panels_match_the_integer_reference() {
-    use super::affine8::InputForm;
     use super::panel::{self, Panel, Unpacked, WeightRows, PANEL};
     if !panel::supported(4, 64, 128) {
         return;
@@ -690,7 +691,7 @@ fn prepared_parts_equal_their_plain_definitions() {
     let mut rng = StdRng::seed_from_u64(11);
     for case in 0..200 {
         let scale = [1e-30f32, 1e-3, 1.0, 7.0, 1e6, 3e37][case % 6];
-        let mut xb: Vec<f32> = (0..affine::QBLOCK)
+        let mut xb: Vec<f32> = (0..BLOCK_LEN)
             .map(|_| rng.random_range(-1.0f32..1.0) * scale)
             .collect();
         // Values that land on .5 steps, and the extremes of the range.
@@ -714,7 +715,7 @@ fn prepared_parts_equal_their_plain_definitions() {
     for cols in [32, 96, 160, 2048] {
         let x = inputs(cols, cols as u64);
         let want: Vec<f64> = x
-            .chunks_exact(affine::QBLOCK)
+            .chunks_exact(BLOCK_LEN)
             .map(|b| b.iter().fold(-0.0f64, |s, &v| s + f64::from(v)))
             .collect();
         let got = affine::exact_block_sums(&x);

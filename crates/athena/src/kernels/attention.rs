@@ -10,7 +10,7 @@
 
 use half::bf16;
 
-use super::{axpy, bf16_to_f32, dot};
+use super::float::{axpy, bf16_to_f32, dot, round_bf16};
 
 /// An element type of the cache and the query.
 pub trait Value: Copy + Send + Sync {
@@ -37,7 +37,7 @@ impl Value for bf16 {
     }
     #[inline]
     fn round(v: f32) -> f32 {
-        super::round_bf16(v)
+        round_bf16(v)
     }
 }
 

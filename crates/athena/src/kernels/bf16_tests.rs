@@ -5,6 +5,7 @@ use half::bf16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::x86::{avx2, avx512_float};
 use super::*;
 
 const LENGTHS: [usize; 12] = [0, 1, 7, 15, 16, 17, 31, 33, 64, 257, 1000, 2049];
@@ -134,10 +135,10 @@ fn bf16_pair_dots_match_reference() {
     }
 }
 
-/// f32 rows without [`Rows::bf16_row`], as a wrapper that does not forward it reads them.
+/// f32 rows without [`WeightMatrix::bf16_row`], as a wrapper that does not forward it reads them.
 struct Widened<'a>(Bf16Rows<'a>);
 
-impl Rows for Widened<'_> {
+impl WeightMatrix for Widened<'_> {
     fn rows(&self) -> usize {
         self.0.rows()
     }

@@ -1,24 +1,28 @@
 //! Several independent products `yᵢ = xᵢ · Wᵢᵀ` in one parallel pass: the routed experts of
 //! a decode step, each with its own few input rows.
 //!
-//! [`matmul`](super::matmul) would run each product as its own parallel section, so a
+//! [`matmul`] would run each product as its own parallel section, so a
 //! decode step pays a fork and join, and the idle time of its least busy thread, per expert
 //! and projection. [`matmul_many`] prepares every input once, cuts all the products' weight
 //! rows into tasks and runs them together. Each output is computed exactly as `matmul`
-//! computes it (the same [`Rows::dot_rows`] calls on the same prepared inputs), so the
+//! computes it (the same [`WeightMatrix::dot_rows`] calls on the same prepared inputs), so the
 //! grouping changes the schedule, not the values. Products past decode size, and those
 //! `matmul` runs on bf16 × bf16 products, go through `matmul` one by one.
 
 use std::ops::Range;
 
-use super::{
-    affine, pool, prepared_block, scatter, Preparation, Rows, GEMV_MAX_ROWS, PAR_MIN_WORK,
-};
+#[cfg(target_arch = "x86_64")]
+use super::bf16_pairs;
+use super::cpu::InstructionSet;
+use super::layout::ROWS_PER_BLOCK;
+use super::matmul::{matmul, prepared_block, scatter, Preparation, GEMV_MAX_ROWS};
+use super::matrix::WeightMatrix;
+use super::pool::{self, PAR_MIN_WORK};
 
 /// One product of [`matmul_many`]: `x` holds `m` rows of `w.cols()` values.
 pub struct Product<'a> {
     /// The weight rows.
-    pub w: &'a dyn Rows,
+    pub w: &'a dyn WeightMatrix,
     /// [m, cols] row-major.
     pub x: &'a [f32],
     /// Input rows.
@@ -33,7 +37,7 @@ const MIN_TASK_ROWS: usize = 16;
 const PAR_MIN_PREPARE: usize = 1 << 16;
 
 /// `[x₀ · W₀ᵀ, x₁ · W₁ᵀ, …]`, each `[m, rows]` row-major and equal to
-/// [`matmul`](super::matmul)`(w, x, m)`. The caller has checked `x.len() == m * w.cols()`.
+/// [`matmul`]`(w, x, m)`. The caller has checked `x.len() == m * w.cols()`.
 pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     let mut ys: Vec<Vec<f32>> = products
         .iter()
@@ -43,7 +47,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     // for the products run together: decode-sized ones, and any number of input rows against
     // rows that read prepared inputs (quantized experts at prefill), as `matmul` would run
     // them. The others run through `matmul` one by one.
-    let simd = affine::Tier::best() != affine::Tier::Portable;
+    let simd = InstructionSet::best() != InstructionSet::Portable;
     let mut shared: Vec<(usize, usize, usize)> = Vec::new();
     let mut preps: Vec<Preparation> = Vec::new();
     // Per entry of `shared`, the earlier entry whose prepared rows it reads (the same input
@@ -68,7 +72,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
             same_as.push(earlier);
             preps.push(prep);
         } else {
-            ys[i] = super::matmul(p.w, p.x, p.m);
+            ys[i] = matmul(p.w, p.x, p.m);
         }
     }
     let mut xp = vec![0f32; at];
@@ -107,7 +111,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     for (s, ok) in shared.into_iter().zip(prepared) {
         match ok {
             true => kept.push(s),
-            false => ys[s.0] = super::matmul(products[s.0].w, products[s.0].x, products[s.0].m),
+            false => ys[s.0] = matmul(products[s.0].w, products[s.0].x, products[s.0].m),
         }
     }
     let shared = kept;
@@ -145,12 +149,12 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
         || (a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()))
 }
 
-/// Whether [`matmul`](super::matmul) runs this product on bf16 × bf16 products rather than on
+/// Whether [`matmul`] runs this product on bf16 × bf16 products rather than on
 /// prepared inputs.
 fn bf16_products(p: &Product<'_>) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::bf16_pairs::applies(p.w, p.x, p.m)
+        bf16_pairs::applies(p.w, p.x, p.m)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -159,14 +163,14 @@ fn bf16_products(p: &Product<'_>) -> bool {
 }
 
 /// The shared pass's tasks: (index into `shared`, weight rows), every product's rows cut
-/// into blocks of one size, whole multiples of [`affine::ROWS`].
+/// into blocks of one size, whole multiples of [`ROWS_PER_BLOCK`].
 fn tasks(products: &[Product<'_>], shared: &[(usize, usize, usize)]) -> Vec<(usize, Range<usize>)> {
     let total: usize = shared.iter().map(|&(i, ..)| products[i].w.rows()).sum();
     let want = pool::threads() * TASKS_PER_THREAD;
     let per = total
         .div_ceil(want.max(1))
         .max(MIN_TASK_ROWS)
-        .next_multiple_of(affine::ROWS);
+        .next_multiple_of(ROWS_PER_BLOCK);
     shared
         .iter()
         .enumerate()
@@ -229,7 +233,7 @@ mod tests {
             .collect();
         q4.with_rows(|w4| {
             q8.with_rows(|w8| {
-                let ws: [&dyn Rows; 4] = [w4, w8, &f32_rows, &bf16_rows];
+                let ws: [&dyn WeightMatrix; 4] = [w4, w8, &f32_rows, &bf16_rows];
                 let products: Vec<Product<'_>> = ws
                     .iter()
                     .flat_map(|&w| xs.iter().map(move |(x, m)| Product { w, x, m: *m }))
@@ -286,7 +290,7 @@ mod tests {
             );
             q4.with_rows(|w4| {
                 q8.with_rows(|w8| {
-                    let ws: [&dyn Rows; 2] = [w4, w8];
+                    let ws: [&dyn WeightMatrix; 2] = [w4, w8];
                     let products: Vec<Product<'_>> = ws
                         .iter()
                         .flat_map(|&w| xs.iter().map(move |(x, m)| Product { w, x, m: *m }))

@@ -21,6 +21,18 @@ const SPIN: Duration = Duration::from_micros(500);
 /// Tasks one call may have (the counter's task fields are 24 bits).
 const MAX_TASKS: usize = (1 << 24) - 1;
 
+/// Products below this many multiply-adds run on the calling thread (a router's 64 × 2048
+/// runs on the pool: a call costs a few microseconds, the product tens).
+pub(super) const PAR_MIN_WORK: usize = 1 << 16;
+/// `buf` when it takes at most `max_bytes` (a per-thread buffer worth keeping for the next
+/// call), else an empty vector, freeing it.
+pub(super) fn keep_for_reuse<T>(buf: Vec<T>, max_bytes: usize) -> Vec<T> {
+    match buf.capacity() * std::mem::size_of::<T>() <= max_bytes {
+        true => buf,
+        false => Vec::new(),
+    }
+}
+
 type Task<'a> = &'a (dyn Fn(usize) + Sync);
 
 /// What the workers and the calling thread share.

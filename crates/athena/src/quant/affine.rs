@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::scalars::Scalars;
 use super::{matmul, pack};
 use crate::error::{Error, Result};
-pub use crate::kernels::affine8::InputForm;
+pub use crate::kernels::InputForm;
 
 /// The bit widths MLX's affine mode supports.
 const BITS: [u8; 6] = [2, 3, 4, 5, 6, 8];
@@ -476,7 +476,7 @@ impl QMatrix {
     /// Calls `f` with the matrix as rows for [`crate::kernels::matmul`] (dequantized one row
     /// at a time, never as a whole). Its products through [`crate::kernels::matmul`] run on the
     /// inputs' int16 form.
-    pub fn with_rows<R>(&self, f: impl FnOnce(&dyn crate::kernels::Rows) -> R) -> R {
+    pub fn with_rows<R>(&self, f: impl FnOnce(&dyn crate::kernels::WeightMatrix) -> R) -> R {
         f(&self.packed_view())
     }
 
