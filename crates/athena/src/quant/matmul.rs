@@ -13,8 +13,9 @@
 
 use std::ops::Range;
 
+use super::pack;
+use super::params::AffineParams;
 use super::scalars::Scalars;
-use super::{pack, AffineParams};
 use crate::kernels::affine::RowDots;
 use crate::kernels::layout::{INPUTS_PER_PASS, ROWS_PER_BLOCK};
 use crate::kernels::{self, affine, affine8, panel, InstructionSet, WeightMatrix};
