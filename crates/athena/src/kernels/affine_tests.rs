@@ -1,6 +1,6 @@
-//! The affine int16 kernels on every tier this CPU runs, against plain integer and f64
-//! references: 4 and 8 bits, group sizes 32, 64 and 128, odd block counts, one to nine
-//! inputs at once, mixed signs, zero blocks and an outlier.
+//! The affine int16 kernels on each instruction set (a test per set, ignored where this CPU
+//! lacks it), against plain integer and f64 references: 4 and 8 bits, group sizes 32, 64 and
+//! 128, odd block counts, one to nine inputs at once, mixed signs, zero blocks and an outlier.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -12,11 +12,32 @@ use super::layout::{
 use super::*;
 use std::ops::Range;
 
-const TIERS: [InstructionSet; 3] = [
-    InstructionSet::Avx512Vnni,
-    InstructionSet::Avx2Fma,
-    InstructionSet::Portable,
-];
+/// Three tests of `$body(isa)`, one per instruction set of the integer kernels, in a module
+/// named `$name`: each SIMD one ignored, with the reason, on a CPU without its extensions.
+macro_rules! per_instruction_set {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            #[cfg_attr(not(athena_host_avx512_vnni), ignore = "this CPU has no AVX-512 VNNI")]
+            fn avx512_vnni() {
+                $body(InstructionSet::Avx512Vnni);
+            }
+
+            #[test]
+            #[cfg_attr(not(athena_host_avx2_fma), ignore = "this CPU has no AVX2+FMA")]
+            fn avx2_fma() {
+                $body(InstructionSet::Avx2Fma);
+            }
+
+            #[test]
+            fn portable() {
+                $body(InstructionSet::Portable);
+            }
+        }
+    };
+}
 
 /// Mixed-sign inputs with a zero block, a lone zero and an outlier channel.
 pub(super) fn inputs(cols: usize, seed: u64) -> Vec<f32> {
@@ -186,8 +207,7 @@ fn prepared_codes_follow_the_span_order() {
     }
 }
 
-#[test]
-fn affine_many_matches_integer_reference_on_every_tier() {
+fn affine_many_matches_integer_reference_on(isa: InstructionSet) {
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
             for cols in [32usize, 96, 128, 384, 2048] {
@@ -201,31 +221,29 @@ fn affine_many_matches_integer_reference_on_every_tier() {
                     .iter()
                     .map(|p| affine::prepared(p, cols).unwrap())
                     .collect();
-                for tier in TIERS.into_iter().filter(|t| t.available()) {
-                    for r in 0..rows {
-                        let (s, b) = (w.row_groups(&w.scales, r), w.row_groups(&w.biases, r));
-                        for n in 1..=qs.len() {
-                            let mut out = vec![f32::NAN; n];
-                            let words = w.row_words(r);
-                            assert!(affine::dot_affine_on(
-                                tier,
-                                bits,
-                                gs,
-                                words,
-                                s,
-                                b,
-                                &qs[..n],
-                                &mut out
-                            ));
-                            for (k, (&got, q)) in out.iter().zip(&qs).enumerate() {
-                                let want = w.reference(r, q);
-                                let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
-                                assert!(
-                                    (f64::from(got) - want).abs() <= tol,
-                                    "{tier:?} bits {bits} gs {gs} cols {cols} row {r} n {n} \
-                                     input {k}: {got} vs {want}"
-                                );
-                            }
+                for r in 0..rows {
+                    let (s, b) = (w.row_groups(&w.scales, r), w.row_groups(&w.biases, r));
+                    for n in 1..=qs.len() {
+                        let mut out = vec![f32::NAN; n];
+                        let words = w.row_words(r);
+                        assert!(affine::dot_affine_on(
+                            isa,
+                            bits,
+                            gs,
+                            words,
+                            s,
+                            b,
+                            &qs[..n],
+                            &mut out
+                        ));
+                        for (k, (&got, q)) in out.iter().zip(&qs).enumerate() {
+                            let want = w.reference(r, q);
+                            let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
+                            assert!(
+                                (f64::from(got) - want).abs() <= tol,
+                                "{isa:?} bits {bits} gs {gs} cols {cols} row {r} n {n} \
+                                 input {k}: {got} vs {want}"
+                            );
                         }
                     }
                 }
@@ -234,8 +252,12 @@ fn affine_many_matches_integer_reference_on_every_tier() {
     }
 }
 
-#[test]
-fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
+per_instruction_set!(
+    affine_many_matches_integer_reference,
+    affine_many_matches_integer_reference_on
+);
+
+fn affine_rows_equal_one_row_at_a_time_on(isa: InstructionSet) {
     const R: usize = ROWS_PER_BLOCK;
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
@@ -252,36 +274,39 @@ fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
                 let words: [&[u32]; R] = std::array::from_fn(|r| w.row_words(r));
                 let scales: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.scales, r));
                 let biases: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.biases, r));
-                for tier in TIERS.into_iter().filter(|t| t.available()) {
-                    // One input (the shared loads on AVX-512), then three (one row at a time).
-                    for n in [1usize, 3] {
-                        let k = affine::AffineDots::new(tier, bits, gs, &qs[..n]).unwrap();
-                        let mut out = vec![f32::NAN; R * n];
-                        // The next rows to prefetch: any codes, here the rows themselves.
-                        assert!(k.rows(words, scales, biases, words[0], &mut out));
-                        for r in 0..R {
-                            let mut one = vec![f32::NAN; n];
-                            assert!(k.row(words[r], scales[r], biases[r], &mut one));
-                            assert_eq!(out[r * n..(r + 1) * n], one[..], "{tier:?} {bits} {gs}");
-                            for (i, q) in qs[..n].iter().enumerate() {
-                                let want = w.reference(r, q);
-                                let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
-                                let got = f64::from(out[r * n + i]);
-                                assert!((got - want).abs() <= tol, "{tier:?} {got} vs {want}");
-                            }
+                // One input (the shared loads on AVX-512), then three (one row at a time).
+                for n in [1usize, 3] {
+                    let k = affine::AffineDots::new(isa, bits, gs, &qs[..n]).unwrap();
+                    let mut out = vec![f32::NAN; R * n];
+                    // The next rows to prefetch: any codes, here the rows themselves.
+                    assert!(k.rows(words, scales, biases, words[0], &mut out));
+                    for r in 0..R {
+                        let mut one = vec![f32::NAN; n];
+                        assert!(k.row(words[r], scales[r], biases[r], &mut one));
+                        assert_eq!(out[r * n..(r + 1) * n], one[..], "{isa:?} {bits} {gs}");
+                        for (i, q) in qs[..n].iter().enumerate() {
+                            let want = w.reference(r, q);
+                            let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
+                            let got = f64::from(out[r * n + i]);
+                            assert!((got - want).abs() <= tol, "{isa:?} {got} vs {want}");
                         }
-                        // A row of the wrong width is refused, with nothing written.
-                        let mut short = words;
-                        short[2] = &words[2][1..];
-                        let mut out = vec![f32::NAN; R * n];
-                        assert!(!k.rows(short, scales, biases, &[], &mut out));
-                        assert!(out.iter().all(|v| v.is_nan()));
                     }
+                    // A row of the wrong width is refused, with nothing written.
+                    let mut short = words;
+                    short[2] = &words[2][1..];
+                    let mut out = vec![f32::NAN; R * n];
+                    assert!(!k.rows(short, scales, biases, &[], &mut out));
+                    assert!(out.iter().all(|v| v.is_nan()));
                 }
             }
         }
     }
 }
+
+per_instruction_set!(
+    affine_rows_equal_one_row_at_a_time,
+    affine_rows_equal_one_row_at_a_time_on
+);
 
 /// Decode's one-call path ([`decode::decode_rows`]): every row of a range, with scales and
 /// biases stored in f32, bf16 or f16, equal bit for bit to [`affine::AffineDots::row`] on the
@@ -374,8 +399,7 @@ fn decode_rows_equal_each_row_alone() {
     }
 }
 
-#[test]
-fn affine_dot_is_within_the_input_step_of_the_exact_product() {
+fn affine_dot_is_within_the_input_step_of_the_exact_product_on(isa: InstructionSet) {
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
             let cols = 1024;
@@ -399,30 +423,32 @@ fn affine_dot_is_within_the_input_step_of_the_exact_product() {
                 })
                 .sum::<f64>()
                 + 1e-5 * w.magnitude(0, &q);
-            for tier in TIERS.into_iter().filter(|t| t.available()) {
-                let mut out = [0f32];
-                assert!(affine::dot_affine_on(
-                    tier,
-                    bits,
-                    gs,
-                    w.row_words(0),
-                    s,
-                    b,
-                    &[q],
-                    &mut out
-                ));
-                assert!(
-                    (f64::from(out[0]) - exact).abs() <= bound,
-                    "{tier:?} bits {bits} gs {gs}: {} vs {exact}",
-                    out[0]
-                );
-            }
+            let mut out = [0f32];
+            assert!(affine::dot_affine_on(
+                isa,
+                bits,
+                gs,
+                w.row_words(0),
+                s,
+                b,
+                &[q],
+                &mut out
+            ));
+            assert!(
+                (f64::from(out[0]) - exact).abs() <= bound,
+                "{isa:?} bits {bits} gs {gs}: {} vs {exact}",
+                out[0]
+            );
         }
     }
 }
 
-#[test]
-fn affine_many_rejects_mismatched_arguments() {
+per_instruction_set!(
+    affine_dot_is_within_the_input_step_of_the_exact_product,
+    affine_dot_is_within_the_input_step_of_the_exact_product_on
+);
+
+fn affine_many_rejects_mismatched_arguments_on(isa: InstructionSet) {
     let w = Quantized::new(4, 64, 1, 128, 3);
     let (_, xp) = prepare(128, 2, 4);
     let qs: Vec<QInput<'_>> = xp
@@ -432,58 +458,61 @@ fn affine_many_rejects_mismatched_arguments() {
     let (s, b) = (&w.scales[..2], &w.biases[..2]);
     let mut out = [0f32; 2];
     let words = w.row_words(0);
-    for tier in TIERS.into_iter().filter(|t| t.available()) {
-        assert!(!affine::dot_affine_on(
-            tier, 3, 64, words, s, b, &qs, &mut out
-        ));
-        assert!(!affine::dot_affine_on(
-            tier, 4, 48, words, s, b, &qs, &mut out
-        ));
-        assert!(!affine::dot_affine_on(
-            tier,
-            4,
-            64,
-            &words[..8],
-            s,
-            b,
-            &qs,
-            &mut out
-        ));
-        assert!(!affine::dot_affine_on(
-            tier,
-            4,
-            64,
-            words,
-            s,
-            &b[..1],
-            &qs,
-            &mut out
-        ));
-        assert!(!affine::dot_affine_on(
-            tier,
-            4,
-            64,
-            words,
-            s,
-            b,
-            &qs,
-            &mut out[..1]
-        ));
-        // Inputs of another width.
-        let (_, other) = prepare(64, 1, 5);
-        let q64 = [affine::prepared(&other[0], 64).unwrap()];
-        assert!(!affine::dot_affine_on(
-            tier,
-            4,
-            64,
-            words,
-            s,
-            b,
-            &q64,
-            &mut out[..1]
-        ));
-    }
+    assert!(!affine::dot_affine_on(
+        isa, 3, 64, words, s, b, &qs, &mut out
+    ));
+    assert!(!affine::dot_affine_on(
+        isa, 4, 48, words, s, b, &qs, &mut out
+    ));
+    assert!(!affine::dot_affine_on(
+        isa,
+        4,
+        64,
+        &words[..8],
+        s,
+        b,
+        &qs,
+        &mut out
+    ));
+    assert!(!affine::dot_affine_on(
+        isa,
+        4,
+        64,
+        words,
+        s,
+        &b[..1],
+        &qs,
+        &mut out
+    ));
+    assert!(!affine::dot_affine_on(
+        isa,
+        4,
+        64,
+        words,
+        s,
+        b,
+        &qs,
+        &mut out[..1]
+    ));
+    // Inputs of another width.
+    let (_, other) = prepare(64, 1, 5);
+    let q64 = [affine::prepared(&other[0], 64).unwrap()];
+    assert!(!affine::dot_affine_on(
+        isa,
+        4,
+        64,
+        words,
+        s,
+        b,
+        &q64,
+        &mut out[..1]
+    ));
 }
+
+per_instruction_set!(
+    affine_many_rejects_mismatched_arguments,
+    affine_many_rejects_mismatched_arguments_on
+);
 
 /// Quantized rows for `matmul` that read prepared inputs, several at a time.
 struct ManyRows(Quantized, usize);
@@ -615,11 +644,9 @@ fn quantized_matrices_run_prepared_inputs_close_to_the_exact_product() {
 }
 
 #[test]
+#[cfg_attr(not(athena_host_avx512_vnni), ignore = "this CPU has no AVX-512 VNNI")]
 fn int16_panels_match_the_integer_reference() {
     use super::panel::{self, Panel, Unpacked, WeightRows, PANEL};
-    if !panel::supported(4, 64, 128) {
-        return;
-    }
     const R: usize = 4;
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
