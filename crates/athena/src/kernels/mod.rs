@@ -4,7 +4,7 @@
 //!
 //! Each kernel has an AVX2+FMA version, chosen at run time with `is_x86_feature_detected!`,
 //! and a portable one; the tests hold both to a plain reference. Dot products keep eight-lane
-//! f32 partial sums and fold them into an f64 total every [`FLUSH`] elements, so a long row
+//! f32 partial sums and fold them into an f64 total every [`FLUSH`](layout::FLUSH) elements, so a long row
 //! is summed as accurately as a short one.
 //!
 //! bf16 rows also have AVX-512 kernels, chosen the same way: the widening [`bf16_to_f32`]
@@ -25,13 +25,26 @@
 //! [`matmul`] also hands 4- and 8-bit affine rows the inputs' int16 form ([`affine`]) at
 //! every number of input rows (other rows up to [`GEMV_MAX_ROWS`]): they run integer dot
 //! products instead of dequantizing, each row's codes unpacked once for up to
-//! [`affine::INPUTS_PER_PASS`] inputs, on AVX-512 VNNI where the CPU has it; [`matmul_exact`] keeps f32
-//! activations throughout (the accuracy contract of [`crate::quant::QMatrix::matmul`]).
+//! [`layout::INPUTS_PER_PASS`] inputs, on AVX-512 VNNI where the CPU has it; [`matmul_exact`]
+//! keeps f32 activations throughout (the accuracy contract of
+//! [`crate::quant::QMatrix::matmul`]).
 //!
 //! [`matmul_many`] runs several decode-sized products (a step's routed experts) in one
 //! parallel pass, each output equal to [`matmul`]'s. Against one input, 4- and 8-bit rows in
 //! groups of 64 run a task's whole range in one call ([`decode`]), their scales and biases
 //! read as stored (f32, bf16 or f16).
+//!
+//! The files import one way, as ggml-cpu's do (`ggml-common.h`, `arch/x86/`, `quants.c`):
+//! - [`layout`] and `cpu` are leaves: block sizes, the prepared input forms, their code order,
+//!   stored group values, panels and the bias term's order; which extensions this CPU has.
+//! - `x86/` (one file per extension) and `portable` are the kernels: they import `layout`
+//!   only (`x86/avx512_int8` also the shared parts of `x86/avx512`).
+//! - The dispatchers check the CPU and the lengths, then call a kernel: `float` (f32 and bf16
+//!   vectors), `widen`, [`affine`] and [`affine8`] (one weight row against prepared inputs),
+//!   [`decode`], [`panel`] and `bf16_pairs`.
+//! - `matrix` ([`WeightMatrix`]), `matmul` and `grouped` ([`matmul_many`]) sit on top, with
+//!   [`pool`] beside them; [`attention`] and [`bandwidth`] use `float` and `pool`. This file
+//!   only declares the modules and re-exports their public items.
 
 pub mod affine;
 pub mod affine8;
@@ -67,7 +80,15 @@ pub use widen::{widen_bf16, widen_f16};
 mod affine8_tests;
 #[cfg(test)]
 mod affine_tests;
+#[cfg(test)]
+mod attention_tests;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod bf16_tests;
 #[cfg(test)]
+mod grouped_tests;
+#[cfg(test)]
+mod pool_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod widen_tests;
