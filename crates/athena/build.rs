@@ -4,6 +4,10 @@
 //! `include/` and `lib/`) or by asking `python3` where `mlx` is installed. The library
 //! directory goes into the rpath of this crate's tests and, through `DEP_MLX_LIB_DIR`, of the
 //! `athena` binary, so nothing needs `LD_LIBRARY_PATH`.
+//!
+//! It also tells the tests which instruction-set extensions the host CPU has
+//! ([`host_cpu_cfgs`]), so that a kernel test this CPU cannot run is reported as ignored,
+//! with the reason, rather than passing without running.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +20,7 @@ const HOW_TO_INSTALL: &str = "install MLX and point MLX_DIR at it:
 or build without `--features mlx`";
 
 fn main() {
+    host_cpu_cfgs();
     println!("cargo:rerun-if-env-changed=MLX_DIR");
     println!("cargo:rerun-if-changed=csrc/athena_mlx.cpp");
     println!("cargo:rerun-if-changed=csrc/athena_mlx.h");
@@ -81,4 +86,60 @@ fn check(dir: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The cfgs for the host CPU's extensions that the kernels choose at run time, set when the
+/// crate is built for the host itself (none when cross-compiling): `athena_host_avx2_fma`,
+/// `athena_host_avx512` (F, BW, VL), `athena_host_avx512_vnni` (F, BW, VNNI) and
+/// `athena_host_avx512_bf16` (F, BW, VL, BF16), the same sets as `athena::kernels::has_*`.
+fn host_cpu_cfgs() {
+    for cfg in HOST_CPU_CFGS {
+        println!("cargo:rustc-check-cfg=cfg({cfg})");
+    }
+    if std::env::var_os("HOST") != std::env::var_os("TARGET") {
+        return;
+    }
+    for cfg in host_cpu_features() {
+        println!("cargo:rustc-cfg={cfg}");
+    }
+}
+
+const HOST_CPU_CFGS: [&str; 4] = [
+    "athena_host_avx2_fma",
+    "athena_host_avx512",
+    "athena_host_avx512_vnni",
+    "athena_host_avx512_bf16",
+];
+
+#[cfg(target_arch = "x86_64")]
+fn host_cpu_features() -> Vec<&'static str> {
+    let has = |f: &[bool]| f.iter().all(|&b| b);
+    let avx512 = has(&[
+        is_x86_feature_detected!("avx512f"),
+        is_x86_feature_detected!("avx512bw"),
+        is_x86_feature_detected!("avx512vl"),
+    ]);
+    let checks = [
+        has(&[
+            is_x86_feature_detected!("avx2"),
+            is_x86_feature_detected!("fma"),
+        ]),
+        avx512,
+        has(&[
+            is_x86_feature_detected!("avx512f"),
+            is_x86_feature_detected!("avx512bw"),
+            is_x86_feature_detected!("avx512vnni"),
+        ]),
+        avx512 && is_x86_feature_detected!("avx512bf16"),
+    ];
+    HOST_CPU_CFGS
+        .into_iter()
+        .zip(checks)
+        .filter_map(|(cfg, on)| on.then_some(cfg))
+        .collect()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_cpu_features() -> Vec<&'static str> {
+    Vec::new()
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::quant::AffineParams;
 
 /// The storage dtype a checkpoint declares (`dtype` or `torch_dtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -78,27 +79,18 @@ pub struct OlmoeArgs {
     pub quantization: Option<CheckpointQuantization>,
 }
 
-/// Bits and group size of one affine-quantized module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuantSpec {
-    /// Bits per weight: 2, 3, 4, 5, 6 or 8.
-    pub bits: u8,
-    /// Weights per scale/bias pair: 32, 64 or 128.
-    pub group_size: usize,
-}
-
 /// mlx-lm's `quantization` block: a default and per-module overrides (`false` = not quantized).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointQuantization {
     /// The default for every module.
-    pub default: QuantSpec,
+    pub default: AffineParams,
     /// Overrides by module name (e.g. `model.layers.0.mlp.gate`); `None` means unquantized.
-    pub overrides: std::collections::BTreeMap<String, Option<QuantSpec>>,
+    pub overrides: std::collections::BTreeMap<String, Option<AffineParams>>,
 }
 
 impl CheckpointQuantization {
     /// The spec of `module` (a name without `.weight`), or `None` if it is left unquantized.
-    pub fn spec(&self, module: &str) -> Option<QuantSpec> {
+    pub fn spec(&self, module: &str) -> Option<AffineParams> {
         match self.overrides.get(module) {
             Some(o) => *o,
             None => Some(self.default),
@@ -111,26 +103,30 @@ fn quant_spec(
     field: &str,
     bits: Option<u64>,
     group: Option<u64>,
-) -> Result<QuantSpec> {
+) -> Result<AffineParams> {
     let bits = bits.ok_or_else(|| Error::config(path, format!("`{field}` has no `bits`")))?;
     let group =
         group.ok_or_else(|| Error::config(path, format!("`{field}` has no `group_size`")))?;
-    if ![2, 3, 4, 5, 6, 8].contains(&bits) {
-        return Err(Error::config(
-            path,
-            format!("`{field}.bits` = {bits} is not one of 2, 3, 4, 5, 6, 8"),
-        ));
-    }
-    if ![32, 64, 128].contains(&group) {
-        return Err(Error::config(
-            path,
-            format!("`{field}.group_size` = {group} is not one of 32, 64, 128"),
-        ));
-    }
-    Ok(QuantSpec {
-        bits: bits as u8,
-        group_size: group as usize,
-    })
+    let bits = u8::try_from(bits)
+        .ok()
+        .filter(|b| AffineParams::BITS.contains(b))
+        .ok_or_else(|| {
+            Error::config(
+                path,
+                format!("`{field}.bits` = {bits} is not one of 2, 3, 4, 5, 6, 8"),
+            )
+        })?;
+    let group_size = usize::try_from(group)
+        .ok()
+        .filter(|g| AffineParams::GROUP_SIZES.contains(g))
+        .ok_or_else(|| {
+            Error::config(
+                path,
+                format!("`{field}.group_size` = {group} is not one of 32, 64, 128"),
+            )
+        })?;
+    // Both are among the supported values, so the parameters validate.
+    AffineParams::new(bits, group_size)
 }
 
 fn parse_quantization(
@@ -528,17 +524,11 @@ mod tests {
         let q = a.quantization.unwrap();
         assert_eq!(
             q.spec("model.layers.1.self_attn.q_proj"),
-            Some(QuantSpec {
-                bits: 4,
-                group_size: 64
-            })
+            Some(AffineParams::new(4, 64).unwrap())
         );
         assert_eq!(
             q.spec("model.layers.0.mlp.gate"),
-            Some(QuantSpec {
-                bits: 8,
-                group_size: 64
-            })
+            Some(AffineParams::new(8, 64).unwrap())
         );
         assert_eq!(q.spec("lm_head"), None);
         for (json, needle) in [

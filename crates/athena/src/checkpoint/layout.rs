@@ -15,9 +15,10 @@ use std::collections::BTreeSet;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::args::{OlmoeArgs, QuantSpec};
+use super::args::OlmoeArgs;
 use super::files::WeightFiles;
 use crate::error::{Error, Result};
+use crate::quant::AffineParams;
 
 /// How a checkpoint stores its experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,7 +247,7 @@ impl<'a> CheckpointReader<'a> {
         lead: &[usize],
         out: usize,
         inp: usize,
-    ) -> Result<(Tensor, Tensor, Tensor, QuantSpec)> {
+    ) -> Result<(Tensor, Tensor, Tensor, AffineParams)> {
         let spec = self
             .args
             .quantization

@@ -3,8 +3,8 @@
 //!
 //! For a group of weights `w = scale·q + bias`, `Σ w·x = scale·Σ q·x + bias·Σ x`. An input
 //! row is prepared once for all weight rows ([`prepare_input`]): cut into blocks of
-//! [`QBLOCK`] values stored as int16 codes `round(x / s)`, with one step `s = max|x| / 32767`
-//! for the two blocks of each span of [`QSPAN`] values (relative error at most 2⁻¹⁶ of the
+//! [`BLOCK_LEN`] values stored as int16 codes `round(x / s)`, with one step `s = max|x| / 32767`
+//! for the two blocks of each span of [`SPAN_LEN`] values (relative error at most 2⁻¹⁶ of the
 //! span's largest value), plus the exact sums `Σ x` of every block and of every span of 64 and
 //! 128 values (the group sizes that use them). A weight row then costs only integer
 //! multiply-adds of its codes with the input codes, exact in int32 (`vpdpwssd` on AVX-512
@@ -16,20 +16,20 @@
 //! to f32 (2⁻²⁴ relative) when converted; blocks are summed in f32 lanes, several independent
 //! accumulators wide.
 //!
-//! [`dot_affine_on`] runs one weight row against up to [`MANY`] prepared input rows at
+//! [`dot_affine_on`] runs one weight row against up to [`INPUTS_PER_PASS`] prepared input rows at
 //! once: the row's codes are loaded and unpacked once for all of them. At decode (one input)
-//! [`AffineDots::rows`] runs [`ROWS`] weight rows together instead: on AVX-512 the input's
+//! [`AffineDots::rows`] runs [`ROWS_PER_BLOCK`] weight rows together instead: on AVX-512 the input's
 //! codes are loaded once for all of them, and the codes of the next rows are prefetched
 //! while these are multiplied (four rows read side by side defeat the hardware prefetcher's
 //! one sequential stream). Its outputs equal [`AffineDots::row`]'s, bit for bit, and so do
 //! those of [`super::decode::decode_rows`], which runs a whole range of rows in one call.
 //!
 //! The prepared form travels behind the input row itself: [`crate::kernels::matmul`] hands
-//! every [`crate::kernels::Rows`] the row's `cols` values followed by the prepared tail. Rows
+//! every [`crate::kernels::WeightMatrix`] the row's `cols` values followed by the prepared tail. Rows
 //! that read only `x[..cols]` (f32, bf16, and wrappers that forward `x`) are unaffected; a
 //! quantized row recognizes the tail by its length and marker ([`prepared`]).
 //!
-//! The codes are stored in spans of [`QSPAN`] values (two blocks; a last lone block is a
+//! The codes are stored in spans of [`SPAN_LEN`] values (two blocks; a last lone block is a
 //! span of 32), each span evens first (`x₀, x₂, …`, then `x₁, x₃, …`): the order in which a
 //! 16-bit lane of packed 8-bit codes (two codes a lane) or of zero-extended 4-bit code bytes
 //! (two nibbles a lane) splits into a low and a high code, so both widths unpack with one
@@ -37,16 +37,15 @@
 //! Each block's step is stored [`STEP_LANES`] times, once per int32 lane of the block's
 //! products, so one load gives the per-lane steps of a block (AVX2) or two (AVX-512).
 
-use super::all_finite;
+use super::cpu::{self, InstructionSet};
+use super::layout::{QInput, BLOCK_LEN, INPUTS_PER_PASS, ROWS_PER_BLOCK, SPAN_LEN, STEP_LANES};
+use super::portable;
+#[cfg(target_arch = "x86_64")]
+use super::x86::{avx2, avx512};
 
-/// Input values per block of the int16 form (the smallest MLX group size).
-pub const QBLOCK: usize = 32;
-/// Input values per span whose codes are stored evens first (two blocks).
-pub const QSPAN: usize = 2 * QBLOCK;
-/// Copies of each block's step in the prepared form.
-pub const STEP_LANES: usize = 8;
-/// Input rows [`dot_affine_on`] multiplies against one weight row in one pass.
-pub const MANY: usize = 4;
+/// Whether the AVX-512 integer kernels can run on this CPU.
+pub use super::cpu::has_avx512_vnni;
+
 /// The largest int16 code an input value is scaled to.
 const QMAX: f32 = 32767.0;
 /// Marks the start of a prepared tail (a NaN bit pattern arithmetic does not produce).
@@ -54,9 +53,9 @@ const MARKER: u32 = 0x7fa1_6e57;
 
 /// Where the parts of a prepared tail start, in f32 words after the marker.
 struct Layout {
-    /// Blocks of [`QBLOCK`] values.
+    /// Blocks of [`BLOCK_LEN`] values.
     blocks: usize,
-    /// The step of each span of [`QSPAN`] values (a last lone block is a span), once.
+    /// The step of each span of [`SPAN_LEN`] values (a last lone block is a span), once.
     spans: usize,
     /// Sums per block, then per 64 and per 128 values.
     sums: [usize; 3],
@@ -68,12 +67,12 @@ struct Layout {
 
 impl Layout {
     /// The layout for rows of `cols` values (`None` when `cols` is not a positive multiple of
-    /// [`QBLOCK`]).
+    /// [`BLOCK_LEN`]).
     fn new(cols: usize) -> Option<Layout> {
-        if cols == 0 || !cols.is_multiple_of(QBLOCK) {
+        if cols == 0 || !cols.is_multiple_of(BLOCK_LEN) {
             return None;
         }
-        let blocks = cols / QBLOCK;
+        let blocks = cols / BLOCK_LEN;
         let s32 = STEP_LANES * blocks;
         let s64 = s32 + blocks;
         let s128 = s64 + blocks / 2;
@@ -90,38 +89,19 @@ impl Layout {
 }
 
 /// f32 words the prepared tail of a row of `cols` values takes (0 when `cols` is not a
-/// positive multiple of [`QBLOCK`]).
+/// positive multiple of [`BLOCK_LEN`]).
 pub fn prepared_len(cols: usize) -> usize {
     Layout::new(cols).map_or(0, |l| 1 + l.end)
 }
 
-/// Position among a prepared row's codes of input value `i` (of `cols`, a multiple of
-/// [`QBLOCK`]): spans of [`QSPAN`] values (the last may be one block), evens first.
-pub fn code_index(cols: usize, i: usize) -> usize {
-    let span = i / QSPAN * QSPAN;
-    let half = (cols - span).min(QSPAN) / 2;
-    let o = i - span;
-    span + if o.is_multiple_of(2) {
-        o / 2
-    } else {
-        half + o / 2
-    }
-}
-
-/// Offsets among a prepared row's codes of block `b`'s even and odd values (`blocks` in the
-/// row): within its span of two blocks, or a lone last block.
-#[inline]
-pub(super) fn block_offsets(blocks: usize, b: usize) -> (usize, usize) {
-    if b + 1 == blocks && blocks % 2 == 1 {
-        (QBLOCK * b, QBLOCK * b + QBLOCK / 2)
-    } else {
-        let base = QSPAN * (b / 2) + QBLOCK / 2 * (b % 2);
-        (base, base + QBLOCK)
-    }
+/// Whether every value of `x` is finite: without an early exit, so that the compiler
+/// compares many lanes at once (a prepared row checks every input value, at each product).
+pub(super) fn all_finite(x: &[f32]) -> bool {
+    x.iter().fold(true, |ok, v| ok & v.is_finite())
 }
 
 /// Writes `x` followed by its prepared tail into `out` (replacing its contents). Returns
-/// `false`, with only `x` written, when `x.len()` is not a positive multiple of [`QBLOCK`] or
+/// `false`, with only `x` written, when `x.len()` is not a positive multiple of [`BLOCK_LEN`] or
 /// a value is not finite (the exact path then keeps NaN and infinity as they are).
 pub fn prepare_input(x: &[f32], out: &mut Vec<f32>) -> bool {
     out.clear();
@@ -160,40 +140,44 @@ pub(super) fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
     let codes: &mut [i16] =
         unsafe { std::slice::from_raw_parts_mut(codes.as_mut_ptr().cast::<i16>(), cols) };
     write_sums(&exact_block_sums(x), sums);
-    for (s, (xs, qs)) in x.chunks(QSPAN).zip(codes.chunks_mut(QSPAN)).enumerate() {
+    for (s, (xs, qs)) in x
+        .chunks(SPAN_LEN)
+        .zip(codes.chunks_mut(SPAN_LEN))
+        .enumerate()
+    {
         let max = max_abs(xs);
         spans[s] = max / QMAX;
-        let blocks = 2 * s..2 * s + xs.len() / QBLOCK;
+        let blocks = 2 * s..2 * s + xs.len() / BLOCK_LEN;
         steps[STEP_LANES * blocks.start..STEP_LANES * blocks.end].fill(max / QMAX);
         let inv = if max > 0.0 { QMAX / max } else { 0.0 };
         let (evens, odds) = qs.split_at_mut(xs.len() / 2);
         let halves = evens
-            .chunks_exact_mut(QBLOCK / 2)
-            .zip(odds.chunks_exact_mut(QBLOCK / 2));
-        for (xb, (ev, od)) in xs.chunks_exact(QBLOCK).zip(halves) {
+            .chunks_exact_mut(BLOCK_LEN / 2)
+            .zip(odds.chunks_exact_mut(BLOCK_LEN / 2));
+        for (xb, (ev, od)) in xs.chunks_exact(BLOCK_LEN).zip(halves) {
             block_codes(xb, inv, ev, od);
         }
     }
     true
 }
 
-/// `Σ x` of each block of [`QBLOCK`] values in f64, each block summed in order from its
+/// `Σ x` of each block of [`BLOCK_LEN`] values in f64, each block summed in order from its
 /// first value (eight blocks side by side, so that their additions overlap).
 pub(super) fn exact_block_sums(x: &[f32]) -> Vec<f64> {
     const SIDE: usize = 8;
-    let mut exact = vec![0f64; x.len() / QBLOCK];
-    for (out, xs) in exact.chunks_mut(SIDE).zip(x.chunks(SIDE * QBLOCK)) {
+    let mut exact = vec![0f64; x.len() / BLOCK_LEN];
+    for (out, xs) in exact.chunks_mut(SIDE).zip(x.chunks(SIDE * BLOCK_LEN)) {
         let mut acc = [-0.0f64; SIDE];
-        match <&[f32; SIDE * QBLOCK]>::try_from(xs) {
+        match <&[f32; SIDE * BLOCK_LEN]>::try_from(xs) {
             Ok(xs) => {
-                for j in 0..QBLOCK {
+                for j in 0..BLOCK_LEN {
                     for (k, a) in acc.iter_mut().enumerate() {
-                        *a += f64::from(xs[k * QBLOCK + j]);
+                        *a += f64::from(xs[k * BLOCK_LEN + j]);
                     }
                 }
             }
             Err(_) => {
-                for (a, xb) in acc.iter_mut().zip(xs.chunks_exact(QBLOCK)) {
+                for (a, xb) in acc.iter_mut().zip(xs.chunks_exact(BLOCK_LEN)) {
                     for &v in xb {
                         *a += f64::from(v);
                     }
@@ -208,20 +192,24 @@ pub(super) fn exact_block_sums(x: &[f32]) -> Vec<f64> {
 /// The largest `|v|` of `xs`.
 pub(super) fn max_abs(xs: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if super::has_avx512() {
+    if cpu::has_avx512() {
         // SAFETY: AVX-512 F is present (checked just above).
-        return unsafe { super::avx512::max_abs(xs) };
+        return unsafe { avx512::max_abs(xs) };
     }
     xs.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
 
-/// The int16 codes `round(x · inv)` of one block of [`QBLOCK`] values: its even values into
+/// The int16 codes `round(x · inv)` of one block of [`BLOCK_LEN`] values: its even values into
 /// `ev`, its odd ones into `od`.
 pub(super) fn block_codes(xb: &[f32], inv: f32, ev: &mut [i16], od: &mut [i16]) {
     #[cfg(target_arch = "x86_64")]
-    if super::has_avx512() && xb.len() == QBLOCK && ev.len() == QBLOCK / 2 && od.len() == ev.len() {
+    if cpu::has_avx512()
+        && xb.len() == BLOCK_LEN
+        && ev.len() == BLOCK_LEN / 2
+        && od.len() == ev.len()
+    {
         // SAFETY: AVX-512 F and BW are present and the lengths are checked just above.
-        return unsafe { super::avx512::block_codes(xb, inv, ev, od) };
+        return unsafe { avx512::block_codes(xb, inv, ev, od) };
     }
     block_codes_plain(xb, inv, ev, od);
 }
@@ -259,41 +247,6 @@ pub(super) fn write_sums(exact: &[f64], out: &mut [f32]) {
     }
 }
 
-/// A prepared input row: per block its step, the exact sums, and its int16 codes.
-#[derive(Clone, Copy, Default)]
-pub struct QInput<'a> {
-    /// Per block, the value of one code step, [`STEP_LANES`] copies.
-    pub steps: &'a [f32],
-    /// Per span of [`QSPAN`] values (both its blocks'), the step once.
-    pub spans: &'a [f32],
-    /// `Σ x` of the original values per block, per 64 and per 128 values.
-    pub sums: [&'a [f32]; 3],
-    /// `cols` codes in spans of [`QSPAN`], evens first.
-    pub codes: &'a [i16],
-}
-
-impl QInput<'_> {
-    /// Blocks of [`QBLOCK`] values.
-    pub fn blocks(&self) -> usize {
-        self.codes.len() / QBLOCK
-    }
-
-    /// The step of block `b` (in range).
-    pub fn step(&self, b: usize) -> f32 {
-        self.steps[STEP_LANES * b]
-    }
-
-    /// `Σ x` per group of `group_size` values (32, 64 or 128), `None` for other sizes.
-    pub fn group_sums(&self, group_size: usize) -> Option<&[f32]> {
-        match group_size {
-            32 => Some(self.sums[0]),
-            64 => Some(self.sums[1]),
-            128 => Some(self.sums[2]),
-            _ => None,
-        }
-    }
-}
-
 /// The prepared form behind an input row of `cols` values, if `x` carries one.
 pub fn prepared(x: &[f32], cols: usize) -> Option<QInput<'_>> {
     let l = Layout::new(cols)?;
@@ -316,55 +269,6 @@ pub fn prepared(x: &[f32], cols: usize) -> Option<QInput<'_>> {
     })
 }
 
-/// Whether the AVX-512 kernels (F, BW and VNNI) can run on this CPU (checked once, then
-/// cached by std).
-#[inline]
-pub fn has_avx512_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The kernels [`dot_affine_on`] can run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tier {
-    /// AVX-512 F, BW and VNNI: two blocks a step.
-    Avx512,
-    /// AVX2 and FMA: one block a step.
-    Avx2,
-    /// Plain integer arithmetic.
-    Portable,
-}
-
-impl Tier {
-    /// The fastest tier this CPU runs.
-    pub fn best() -> Tier {
-        if has_avx512_vnni() {
-            Tier::Avx512
-        } else if super::has_avx2_fma() {
-            Tier::Avx2
-        } else {
-            Tier::Portable
-        }
-    }
-
-    /// Whether this CPU runs this tier.
-    pub fn available(self) -> bool {
-        match self {
-            Tier::Avx512 => has_avx512_vnni(),
-            Tier::Avx2 => super::has_avx2_fma(),
-            Tier::Portable => true,
-        }
-    }
-}
-
 /// `Σ w·x` for one row of MLX affine codes (`bits` 4 or 8, `group_size` 32, 64 or 128) with
 /// the row's per-group `scales` and `biases`, against a prepared input of
 /// `scales.len() * group_size` values. `None` for other bit widths or mismatched lengths.
@@ -378,7 +282,7 @@ pub fn dot_affine(
 ) -> Option<f32> {
     let mut out = [0f32];
     dot_affine_on(
-        Tier::best(),
+        InstructionSet::best(),
         bits,
         group_size,
         words,
@@ -391,12 +295,12 @@ pub fn dot_affine(
 }
 
 /// `out[k] = Σ w·xs[k]`: [`dot_affine`] of one weight row against several prepared input
-/// rows (`out` as long as `xs`), [`MANY`] at a time, on the given tier. `false` (writing
+/// rows (`out` as long as `xs`), [`INPUTS_PER_PASS`] at a time, on the given tier. `false` (writing
 /// nothing) when this CPU lacks the tier, for other bit widths or group sizes, or for
 /// mismatched lengths.
 #[allow(clippy::too_many_arguments)]
 pub fn dot_affine_on(
-    tier: Tier,
+    tier: InstructionSet,
     bits: u8,
     group_size: usize,
     words: &[u32],
@@ -409,7 +313,7 @@ pub fn dot_affine_on(
         return false;
     }
     let kernels: Option<Vec<AffineDots<'_>>> = xs
-        .chunks(MANY)
+        .chunks(INPUTS_PER_PASS)
         .map(|xs| AffineDots::new(tier, bits, group_size, xs))
         .collect();
     let Some(kernels) = kernels else {
@@ -418,7 +322,7 @@ pub fn dot_affine_on(
     if !kernels.iter().all(|k| k.fits(words, scales, biases)) {
         return false;
     }
-    for (k, out) in kernels.iter().zip(out.chunks_mut(MANY)) {
+    for (k, out) in kernels.iter().zip(out.chunks_mut(INPUTS_PER_PASS)) {
         k.row(words, scales, biases, out);
     }
     true
@@ -460,51 +364,57 @@ impl RowShape {
             && words.len() * 32 == self.cols * usize::from(self.bits)
     }
 
-    /// Whether [`ROWS`] weight rows are this shape and `out` holds their products with `n`
+    /// Whether [`ROWS_PER_BLOCK`] weight rows are this shape and `out` holds their products with `n`
     /// inputs.
     #[inline]
     pub(super) fn fits_rows(
         &self,
-        words: [&[u32]; ROWS],
-        scales: [&[f32]; ROWS],
-        biases: [&[f32]; ROWS],
+        words: [&[u32]; ROWS_PER_BLOCK],
+        scales: [&[f32]; ROWS_PER_BLOCK],
+        biases: [&[f32]; ROWS_PER_BLOCK],
         n: usize,
         out: &[f32],
     ) -> bool {
-        (0..ROWS).all(|r| self.fits(words[r], scales[r], biases[r])) && out.len() >= ROWS * n
+        (0..ROWS_PER_BLOCK).all(|r| self.fits(words[r], scales[r], biases[r]))
+            && out.len() >= ROWS_PER_BLOCK * n
     }
 }
 
-/// Up to [`MANY`] prepared inputs checked once against a bit width, group size and tier, for
+/// Up to [`INPUTS_PER_PASS`] prepared inputs checked once against a bit width, group size and tier, for
 /// [`dot_affine_on`] of many weight rows in turn ([`AffineDots::row`]).
 #[derive(Clone, Copy)]
 pub struct AffineDots<'a> {
-    tier: Tier,
+    tier: InstructionSet,
     shape: RowShape,
-    xs: [QInput<'a>; MANY],
+    xs: [QInput<'a>; INPUTS_PER_PASS],
     n: usize,
 }
 
 impl<'a> AffineDots<'a> {
-    /// The kernel for `xs` (1 to [`MANY`] inputs of one width, each with the sums of
+    /// The kernel for `xs` (1 to [`INPUTS_PER_PASS`] inputs of one width, each with the sums of
     /// `group_size` groups); `None` when this CPU lacks `tier`, for other widths or group
     /// sizes, or for inputs that disagree.
-    pub fn new(tier: Tier, bits: u8, group_size: usize, xs: &[QInput<'a>]) -> Option<Self> {
+    pub fn new(
+        tier: InstructionSet,
+        bits: u8,
+        group_size: usize,
+        xs: &[QInput<'a>],
+    ) -> Option<Self> {
         let cols = xs.first()?.codes.len();
         let shape = RowShape::new(bits, group_size, cols)?;
         let ok = tier.available()
-            && xs.len() <= MANY
+            && xs.len() <= INPUTS_PER_PASS
             && xs.iter().all(|x| {
                 x.codes.len() == cols
-                    && x.steps.len() == STEP_LANES * cols / QBLOCK
-                    && x.spans.len() == (cols / QBLOCK).div_ceil(2)
+                    && x.steps.len() == STEP_LANES * cols / BLOCK_LEN
+                    && x.spans.len() == (cols / BLOCK_LEN).div_ceil(2)
                     && x.group_sums(group_size)
                         .is_some_and(|s| s.len() == shape.groups())
             });
         if !ok {
             return None;
         }
-        let mut all = [QInput::default(); MANY];
+        let mut all = [QInput::default(); INPUTS_PER_PASS];
         all[..xs.len()].copy_from_slice(xs);
         Some(AffineDots {
             tier,
@@ -534,23 +444,20 @@ impl<'a> AffineDots<'a> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked
             // in `new` and `fits`.
-            Tier::Avx512 => unsafe {
-                super::avx512::dot_one_row(bits, gs, words, scales, biases, xs, out)
+            InstructionSet::Avx512Vnni => unsafe {
+                avx512::dot_one_row(bits, gs, words, scales, biases, xs, out)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA (checked in `new`); lengths checked in `new`
             // and `fits`.
-            Tier::Avx2 => unsafe {
-                super::avx2::dot_affine(bits, gs, words, scales, biases, xs, out)
+            InstructionSet::Avx2Fma => unsafe {
+                avx2::dot_affine(bits, gs, words, scales, biases, xs, out)
             },
-            _ => portable_dot_affine(bits, gs, words, scales, biases, xs, out),
+            _ => portable::dot_affine(bits, gs, words, scales, biases, xs, out),
         }
         true
     }
 }
-
-/// Weight rows [`AffineDots::rows`] takes at once.
-pub const ROWS: usize = 4;
 
 /// Prepared inputs checked once ([`AffineDots`], or the int8 form's
 /// [`super::affine8::Int8Dots`]), multiplied against weight rows in turn.
@@ -560,14 +467,14 @@ pub trait RowDots {
     /// `out[k] = Σ w·x_k` for one weight row and each input; `false`, writing nothing, when
     /// the row does not fit.
     fn row(&self, words: &[u32], scales: &[f32], biases: &[f32], out: &mut [f32]) -> bool;
-    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows, `ahead` (the codes of the rows
+    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS_PER_BLOCK`] weight rows, `ahead` (the codes of the rows
     /// the next call takes) prefetched where that helps; `false`, writing nothing, when a row
     /// does not fit.
     fn rows(
         &self,
-        words: [&[u32]; ROWS],
-        scales: [&[f32]; ROWS],
-        biases: [&[f32]; ROWS],
+        words: [&[u32]; ROWS_PER_BLOCK],
+        scales: [&[f32]; ROWS_PER_BLOCK],
+        biases: [&[f32]; ROWS_PER_BLOCK],
         ahead: &[u32],
         out: &mut [f32],
     ) -> bool;
@@ -582,9 +489,9 @@ impl RowDots for AffineDots<'_> {
     }
     fn rows(
         &self,
-        words: [&[u32]; ROWS],
-        scales: [&[f32]; ROWS],
-        biases: [&[f32]; ROWS],
+        words: [&[u32]; ROWS_PER_BLOCK],
+        scales: [&[f32]; ROWS_PER_BLOCK],
+        biases: [&[f32]; ROWS_PER_BLOCK],
         ahead: &[u32],
         out: &mut [f32],
     ) -> bool {
@@ -593,8 +500,8 @@ impl RowDots for AffineDots<'_> {
 }
 
 impl AffineDots<'_> {
-    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows (each as [`AffineDots::row`]
-    /// takes it) and the `n` inputs (`out` holds at least `ROWS · n` values). Against a single
+    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS_PER_BLOCK`] weight rows (each as [`AffineDots::row`]
+    /// takes it) and the `n` inputs (`out` holds at least `ROWS_PER_BLOCK · n` values). Against a single
     /// input on AVX-512, the input's codes are loaded once for all the rows, and `ahead` (the
     /// codes of the rows the next call takes, or nothing) is prefetched meanwhile; against
     /// more, two rows at a time share each input load; on other tiers one
@@ -602,9 +509,9 @@ impl AffineDots<'_> {
     #[inline]
     pub fn rows(
         &self,
-        words: [&[u32]; ROWS],
-        scales: [&[f32]; ROWS],
-        biases: [&[f32]; ROWS],
+        words: [&[u32]; ROWS_PER_BLOCK],
+        scales: [&[f32]; ROWS_PER_BLOCK],
+        biases: [&[f32]; ROWS_PER_BLOCK],
         ahead: &[u32],
         out: &mut [f32],
     ) -> bool {
@@ -613,11 +520,11 @@ impl AffineDots<'_> {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
-        if self.tier == Tier::Avx512 {
+        if self.tier == InstructionSet::Avx512Vnni {
             // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked
             // in `new` and `fits`.
             unsafe {
-                super::avx512::dot_rows(
+                avx512::dot_rows(
                     self.shape.bits,
                     self.shape.group_size,
                     words,
@@ -625,80 +532,12 @@ impl AffineDots<'_> {
                     biases,
                     &self.xs[..n],
                     ahead,
-                    &mut out[..ROWS * n],
+                    &mut out[..ROWS_PER_BLOCK * n],
                 )
             };
             return true;
         }
-        (0..ROWS).all(|r| self.row(words[r], scales[r], biases[r], &mut out[r * n..(r + 1) * n]))
-    }
-}
-
-/// `Σ a·b` over two short slices of equal length (a row's biases and an input's group sums),
-/// in [`BIAS_LANES`] independent f32 lanes, then the lanes in order, then the tail.
-#[inline]
-pub(super) fn bias_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; BIAS_LANES];
-    let (ac, bc) = (a.chunks_exact(BIAS_LANES), b.chunks_exact(BIAS_LANES));
-    let tail = bias_tail(ac.remainder().iter().copied(), bc.remainder());
-    for (a, b) in ac.zip(bc) {
-        for k in 0..BIAS_LANES {
-            acc[k] += a[k] * b[k];
-        }
-    }
-    bias_total(&acc, tail)
-}
-
-/// Lanes of [`bias_dot`]'s partial sums (an AVX-512 register of f32, so that the decode
-/// kernel computes the same sums in one).
-pub(super) const BIAS_LANES: usize = 16;
-
-/// [`bias_dot`]'s sum of the values past the last whole set of lanes.
-#[inline]
-pub(super) fn bias_tail(a: impl Iterator<Item = f32>, b: &[f32]) -> f32 {
-    a.zip(b).map(|(a, b)| a * b).sum()
-}
-
-/// [`bias_dot`]'s total of its lanes' partial sums, pairwise (lane `i` with `i + 8`, then
-/// `i + 4`, `i + 2`, `i + 1`: the order in which a register's lanes fold in halves), plus
-/// the tail.
-#[inline]
-pub(super) fn bias_total(acc: &[f32; BIAS_LANES], tail: f32) -> f32 {
-    let mut v = *acc;
-    let mut half = BIAS_LANES / 2;
-    while half > 0 {
-        for i in 0..half {
-            v[i] += v[i + half];
-        }
-        half /= 2;
-    }
-    v[0] + tail
-}
-
-/// [`dot_affine_on`] in plain integer arithmetic; lengths checked by the caller.
-pub(super) fn portable_dot_affine(
-    bits: u8,
-    group_size: usize,
-    words: &[u32],
-    scales: &[f32],
-    biases: &[f32],
-    xs: &[QInput<'_>],
-    out: &mut [f32],
-) {
-    let cols = scales.len() * group_size;
-    let code = |i: usize| -> i32 {
-        let bit = i * usize::from(bits);
-        ((words[bit / 32] >> (bit % 32)) & ((1u32 << bits) - 1)) as i32
-    };
-    for (x, o) in xs.iter().zip(out.iter_mut()) {
-        let mut total = 0f32;
-        for b in 0..cols / QBLOCK {
-            let s: i32 = (b * QBLOCK..(b + 1) * QBLOCK)
-                .map(|i| code(i) * i32::from(x.codes[code_index(cols, i)]))
-                .sum();
-            total += s as f32 * x.step(b) * scales[b * QBLOCK / group_size];
-        }
-        let sums = x.group_sums(group_size).unwrap_or_default();
-        *o = total + bias_dot(biases, sums);
+        (0..ROWS_PER_BLOCK)
+            .all(|r| self.row(words[r], scales[r], biases[r], &mut out[r * n..(r + 1) * n]))
     }
 }

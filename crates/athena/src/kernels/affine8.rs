@@ -1,8 +1,8 @@
 //! Dot products of MLX affine-quantized weight rows (4 and 8 bits) with input rows held as
 //! int8 codes: the faster, less exact companion of [`super::affine`]'s int16 form, which a
-//! quantized matrix opts into ([`InputForm::Int8`]).
+//! quantized matrix opts into ([`super::layout::InputForm::Int8`]).
 //!
-//! An input row is cut into blocks of [`QBLOCK`] values, each stored as int8 codes
+//! An input row is cut into blocks of [`BLOCK_LEN`] values, each stored as int8 codes
 //! `round(x / s)` with its own step `s = max|x| / 127`: the error of each input value is at
 //! most half a step, 2⁻⁸ of its block's largest value, as llama.cpp's Q8_0 activations. The
 //! weight codes (unsigned) then multiply the input codes (signed) four pairs per int32 lane
@@ -18,31 +18,20 @@
 //! Each order has its per-lane steps: a block's step under every int32 lane its products
 //! land in.
 //!
-//! Rows need a multiple of [`QSPAN`] columns and a CPU with AVX-512 VNNI
-//! ([`super::affine::has_avx512_vnni`]); elsewhere inputs keep the int16 form.
+//! Rows need a multiple of [`SPAN_LEN`] columns and a CPU with AVX-512 VNNI
+//! ([`cpu::has_avx512_vnni`]); elsewhere inputs keep the int16 form.
 
-use super::affine::{RowDots, RowShape, QBLOCK, QSPAN, STEP_LANES};
-use super::all_finite;
+use super::affine::{all_finite, write_sums, RowDots, RowShape};
+use super::cpu;
+use super::layout::{QInput8, BLOCK_LEN, INPUTS_PER_PASS, ROWS_PER_BLOCK, SPAN_LEN, STEP_LANES};
+#[cfg(target_arch = "x86_64")]
+use super::x86::avx512;
 
 /// The largest int8 code an input value is scaled to.
 const QMAX: f32 = 127.0;
 /// Marks the start of an int8 prepared tail (a NaN bit pattern arithmetic does not produce,
 /// distinct from the int16 form's).
 const MARKER: u32 = 0x7fa1_6e58;
-/// Input rows a kernel multiplies against one weight row in one pass, and weight rows
-/// [`Int8Dots::rows`] takes at once: the int16 form's.
-pub use super::affine::{MANY, ROWS};
-
-/// How the quantized rows of a matrix want their inputs prepared.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum InputForm {
-    /// int16 codes ([`super::affine`]): relative error about 2⁻¹⁶ per block.
-    #[default]
-    Int16,
-    /// int8 codes (this module): relative error about 2⁻⁸ per block, faster.
-    Int8,
-}
-
 /// Where the parts of an int8 prepared tail start, in f32 words after the marker.
 struct Layout {
     blocks: usize,
@@ -57,10 +46,10 @@ struct Layout {
 
 impl Layout {
     fn new(cols: usize) -> Option<Layout> {
-        if cols == 0 || !cols.is_multiple_of(QSPAN) {
+        if cols == 0 || !cols.is_multiple_of(SPAN_LEN) {
             return None;
         }
-        let blocks = cols / QBLOCK;
+        let blocks = cols / BLOCK_LEN;
         let natural = 0;
         let evens = natural + STEP_LANES * blocks;
         let s32 = evens + STEP_LANES * blocks;
@@ -78,14 +67,14 @@ impl Layout {
 }
 
 /// f32 words the int8 prepared tail of a row of `cols` values takes (0 when `cols` is not a
-/// positive multiple of [`QSPAN`]).
+/// positive multiple of [`SPAN_LEN`]).
 pub fn prepared_len(cols: usize) -> usize {
     Layout::new(cols).map_or(0, |l| 1 + l.end)
 }
 
 /// Writes `x` and its int8 prepared tail into `out` (`x.len() + prepared_len(x.len())`
 /// long, else nothing is written). `false` when the row has no int8 form (a length that is
-/// not a multiple of [`QSPAN`], or a value that is not finite).
+/// not a multiple of [`SPAN_LEN`], or a value that is not finite).
 pub fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
     let cols = x.len();
     let Some(l) = Layout::new(cols) else {
@@ -106,7 +95,7 @@ pub fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
         unsafe { std::slice::from_raw_parts_mut(codes.as_mut_ptr().cast::<i8>(), 2 * cols) };
     let (cn, ce) = codes.split_at_mut(cols);
     let mut exact = vec![0f64; l.blocks];
-    for (b, xb) in x.chunks_exact(QBLOCK).enumerate() {
+    for (b, xb) in x.chunks_exact(BLOCK_LEN).enumerate() {
         let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let step = max / QMAX;
         let inv = if max > 0.0 { QMAX / max } else { 0.0 };
@@ -121,20 +110,20 @@ pub fn write_prepared(x: &[f32], out: &mut [f32]) -> bool {
         }
         for (i, &v) in xb.iter().enumerate() {
             let c = code(v * inv);
-            let col = b * QBLOCK + i;
+            let col = b * BLOCK_LEN + i;
             cn[col] = c;
             ce[even_index(col)] = c;
         }
     }
-    super::affine::write_sums(&exact, sums);
+    write_sums(&exact, sums);
     true
 }
 
-/// Position of column `col` in the evens-first order: per span of [`QSPAN`], the even columns
+/// Position of column `col` in the evens-first order: per span of [`SPAN_LEN`], the even columns
 /// then the odd ones.
 pub fn even_index(col: usize) -> usize {
-    let (span, o) = (col / QSPAN * QSPAN, col % QSPAN);
-    span + o / 2 + (o % 2) * (QSPAN / 2)
+    let (span, o) = (col / SPAN_LEN * SPAN_LEN, col % SPAN_LEN);
+    span + o / 2 + (o % 2) * (SPAN_LEN / 2)
 }
 
 /// `y` (|y| ≤ 127 up to rounding) to the nearest int8, ties to even.
@@ -142,38 +131,6 @@ pub fn even_index(col: usize) -> usize {
 fn code(y: f32) -> i8 {
     const ROUND: f32 = 12_582_912.0;
     ((y + ROUND) - ROUND) as i8
-}
-
-/// An int8-prepared input row.
-#[derive(Clone, Copy, Default)]
-pub struct QInput8<'a> {
-    /// Per block its step, [`STEP_LANES`] copies (natural order's lanes).
-    pub steps: &'a [f32],
-    /// Per span the steps under the evens-first order's sixteen lanes.
-    pub even_steps: &'a [f32],
-    /// `Σ x` of the original values per block, per 64 and per 128 values.
-    pub sums: [&'a [f32]; 3],
-    /// The codes in natural order.
-    pub codes: &'a [i8],
-    /// The codes evens first per span.
-    pub even_codes: &'a [i8],
-}
-
-impl QInput8<'_> {
-    /// The step of block `b` (in range).
-    pub fn step(&self, b: usize) -> f32 {
-        self.steps[STEP_LANES * b]
-    }
-
-    /// `Σ x` per group of `group_size` values (32, 64 or 128), `None` for other sizes.
-    pub fn group_sums(&self, group_size: usize) -> Option<&[f32]> {
-        match group_size {
-            32 => Some(self.sums[0]),
-            64 => Some(self.sums[1]),
-            128 => Some(self.sums[2]),
-            _ => None,
-        }
-    }
 }
 
 /// The int8 prepared form behind an input row of `cols` values, if `x` carries one.
@@ -200,37 +157,37 @@ pub fn prepared(x: &[f32], cols: usize) -> Option<QInput8<'_>> {
     })
 }
 
-/// Up to [`MANY`] int8-prepared inputs checked once against a bit width and group size, for
+/// Up to [`INPUTS_PER_PASS`] int8-prepared inputs checked once against a bit width and group size, for
 /// the products of many weight rows in turn.
 #[derive(Clone, Copy)]
 pub struct Int8Dots<'a> {
     shape: RowShape,
-    xs: [QInput8<'a>; MANY],
+    xs: [QInput8<'a>; INPUTS_PER_PASS],
     n: usize,
 }
 
 impl<'a> Int8Dots<'a> {
-    /// The kernel for `xs` (1 to [`MANY`] inputs of one width, each with the sums of
+    /// The kernel for `xs` (1 to [`INPUTS_PER_PASS`] inputs of one width, each with the sums of
     /// `group_size` groups); `None` without AVX-512 VNNI, for other widths or group sizes, or
     /// for inputs that disagree.
     pub fn new(bits: u8, group_size: usize, xs: &[QInput8<'a>]) -> Option<Self> {
         let cols = xs.first()?.codes.len();
         let shape = RowShape::new(bits, group_size, cols)?;
-        let ok = super::affine::has_avx512_vnni()
-            && xs.len() <= MANY
+        let ok = cpu::has_avx512_vnni()
+            && xs.len() <= INPUTS_PER_PASS
             && Layout::new(cols).is_some()
             && xs.iter().all(|x| {
                 x.codes.len() == cols
                     && x.even_codes.len() == cols
-                    && x.steps.len() == STEP_LANES * cols / QBLOCK
-                    && x.even_steps.len() == STEP_LANES * cols / QBLOCK
+                    && x.steps.len() == STEP_LANES * cols / BLOCK_LEN
+                    && x.even_steps.len() == STEP_LANES * cols / BLOCK_LEN
                     && x.group_sums(group_size)
                         .is_some_and(|s| s.len() == shape.groups())
             });
         if !ok {
             return None;
         }
-        let mut all = [QInput8::default(); MANY];
+        let mut all = [QInput8::default(); INPUTS_PER_PASS];
         all[..xs.len()].copy_from_slice(xs);
         Some(Int8Dots {
             shape,
@@ -250,7 +207,7 @@ impl<'a> Int8Dots<'a> {
         // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked in `new`); lengths checked in
         // `new` and `fits`.
         unsafe {
-            super::avx512::dot_one_row(
+            avx512::dot_one_row(
                 self.shape.bits,
                 self.shape.group_size,
                 words,
@@ -263,17 +220,17 @@ impl<'a> Int8Dots<'a> {
         true
     }
 
-    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS`] weight rows and the `n` inputs (`out` holds at
-    /// least `ROWS · n` values). Against a single input the input's codes are loaded once for
+    /// `out[r · n + k] = Σ w_r·x_k` for [`ROWS_PER_BLOCK`] weight rows and the `n` inputs (`out` holds at
+    /// least `ROWS_PER_BLOCK · n` values). Against a single input the input's codes are loaded once for
     /// all the rows and `ahead` (the codes of the rows the next call takes, or nothing) is
     /// prefetched meanwhile; against more, two rows at a time share each input load. `false`,
     /// writing nothing, when a row does not fit.
     #[inline]
     pub fn rows(
         &self,
-        words: [&[u32]; ROWS],
-        scales: [&[f32]; ROWS],
-        biases: [&[f32]; ROWS],
+        words: [&[u32]; ROWS_PER_BLOCK],
+        scales: [&[f32]; ROWS_PER_BLOCK],
+        biases: [&[f32]; ROWS_PER_BLOCK],
         ahead: &[u32],
         out: &mut [f32],
     ) -> bool {
@@ -284,7 +241,7 @@ impl<'a> Int8Dots<'a> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `row`.
         unsafe {
-            super::avx512::dot_rows(
+            avx512::dot_rows(
                 self.shape.bits,
                 self.shape.group_size,
                 words,
@@ -292,7 +249,7 @@ impl<'a> Int8Dots<'a> {
                 biases,
                 &self.xs[..n],
                 ahead,
-                &mut out[..ROWS * n],
+                &mut out[..ROWS_PER_BLOCK * n],
             )
         };
         true
@@ -308,9 +265,9 @@ impl RowDots for Int8Dots<'_> {
     }
     fn rows(
         &self,
-        words: [&[u32]; ROWS],
-        scales: [&[f32]; ROWS],
-        biases: [&[f32]; ROWS],
+        words: [&[u32]; ROWS_PER_BLOCK],
+        scales: [&[f32]; ROWS_PER_BLOCK],
+        biases: [&[f32]; ROWS_PER_BLOCK],
         ahead: &[u32],
         out: &mut [f32],
     ) -> bool {

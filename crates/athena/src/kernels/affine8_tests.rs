@@ -2,8 +2,9 @@
 //! and f64 references: 4 and 8 bits, group sizes 32, 64 and 128, one to four inputs and four
 //! rows at once, mixed signs, zero blocks and an outlier.
 
-use super::affine8::{self, InputForm, Int8Dots, QInput8};
+use super::affine8::{self, Int8Dots};
 use super::affine_tests::{inputs, Quantized};
+use super::layout::{InputForm, QInput8, ROWS_PER_BLOCK};
 
 /// Input rows of `cols` values and their int8 prepared forms.
 pub(super) fn prepare(cols: usize, n: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
@@ -94,11 +95,9 @@ fn int8_form_rounds_each_value_within_half_a_step() {
 }
 
 #[test]
+#[cfg_attr(not(athena_host_avx512_vnni), ignore = "this CPU has no AVX-512 VNNI")]
 fn int8_dots_match_integer_reference_and_the_exact_product() {
-    if !super::affine::has_avx512_vnni() {
-        return;
-    }
-    const R: usize = affine8::ROWS;
+    const R: usize = ROWS_PER_BLOCK;
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
             for cols in [64usize, 192, 384, 2048] {
@@ -157,11 +156,9 @@ fn int8_dots_match_integer_reference_and_the_exact_product() {
 }
 
 #[test]
+#[cfg_attr(not(athena_host_avx512_vnni), ignore = "this CPU has no AVX-512 VNNI")]
 fn panels_match_the_integer_reference() {
     use super::panel::{self, Panel, Unpacked, WeightRows, PANEL};
-    if !panel::supported(4, 64, 128) {
-        return;
-    }
     const R: usize = 4;
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {

@@ -1,15 +1,43 @@
-//! The affine int16 kernels on every tier this CPU runs, against plain integer and f64
-//! references: 4 and 8 bits, group sizes 32, 64 and 128, odd block counts, one to nine
-//! inputs at once, mixed signs, zero blocks and an outlier.
+//! The affine int16 kernels on each instruction set (a test per set, ignored where this CPU
+//! lacks it), against plain integer and f64 references: 4 and 8 bits, group sizes 32, 64 and
+//! 128, odd block counts, one to nine inputs at once, mixed signs, zero blocks and an outlier.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::affine::{self, QInput, Tier};
+use super::affine;
+use super::layout::{
+    block_offsets, code_index, QInput, BLOCK_LEN, INPUTS_PER_PASS, ROWS_PER_BLOCK,
+};
 use super::*;
 use std::ops::Range;
 
-const TIERS: [Tier; 3] = [Tier::Avx512, Tier::Avx2, Tier::Portable];
+/// Three tests of `$body(isa)`, one per instruction set of the integer kernels, in a module
+/// named `$name`: each SIMD one ignored, with the reason, on a CPU without its extensions.
+macro_rules! per_instruction_set {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            #[cfg_attr(not(athena_host_avx512_vnni), ignore = "this CPU has no AVX-512 VNNI")]
+            fn avx512_vnni() {
+                $body(InstructionSet::Avx512Vnni);
+            }
+
+            #[test]
+            #[cfg_attr(not(athena_host_avx2_fma), ignore = "this CPU has no AVX2+FMA")]
+            fn avx2_fma() {
+                $body(InstructionSet::Avx2Fma);
+            }
+
+            #[test]
+            fn portable() {
+                $body(InstructionSet::Portable);
+            }
+        }
+    };
+}
 
 /// Mixed-sign inputs with a zero block, a lone zero and an outlier channel.
 pub(super) fn inputs(cols: usize, seed: u64) -> Vec<f32> {
@@ -87,7 +115,7 @@ impl Quantized {
         let mut total = 0f64;
         for b in 0..cols / 32 {
             let s: i64 = (b * 32..(b + 1) * 32)
-                .map(|i| self.code(r, i) * i64::from(q.codes[affine::code_index(cols, i)]))
+                .map(|i| self.code(r, i) * i64::from(q.codes[code_index(cols, i)]))
                 .sum();
             let g = r * cols / self.gs + b * 32 / self.gs;
             total += s as f64 * f64::from(q.step(b)) * f64::from(self.scales[g]);
@@ -108,7 +136,7 @@ impl Quantized {
         let mut total = 0f64;
         for i in 0..cols {
             let g = r * cols / self.gs + i / self.gs;
-            let x = f64::from(q.codes[affine::code_index(cols, i)]) * f64::from(q.step(i / 32));
+            let x = f64::from(q.codes[code_index(cols, i)]) * f64::from(q.step(i / 32));
             total += (f64::from(self.scales[g]) * self.code(r, i) as f64 * x).abs();
         }
         let sums = q.group_sums(self.gs).unwrap();
@@ -145,7 +173,7 @@ fn prepared_codes_follow_the_span_order() {
         let q = affine::prepared(&xp, cols).unwrap();
         let mut seen = vec![false; cols];
         for i in 0..cols {
-            let k = affine::code_index(cols, i);
+            let k = code_index(cols, i);
             assert!(!seen[k], "cols {cols}: position {k} taken twice");
             seen[k] = true;
             let back = f32::from(q.codes[k]) * q.step(i / 32);
@@ -157,17 +185,9 @@ fn prepared_codes_follow_the_span_order() {
             );
         }
         for b in 0..cols / 32 {
-            let (even, odd) = affine::block_offsets(cols / 32, b);
-            assert_eq!(
-                even,
-                affine::code_index(cols, 32 * b),
-                "cols {cols} block {b}"
-            );
-            assert_eq!(
-                odd,
-                affine::code_index(cols, 32 * b + 1),
-                "cols {cols} block {b}"
-            );
+            let (even, odd) = block_offsets(cols / 32, b);
+            assert_eq!(even, code_index(cols, 32 * b), "cols {cols} block {b}");
+            assert_eq!(odd, code_index(cols, 32 * b + 1), "cols {cols} block {b}");
             assert!(q.steps[8 * b..8 * b + 8].iter().all(|&s| s == q.step(b)));
             assert_eq!(q.spans[b / 2], q.step(b), "cols {cols} block {b}");
         }
@@ -187,8 +207,7 @@ fn prepared_codes_follow_the_span_order() {
     }
 }
 
-#[test]
-fn affine_many_matches_integer_reference_on_every_tier() {
+fn affine_many_matches_integer_reference_on(isa: InstructionSet) {
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
             for cols in [32usize, 96, 128, 384, 2048] {
@@ -202,31 +221,29 @@ fn affine_many_matches_integer_reference_on_every_tier() {
                     .iter()
                     .map(|p| affine::prepared(p, cols).unwrap())
                     .collect();
-                for tier in TIERS.into_iter().filter(|t| t.available()) {
-                    for r in 0..rows {
-                        let (s, b) = (w.row_groups(&w.scales, r), w.row_groups(&w.biases, r));
-                        for n in 1..=qs.len() {
-                            let mut out = vec![f32::NAN; n];
-                            let words = w.row_words(r);
-                            assert!(affine::dot_affine_on(
-                                tier,
-                                bits,
-                                gs,
-                                words,
-                                s,
-                                b,
-                                &qs[..n],
-                                &mut out
-                            ));
-                            for (k, (&got, q)) in out.iter().zip(&qs).enumerate() {
-                                let want = w.reference(r, q);
-                                let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
-                                assert!(
-                                    (f64::from(got) - want).abs() <= tol,
-                                    "{tier:?} bits {bits} gs {gs} cols {cols} row {r} n {n} \
-                                     input {k}: {got} vs {want}"
-                                );
-                            }
+                for r in 0..rows {
+                    let (s, b) = (w.row_groups(&w.scales, r), w.row_groups(&w.biases, r));
+                    for n in 1..=qs.len() {
+                        let mut out = vec![f32::NAN; n];
+                        let words = w.row_words(r);
+                        assert!(affine::dot_affine_on(
+                            isa,
+                            bits,
+                            gs,
+                            words,
+                            s,
+                            b,
+                            &qs[..n],
+                            &mut out
+                        ));
+                        for (k, (&got, q)) in out.iter().zip(&qs).enumerate() {
+                            let want = w.reference(r, q);
+                            let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
+                            assert!(
+                                (f64::from(got) - want).abs() <= tol,
+                                "{isa:?} bits {bits} gs {gs} cols {cols} row {r} n {n} \
+                                 input {k}: {got} vs {want}"
+                            );
                         }
                     }
                 }
@@ -235,9 +252,13 @@ fn affine_many_matches_integer_reference_on_every_tier() {
     }
 }
 
-#[test]
-fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
-    const R: usize = affine::ROWS;
+per_instruction_set!(
+    affine_many_matches_integer_reference,
+    affine_many_matches_integer_reference_on
+);
+
+fn affine_rows_equal_one_row_at_a_time_on(isa: InstructionSet) {
+    const R: usize = ROWS_PER_BLOCK;
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
             for cols in [32usize, 96, 384, 2048] {
@@ -253,36 +274,39 @@ fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
                 let words: [&[u32]; R] = std::array::from_fn(|r| w.row_words(r));
                 let scales: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.scales, r));
                 let biases: [&[f32]; R] = std::array::from_fn(|r| w.row_groups(&w.biases, r));
-                for tier in TIERS.into_iter().filter(|t| t.available()) {
-                    // One input (the shared loads on AVX-512), then three (one row at a time).
-                    for n in [1usize, 3] {
-                        let k = affine::AffineDots::new(tier, bits, gs, &qs[..n]).unwrap();
-                        let mut out = vec![f32::NAN; R * n];
-                        // The next rows to prefetch: any codes, here the rows themselves.
-                        assert!(k.rows(words, scales, biases, words[0], &mut out));
-                        for r in 0..R {
-                            let mut one = vec![f32::NAN; n];
-                            assert!(k.row(words[r], scales[r], biases[r], &mut one));
-                            assert_eq!(out[r * n..(r + 1) * n], one[..], "{tier:?} {bits} {gs}");
-                            for (i, q) in qs[..n].iter().enumerate() {
-                                let want = w.reference(r, q);
-                                let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
-                                let got = f64::from(out[r * n + i]);
-                                assert!((got - want).abs() <= tol, "{tier:?} {got} vs {want}");
-                            }
+                // One input (the shared loads on AVX-512), then three (one row at a time).
+                for n in [1usize, 3] {
+                    let k = affine::AffineDots::new(isa, bits, gs, &qs[..n]).unwrap();
+                    let mut out = vec![f32::NAN; R * n];
+                    // The next rows to prefetch: any codes, here the rows themselves.
+                    assert!(k.rows(words, scales, biases, words[0], &mut out));
+                    for r in 0..R {
+                        let mut one = vec![f32::NAN; n];
+                        assert!(k.row(words[r], scales[r], biases[r], &mut one));
+                        assert_eq!(out[r * n..(r + 1) * n], one[..], "{isa:?} {bits} {gs}");
+                        for (i, q) in qs[..n].iter().enumerate() {
+                            let want = w.reference(r, q);
+                            let tol = 1e-5 * w.magnitude(r, q) + 1e-6;
+                            let got = f64::from(out[r * n + i]);
+                            assert!((got - want).abs() <= tol, "{isa:?} {got} vs {want}");
                         }
-                        // A row of the wrong width is refused, with nothing written.
-                        let mut short = words;
-                        short[2] = &words[2][1..];
-                        let mut out = vec![f32::NAN; R * n];
-                        assert!(!k.rows(short, scales, biases, &[], &mut out));
-                        assert!(out.iter().all(|v| v.is_nan()));
                     }
+                    // A row of the wrong width is refused, with nothing written.
+                    let mut short = words;
+                    short[2] = &words[2][1..];
+                    let mut out = vec![f32::NAN; R * n];
+                    assert!(!k.rows(short, scales, biases, &[], &mut out));
+                    assert!(out.iter().all(|v| v.is_nan()));
                 }
             }
         }
     }
 }
+
+per_instruction_set!(
+    affine_rows_equal_one_row_at_a_time,
+    affine_rows_equal_one_row_at_a_time_on
+);
 
 /// Decode's one-call path ([`decode::decode_rows`]): every row of a range, with scales and
 /// biases stored in f32, bf16 or f16, equal bit for bit to [`affine::AffineDots::row`] on the
@@ -292,8 +316,8 @@ fn affine_rows_equal_one_row_at_a_time_on_every_tier() {
 fn decode_rows_equal_each_row_alone() {
     use half::{bf16, f16};
 
-    use super::decode::{self, GroupValues};
-    let vnni = affine::has_avx512_vnni();
+    use super::decode;
+    let vnni = has_avx512_vnni();
     let rows = 11;
     for bits in [4u8, 8] {
         for cols in [64usize, 192, 2048] {
@@ -301,7 +325,7 @@ fn decode_rows_equal_each_row_alone() {
             let w = Quantized::new(bits, 64, rows, cols, 77 + cols as u64);
             let (_, xp) = prepare(cols, 1, 9 + cols as u64);
             let q = affine::prepared(&xp[0], cols).unwrap();
-            let k = affine::AffineDots::new(Tier::best(), bits, 64, &[q]).unwrap();
+            let k = affine::AffineDots::new(InstructionSet::best(), bits, 64, &[q]).unwrap();
             let (sb, bb): (Vec<bf16>, Vec<bf16>) = (
                 w.scales.iter().map(|&v| bf16::from_f32(v)).collect(),
                 w.biases.iter().map(|&v| bf16::from_f32(v)).collect(),
@@ -375,8 +399,7 @@ fn decode_rows_equal_each_row_alone() {
     }
 }
 
-#[test]
-fn affine_dot_is_within_the_input_step_of_the_exact_product() {
+fn affine_dot_is_within_the_input_step_of_the_exact_product_on(isa: InstructionSet) {
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
             let cols = 1024;
@@ -400,30 +423,32 @@ fn affine_dot_is_within_the_input_step_of_the_exact_product() {
                 })
                 .sum::<f64>()
                 + 1e-5 * w.magnitude(0, &q);
-            for tier in TIERS.into_iter().filter(|t| t.available()) {
-                let mut out = [0f32];
-                assert!(affine::dot_affine_on(
-                    tier,
-                    bits,
-                    gs,
-                    w.row_words(0),
-                    s,
-                    b,
-                    &[q],
-                    &mut out
-                ));
-                assert!(
-                    (f64::from(out[0]) - exact).abs() <= bound,
-                    "{tier:?} bits {bits} gs {gs}: {} vs {exact}",
-                    out[0]
-                );
-            }
+            let mut out = [0f32];
+            assert!(affine::dot_affine_on(
+                isa,
+                bits,
+                gs,
+                w.row_words(0),
+                s,
+                b,
+                &[q],
+                &mut out
+            ));
+            assert!(
+                (f64::from(out[0]) - exact).abs() <= bound,
+                "{isa:?} bits {bits} gs {gs}: {} vs {exact}",
+                out[0]
+            );
         }
     }
 }
 
-#[test]
-fn affine_many_rejects_mismatched_arguments() {
+per_instruction_set!(
+    affine_dot_is_within_the_input_step_of_the_exact_product,
+    affine_dot_is_within_the_input_step_of_the_exact_product_on
+);
+
+fn affine_many_rejects_mismatched_arguments_on(isa: InstructionSet) {
     let w = Quantized::new(4, 64, 1, 128, 3);
     let (_, xp) = prepare(128, 2, 4);
     let qs: Vec<QInput<'_>> = xp
@@ -433,63 +458,66 @@ fn affine_many_rejects_mismatched_arguments() {
     let (s, b) = (&w.scales[..2], &w.biases[..2]);
     let mut out = [0f32; 2];
     let words = w.row_words(0);
-    for tier in TIERS.into_iter().filter(|t| t.available()) {
-        assert!(!affine::dot_affine_on(
-            tier, 3, 64, words, s, b, &qs, &mut out
-        ));
-        assert!(!affine::dot_affine_on(
-            tier, 4, 48, words, s, b, &qs, &mut out
-        ));
-        assert!(!affine::dot_affine_on(
-            tier,
-            4,
-            64,
-            &words[..8],
-            s,
-            b,
-            &qs,
-            &mut out
-        ));
-        assert!(!affine::dot_affine_on(
-            tier,
-            4,
-            64,
-            words,
-            s,
-            &b[..1],
-            &qs,
-            &mut out
-        ));
-        assert!(!affine::dot_affine_on(
-            tier,
-            4,
-            64,
-            words,
-            s,
-            b,
-            &qs,
-            &mut out[..1]
-        ));
-        // Inputs of another width.
-        let (_, other) = prepare(64, 1, 5);
-        let q64 = [affine::prepared(&other[0], 64).unwrap()];
-        assert!(!affine::dot_affine_on(
-            tier,
-            4,
-            64,
-            words,
-            s,
-            b,
-            &q64,
-            &mut out[..1]
-        ));
-    }
+    assert!(!affine::dot_affine_on(
+        isa, 3, 64, words, s, b, &qs, &mut out
+    ));
+    assert!(!affine::dot_affine_on(
+        isa, 4, 48, words, s, b, &qs, &mut out
+    ));
+    assert!(!affine::dot_affine_on(
+        isa,
+        4,
+        64,
+        &words[..8],
+        s,
+        b,
+        &qs,
+        &mut out
+    ));
+    assert!(!affine::dot_affine_on(
+        isa,
+        4,
+        64,
+        words,
+        s,
+        &b[..1],
+        &qs,
+        &mut out
+    ));
+    assert!(!affine::dot_affine_on(
+        isa,
+        4,
+        64,
+        words,
+        s,
+        b,
+        &qs,
+        &mut out[..1]
+    ));
+    // Inputs of another width.
+    let (_, other) = prepare(64, 1, 5);
+    let q64 = [affine::prepared(&other[0], 64).unwrap()];
+    assert!(!affine::dot_affine_on(
+        isa,
+        4,
+        64,
+        words,
+        s,
+        b,
+        &q64,
+        &mut out[..1]
+    ));
 }
+
+per_instruction_set!(
+    affine_many_rejects_mismatched_arguments,
+    affine_many_rejects_mismatched_arguments_on
+);
 
 /// Quantized rows for `matmul` that read prepared inputs, several at a time.
 struct ManyRows(Quantized, usize);
 
-impl Rows for ManyRows {
+impl WeightMatrix for ManyRows {
     fn rows(&self) -> usize {
         self.1
     }
@@ -514,9 +542,12 @@ impl Rows for ManyRows {
             let (s, b) = (q.row_groups(&q.scales, r), q.row_groups(&q.biases, r));
             match &qs {
                 Some(qs) => {
-                    for (qs, out) in qs.chunks(affine::MANY).zip(out.chunks_mut(affine::MANY)) {
+                    for (qs, out) in qs
+                        .chunks(INPUTS_PER_PASS)
+                        .zip(out.chunks_mut(INPUTS_PER_PASS))
+                    {
                         assert!(affine::dot_affine_on(
-                            affine::Tier::best(),
+                            InstructionSet::best(),
                             q.bits,
                             q.gs,
                             q.row_words(r),
@@ -613,12 +644,9 @@ fn quantized_matrices_run_prepared_inputs_close_to_the_exact_product() {
 }
 
 #[test]
+#[cfg_attr(not(athena_host_avx512_vnni), ignore = "this CPU has no AVX-512 VNNI")]
 fn int16_panels_match_the_integer_reference() {
-    use super::affine8::InputForm;
     use super::panel::{self, Panel, Unpacked, WeightRows, PANEL};
-    if !panel::supported(4, 64, 128) {
-        return;
-    }
     const R: usize = 4;
     for bits in [4u8, 8] {
         for gs in [32usize, 64, 128] {
@@ -690,7 +718,7 @@ fn prepared_parts_equal_their_plain_definitions() {
     let mut rng = StdRng::seed_from_u64(11);
     for case in 0..200 {
         let scale = [1e-30f32, 1e-3, 1.0, 7.0, 1e6, 3e37][case % 6];
-        let mut xb: Vec<f32> = (0..affine::QBLOCK)
+        let mut xb: Vec<f32> = (0..BLOCK_LEN)
             .map(|_| rng.random_range(-1.0f32..1.0) * scale)
             .collect();
         // Values that land on .5 steps, and the extremes of the range.
@@ -714,7 +742,7 @@ fn prepared_parts_equal_their_plain_definitions() {
     for cols in [32, 96, 160, 2048] {
         let x = inputs(cols, cols as u64);
         let want: Vec<f64> = x
-            .chunks_exact(affine::QBLOCK)
+            .chunks_exact(BLOCK_LEN)
             .map(|b| b.iter().fold(-0.0f64, |s, &v| s + f64::from(v)))
             .collect();
         let got = affine::exact_block_sums(&x);

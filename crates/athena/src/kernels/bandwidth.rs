@@ -33,7 +33,7 @@ pub fn measure(mib: usize, reps: usize) -> Bandwidth {
         let s: f32 = a
             .par_chunks(chunk)
             .zip(b.par_chunks(chunk))
-            .map(|(a, b)| super::dot(a, b))
+            .map(|(a, b)| super::float::dot(a, b))
             .sum();
         read = read.min(t.elapsed().as_secs_f64());
         std::hint::black_box(s);

@@ -2,7 +2,7 @@
 //! bf16: its activations are bf16 tensors widened to f32), on AVX512_BF16's `vdpbf16ps`.
 //!
 //! The inputs are packed to bf16 once per call. Weight rows are taken four at a time (read
-//! in place when stored in bf16, else converted and packed, see [`Rows::bf16_row`]) against
+//! in place when stored in bf16, else converted and packed, see [`WeightMatrix::bf16_row`]) against
 //! four input rows at a time: sixteen accumulators of sixteen f32 lanes, each row value
 //! loaded once per step for four products. Products of bf16 values are exact in f32, so
 //! each output is the exact sum up to f32 rounding of the partial sums (sixteen lanes, each
@@ -17,7 +17,12 @@ use std::cell::Cell;
 
 use half::bf16;
 
-use super::{avx512_float as simd, Rows};
+use super::cpu::{has_avx512, has_avx512_bf16};
+use super::float::dot;
+use super::matrix::WeightMatrix;
+use super::pool::{self, keep_for_reuse, PAR_MIN_WORK};
+use super::portable;
+use super::x86::avx512_float as simd;
 
 /// Weight rows per step of the micro-kernel.
 const W_BLOCK: usize = 4;
@@ -31,16 +36,16 @@ const TILE_BYTES: usize = 512 * 1024;
 
 /// `y = x · Wᵀ` (`x` [m, cols] → `y` [m, rows], row-major) on `vdpbf16ps`, or `None` (having
 /// computed nothing) where that does not apply: fewer than two input rows, rows that read
-/// prepared inputs ([`Rows::reads_prepared`]), a CPU without AVX512_BF16, an input value
+/// prepared inputs ([`WeightMatrix::reads_prepared`]), a CPU without AVX512_BF16, an input value
 /// that is not a bf16, or a first weight row that is not. A later weight row that is not
 /// bf16 is computed on the exact path ([`super::dot`]).
-pub(super) fn try_matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Option<Vec<f32>> {
+pub(super) fn try_matmul<W: WeightMatrix + ?Sized>(w: &W, x: &[f32], m: usize) -> Option<Vec<f32>> {
     let (rows, cols) = (w.rows(), w.cols());
     if m < MIN_ROWS || rows == 0 || cols == 0 || x.len() != m * cols {
         return None;
     }
     // Quantized rows run on the inputs' integer form instead.
-    if w.reads_prepared() || !super::has_avx512_bf16() {
+    if w.reads_prepared() || !has_avx512_bf16() {
         return None;
     }
     let mut xb = PACKED.with(|c| c.take());
@@ -50,19 +55,19 @@ pub(super) fn try_matmul<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> Option
         })),
         false => None,
     };
-    PACKED.with(|c| c.set(super::keep_for_reuse(xb, KEEP_BYTES)));
+    PACKED.with(|c| c.set(keep_for_reuse(xb, KEEP_BYTES)));
     y
 }
 
 /// Whether [`try_matmul`] runs this product (its checks, without computing anything).
-pub(super) fn applies<W: Rows + ?Sized>(w: &W, x: &[f32], m: usize) -> bool {
+pub(super) fn applies<W: WeightMatrix + ?Sized>(w: &W, x: &[f32], m: usize) -> bool {
     let (rows, cols) = (w.rows(), w.cols());
     m >= MIN_ROWS
         && rows > 0
         && cols > 0
         && x.len() == m * cols
         && !w.reads_prepared()
-        && super::has_avx512_bf16()
+        && has_avx512_bf16()
         && x.iter().all(|v| v.to_bits() & 0xffff == 0)
         && first_row_is_bf16(w)
 }
@@ -88,15 +93,15 @@ fn pack_into(x: &[f32], out: &mut Vec<bf16>) -> bool {
 /// Runs `block(first_row, out)` over chunks of whole [`W_BLOCK`]s of output rows (in
 /// parallel for large products), each chunk's `out` laid out [m, chunk rows], and gathers
 /// `y` [m, rows] from them with contiguous copies.
-fn run_chunks<W: Rows + ?Sized>(
+fn run_chunks<W: WeightMatrix + ?Sized>(
     w: &W,
     m: usize,
     block: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let (rows, cols) = (w.rows(), w.cols());
-    let threads = super::pool::threads();
+    let threads = pool::threads();
     let work = m.saturating_mul(rows).saturating_mul(cols);
-    let chunk = match work < super::PAR_MIN_WORK || threads == 1 {
+    let chunk = match work < PAR_MIN_WORK || threads == 1 {
         true => rows,
         false => rows.div_ceil(threads * 8).next_multiple_of(W_BLOCK),
     };
@@ -106,7 +111,7 @@ fn run_chunks<W: Rows + ?Sized>(
     if chunk >= rows {
         block(0, &mut parts);
     } else {
-        super::pool::for_each_chunk(&mut parts, chunk * m, |c, out| block(c * chunk, out));
+        pool::for_each_chunk(&mut parts, chunk * m, |c, out| block(c * chunk, out));
     }
     let mut y = Vec::with_capacity(m * rows);
     for i in 0..m {
@@ -115,12 +120,12 @@ fn run_chunks<W: Rows + ?Sized>(
             y.extend_from_slice(&part[i * n..(i + 1) * n]);
         }
     }
-    PARTS.with(|c| c.set(super::keep_for_reuse(parts, KEEP_BYTES)));
+    PARTS.with(|c| c.set(keep_for_reuse(parts, KEEP_BYTES)));
     y
 }
 
 /// Whether row 0 of `w` holds bf16 values only.
-fn first_row_is_bf16<W: Rows + ?Sized>(w: &W) -> bool {
+fn first_row_is_bf16<W: WeightMatrix + ?Sized>(w: &W) -> bool {
     if w.bf16_row(0).is_some() {
         return true;
     }
@@ -134,7 +139,7 @@ fn first_row_is_bf16<W: Rows + ?Sized>(w: &W) -> bool {
 /// (every value's low 16 bits zero); `false` without AVX-512.
 pub(super) fn pack(src: &[f32], out: &mut [bf16]) -> bool {
     let n = src.len().min(out.len());
-    if !super::has_avx512() {
+    if !has_avx512() {
         return false;
     }
     // SAFETY: AVX-512 F/BW/VL are present (checked above); both slices have length n.
@@ -148,8 +153,8 @@ pub(super) fn dots<const R: usize, const C: usize>(
     x: [&[bf16]; C],
 ) -> [[f32; C]; R] {
     let n = w.iter().chain(&x).map(|s| s.len()).min().unwrap_or(0);
-    if !super::has_avx512_bf16() {
-        return w.map(|w| x.map(|x| super::portable::dot_bf16_pairs(&w[..n], &x[..n])));
+    if !has_avx512_bf16() {
+        return w.map(|w| x.map(|x| portable::dot_bf16_pairs(&w[..n], &x[..n])));
     }
     // SAFETY: AVX-512 F/BW/VL and BF16 are present (checked above); every pointer is valid
     // for n reads.
@@ -164,7 +169,7 @@ fn tile_rows(cols: usize, m: usize) -> usize {
 
 /// Output rows `first_row..` into `out` ([m, chunk rows]): weight rows [`W_BLOCK`] at a
 /// time against the input rows of each tile, [`X_BLOCK`] at a time.
-fn block<W: Rows + ?Sized>(
+fn block<W: WeightMatrix + ?Sized>(
     w: &W,
     x: &[f32],
     xb: &[bf16],
@@ -207,7 +212,7 @@ fn block<W: Rows + ?Sized>(
             for j in (0..n).filter(|&j| !exact[j]) {
                 let row = w.row(first_row + r0 + j, &mut buf);
                 for k in i0..i1 {
-                    out[k * out_rows + r0 + j] = super::dot(row, &x[k * cols..(k + 1) * cols]);
+                    out[k * out_rows + r0 + j] = dot(row, &x[k * cols..(k + 1) * cols]);
                 }
             }
             r0 += W_BLOCK;
@@ -219,7 +224,7 @@ fn block<W: Rows + ?Sized>(
 /// Rows `r0..r0 + n` (`n` ≤ [`W_BLOCK`]) of `w` in bf16, read in place or converted into
 /// `packed` ([`W_BLOCK`] rows of scratch), and whether each is exact; rows past `n` repeat
 /// the first (their products are not used).
-fn weight_rows<'a, W: Rows + ?Sized>(
+fn weight_rows<'a, W: WeightMatrix + ?Sized>(
     w: &'a W,
     r0: usize,
     n: usize,

@@ -5,6 +5,7 @@ use half::bf16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::x86::{avx2, avx512_float};
 use super::*;
 
 const LENGTHS: [usize; 12] = [0, 1, 7, 15, 16, 17, 31, 33, 64, 257, 1000, 2049];
@@ -56,36 +57,50 @@ fn dot_bf16_wide_matches_reference_on_odd_lengths() {
         let (w, x) = (bf16_values(n, 1), f32_values(n, 2));
         let wf = widen(&w);
         assert!(close(dot_bf16_wide(&w, &x), &wf, &x, 1e-6), "n {n}");
-        if has_avx2_fma() {
-            // SAFETY: AVX2 and FMA are present; lengths are equal.
-            let got = unsafe { avx2::dot_bf16_wide(&w, &x) };
-            assert!(close(got, &wf, &x, 1e-6), "avx2 n {n}");
-        }
     }
 }
 
 #[test]
-fn bf16_to_f32_tiers_are_exact() {
+#[cfg_attr(not(athena_host_avx2_fma), ignore = "this CPU has no AVX2+FMA")]
+fn avx2_dot_bf16_wide_matches_reference_on_odd_lengths() {
+    assert!(has_avx2_fma());
+    for n in LENGTHS {
+        let (w, x) = (bf16_values(n, 1), f32_values(n, 2));
+        let wf = widen(&w);
+        // SAFETY: AVX2 and FMA are present (asserted above); lengths are equal.
+        let got = unsafe { avx2::dot_bf16_wide(&w, &x) };
+        assert!(close(got, &wf, &x, 1e-6), "avx2 n {n}");
+    }
+}
+
+#[test]
+fn bf16_to_f32_is_exact() {
     for n in LENGTHS {
         let w = bf16_values(n, 4);
         let want = widen(&w);
         let mut out = vec![0f32; n];
         bf16_to_f32(&w, &mut out);
         assert_eq!(out, want, "n {n}");
-        if has_avx512() {
-            let mut out = vec![0f32; n];
-            // SAFETY: AVX-512 F/BW/VL are present; lengths are equal.
-            unsafe { avx512_float::bf16_to_f32(&w, &mut out) };
-            assert_eq!(out, want, "avx512 n {n}");
-        }
     }
 }
 
 #[test]
-fn pack_is_exact_on_bf16_values_only() {
-    if !has_avx512() {
-        return;
+#[cfg_attr(not(athena_host_avx512), ignore = "this CPU has no AVX-512 F/BW/VL")]
+fn avx512_bf16_to_f32_is_exact() {
+    assert!(has_avx512());
+    for n in LENGTHS {
+        let w = bf16_values(n, 4);
+        let want = widen(&w);
+        let mut out = vec![0f32; n];
+        // SAFETY: AVX-512 F/BW/VL are present (asserted above); lengths are equal.
+        unsafe { avx512_float::bf16_to_f32(&w, &mut out) };
+        assert_eq!(out, want, "avx512 n {n}");
     }
+}
+
+#[test]
+#[cfg_attr(not(athena_host_avx512), ignore = "this CPU has no AVX-512 F/BW/VL")]
+fn pack_is_exact_on_bf16_values_only() {
     for n in LENGTHS {
         let w = bf16_values(n, 3);
         let wf = widen(&w);
@@ -134,10 +149,10 @@ fn bf16_pair_dots_match_reference() {
     }
 }
 
-/// f32 rows without [`Rows::bf16_row`], as a wrapper that does not forward it reads them.
+/// f32 rows without [`WeightMatrix::bf16_row`], as a wrapper that does not forward it reads them.
 struct Widened<'a>(Bf16Rows<'a>);
 
-impl Rows for Widened<'_> {
+impl WeightMatrix for Widened<'_> {
     fn rows(&self) -> usize {
         self.0.rows()
     }
@@ -184,10 +199,20 @@ fn matmul_on_bf16_inputs_matches_reference() {
         check_product(&direct, &wf, &x, rows, cols, "bf16 rows");
         let widened = matmul(&Widened(Bf16Rows { data: &wb, cols }), &x, m);
         check_product(&widened, &wf, &x, rows, cols, "widened rows");
-        if has_avx512_bf16() {
-            // Both read the same bf16 values into the same kernel.
-            assert_eq!(direct, widened, "{rows}x{cols} m {m}");
-        }
+    }
+}
+
+#[test]
+#[cfg_attr(not(athena_host_avx512_bf16), ignore = "this CPU has no AVX512_BF16")]
+fn matmul_on_bf16_inputs_reads_bf16_and_widened_rows_alike() {
+    assert!(has_avx512_bf16());
+    for (rows, cols, m) in SHAPES {
+        let wb = bf16_values(rows * cols, 30);
+        let x = widen(&bf16_values(m * cols, 31));
+        let direct = matmul(&Bf16Rows { data: &wb, cols }, &x, m);
+        let widened = matmul(&Widened(Bf16Rows { data: &wb, cols }), &x, m);
+        // Both read the same bf16 values into the same kernel.
+        assert_eq!(direct, widened, "{rows}x{cols} m {m}");
     }
 }
 

@@ -1,24 +1,28 @@
 //! Several independent products `yᵢ = xᵢ · Wᵢᵀ` in one parallel pass: the routed experts of
 //! a decode step, each with its own few input rows.
 //!
-//! [`matmul`](super::matmul) would run each product as its own parallel section, so a
+//! [`matmul`] would run each product as its own parallel section, so a
 //! decode step pays a fork and join, and the idle time of its least busy thread, per expert
 //! and projection. [`matmul_many`] prepares every input once, cuts all the products' weight
 //! rows into tasks and runs them together. Each output is computed exactly as `matmul`
-//! computes it (the same [`Rows::dot_rows`] calls on the same prepared inputs), so the
+//! computes it (the same [`WeightMatrix::dot_rows`] calls on the same prepared inputs), so the
 //! grouping changes the schedule, not the values. Products past decode size, and those
 //! `matmul` runs on bf16 × bf16 products, go through `matmul` one by one.
 
 use std::ops::Range;
 
-use super::{
-    affine, pool, prepared_block, scatter, Preparation, Rows, GEMV_MAX_ROWS, PAR_MIN_WORK,
-};
+#[cfg(target_arch = "x86_64")]
+use super::bf16_pairs;
+use super::cpu::InstructionSet;
+use super::layout::ROWS_PER_BLOCK;
+use super::matmul::{matmul, prepared_block, scatter, Preparation, GEMV_MAX_ROWS};
+use super::matrix::WeightMatrix;
+use super::pool::{self, PAR_MIN_WORK};
 
 /// One product of [`matmul_many`]: `x` holds `m` rows of `w.cols()` values.
 pub struct Product<'a> {
     /// The weight rows.
-    pub w: &'a dyn Rows,
+    pub w: &'a dyn WeightMatrix,
     /// [m, cols] row-major.
     pub x: &'a [f32],
     /// Input rows.
@@ -33,7 +37,7 @@ const MIN_TASK_ROWS: usize = 16;
 const PAR_MIN_PREPARE: usize = 1 << 16;
 
 /// `[x₀ · W₀ᵀ, x₁ · W₁ᵀ, …]`, each `[m, rows]` row-major and equal to
-/// [`matmul`](super::matmul)`(w, x, m)`. The caller has checked `x.len() == m * w.cols()`.
+/// [`matmul`]`(w, x, m)`. The caller has checked `x.len() == m * w.cols()`.
 pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     let mut ys: Vec<Vec<f32>> = products
         .iter()
@@ -43,7 +47,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     // for the products run together: decode-sized ones, and any number of input rows against
     // rows that read prepared inputs (quantized experts at prefill), as `matmul` would run
     // them. The others run through `matmul` one by one.
-    let simd = affine::Tier::best() != affine::Tier::Portable;
+    let simd = InstructionSet::best() != InstructionSet::Portable;
     let mut shared: Vec<(usize, usize, usize)> = Vec::new();
     let mut preps: Vec<Preparation> = Vec::new();
     // Per entry of `shared`, the earlier entry whose prepared rows it reads (the same input
@@ -68,7 +72,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
             same_as.push(earlier);
             preps.push(prep);
         } else {
-            ys[i] = super::matmul(p.w, p.x, p.m);
+            ys[i] = matmul(p.w, p.x, p.m);
         }
     }
     let mut xp = vec![0f32; at];
@@ -107,7 +111,7 @@ pub fn matmul_many(products: &[Product<'_>]) -> Vec<Vec<f32>> {
     for (s, ok) in shared.into_iter().zip(prepared) {
         match ok {
             true => kept.push(s),
-            false => ys[s.0] = super::matmul(products[s.0].w, products[s.0].x, products[s.0].m),
+            false => ys[s.0] = matmul(products[s.0].w, products[s.0].x, products[s.0].m),
         }
     }
     let shared = kept;
@@ -145,12 +149,12 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
         || (a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()))
 }
 
-/// Whether [`matmul`](super::matmul) runs this product on bf16 × bf16 products rather than on
+/// Whether [`matmul`] runs this product on bf16 × bf16 products rather than on
 /// prepared inputs.
 fn bf16_products(p: &Product<'_>) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::bf16_pairs::applies(p.w, p.x, p.m)
+        bf16_pairs::applies(p.w, p.x, p.m)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -159,14 +163,14 @@ fn bf16_products(p: &Product<'_>) -> bool {
 }
 
 /// The shared pass's tasks: (index into `shared`, weight rows), every product's rows cut
-/// into blocks of one size, whole multiples of [`affine::ROWS`].
+/// into blocks of one size, whole multiples of [`ROWS_PER_BLOCK`].
 fn tasks(products: &[Product<'_>], shared: &[(usize, usize, usize)]) -> Vec<(usize, Range<usize>)> {
     let total: usize = shared.iter().map(|&(i, ..)| products[i].w.rows()).sum();
     let want = pool::threads() * TASKS_PER_THREAD;
     let per = total
         .div_ceil(want.max(1))
         .max(MIN_TASK_ROWS)
-        .next_multiple_of(affine::ROWS);
+        .next_multiple_of(ROWS_PER_BLOCK);
     shared
         .iter()
         .enumerate()
@@ -175,131 +179,4 @@ fn tasks(products: &[Product<'_>], shared: &[(usize, usize, usize)]) -> Vec<(usi
             (0..rows.div_ceil(per)).map(move |b| (s, b * per..((b + 1) * per).min(rows)))
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use half::bf16;
-
-    use super::*;
-    use crate::kernels::{matmul, Bf16Rows, F32Rows};
-    use crate::quant::{AffineParams, InputForm, QMatrix};
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
-
-    #[test]
-    fn many_products_equal_each_product_alone() {
-        let (rows, cols) = (300, 512);
-        let wf = values(rows * cols, 1);
-        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
-        let q4 = QMatrix::quantize("w4", &wf, rows, cols, AffineParams::new(4, 64).unwrap());
-        let q8 = QMatrix::quantize_half(
-            "w8",
-            &wf[..70 * cols],
-            70,
-            cols,
-            AffineParams::new(8, 32).unwrap(),
-        );
-        let (q4, q8) = (q4.unwrap(), q8.unwrap());
-        let f32_rows = F32Rows { data: &wf, cols };
-        let bf16_rows = Bf16Rows { data: &wb, cols };
-        // One, three and six input rows (six runs alone), an input with an infinity (the
-        // exact path), and three rows of bf16 values (bf16 × bf16 products for bf16 rows).
-        let xs: Vec<(Vec<f32>, usize)> = [1usize, 3, 6, 1, 3]
-            .iter()
-            .enumerate()
-            .map(|(i, &m)| {
-                let mut x = values(m * cols, 10 + i as u32);
-                if i == 3 {
-                    x[5] = f32::INFINITY;
-                }
-                if i == 4 {
-                    x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
-                }
-                (x, m)
-            })
-            .collect();
-        q4.with_rows(|w4| {
-            q8.with_rows(|w8| {
-                let ws: [&dyn Rows; 4] = [w4, w8, &f32_rows, &bf16_rows];
-                let products: Vec<Product<'_>> = ws
-                    .iter()
-                    .flat_map(|&w| xs.iter().map(move |(x, m)| Product { w, x, m: *m }))
-                    .collect();
-                assert_each_alone(&products, "");
-            })
-        });
-    }
-
-    /// `matmul_many(products)` on one and two threads, against `matmul` of each product
-    /// alone, bit for bit; returns the outputs.
-    fn assert_each_alone(products: &[Product<'_>], what: &str) -> Vec<Vec<f32>> {
-        let mut last = Vec::new();
-        for threads in [1, 2] {
-            let got = pool::with_threads(threads, || matmul_many(products));
-            for (k, (p, y)) in products.iter().zip(&got).enumerate() {
-                let alone = pool::with_threads(threads, || matmul(p.w, p.x, p.m));
-                assert_eq!(y.len(), p.m * p.w.rows(), "{what} product {k}");
-                let same = y
-                    .iter()
-                    .zip(&alone)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{what} product {k} (m {}) on {threads} threads", p.m);
-            }
-            last = got;
-        }
-        last
-    }
-
-    #[test]
-    fn many_inputs_against_quantized_rows_equal_each_product_alone() {
-        // Prefill-sized products (the panel kernels from ten inputs), in both input
-        // forms, with row counts that do and do not fill whole tasks.
-        let cols = 512;
-        let wf = values(300 * cols, 3);
-        let q4 = QMatrix::quantize("w4", &wf, 300, cols, AffineParams::new(4, 64).unwrap());
-        let q8 = QMatrix::quantize(
-            "w8",
-            &wf[..70 * cols],
-            70,
-            cols,
-            AffineParams::new(8, 32).unwrap(),
-        );
-        let (q4, q8) = (q4.unwrap(), q8.unwrap());
-        let xs: Vec<(Vec<f32>, usize)> = [9usize, 16, 20, 2]
-            .iter()
-            .enumerate()
-            .map(|(i, &m)| (values(m * cols, 40 + i as u32), m))
-            .collect();
-        for form in [InputForm::Int16, InputForm::Int8] {
-            let (q4, q8) = (
-                q4.clone().with_input_form(form),
-                q8.clone().with_input_form(form),
-            );
-            q4.with_rows(|w4| {
-                q8.with_rows(|w8| {
-                    let ws: [&dyn Rows; 2] = [w4, w8];
-                    let products: Vec<Product<'_>> = ws
-                        .iter()
-                        .flat_map(|&w| xs.iter().map(move |(x, m)| Product { w, x, m: *m }))
-                        .collect();
-                    let got = assert_each_alone(&products, &format!("{form:?}"));
-                    for (p, y) in products.iter().zip(&got) {
-                        let exact = crate::kernels::matmul_exact(p.w, p.x, p.m);
-                        for (a, e) in y.iter().zip(&exact) {
-                            assert!((a - e).abs() <= 0.05 * (1.0 + e.abs()), "{a} vs {e}");
-                        }
-                    }
-                })
-            });
-        }
-    }
 }

@@ -25,90 +25,40 @@
 //! sixteen steps a block. Both the weights and the inputs keep the int16 form's order, each
 //! span of 64 values evens first, which is how both widths unpack.
 
-use super::affine::{QInput, QBLOCK, QSPAN};
-use super::affine8::{InputForm, QInput8};
+use super::cpu;
+use super::layout::{
+    pair_offset, steps_per_block, InputForm, QInput, QInput8, BLOCK_LEN, PAIRS, PANEL_CHUNK, QUADS,
+};
+pub use super::layout::{Panel, Unpacked, WeightRows, PANEL};
+#[cfg(target_arch = "x86_64")]
+use super::x86::avx512_panel;
 
-/// Inputs per panel: the int32 lanes of a 512-bit register.
-pub const PANEL: usize = 16;
 /// Fewer inputs than this run the row kernels of [`super::affine`] and [`super::affine8`]
 /// instead: a panel costs the same per row whatever it holds. One thread, 1024 × 2048, 4-bit
 /// (Gelem/s, panel against rows): 8 inputs 30.8 / 40.2 (int16) and 39.2 / 44.0 (int8); 10
 /// inputs 37.2 / 36.9 and 61.2 / 39.8; 12 inputs 49.0 / 35.3 and 60.3 / 44.0.
 pub const PANEL_MIN: usize = 10;
-/// Columns per unit of the weight layout (a multiple of every group size).
-const CHUNK: usize = 128;
-/// Four-code quads per block of [`QBLOCK`] values (int8 inputs).
-const QUADS: usize = QBLOCK / 4;
-/// Two-code pairs per block (int16 inputs).
-const PAIRS: usize = QBLOCK / 2;
-
-/// Lane-wide steps (dwords of codes) per block in `form`.
-pub(super) const fn steps_per_block(form: InputForm) -> usize {
-    match form {
-        InputForm::Int8 => QUADS,
-        InputForm::Int16 => PAIRS,
-    }
-}
-
 /// Whether rows of `bits` bits in groups of `group_size` over `cols` columns have panel
 /// kernels on this CPU.
 pub fn supported(bits: u8, group_size: usize, cols: usize) -> bool {
     matches!(bits, 4 | 8)
         && matches!(group_size, 32 | 64 | 128)
         && cols > 0
-        && cols.is_multiple_of(CHUNK)
-        && super::affine::has_avx512_vnni()
-}
-
-/// Where quad `j` of block `b` lies in a weight row unpacked for `bits` bits, in bytes.
-#[inline(always)]
-pub(super) fn quad_offset(bits: u8, b: usize, j: usize) -> usize {
-    if bits == 8 {
-        return QBLOCK * b + 4 * j;
-    }
-    // Per 128 columns: 64 low nibbles (even columns), then 64 high ones (odd columns); block
-    // k of the chunk is bytes 16k..16k + 16 of each half.
-    let (c, k) = (b / 4, b % 4);
-    CHUNK * c + 64 * (j / 4) + 16 * k + 4 * (j % 4)
-}
-
-/// Where pair `j` of block `b` lies in a row or an input held in the int16 form's order
-/// (spans of 64 values, evens first), in bytes: both halves of the span hold the block's
-/// sixteen values at the same place.
-#[inline(always)]
-pub(super) fn pair_offset(b: usize, j: usize) -> usize {
-    let (span, half) = (b / 2, b % 2);
-    2 * QSPAN * span + 64 * (j / 8) + 32 * half + 4 * (j % 8)
+        && cols.is_multiple_of(PANEL_CHUNK)
+        && cpu::has_avx512_vnni()
 }
 
 /// Where the four codes of quad `j` of block `b` lie in an int8-prepared input: in its
 /// natural codes (8 bits), or in its codes evens first per 64 values (4 bits).
 fn input_offset(bits: u8, b: usize, j: usize) -> usize {
     if bits == 8 {
-        return QBLOCK * b + 4 * j;
+        return BLOCK_LEN * b + 4 * j;
     }
     // Low nibble `i` of a chunk is its column 2i, high nibble `i` its column 2i + 1; evens
     // first per 64 values puts column 2i at 64·(i / 32) + i % 32 and 2i + 1 32 further.
     let (c, k) = (b / 4, b % 4);
     let i = 16 * k + 4 * (j % 4);
-    CHUNK * c + 64 * (i / 32) + i % 32 + 32 * (j / 4)
-}
-
-/// Up to [`PANEL`] int8-prepared inputs laid out for the panel kernels.
-pub struct Panel {
-    /// The form of the inputs.
-    pub(super) form: InputForm,
-    /// Inputs held (the other lanes are zero).
-    pub(super) n: usize,
-    /// Per block, per dword step, per input: four int8 codes plus 128, or two int16 codes.
-    pub(super) codes: Vec<u8>,
-    /// Per block, per input: its step.
-    pub(super) steps: Vec<f32>,
-    /// Per block, per input: what the block's integer sum starts from for the inputs' side
-    /// (int8 inputs of 8-bit rows: 128 · the sum of the input's codes; else zero).
-    pub(super) start: Vec<i32>,
-    /// Per group, per input: `Σ x` of the original values.
-    pub(super) sums: Vec<f32>,
+    PANEL_CHUNK * c + 64 * (i / 32) + i % 32 + 32 * (j / 4)
 }
 
 impl Panel {
@@ -119,7 +69,7 @@ impl Panel {
         if xs.len() > PANEL || !supported(bits, group_size, cols) {
             return None;
         }
-        let (blocks, groups) = (cols / QBLOCK, cols / group_size);
+        let (blocks, groups) = (cols / BLOCK_LEN, cols / group_size);
         let mut codes = vec![0u8; blocks * QUADS * PANEL * 4];
         let mut steps = vec![0f32; blocks * PANEL];
         let mut start = vec![0i32; blocks * PANEL];
@@ -133,7 +83,7 @@ impl Panel {
             for b in 0..blocks {
                 steps[b * PANEL + n] = x.step(b);
                 if bits == 8 {
-                    let total: i32 = x.codes[b * QBLOCK..(b + 1) * QBLOCK]
+                    let total: i32 = x.codes[b * BLOCK_LEN..(b + 1) * BLOCK_LEN]
                         .iter()
                         .map(|&c| i32::from(c))
                         .sum();
@@ -171,7 +121,7 @@ impl Panel {
         if xs.len() > PANEL || !supported(bits, group_size, cols) {
             return None;
         }
-        let (blocks, groups) = (cols / QBLOCK, cols / group_size);
+        let (blocks, groups) = (cols / BLOCK_LEN, cols / group_size);
         let mut codes = vec![0u8; blocks * PAIRS * PANEL * 4];
         let mut steps = vec![0f32; blocks * PANEL];
         let mut sums = vec![0f32; groups * PANEL];
@@ -205,36 +155,6 @@ impl Panel {
             sums,
         })
     }
-
-    /// The form of the inputs it holds.
-    pub fn form(&self) -> InputForm {
-        self.form
-    }
-
-    /// Inputs held.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// Whether it holds no input.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// Blocks of [`QBLOCK`] columns.
-    fn blocks(&self) -> usize {
-        self.steps.len() / PANEL
-    }
-}
-
-/// A weight row unpacked for the panel kernels of one input form: for int8 inputs, signed
-/// byte codes in the panel's column order and, per block, 128 · the sum of those codes; for
-/// int16 inputs, int16 codes in the int16 form's order.
-#[derive(Default)]
-pub struct Unpacked {
-    pub(super) form: InputForm,
-    pub(super) codes: Vec<u8>,
-    pub(super) sums: Vec<i32>,
 }
 
 impl Unpacked {
@@ -250,30 +170,19 @@ impl Unpacked {
         };
         self.form = form;
         self.codes.resize(width * cols, 0);
-        self.sums.resize(cols / QBLOCK, 0);
+        self.sums.resize(cols / BLOCK_LEN, 0);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 F, BW and VNNI are present (`supported`); lengths checked above.
         unsafe {
             match form {
                 InputForm::Int8 => {
-                    super::avx512_panel::unpack(bits, words, &mut self.codes, &mut self.sums)
+                    avx512_panel::unpack(bits, words, &mut self.codes, &mut self.sums)
                 }
-                InputForm::Int16 => super::avx512_panel::unpack_int16(bits, words, &mut self.codes),
+                InputForm::Int16 => avx512_panel::unpack_int16(bits, words, &mut self.codes),
             }
         };
         true
     }
-}
-
-/// `R` weight rows (1 or 4) for [`dots`]: unpacked, with their per-group scales and biases.
-#[derive(Clone, Copy)]
-pub struct WeightRows<'a, const R: usize> {
-    /// The rows unpacked.
-    pub rows: [&'a Unpacked; R],
-    /// Each row's scales, one per group.
-    pub scales: [&'a [f32]; R],
-    /// Each row's biases, one per group.
-    pub biases: [&'a [f32]; R],
 }
 
 /// `out[r · stride + k] = Σ w_r·x_k` for the rows `w` and every input `k` of `panel`
@@ -287,7 +196,7 @@ pub fn dots<const R: usize>(
     stride: usize,
 ) -> bool {
     let blocks = panel.blocks();
-    let cols = blocks * QBLOCK;
+    let cols = blocks * BLOCK_LEN;
     let groups = cols / group_size.max(1);
     let width = match panel.form {
         InputForm::Int8 => 1,
@@ -312,7 +221,7 @@ pub fn dots<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: AVX-512 F, BW and VNNI are present (`supported`); lengths checked above.
-        let dots = unsafe { super::avx512_panel::dots::<R>(bits, group_size, w, panel) };
+        let dots = unsafe { avx512_panel::dots::<R>(bits, group_size, w, panel) };
         for (r, d) in dots.iter().enumerate() {
             out[r * stride..r * stride + panel.n].copy_from_slice(&d[..panel.n]);
         }

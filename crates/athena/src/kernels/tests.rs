@@ -219,7 +219,7 @@ fn prepared_input_round_trips_within_a_step() {
         let sum: f64 = xb.iter().map(|&v| f64::from(v)).sum();
         assert!((f64::from(q.sums[0][b]) - sum).abs() <= 1e-6 * (1.0 + sum.abs()));
         for (i, &v) in xb.iter().enumerate() {
-            let back = f32::from(q.codes[affine::code_index(256, b * 32 + i)]) * q.step(b);
+            let back = f32::from(q.codes[layout::code_index(256, b * 32 + i)]) * q.step(b);
             assert!(
                 (back - v).abs() <= max / 32767.0 * 0.51 + 1e-7,
                 "block {b} [{i}]"
@@ -251,7 +251,7 @@ fn affine_dot_matches_reference() {
                 let q = affine::prepared(&xp, cols).unwrap();
                 let got = affine::dot_affine(bits, gs, &words, &scales, &biases, q).unwrap();
                 let mut port = [0f32];
-                affine::portable_dot_affine(bits, gs, &words, &scales, &biases, &[q], &mut port);
+                portable::dot_affine(bits, gs, &words, &scales, &biases, &[q], &mut port);
                 let port = port[0];
                 // The int16 inputs carry 2⁻¹⁶ of each block's largest value: bound the error by
                 // Σ|w|·max|x_block| of that (plus f32 rounding of Σ|w·x|).
@@ -298,7 +298,7 @@ struct AffineRows {
     w: Vec<f32>,
 }
 
-impl Rows for AffineRows {
+impl WeightMatrix for AffineRows {
     fn rows(&self) -> usize {
         self.w.len() / self.cols
     }

@@ -7,16 +7,18 @@
 //! few hundred columns. The result differs from dequantize-then-matmul by f32 rounding only.
 //!
 //! [`crate::kernels::matmul`] hands 4- and 8-bit rows their inputs with the int16 form behind
-//! them at every size ([`Rows::reads_prepared`]); they then skip the dequantization and run
+//! them at every size ([`WeightMatrix::reads_prepared`]); they then skip the dequantization and run
 //! integer dot products, one row's codes against up to four inputs at once
 //! ([`crate::kernels::affine`]). [`super::QMatrix::matmul`] keeps the f32 path.
 
 use std::ops::Range;
 
+use super::pack;
+use super::params::AffineParams;
 use super::scalars::Scalars;
-use super::{pack, AffineParams};
 use crate::kernels::affine::RowDots;
-use crate::kernels::{self, affine, affine8, panel, Rows};
+use crate::kernels::layout::{INPUTS_PER_PASS, ROWS_PER_BLOCK};
+use crate::kernels::{self, affine, affine8, panel, InstructionSet, WeightMatrix};
 
 /// A borrowed view of a [`super::QMatrix`]'s storage.
 pub(super) struct Packed<'a> {
@@ -32,10 +34,10 @@ pub(super) struct Packed<'a> {
     /// [rows, cols / group_size].
     pub biases: &'a Scalars,
     /// The prepared form its products ask of their inputs.
-    pub input_form: affine8::InputForm,
+    pub input_form: kernels::InputForm,
 }
 
-impl Rows for Packed<'_> {
+impl WeightMatrix for Packed<'_> {
     fn rows(&self) -> usize {
         self.rows
     }
@@ -91,13 +93,13 @@ impl Rows for Packed<'_> {
         matches!(self.params.bits, 4 | 8)
     }
 
-    fn input_form(&self) -> affine8::InputForm {
+    fn input_form(&self) -> kernels::InputForm {
         self.input_form
     }
 }
 
 impl Packed<'_> {
-    /// [`Rows::dot_rows`] on the inputs' prepared forms: int8 ([`affine8::Int8Dots`]) when
+    /// [`WeightMatrix::dot_rows`] on the inputs' prepared forms: int8 ([`affine8::Int8Dots`]) when
     /// they carry that form, else int16 ([`affine::AffineDots`]). `buf` (`cols` long) holds
     /// rows' scales and biases when they are stored in half precision. `false` when the width
     /// is not 4 or 8 bits, an input carries no prepared form, or a length disagrees (`out` may
@@ -149,13 +151,13 @@ impl Packed<'_> {
                 .collect();
             return self.panel_dots(rows, panels, out, buf);
         }
-        let tier = affine::Tier::best();
+        let tier = InstructionSet::best();
         self.run_dots(rows, n, out, buf, |c| {
             affine::AffineDots::new(tier, bits, gs, &qs[c])
         })
     }
 
-    /// [`Packed::affine_dots`] with the kernel for each chunk of up to [`affine::MANY`]
+    /// [`Packed::affine_dots`] with the kernel for each chunk of up to [`INPUTS_PER_PASS`]
     /// inputs, chunk by chunk ([`Packed::run_chunk`]).
     fn run_dots<K: RowDots>(
         &self,
@@ -165,12 +167,12 @@ impl Packed<'_> {
         buf: &mut [f32],
         kernel: impl Fn(Range<usize>) -> Option<K>,
     ) -> bool {
-        if n <= affine::MANY {
+        if n <= INPUTS_PER_PASS {
             return kernel(0..n).is_some_and(|k| self.run_chunk(&k, rows, n, out, buf));
         }
-        let mut part = vec![0f32; rows.len() * affine::MANY];
-        for c in (0..n).step_by(affine::MANY) {
-            let c = c..(c + affine::MANY).min(n);
+        let mut part = vec![0f32; rows.len() * INPUTS_PER_PASS];
+        for c in (0..n).step_by(INPUTS_PER_PASS) {
+            let c = c..(c + INPUTS_PER_PASS).min(n);
             let part = &mut part[..rows.len() * c.len()];
             let done = kernel(c.clone())
                 .is_some_and(|k| self.run_chunk(&k, rows.clone(), c.len(), part, buf));
@@ -184,8 +186,8 @@ impl Packed<'_> {
         true
     }
 
-    /// Weight rows `rows` against the `n` inputs (up to [`affine::MANY`]) of `kernel`: each
-    /// row in turn, or, against one input of 4-bit rows or against several, [`affine::ROWS`]
+    /// Weight rows `rows` against the `n` inputs (up to [`INPUTS_PER_PASS`]) of `kernel`: each
+    /// row in turn, or, against one input of 4-bit rows or against several, [`ROWS_PER_BLOCK`]
     /// rows at a time ([`Packed::four_rows`]).
     fn run_chunk<K: RowDots>(
         &self,
@@ -199,7 +201,7 @@ impl Packed<'_> {
         // Against one input, 8-bit rows (twice the bytes per product) stream faster one at a
         // time.
         let blocks = n > 1 || self.params.bits == 4;
-        if blocks && buf.len() >= 2 * affine::ROWS * groups {
+        if blocks && buf.len() >= 2 * ROWS_PER_BLOCK * groups {
             return self.four_rows(kernel, rows, n, out, buf);
         }
         self.one_by_one(kernel, rows, n, out, buf)
@@ -317,9 +319,9 @@ impl Packed<'_> {
         true
     }
 
-    /// [`Packed::run_dots`] against `n` inputs (up to [`affine::MANY`]): [`affine::ROWS`]
+    /// [`Packed::run_dots`] against `n` inputs (up to [`INPUTS_PER_PASS`]): [`ROWS_PER_BLOCK`]
     /// weight rows at a time ([`RowDots::rows`], the codes of the next ones prefetched), then
-    /// the last few one by one. `buf` holds at least `2 · ROWS` rows of scales.
+    /// the last few one by one. `buf` holds at least `2 · ROWS_PER_BLOCK` rows of scales.
     fn four_rows<K: RowDots>(
         &self,
         kernel: &K,
@@ -328,7 +330,7 @@ impl Packed<'_> {
         out: &mut [f32],
         buf: &mut [f32],
     ) -> bool {
-        const R: usize = affine::ROWS;
+        const R: usize = ROWS_PER_BLOCK;
         let groups = self.cols / self.params.group_size;
         let row_words = groups * self.group_words;
         let (sbuf, bbuf) = buf[..2 * R * groups].split_at_mut(R * groups);

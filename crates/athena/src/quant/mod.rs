@@ -7,9 +7,20 @@
 //! [`QMatrix::to_mlx`], and applied with [`QMatrix::matmul`] without ever dequantizing the
 //! whole matrix. `fixtures/quant/` holds MLX's own outputs for the parity tests.
 
-mod affine;
+mod dequantize;
 mod matmul;
+mod mlx_io;
 mod pack;
+mod params;
+mod qmatrix;
+mod quantize;
 mod scalars;
+mod scale_dtype;
 
-pub use affine::{AffineParams, InputForm, QMatrix};
+pub use params::AffineParams;
+pub use qmatrix::{InputForm, QMatrix};
+
+#[cfg(test)]
+mod pack_tests;
+#[cfg(test)]
+mod qmatrix_tests;

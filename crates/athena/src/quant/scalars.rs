@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use half::{bf16, f16};
 
-use crate::kernels::decode::GroupValues;
+use crate::kernels::GroupValues;
 
 /// One value per group, row-major [rows, groups].
 #[derive(Debug, Clone, PartialEq)]

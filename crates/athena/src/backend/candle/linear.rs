@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, Bf16Rows, F32Rows, Rows};
+use crate::kernels::{self, Bf16Rows, F32Rows, WeightMatrix};
 use crate::quant::QMatrix;
 
 /// Up to this many input rows, f32 weights on the CPU go through the GEMV kernel; more rows
@@ -93,7 +93,7 @@ impl Linear {
     /// Calls `f` with the layer's weights as rows for [`crate::kernels`] when they are on the
     /// CPU in a layout the kernels read in place: f32 or bf16 contiguous dense weights, or
     /// quantized ones. `None` for a LoRA-wrapped layer, other devices, dtypes or layouts.
-    pub(crate) fn with_rows<R>(&self, f: impl FnOnce(&dyn Rows) -> R) -> Result<Option<R>> {
+    pub(crate) fn with_rows<R>(&self, f: impl FnOnce(&dyn WeightMatrix) -> R) -> Result<Option<R>> {
         match self {
             Linear::Dense { weight, .. } => {
                 if !weight.device().is_cpu() {
@@ -177,13 +177,13 @@ impl Linear {
     /// order; `None` when one of them has none.
     pub(crate) fn with_all_rows<R>(
         layers: &[&Linear],
-        f: impl FnOnce(&[&dyn Rows]) -> R,
+        f: impl FnOnce(&[&dyn WeightMatrix]) -> R,
     ) -> Result<Option<R>> {
         /// Holds the rows of `layers` after those already in `held`, then calls `f`.
         fn nest<R>(
             layers: &[&Linear],
-            held: &[&dyn Rows],
-            f: &mut dyn FnMut(&[&dyn Rows]) -> R,
+            held: &[&dyn WeightMatrix],
+            f: &mut dyn FnMut(&[&dyn WeightMatrix]) -> R,
         ) -> Result<Option<R>> {
             let Some((first, rest)) = layers.split_first() else {
                 return Ok(Some(f(held)));
@@ -227,7 +227,7 @@ impl Linear {
 
 /// `x · Wᵀ` through the CPU kernels: `x` [.., in] in any float dtype → [.., out] in `x`'s
 /// dtype (computed in f32).
-fn kernel_forward(w: &dyn Rows, x: &Tensor) -> Result<Tensor> {
+fn kernel_forward(w: &dyn WeightMatrix, x: &Tensor) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let inp = dims.last().copied().unwrap_or(0);
     if inp != w.cols() {

@@ -18,7 +18,7 @@ use super::linear::Linear;
 use super::weights::Weights;
 use crate::checkpoint::{ExpertProj, OlmoeArgs};
 use crate::error::Result;
-use crate::kernels::{self, Rows};
+use crate::kernels::{self, WeightMatrix};
 use crate::lora::{ExpertProjKind, LoraTarget};
 
 /// The experts of one layer: one [`Linear`] per expert and projection (dense experts are
@@ -50,11 +50,11 @@ pub(crate) struct SparseMoeBlock {
 /// Gate and up rows interleaved (row 2i is gate row i, row 2i+1 up row i), so one pass of
 /// [`kernels::matmul`] computes both projections while each row pair is hot.
 struct GateUp<'a> {
-    gate: &'a dyn Rows,
-    up: &'a dyn Rows,
+    gate: &'a dyn WeightMatrix,
+    up: &'a dyn WeightMatrix,
 }
 
-impl Rows for GateUp<'_> {
+impl WeightMatrix for GateUp<'_> {
     fn rows(&self) -> usize {
         2 * self.gate.rows()
     }
@@ -99,7 +99,7 @@ impl Rows for GateUp<'_> {
     fn reads_prepared(&self) -> bool {
         self.gate.reads_prepared() && self.up.reads_prepared()
     }
-    fn input_form(&self) -> kernels::affine8::InputForm {
+    fn input_form(&self) -> kernels::InputForm {
         self.gate.input_form()
     }
     fn bf16_row(&self, r: usize) -> Option<&[bf16]> {

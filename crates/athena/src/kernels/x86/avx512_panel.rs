@@ -1,17 +1,17 @@
-//! AVX-512 VNNI kernels of [`super::panel`]: a weight row unpacked to signed bytes, and rows
+//! AVX-512 VNNI kernels of [`crate::kernels::panel`]: a weight row unpacked to signed bytes, and rows
 //! against a panel of sixteen inputs. Every function here requires AVX-512 F, BW and VNNI;
-//! the callers in [`super::panel`] check that and the lengths.
+//! the callers in [`crate::kernels::panel`] check that and the lengths.
 
 use std::arch::x86_64::*;
 
-use super::affine::QSPAN;
-use super::affine8::InputForm;
-use super::panel::{pair_offset, quad_offset, steps_per_block, Panel, WeightRows, PANEL};
+use crate::kernels::layout::{
+    pair_offset, quad_offset, steps_per_block, InputForm, Panel, WeightRows, PANEL, SPAN_LEN,
+};
 
 /// The row `words` of `bits` bits as signed bytes in the panel's column order (`codes`,
 /// `cols` long) and 128 · each block's code sum (`sums`, `cols / 32` long).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn unpack(bits: u8, words: &[u32], codes: &mut [u8], sums: &mut [i32]) {
+pub(crate) unsafe fn unpack(bits: u8, words: &[u32], codes: &mut [u8], sums: &mut [i32]) {
     let src = words.as_ptr().cast::<u8>();
     let dst = codes.as_mut_ptr();
     let zero = _mm512_setzero_si512();
@@ -49,33 +49,33 @@ pub(super) unsafe fn unpack(bits: u8, words: &[u32], codes: &mut [u8], sums: &mu
 /// The row `words` of `bits` bits as int16 codes in the int16 form's order (`codes`,
 /// `2 · cols` bytes): per span of 64 values, the even columns, then the odd ones.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn unpack_int16(bits: u8, words: &[u32], codes: &mut [u8]) {
+pub(crate) unsafe fn unpack_int16(bits: u8, words: &[u32], codes: &mut [u8]) {
     let src = words.as_ptr().cast::<u8>();
     let dst = codes.as_mut_ptr();
-    let spans = codes.len() / (2 * QSPAN);
+    let spans = codes.len() / (2 * SPAN_LEN);
     for s in 0..spans {
         let (even, odd) = if bits == 8 {
-            let v = _mm512_loadu_si512(src.add(QSPAN * s).cast());
+            let v = _mm512_loadu_si512(src.add(SPAN_LEN * s).cast());
             (
                 _mm512_and_si512(v, _mm512_set1_epi16(0xff)),
                 _mm512_srli_epi16::<8>(v),
             )
         } else {
-            let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(src.add(QSPAN / 2 * s).cast()));
+            let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(src.add(SPAN_LEN / 2 * s).cast()));
             (
                 _mm512_and_si512(v, _mm512_set1_epi16(0x0f)),
                 _mm512_srli_epi16::<4>(v),
             )
         };
-        _mm512_storeu_si512(dst.add(2 * QSPAN * s).cast(), even);
-        _mm512_storeu_si512(dst.add(2 * QSPAN * s + 64).cast(), odd);
+        _mm512_storeu_si512(dst.add(2 * SPAN_LEN * s).cast(), even);
+        _mm512_storeu_si512(dst.add(2 * SPAN_LEN * s + 64).cast(), odd);
     }
 }
 
 /// `Σ w_r·x_k` for `R` unpacked rows and every input lane of `panel` (lanes past its inputs
 /// hold zeros).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dots<const R: usize>(
+pub(crate) unsafe fn dots<const R: usize>(
     bits: u8,
     group_size: usize,
     w: WeightRows<'_, R>,

@@ -1,13 +1,14 @@
 //! AVX2+FMA versions of the kernels. Every function here requires a CPU with AVX2 and FMA;
-//! the callers in [`super`] check that at run time and pass slices of the lengths each
+//! the dispatchers in [`crate::kernels`] check that at run time and pass slices of the lengths each
 //! function names.
 
 use std::arch::x86_64::*;
 
 use half::bf16;
 
-use super::affine::{bias_dot, block_offsets, QInput, MANY, QBLOCK, STEP_LANES};
-use super::FLUSH;
+use crate::kernels::layout::{
+    bias_dot, block_offsets, QInput, BLOCK_LEN, FLUSH, INPUTS_PER_PASS, STEP_LANES,
+};
 
 /// Sum of the eight lanes of `v`.
 #[inline]
@@ -30,7 +31,7 @@ unsafe fn load_bf16(p: *const bf16) -> __m256 {
 /// `Σ a·b`; `a.len() == b.len()`. Sums in the same order as one lane of [`dot4`], so a
 /// product of one input row equals the same row of a batch bit for bit.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len();
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut total = 0f64;
@@ -66,7 +67,7 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// One row `w` against four rows `x`; every slice has `w.len()` elements.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+pub(crate) unsafe fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     let n = w.len();
     let pw = w.as_ptr();
     let px = x.map(|x| x.as_ptr());
@@ -112,7 +113,7 @@ pub(super) unsafe fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
 /// `Σ w·x` with bf16 `w`; `w.len() == x.len()`. Sums in [`dot`]'s order, so it equals `dot`
 /// of the widened row bit for bit.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+pub(crate) unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     let n = w.len();
     let (pw, px) = (w.as_ptr(), x.as_ptr());
     let mut total = 0f64;
@@ -143,7 +144,7 @@ pub(super) unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
 
 /// bf16 → f32; `src.len() == out.len()`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
+pub(crate) unsafe fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
     let n = src.len();
     let (ps, po) = (src.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
@@ -160,7 +161,7 @@ pub(super) unsafe fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
 /// 8-bit codes (4 a word) → `scale · code + bias`; `out.len()` is a multiple of 8 and
 /// `words` holds at least `out.len() / 4` words.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dequantize_q8(words: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
+pub(crate) unsafe fn dequantize_q8(words: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
     let (s, b) = (_mm256_set1_ps(scale), _mm256_set1_ps(bias));
     let (pw, po) = (words.as_ptr().cast::<u8>(), out.as_mut_ptr());
     let mut i = 0;
@@ -174,7 +175,7 @@ pub(super) unsafe fn dequantize_q8(words: &[u32], scale: f32, bias: f32, out: &m
 /// 4-bit codes (8 a word, low nibble first) → `scale · code + bias`; `out.len()` is a
 /// multiple of 8 and `words` holds at least `out.len() / 8` words.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dequantize_q4(words: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
+pub(crate) unsafe fn dequantize_q4(words: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
     let (s, b) = (_mm256_set1_ps(scale), _mm256_set1_ps(bias));
     let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     let mask = _mm256_set1_epi32(0xf);
@@ -189,10 +190,10 @@ pub(super) unsafe fn dequantize_q4(words: &[u32], scale: f32, bias: f32, out: &m
     }
 }
 
-/// [`super::affine::dot_affine_on`] for up to [`MANY`] inputs (`xs.len() == out.len()`,
+/// [`crate::kernels::affine::dot_affine_on`] for up to [`INPUTS_PER_PASS`] inputs (`xs.len() == out.len()`,
 /// lengths checked by the caller): picks the kernel for `bits` and the number of inputs.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot_affine(
+pub(crate) unsafe fn dot_affine(
     bits: u8,
     group_size: usize,
     words: &[u32],
@@ -218,10 +219,10 @@ unsafe fn affine_by_count<const BITS: i32>(
     xs: &[QInput<'_>],
     out: &mut [f32],
 ) {
-    let n = xs.len().min(out.len()).min(MANY);
+    let n = xs.len().min(out.len()).min(INPUTS_PER_PASS);
     let (xs, out) = (&xs[..n], &mut out[..n]);
-    let bpg = group_size / QBLOCK;
-    let mut dots = [0f32; MANY];
+    let bpg = group_size / BLOCK_LEN;
+    let mut dots = [0f32; INPUTS_PER_PASS];
     match n {
         0 => return,
         1 => dots[..1].copy_from_slice(&affine_rows::<BITS, 1>(bpg, words, scales, xs)),
@@ -278,7 +279,7 @@ unsafe fn affine_rows<const BITS: i32, const N: usize>(
     scales: &[f32],
     xs: &[QInput<'_>],
 ) -> [f32; N] {
-    let blocks = xs[0].codes.len() / QBLOCK;
+    let blocks = xs[0].codes.len() / BLOCK_LEN;
     let pw = words.as_ptr().cast::<u8>();
     let pq: [*const i16; N] = std::array::from_fn(|i| xs[i].codes.as_ptr());
     let pst: [*const f32; N] = std::array::from_fn(|i| xs[i].steps.as_ptr());
@@ -337,7 +338,7 @@ unsafe fn pass2x4(
 /// so only eight accumulators (one per pair) are live and each input value loaded serves
 /// both weight rows.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+pub(crate) unsafe fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
     let n = w[0].len();
     let pw = w.map(|w| w.as_ptr());
     let px = x.map(|x| x.as_ptr());
@@ -367,7 +368,7 @@ pub(super) unsafe fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
 /// `Σ w·x` with bf16 `w`, four accumulators (32 values a step) so that more loads are in
 /// flight; `w.len() == x.len()`. Sums in another order than [`dot_bf16`].
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot_bf16_wide(w: &[bf16], x: &[f32]) -> f32 {
+pub(crate) unsafe fn dot_bf16_wide(w: &[bf16], x: &[f32]) -> f32 {
     let n = w.len();
     let (pw, px) = (w.as_ptr(), x.as_ptr());
     let mut total = 0f64;
@@ -401,7 +402,7 @@ pub(super) unsafe fn dot_bf16_wide(w: &[bf16], x: &[f32]) -> f32 {
 
 /// `y += a·x`; `x.len() == y.len()`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+pub(crate) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     let (px, py) = (x.as_ptr(), y.as_mut_ptr());
     let va = _mm256_set1_ps(a);

@@ -1,4 +1,4 @@
-//! AVX-512 VNNI kernels of [`super::affine8`]: weight codes (unsigned) times int8 input codes
+//! AVX-512 VNNI kernels of [`crate::kernels::affine8`]: weight codes (unsigned) times int8 input codes
 //! (signed) with `vpdpbusd`, a span of 64 values a step. Every function here requires a CPU
 //! with AVX-512 F, BW and VNNI; the callers check that at run time and pass slices of the
 //! lengths each function names. The entry points are [`super::avx512`]'s, through
@@ -6,9 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use super::affine::QSPAN;
-use super::affine8::QInput8;
-use super::avx512::{Ahead, TileInput};
+use super::avx512::{SpreadPrefetch, TileInput};
+use crate::kernels::layout::{QInput8, SPAN_LEN};
 
 impl TileInput for QInput8<'_> {
     #[inline]
@@ -33,9 +32,9 @@ impl TileInput for QInput8<'_> {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn span_codes<const BITS: u32>(pw: *const u8, p: usize) -> __m512i {
     if BITS == 8 {
-        _mm512_loadu_si512(pw.add(p * QSPAN).cast())
+        _mm512_loadu_si512(pw.add(p * SPAN_LEN).cast())
     } else {
-        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(pw.add(p * QSPAN / 2).cast()));
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(pw.add(p * SPAN_LEN / 2).cast()));
         let v = _mm512_mask_srli_epi64::<4>(v, 0xf0, v);
         _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
     }
@@ -74,7 +73,7 @@ unsafe fn span_step<const BITS: u32, const BPG: usize, const R: usize, const N: 
     let mut a = [_mm512_setzero_si512(); N];
     let mut st = [_mm512_setzero_ps(); N];
     for k in 0..N {
-        a[k] = _mm512_loadu_si512(pa[k].add(p * QSPAN).cast());
+        a[k] = _mm512_loadu_si512(pa[k].add(p * SPAN_LEN).cast());
         st[k] = _mm512_loadu_ps(pst[k].add(p * 16));
     }
     for r in 0..R {
@@ -97,7 +96,7 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     xs: &[QInput8<'_>],
     ahead: &[u32],
 ) -> [[f32; N]; R] {
-    let spans = xs[0].codes.len() / QSPAN;
+    let spans = xs[0].codes.len() / SPAN_LEN;
     let pw = words.map(|w| w.as_ptr().cast::<u8>());
     let ps = scales.map(<[f32]>::as_ptr);
     let pa: [*const i8; N] = std::array::from_fn(|k| match BITS {
@@ -111,7 +110,7 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     // Two sets of accumulators, separate locals so that they stay in registers.
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = [[_mm512_setzero_ps(); N]; R];
-    let ahead = Ahead::new(ahead, spans.div_ceil(2));
+    let ahead = SpreadPrefetch::new(ahead, spans.div_ceil(2));
     let mut p = 0;
     while p + 2 <= spans {
         ahead.step(p / 2);

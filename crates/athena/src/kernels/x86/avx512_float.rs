@@ -1,6 +1,6 @@
 //! AVX-512 versions of the bf16 float kernels. Every function here requires a CPU with
 //! AVX-512 F, BW and VL, and the bf16 × bf16 products ([`dot_pairs`]) also AVX512_BF16; the
-//! callers in [`super`] check that at run time and pass slices of the lengths each function
+//! dispatchers in [`crate::kernels`] check that at run time and pass slices of the lengths each function
 //! names.
 
 use std::arch::x86_64::*;
@@ -38,7 +38,7 @@ fn low_mask32(len: usize) -> __mmask32 {
 
 /// bf16 → f32 (exact); `src.len() == out.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
+pub(crate) unsafe fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
     let n = src.len();
     let (ps, po) = (src.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
@@ -56,7 +56,7 @@ pub(super) unsafe fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
 /// is exact, that is whether every value's low 16 bits are zero (`out` then holds the
 /// values themselves; otherwise it holds them truncated).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn pack_bf16(src: &[f32], out: &mut [bf16]) -> bool {
+pub(crate) unsafe fn pack_bf16(src: &[f32], out: &mut [bf16]) -> bool {
     let n = src.len();
     let (ps, po) = (src.as_ptr().cast::<i32>(), out.as_mut_ptr());
     let mut low = _mm512_setzero_si512();
@@ -108,7 +108,7 @@ unsafe fn load_pairs_part(p: *const bf16, len: usize) -> __m512bh {
 /// instruction defines. Each output is the exact sum up to f32 rounding over `n / 16 + 4`
 /// additions a lane.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-pub(super) unsafe fn dot_pairs<const R: usize, const C: usize>(
+pub(crate) unsafe fn dot_pairs<const R: usize, const C: usize>(
     w: [*const bf16; R],
     x: [*const bf16; C],
     n: usize,

@@ -1,20 +1,20 @@
 //! AVX-512 versions of the affine int16 kernels. Every function here requires a CPU with
-//! AVX-512 F, BW and VNNI; the callers in [`super::affine`] check that at run time and pass
+//! AVX-512 F, BW and VNNI; the callers in [`crate::kernels::affine`] check that at run time and pass
 //! slices of the lengths each function names.
 
 use std::arch::x86_64::*;
 
 use std::ops::Range;
 
-use super::affine::{
-    bias_dot, bias_tail, QInput, BIAS_LANES, MANY, QBLOCK, QSPAN, ROWS, STEP_LANES,
+use crate::kernels::layout::{
+    bias_dot, bias_tail, GroupValues, QInput, BIAS_LANES, BLOCK_LEN, INPUTS_PER_PASS,
+    ROWS_PER_BLOCK, SPAN_LEN, STEP_LANES,
 };
-use super::decode::GroupValues;
 
 /// A prepared input form with an AVX-512 tile kernel: the int16 form ([`QInput`], here) and
-/// the int8 form ([`super::affine8::QInput8`], in `avx512_int8`). The entry points below
+/// the int8 form ([`crate::kernels::affine8::QInput8`], in `avx512_int8`). The entry points below
 /// serve both.
-pub(super) trait TileInput: Sized {
+pub(crate) trait TileInput: Sized {
     /// `Σ scale·step·Σ q·x` (no bias term) of `R` weight rows against `N` inputs, `ahead`
     /// prefetched over the row. Requires AVX-512 F, BW and VNNI; lengths checked by the
     /// caller.
@@ -43,11 +43,11 @@ impl TileInput for QInput<'_> {
     }
 }
 
-/// `$run!(BITS, BPG)` for the bit width `$bits` (4, else 8) and the blocks of [`QBLOCK`] per
+/// `$run!(BITS, BPG)` for the bit width `$bits` (4, else 8) and the blocks of [`BLOCK_LEN`] per
 /// group of `$group` values (1, 2, else 4), fixed at compile time.
 macro_rules! by_width {
     ($bits:expr, $group:expr, $run:ident) => {
-        match ($bits, $group / QBLOCK) {
+        match ($bits, $group / BLOCK_LEN) {
             (4, 1) => $run!(4, 1),
             (4, 2) => $run!(4, 2),
             (4, _) => $run!(4, 4),
@@ -58,10 +58,10 @@ macro_rules! by_width {
     };
 }
 
-/// One weight row against up to [`MANY`] prepared inputs (`out[k]`, as many as `xs`):
-/// [`super::affine::AffineDots::row`] and [`super::affine8::Int8Dots::row`] on this tier.
+/// One weight row against up to [`INPUTS_PER_PASS`] prepared inputs (`out[k]`, as many as `xs`):
+/// [`crate::kernels::affine::AffineDots::row`] and [`crate::kernels::affine8::Int8Dots::row`] on this instruction set.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dot_one_row<X: TileInput>(
+pub(crate) unsafe fn dot_one_row<X: TileInput>(
     bits: u8,
     group_size: usize,
     words: &[u32],
@@ -70,9 +70,9 @@ pub(super) unsafe fn dot_one_row<X: TileInput>(
     xs: &[X],
     out: &mut [f32],
 ) {
-    let n = xs.len().min(out.len()).min(MANY);
+    let n = xs.len().min(out.len()).min(INPUTS_PER_PASS);
     let xs = &xs[..n];
-    let mut dots = [0f32; MANY];
+    let mut dots = [0f32; INPUTS_PER_PASS];
     let (w, s) = ([words], [scales]);
     macro_rules! run {
         ($bits:literal, $bpg:literal) => {
@@ -91,32 +91,34 @@ pub(super) unsafe fn dot_one_row<X: TileInput>(
     }
 }
 
-/// [`ROWS`] weight rows against prepared inputs (`out[r · n + k]`, `n = xs.len()`, one to
-/// [`MANY`]): [`super::affine::AffineDots::rows`] and [`super::affine8::Int8Dots::rows`] on
-/// this tier. Against one input the four rows run together, the input's codes loaded once
+/// [`ROWS_PER_BLOCK`] weight rows against prepared inputs (`out[r · n + k]`, `n = xs.len()`, one to
+/// [`INPUTS_PER_PASS`]): [`crate::kernels::affine::AffineDots::rows`] and [`crate::kernels::affine8::Int8Dots::rows`] on
+/// this instruction set. Against one input the four rows run together, the input's codes loaded once
 /// for all of them and `ahead` (the codes the next call will read) prefetched meanwhile;
 /// against more, two rows at a time share each input load.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dot_rows<X: TileInput>(
+pub(crate) unsafe fn dot_rows<X: TileInput>(
     bits: u8,
     group_size: usize,
-    words: [&[u32]; ROWS],
-    scales: [&[f32]; ROWS],
-    biases: [&[f32]; ROWS],
+    words: [&[u32]; ROWS_PER_BLOCK],
+    scales: [&[f32]; ROWS_PER_BLOCK],
+    biases: [&[f32]; ROWS_PER_BLOCK],
     xs: &[X],
     ahead: &[u32],
     out: &mut [f32],
 ) {
-    let n = xs.len().min(MANY);
+    let n = xs.len().min(INPUTS_PER_PASS);
     let xs = &xs[..n];
-    let mut dots = [[0f32; MANY]; ROWS];
+    let mut dots = [[0f32; INPUTS_PER_PASS]; ROWS_PER_BLOCK];
     if n == 1 {
         macro_rules! run {
             ($bits:literal, $bpg:literal) => {
                 for (d, t) in dots
                     .iter_mut()
-                    .zip(X::tile::<$bits, $bpg, ROWS, 1>(words, scales, xs, ahead))
+                    .zip(X::tile::<$bits, $bpg, ROWS_PER_BLOCK, 1>(
+                        words, scales, xs, ahead,
+                    ))
                 {
                     d[0] = t[0];
                 }
@@ -124,7 +126,7 @@ pub(super) unsafe fn dot_rows<X: TileInput>(
         }
         by_width!(bits, group_size, run);
     } else {
-        for half in 0..ROWS / 2 {
+        for half in 0..ROWS_PER_BLOCK / 2 {
             let (r0, r1) = (2 * half, 2 * half + 1);
             let (w, s) = ([words[r0], words[r1]], [scales[r0], scales[r1]]);
             macro_rules! put {
@@ -232,8 +234,8 @@ unsafe fn pair_step<const BITS: u32, const BPG: usize, const R: usize, const N: 
     let mut q1 = [_mm512_setzero_si512(); N];
     let mut st = [_mm512_setzero_ps(); N];
     for k in 0..N {
-        q0[k] = _mm512_loadu_si512(pq[k].add(p * QSPAN).cast());
-        q1[k] = _mm512_loadu_si512(pq[k].add(p * QSPAN + QSPAN / 2).cast());
+        q0[k] = _mm512_loadu_si512(pq[k].add(p * SPAN_LEN).cast());
+        q1[k] = _mm512_loadu_si512(pq[k].add(p * SPAN_LEN + SPAN_LEN / 2).cast());
         st[k] = _mm512_loadu_ps(pst[k].add(p * 2 * STEP_LANES));
     }
     for r in 0..R {
@@ -260,7 +262,7 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     if BPG == 2 {
         return tile_spans::<BITS, R, N>(words, scales.map(GroupValues::F32), xs, ahead);
     }
-    let blocks = xs[0].codes.len() / QBLOCK;
+    let blocks = xs[0].codes.len() / BLOCK_LEN;
     let pw = words.map(|w| w.as_ptr().cast::<u8>());
     let ps = scales.map(<[f32]>::as_ptr);
     let mut pq = [std::ptr::null::<i16>(); N];
@@ -273,7 +275,7 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = [[_mm512_setzero_ps(); N]; R];
     let pairs = blocks / 2;
-    let ahead = Ahead::new(ahead, pairs.div_ceil(2));
+    let ahead = SpreadPrefetch::new(ahead, pairs.div_ceil(2));
     let mut p = 0;
     while p + 2 <= pairs {
         ahead.step(p / 2);
@@ -287,9 +289,9 @@ unsafe fn tile<const BITS: u32, const BPG: usize, const R: usize, const N: usize
     if blocks % 2 == 1 {
         let b = blocks - 1;
         for k in 0..N {
-            let q = pq[k].add(QBLOCK * b);
+            let q = pq[k].add(BLOCK_LEN * b);
             let e = _mm512_maskz_loadu_epi16(0xffff, q.cast());
-            let o = _mm512_maskz_loadu_epi16(0xffff, q.add(QBLOCK / 2).cast());
+            let o = _mm512_maskz_loadu_epi16(0xffff, q.add(BLOCK_LEN / 2).cast());
             let steps = _mm512_maskz_loadu_ps(0x00ff, pst[k].add(STEP_LANES * b));
             for r in 0..R {
                 let (lo, hi) = unpack_last::<BITS>(pw[r], b);
@@ -324,12 +326,12 @@ unsafe fn tile_spans<const BITS: u32, const R: usize, const N: usize>(
     xs: &[QInput<'_>],
     ahead: &[u32],
 ) -> [[f32; N]; R] {
-    let groups = xs[0].codes.len() / QSPAN;
+    let groups = xs[0].codes.len() / SPAN_LEN;
     let pw = words.map(|w| w.as_ptr().cast::<u8>());
     let pq: [*const i16; N] = std::array::from_fn(|k| xs[k].codes.as_ptr());
     let mut acc0 = [[_mm512_setzero_ps(); N]; R];
     let mut acc1 = [[_mm512_setzero_ps(); N]; R];
-    let ahead = Ahead::new(ahead, groups.div_ceil(2));
+    let ahead = SpreadPrefetch::new(ahead, groups.div_ceil(2));
     let mut folded = [[[0f32; FOLD]; N]; R];
     let mut g0 = 0;
     while g0 < groups {
@@ -395,11 +397,11 @@ unsafe fn half_lanes(p: *const u16, at: usize, count: usize) -> __m256i {
     _mm256_loadu_si256(h.as_ptr().cast())
 }
 
-/// [`super::decode::decode_rows`] on AVX-512: 4-bit rows four at a time through
+/// [`crate::kernels::decode::decode_rows`] on AVX-512: 4-bit rows four at a time through
 /// [`tile_spans`], the rest (and 8-bit rows) one by one, the next block prefetched meanwhile,
 /// each output its row's tile plus the bias term as [`dot_rows`] and [`dot_one_row`] add it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn decode_rows<const BITS: u32>(
+pub(crate) unsafe fn decode_rows<const BITS: u32>(
     packed: &[u32],
     row_words: usize,
     scales: GroupValues<'_>,
@@ -411,7 +413,15 @@ pub(super) unsafe fn decode_rows<const BITS: u32>(
     // 4-bit rows four at a time, sharing each load of the input, then the last few one by
     // one; 8-bit rows (twice the bytes per product) stream faster one by one.
     let r = match BITS {
-        4 => row_blocks::<BITS, ROWS>(packed, row_words, scales, biases, x, rows.clone(), out),
+        4 => row_blocks::<BITS, ROWS_PER_BLOCK>(
+            packed,
+            row_words,
+            scales,
+            biases,
+            x,
+            rows.clone(),
+            out,
+        ),
         _ => rows.start,
     };
     let rest = &mut out[r - rows.start..];
@@ -431,7 +441,7 @@ unsafe fn row_blocks<const BITS: u32, const R: usize>(
     rows: Range<usize>,
     out: &mut [f32],
 ) -> usize {
-    let groups = x.codes.len() / QSPAN;
+    let groups = x.codes.len() / SPAN_LEN;
     let sums = x.sums[1];
     let xs = std::slice::from_ref(x);
     let mut r = rows.start;
@@ -501,8 +511,8 @@ unsafe fn span_step<const BITS: u32, const R: usize, const N: usize>(
     let mut q0 = [_mm512_setzero_si512(); N];
     let mut q1 = [_mm512_setzero_si512(); N];
     for k in 0..N {
-        q0[k] = _mm512_loadu_si512(pq[k].add(g * QSPAN).cast());
-        q1[k] = _mm512_loadu_si512(pq[k].add(g * QSPAN + QSPAN / 2).cast());
+        q0[k] = _mm512_loadu_si512(pq[k].add(g * SPAN_LEN).cast());
+        q1[k] = _mm512_loadu_si512(pq[k].add(g * SPAN_LEN + SPAN_LEN / 2).cast());
     }
     for r in 0..R {
         let (lo, hi) = unpack_pair::<BITS>(pw[r], g);
@@ -516,16 +526,16 @@ unsafe fn span_step<const BITS: u32, const R: usize, const N: usize>(
 
 /// Prefetches of a slice spread over the steps of a loop: the cache lines of `ahead` asked for
 /// a few at each of `steps` steps, all of them by the last.
-pub(super) struct Ahead {
+pub(crate) struct SpreadPrefetch {
     p: *const i8,
     lines: usize,
     per_step: usize,
 }
 
-impl Ahead {
-    pub(super) fn new(ahead: &[u32], steps: usize) -> Ahead {
+impl SpreadPrefetch {
+    pub(crate) fn new(ahead: &[u32], steps: usize) -> SpreadPrefetch {
         let lines = std::mem::size_of_val(ahead).div_ceil(64);
-        Ahead {
+        SpreadPrefetch {
             p: ahead.as_ptr().cast::<i8>(),
             lines,
             per_step: lines.div_ceil(steps.max(1)),
@@ -535,7 +545,7 @@ impl Ahead {
     /// Asks for step `i`'s lines (a prefetch never faults, whatever the address).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn step(&self, i: usize) {
+    pub(crate) unsafe fn step(&self, i: usize) {
         for k in 0..self.per_step {
             let line = i * self.per_step + k;
             if line < self.lines {
@@ -547,7 +557,7 @@ impl Ahead {
 
 /// The largest `|v|` of `xs` (its values finite).
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn max_abs(xs: &[f32]) -> f32 {
+pub(crate) unsafe fn max_abs(xs: &[f32]) -> f32 {
     let (n, p) = (xs.len(), xs.as_ptr());
     let mut m = _mm512_setzero_ps();
     let mut i = 0;
@@ -560,11 +570,11 @@ pub(super) unsafe fn max_abs(xs: &[f32]) -> f32 {
     _mm512_reduce_max_ps(m)
 }
 
-/// [`super::affine::block_codes_plain`] sixteen pairs at once: the block's even and odd
+/// [`crate::kernels::affine::block_codes_plain`] sixteen pairs at once: the block's even and odd
 /// values split by two permutes, scaled, rounded to nearest (ties to even, as `code` rounds)
-/// and saturated to int16. `xb` holds [`QBLOCK`] values, `ev` and `od` half as many.
+/// and saturated to int16. `xb` holds [`BLOCK_LEN`] values, `ev` and `od` half as many.
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn block_codes(xb: &[f32], inv: f32, ev: &mut [i16], od: &mut [i16]) {
+pub(crate) unsafe fn block_codes(xb: &[f32], inv: f32, ev: &mut [i16], od: &mut [i16]) {
     let a = _mm512_loadu_ps(xb.as_ptr());
     let b = _mm512_loadu_ps(xb.as_ptr().add(16));
     let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
