@@ -420,7 +420,11 @@ fn train_head_trains_saves_and_act_uses_the_head() {
         "{\"fact\": \"x\", \"memories\": [], \"label\": {\"op\": \"JUMP\"}}\n",
     )
     .unwrap();
+    // (Into another directory: `head` now holds a finished head.)
+    let other = p("other");
+    let out_at = args.iter().position(|a| *a == "--out").unwrap() + 1;
     let mut bad = args.to_vec();
+    bad[out_at] = &other;
     let train_at = bad.iter().position(|a| *a == "--train").unwrap() + 1;
     let bad_path = p("bad.jsonl");
     bad[train_at] = &bad_path;
@@ -432,10 +436,73 @@ fn train_head_trains_saves_and_act_uses_the_head() {
         stderr(&o)
     );
     let mut beta = args.to_vec();
+    beta[out_at] = &other;
     let mode_at = beta.iter().position(|a| *a == "--mode").unwrap() + 1;
     beta[mode_at] = "grpo";
     beta.push("--beta=-1");
     let o = athena(&beta);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("beta"), "{}", stderr(&o));
+}
+
+#[test]
+fn train_head_keeps_a_finished_head_unless_told_and_resumes_only_from_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    for (n, seed, file) in [("40", "1", "train.jsonl"), ("20", "2", "eval.jsonl")] {
+        let o = athena(&["synth-memory", "--n", n, "--seed", seed, "--out", &p(file)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let base = fixture("base");
+    let (train, eval, out) = (p("train.jsonl"), p("eval.jsonl"), p("head"));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train-head",
+            "--model",
+            base.to_str().unwrap(),
+            "--use-mlx",
+            "false",
+            "--train",
+            &train,
+            "--eval",
+            &eval,
+            "--out",
+            &out,
+            "--mode",
+            "sft",
+            "--steps",
+            "4",
+            "--eval-every",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        athena(&args)
+    };
+
+    // Resuming before any checkpoint was written fails, saying so once.
+    let o = run(&["--resume"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("no checkpoint"), "{e}");
+    assert_eq!(e.matches("checkpoint.safetensors").count(), 1, "{e}");
+
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let weights = dir.path().join("head/head.safetensors");
+    let trained = std::fs::read(&weights).unwrap();
+
+    // A second run into the finished head is refused, and leaves it as it was ...
+    let o = run(&["--seed", "9"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("--overwrite") && e.contains("already holds"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&weights).unwrap(), trained);
+
+    // ... unless told to replace it.
+    let o = run(&["--seed", "9", "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(std::fs::read(&weights).unwrap(), trained);
 }

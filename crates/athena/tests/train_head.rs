@@ -20,7 +20,7 @@ use athena::train::features::FeatureStore;
 use athena::train::grpo::GrpoConfig;
 use athena::train::reward::LabelReward;
 use athena::train::trainer::{
-    evaluate, head_for_training, train, Event, Mode, TrainConfig, TrainOptions, TrainReport,
+    evaluate, head_for_training, Event, Mode, Task, TrainConfig, TrainOptions, TrainReport, Trainer,
 };
 use athena::{Error, Result};
 use candle_core::{DType, Device};
@@ -81,17 +81,15 @@ fn train_fresh<'m>(
     let mut features = FeatureStore::for_model(model, cache, 16, &Device::Cpu).unwrap();
     let head = head(64);
     let mut events = Vec::new();
-    let report = train(
-        &head,
-        &mut features,
-        train_set,
-        eval_set,
-        &LabelReward::default(),
-        cfg,
-        opts,
-        |e| events.push(e.clone()),
-    )
-    .unwrap();
+    let task = Task {
+        train: train_set,
+        eval: eval_set,
+        reward: &LabelReward::default(),
+    };
+    let report = Trainer::new(&head, &mut features, task, cfg, opts)
+        .unwrap()
+        .run(|e| events.push(e.clone()))
+        .unwrap();
     eprintln!(
         "{:?}: initial {:.3} -> eval {:.3} (reward {:.3}), {} steps in {:.2}s; epochs {:?}",
         cfg.mode,
@@ -294,17 +292,15 @@ fn a_seeded_run_repeats_and_a_resumed_run_equals_an_uninterrupted_one() {
     let mut other = short_grpo(30);
     other.lr *= 2.0;
     let mut features = FeatureStore::for_model(&model, Some(&cache), 16, &Device::Cpu).unwrap();
-    let err = train(
-        &head(64),
-        &mut features,
-        &train_set,
-        &eval_set,
-        &LabelReward::default(),
-        &other,
-        &resumed,
-        |_| {},
-    )
-    .unwrap_err();
+    let task = Task {
+        train: &train_set,
+        eval: &eval_set,
+        reward: &LabelReward::default(),
+    };
+    let head = head(64);
+    let err = Trainer::new(&head, &mut features, task, &other, &resumed)
+        .and_then(|mut trainer| trainer.run(|_| {}))
+        .unwrap_err();
     assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
     assert!(err.to_string().contains("training configuration"), "{err}");
 }

@@ -6,14 +6,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use athena::models::action_head::{ActionHeadConfig, MemoryActionHead};
+use athena::models::action_head::{ActionHeadConfig, MemoryActionHead, CONFIG_FILE, WEIGHTS_FILE};
 use athena::train::data::read_examples;
 use athena::train::features::{FeatureStore, DEFAULT_ENCODE_BATCH};
 use athena::train::grpo::{GrpoConfig, LossType};
 use athena::train::reward::LabelReward;
 use athena::train::trainer::{
-    checkpoint_path, checkpoint_step, head_for_training, train, Event, Mode, TrainConfig,
-    TrainOptions,
+    checkpoint_path, checkpoint_step, head_for_training, Event, Mode, Task, TrainConfig,
+    TrainOptions, Trainer,
 };
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -103,6 +103,9 @@ pub struct Args {
     /// Continue from the checkpoint in --out, bit for bit.
     #[arg(long)]
     resume: bool,
+    /// Train a new head into an --out that already holds one, replacing it.
+    #[arg(long)]
+    overwrite: bool,
     /// Feature cache directory (default: OUT/feature_cache).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -175,6 +178,26 @@ pub fn run(a: Args) -> Result<()> {
         },
     };
     cfg.validate()?;
+    if !a.resume && !a.overwrite {
+        if let Some(file) = [CONFIG_FILE, WEIGHTS_FILE]
+            .iter()
+            .map(|f| a.out.join(f))
+            .find(|f| f.exists())
+        {
+            bail!(
+                "{} already holds a trained head ({}); pass --overwrite to train a new one in \
+                 its place, or --resume to continue its run",
+                a.out.display(),
+                file.display()
+            );
+        }
+    }
+    // Before the model loads: a run that cannot resume says so at once.
+    let start_step = if a.resume {
+        checkpoint_step(&checkpoint_path(&a.out))?
+    } else {
+        0
+    };
     let model = a.load.load()?;
     let loaded = head_for_training(&model)?;
     let fresh = match a.proj_dim {
@@ -205,13 +228,9 @@ pub fn run(a: Args) -> Result<()> {
         FeatureStore::for_model(&model, Some(&cache_dir), DEFAULT_ENCODE_BATCH, &Device::Cpu)?;
 
     let log_path = a.out.join("train_log.jsonl");
-    let start_step = if a.resume {
-        let step = checkpoint_step(&checkpoint_path(&a.out))?;
-        truncate_log(&log_path, step)?;
-        step
-    } else {
-        0
-    };
+    if a.resume {
+        truncate_log(&log_path, start_step)?;
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(a.resume)
@@ -231,48 +250,45 @@ pub fn run(a: Args) -> Result<()> {
         resume: a.resume,
     };
     let mut log_error = None;
-    let report = train(
-        head,
-        &mut features,
-        &train_set,
-        &eval_set,
-        &LabelReward::default(),
-        &cfg,
-        &opts,
-        |event| match event {
-            Event::Step(step) => {
-                bar.set_position(step.step as u64);
-                bar.set_message(format!(
-                    "reward {:.3}±{:.3} acc {:.3} kl {:.4} clip {:.3} H {:.3}",
-                    step.reward_mean,
-                    step.reward_std,
-                    step.accuracy,
-                    step.kl,
-                    step.clip_fraction,
-                    step.entropy
-                ));
-                if let Err(e) = serde_json::to_string(step)
-                    .map_err(std::io::Error::other)
-                    .and_then(|l| writeln!(log, "{l}"))
-                {
-                    log_error.get_or_insert(e);
-                }
+    let task = Task {
+        train: &train_set,
+        eval: &eval_set,
+        reward: &LabelReward::default(),
+    };
+    let mut trainer = Trainer::new(head, &mut features, task, &cfg, &opts)?;
+    let report = trainer.run(|event| match event {
+        Event::Step(step) => {
+            bar.set_position(step.step as u64);
+            bar.set_message(format!(
+                "reward {:.3}±{:.3} acc {:.3} kl {:.4} clip {:.3} H {:.3}",
+                step.reward_mean,
+                step.reward_std,
+                step.accuracy,
+                step.kl,
+                step.clip_fraction,
+                step.entropy
+            ));
+            if let Err(e) = serde_json::to_string(step)
+                .map_err(std::io::Error::other)
+                .and_then(|l| writeln!(log, "{l}"))
+            {
+                log_error.get_or_insert(e);
             }
-            Event::Epoch(e) => {
-                let speedup = e
-                    .speedup_vs_first
-                    .map(|x| format!(", {x:.1}x faster than epoch 1"))
-                    .unwrap_or_default();
-                bar.println(format!(
-                    "epoch {} done at step {}: {:.3} s ({:.3} s encoding {} texts){speedup}",
-                    e.epoch, e.end_step, e.seconds, e.encode_seconds, e.encoded_texts
-                ));
-            }
-            Event::Checkpoint { checkpoint, path } => {
-                tracing::info!("checkpoint after step {checkpoint}: {}", path.display())
-            }
-        },
-    )?;
+        }
+        Event::Epoch(e) => {
+            let speedup = e
+                .speedup_vs_first
+                .map(|x| format!(", {x:.1}x faster than epoch 1"))
+                .unwrap_or_default();
+            bar.println(format!(
+                "epoch {} done at step {}: {:.3} s ({:.3} s encoding {} texts){speedup}",
+                e.epoch, e.end_step, e.seconds, e.encode_seconds, e.encoded_texts
+            ));
+        }
+        Event::Checkpoint { checkpoint, path } => {
+            tracing::info!("checkpoint after step {checkpoint}: {}", path.display())
+        }
+    })?;
     bar.finish_and_clear();
     if let Some(e) = log_error {
         bail!("writing {}: {e}", log_path.display());

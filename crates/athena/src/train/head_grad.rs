@@ -9,7 +9,7 @@
 //! only, keeps what the backward pass needs, and returns every parameter's gradient in one
 //! more pass. Products go through [`crate::kernels::dot4`]. The values equal `batch_scores`'s
 //! up to f32 rounding (summation order); the gradients equal candle's autograd of them
-//! (tested below).
+//! (tested in `head_grad/tests.rs`).
 //!
 //! Scores of one example never depend on the other examples of its batch, bit for bit.
 
@@ -17,25 +17,11 @@ use candle_core::Var;
 
 use crate::error::{Error, Result};
 use crate::kernels::{dot, dot4};
+use crate::models::action_head::params::{per_param, Param, PARAM_COUNT};
 use crate::models::action_head::{MemoryActionHead, MASKED_LOGIT};
 
-/// The names of the head's parameters, in the order of [`Params`]' fields and [`Grads`].
-pub(crate) const NAMES: [&str; 9] = [
-    "proj.weight",
-    "proj.bias",
-    "op.weight",
-    "op.bias",
-    "target.weight",
-    "target.bias",
-    "match.weight",
-    "match.bias",
-    "match_out.weight",
-];
-
-/// The head's parameters as row-major f32, indexed as [`NAMES`]:
-/// `proj.weight [d, D]`, `proj.bias [d]`, `op.weight [n, 3d]`, `op.bias [n]`,
-/// `target.weight [d, d]`, `target.bias [d]`, `match.weight [d, 2d]`, `match.bias [d]`,
-/// `match_out.weight [1, d]`.
+/// The head's parameters as row-major f32, indexed by [`Param::index`], with the shapes of
+/// the parameter table.
 #[derive(Debug, Clone)]
 pub(crate) struct Params {
     /// Input width `D`.
@@ -46,66 +32,36 @@ pub(crate) struct Params {
     pub n_ops: usize,
     /// Whether each operation names a target (masked for examples without memories).
     pub target_op: Vec<bool>,
-    /// The tensors, as [`NAMES`].
-    pub values: [Vec<f32>; 9],
+    /// The tensors, indexed by [`Param::index`].
+    pub values: [Vec<f32>; PARAM_COUNT],
 }
-
-const PROJ_W: usize = 0;
-const PROJ_B: usize = 1;
-const OP_W: usize = 2;
-const OP_B: usize = 3;
-const T_W: usize = 4;
-const T_B: usize = 5;
-const M_W: usize = 6;
-const M_B: usize = 7;
-const M_OUT: usize = 8;
 
 impl Params {
     /// The current values of `head`'s variables.
     pub fn read(head: &MemoryActionHead) -> Result<Self> {
         let cfg = head.config();
         let (input, d, n_ops) = (head.input_dim(), cfg.proj_dim, cfg.operations.len());
+        let dims = cfg.dims(input);
         let data = head
             .varmap()
             .data()
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let read = |i: usize| -> Result<Vec<f32>> {
+        let values = per_param(|param| {
+            let name = param.name();
             let var: &Var = data
-                .get(NAMES[i])
-                .ok_or_else(|| Error::tensor(NAMES[i], "missing"))?;
-            Ok(var.as_tensor().flatten_all()?.to_vec1::<f32>()?)
-        };
-        let values = [
-            read(0)?,
-            read(1)?,
-            read(2)?,
-            read(3)?,
-            read(4)?,
-            read(5)?,
-            read(6)?,
-            read(7)?,
-            read(8)?,
-        ];
-        let expected = [
-            d * input,
-            d,
-            n_ops * 3 * d,
-            n_ops,
-            d * d,
-            d,
-            d * 2 * d,
-            d,
-            d,
-        ];
-        for (i, (v, e)) in values.iter().zip(expected).enumerate() {
-            if v.len() != e {
+                .get(name)
+                .ok_or_else(|| Error::tensor(name, "missing"))?;
+            let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let expected = param.numel(dims).unwrap_or(usize::MAX);
+            if values.len() != expected {
                 return Err(Error::tensor(
-                    NAMES[i],
-                    format!("holds {} values, expected {e}", v.len()),
+                    name,
+                    format!("holds {} values, expected {expected}", values.len()),
                 ));
             }
-        }
+            Ok(values)
+        })?;
         let target_op = cfg
             .operations
             .iter()
@@ -120,8 +76,8 @@ impl Params {
         })
     }
 
-    fn get(&self, i: usize) -> &[f32] {
-        &self.values[i]
+    fn get(&self, param: Param) -> &[f32] {
+        &self.values[param.index()]
     }
 }
 
@@ -305,8 +261,8 @@ pub(crate) fn forward(p: &Params, rows: &Rows) -> Result<Tape> {
     let mut inputs = Vec::with_capacity((b + total) * width);
     inputs.extend_from_slice(&rows.facts);
     inputs.extend_from_slice(&rows.memories);
-    let mut projected = matmul_t(&inputs, b + total, p.get(PROJ_W), d, width);
-    add_bias(&mut projected, p.get(PROJ_B));
+    let mut projected = matmul_t(&inputs, b + total, p.get(Param::ProjWeight), d, width);
+    add_bias(&mut projected, p.get(Param::ProjBias));
     for v in &mut projected {
         *v = v.tanh();
     }
@@ -343,8 +299,8 @@ pub(crate) fn forward(p: &Params, rows: &Rows) -> Result<Tape> {
             row[2 * d + k] = f[k] * ctx[k];
         }
     }
-    let mut op_logits = matmul_t(&features, b, p.get(OP_W), n, 3 * d);
-    add_bias(&mut op_logits, p.get(OP_B));
+    let mut op_logits = matmul_t(&features, b, p.get(Param::OpWeight), n, 3 * d);
+    add_bias(&mut op_logits, p.get(Param::OpBias));
     for (i, row) in op_logits.chunks_exact_mut(n).enumerate() {
         if rows.counts[i] == 0 {
             for (v, &masked) in row.iter_mut().zip(&p.target_op) {
@@ -356,8 +312,8 @@ pub(crate) fn forward(p: &Params, rows: &Rows) -> Result<Tape> {
     }
 
     // Targets: a bilinear score plus the match MLP over [f ⊙ m; |f − m|].
-    let mut query = matmul_t(f_all, b, p.get(T_W), d, d);
-    add_bias(&mut query, p.get(T_B));
+    let mut query = matmul_t(f_all, b, p.get(Param::TargetWeight), d, d);
+    add_bias(&mut query, p.get(Param::TargetBias));
     let mut pairs = vec![0f32; total * 2 * d];
     for i in 0..b {
         let f = &f_all[i * d..(i + 1) * d];
@@ -370,12 +326,12 @@ pub(crate) fn forward(p: &Params, rows: &Rows) -> Result<Tape> {
             }
         }
     }
-    let mut hidden = matmul_t(&pairs, total, p.get(M_W), d, 2 * d);
-    add_bias(&mut hidden, p.get(M_B));
+    let mut hidden = matmul_t(&pairs, total, p.get(Param::MatchWeight), d, 2 * d);
+    add_bias(&mut hidden, p.get(Param::MatchBias));
     for v in &mut hidden {
         *v = v.tanh();
     }
-    let u = p.get(M_OUT);
+    let u = p.get(Param::MatchOutWeight);
     let mut target_logits = vec![MASKED_LOGIT; b * m];
     for i in 0..b {
         let q = &query[i * d..(i + 1) * d];
@@ -410,7 +366,7 @@ pub(crate) fn backward(
     tape: &Tape,
     g_op: &[f32],
     g_target: &[f32],
-) -> Result<[Vec<f32>; 9]> {
+) -> Result<[Vec<f32>; PARAM_COUNT]> {
     let (b, d, n, width, m) = (tape.b, p.d, p.n_ops, p.input, tape.m);
     if g_op.len() != b * n || g_target.len() != b * m {
         return Err(Error::invalid(
@@ -424,19 +380,25 @@ pub(crate) fn backward(
     }
     let total = tape.alpha.len();
     let (f_all, mem_all) = tape.projected.split_at(b * d);
-    let mut grads: [Vec<f32>; 9] = std::array::from_fn(|i| vec![0f32; p.values[i].len()]);
+    let mut grads: [Vec<f32>; PARAM_COUNT] = std::array::from_fn(|i| vec![0f32; p.values[i].len()]);
 
     // op = W_op [f; c; f ⊙ c] + b_op.
-    add_col_sums(&mut grads[OP_B], g_op);
-    add_outer(&mut grads[OP_W], g_op, &tape.features, n, 3 * d);
-    let g_features = matmul_left(g_op, p.get(OP_W), n, 3 * d);
+    add_col_sums(&mut grads[Param::OpBias.index()], g_op);
+    add_outer(
+        &mut grads[Param::OpWeight.index()],
+        g_op,
+        &tape.features,
+        n,
+        3 * d,
+    );
+    let g_features = matmul_left(g_op, p.get(Param::OpWeight), n, 3 * d);
 
     // Gradients of the projected rows: facts, then memories.
     let mut g_proj = vec![0f32; (b + total) * d];
     let (g_f_all, g_mem_all) = g_proj.split_at_mut(b * d);
 
     // Target logits: g_t per real memory.
-    let u = p.get(M_OUT);
+    let u = p.get(Param::MatchOutWeight);
     let mut g_query = vec![0f32; b * d];
     let mut g_hidden_pre = vec![0f32; total * d];
     for i in 0..b {
@@ -453,7 +415,7 @@ pub(crate) fn backward(
             axpy(&mut g_mem_all[r * d..(r + 1) * d], g, q);
             // matched = u · h, h = tanh(z)
             let h = &tape.hidden[r * d..(r + 1) * d];
-            axpy(&mut grads[M_OUT], g, h);
+            axpy(&mut grads[Param::MatchOutWeight.index()], g, h);
             let gz = &mut g_hidden_pre[r * d..(r + 1) * d];
             for k in 0..d {
                 gz[k] = g * u[k] * (1.0 - h[k] * h[k]);
@@ -461,13 +423,25 @@ pub(crate) fn backward(
         }
     }
     // z = U pair + u_b.
-    add_col_sums(&mut grads[M_B], &g_hidden_pre);
-    add_outer(&mut grads[M_W], &g_hidden_pre, &tape.pairs, d, 2 * d);
-    let g_pairs = matmul_left(&g_hidden_pre, p.get(M_W), d, 2 * d);
+    add_col_sums(&mut grads[Param::MatchBias.index()], &g_hidden_pre);
+    add_outer(
+        &mut grads[Param::MatchWeight.index()],
+        &g_hidden_pre,
+        &tape.pairs,
+        d,
+        2 * d,
+    );
+    let g_pairs = matmul_left(&g_hidden_pre, p.get(Param::MatchWeight), d, 2 * d);
     // q = W_t f + w_s.
-    add_col_sums(&mut grads[T_B], &g_query);
-    add_outer(&mut grads[T_W], &g_query, f_all, d, d);
-    let g_f_query = matmul_left(&g_query, p.get(T_W), d, d);
+    add_col_sums(&mut grads[Param::TargetBias.index()], &g_query);
+    add_outer(
+        &mut grads[Param::TargetWeight.index()],
+        &g_query,
+        f_all,
+        d,
+        d,
+    );
+    let g_f_query = matmul_left(&g_query, p.get(Param::TargetWeight), d, d);
 
     let scale = (d as f32).sqrt();
     for i in 0..b {
@@ -513,10 +487,22 @@ pub(crate) fn backward(
     for (g, y) in g_proj.iter_mut().zip(&tape.projected) {
         *g *= 1.0 - y * y;
     }
-    add_col_sums(&mut grads[PROJ_B], &g_proj);
+    add_col_sums(&mut grads[Param::ProjBias.index()], &g_proj);
     let (g_facts, g_mems) = g_proj.split_at(b * d);
-    add_outer(&mut grads[PROJ_W], g_facts, &rows.facts, d, width);
-    add_outer(&mut grads[PROJ_W], g_mems, &rows.memories, d, width);
+    add_outer(
+        &mut grads[Param::ProjWeight.index()],
+        g_facts,
+        &rows.facts,
+        d,
+        width,
+    );
+    add_outer(
+        &mut grads[Param::ProjWeight.index()],
+        g_mems,
+        &rows.memories,
+        d,
+        width,
+    );
     Ok(grads)
 }
 
@@ -536,195 +522,4 @@ pub(crate) fn log_softmax_rows(x: &mut [f32], c: usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::models::action_head::ActionHeadConfig;
-    use candle_core::{Device, Tensor, D};
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    fn rows(rng: &mut StdRng, counts: &[usize], dim: usize) -> Rows {
-        let total: usize = counts.iter().sum();
-        let mut v =
-            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-        Rows {
-            dim,
-            facts: v(counts.len() * dim),
-            memories: v(total * dim),
-            counts: counts.to_vec(),
-        }
-    }
-
-    /// The candle inputs of the same batch: facts `[B, D]`, memories `[B, M, D]` padded with
-    /// a value that must not matter.
-    fn tensors(r: &Rows) -> (Tensor, Tensor) {
-        let (b, m, dim) = (r.len(), r.max_count(), r.dim);
-        let mut mem = vec![7.5f32; b * m * dim];
-        let mut at = 0;
-        for (i, &c) in r.counts.iter().enumerate() {
-            for j in 0..c {
-                let dst = (i * m + j) * dim;
-                mem[dst..dst + dim].copy_from_slice(&r.memories[at * dim..(at + 1) * dim]);
-                at += 1;
-            }
-        }
-        (
-            Tensor::from_vec(r.facts.clone(), (b, dim), &Device::Cpu).unwrap(),
-            Tensor::from_vec(mem, (b, m, dim), &Device::Cpu).unwrap(),
-        )
-    }
-
-    fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let tol = 1e-5 + 1e-4 * y.abs();
-            assert!((x - y).abs() <= tol, "{what}[{i}]: {x} vs {y}");
-        }
-    }
-
-    /// Forward values and every parameter's gradient equal candle's `batch_scores` and its
-    /// autograd, for a loss that weights every live logit (padding and masked operations
-    /// included, where both must give 0).
-    #[test]
-    fn forward_and_backward_equal_candle_autograd() {
-        let mut rng = StdRng::seed_from_u64(11);
-        for (counts, proj_dim) in [
-            (vec![2usize, 0, 4, 1], 8usize),
-            (vec![0, 0], 6),
-            (vec![3], 5),
-            (vec![1, 1, 1, 4, 2, 0, 3], 16),
-        ] {
-            let dim = 12;
-            let head = MemoryActionHead::new(
-                ActionHeadConfig {
-                    proj_dim,
-                    seed: 4,
-                    ..ActionHeadConfig::default()
-                },
-                dim,
-                &Device::Cpu,
-            )
-            .unwrap();
-            let r = rows(&mut rng, &counts, dim);
-            let (facts, memories) = tensors(&r);
-            let s = head.batch_scores(&facts, &memories, &counts).unwrap();
-            let p = Params::read(&head).unwrap();
-            let tape = forward(&p, &r).unwrap();
-            let (b, n, m) = (r.len(), p.n_ops, r.max_count());
-            close(
-                &tape.op_logits,
-                &s.op_logits.flatten_all().unwrap().to_vec1().unwrap(),
-                "op_logits",
-            );
-            if let Some(t) = &s.target_logits {
-                close(
-                    &tape.target_logits,
-                    &t.flatten_all().unwrap().to_vec1().unwrap(),
-                    "target_logits",
-                );
-            } else {
-                assert_eq!(m, 0);
-            }
-
-            // loss = Σ w_op ⊙ log_softmax(op) + Σ w_t ⊙ log_softmax(target) · used.
-            let w_op: Vec<f32> = (0..b * n).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let w_t: Vec<f32> = (0..b * m)
-                .map(|k| {
-                    // Only real memories: a loss never weights padding.
-                    if k % m < counts[k / m] {
-                        rng.random_range(-1.0..1.0)
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let wt = |v: &[f32], c| Tensor::from_vec(v.to_vec(), (b, c), &Device::Cpu).unwrap();
-            let mut loss = candle_nn::ops::log_softmax(&s.op_logits, D::Minus1)
-                .unwrap()
-                .mul(&wt(&w_op, n))
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            if let Some(t) = &s.target_logits {
-                let lt = candle_nn::ops::log_softmax(t, D::Minus1)
-                    .unwrap()
-                    .mul(&wt(&w_t, m))
-                    .unwrap()
-                    .sum_all()
-                    .unwrap();
-                loss = (loss + lt).unwrap();
-            }
-            let autograd = loss.backward().unwrap();
-
-            // The same loss's logit gradients by hand: w - softmax · Σ w, row by row.
-            let logit_grad = |logits: &[f32], w: &[f32], c: usize| -> Vec<f32> {
-                let mut lp = logits.to_vec();
-                log_softmax_rows(&mut lp, c);
-                let mut g = vec![0f32; lp.len()];
-                for ((g, lp), w) in g
-                    .chunks_exact_mut(c)
-                    .zip(lp.chunks_exact(c))
-                    .zip(w.chunks_exact(c))
-                {
-                    let total: f32 = w.iter().sum();
-                    for k in 0..c {
-                        g[k] = w[k] - lp[k].exp() * total;
-                    }
-                }
-                g
-            };
-            let g_op = logit_grad(&tape.op_logits, &w_op, n);
-            let g_t = if m > 0 {
-                logit_grad(&tape.target_logits, &w_t, m)
-            } else {
-                Vec::new()
-            };
-            let grads = backward(&p, &r, &tape, &g_op, &g_t).unwrap();
-            let data = head.varmap().data().lock().unwrap();
-            for (i, name) in NAMES.iter().enumerate() {
-                let var = &data[*name];
-                let expected = match autograd.get(var.as_tensor()) {
-                    Some(g) => g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                    None => vec![0f32; grads[i].len()],
-                };
-                close(&grads[i], &expected, name);
-            }
-        }
-    }
-
-    #[test]
-    fn an_example_scores_the_same_alone_as_in_a_batch() {
-        let mut rng = StdRng::seed_from_u64(2);
-        let head = MemoryActionHead::new(
-            ActionHeadConfig {
-                proj_dim: 16,
-                ..ActionHeadConfig::default()
-            },
-            10,
-            &Device::Cpu,
-        )
-        .unwrap();
-        let p = Params::read(&head).unwrap();
-        let batch = rows(&mut rng, &[1, 3, 0, 2], 10);
-        let all = forward(&p, &batch).unwrap();
-        let alone = Rows {
-            dim: 10,
-            facts: batch.facts[10..20].to_vec(),
-            memories: batch.memories[10..40].to_vec(),
-            counts: vec![3],
-        };
-        let one = forward(&p, &alone).unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&one.op_logits), bits(&all.op_logits[4..8]));
-        assert_eq!(bits(&one.target_logits), bits(&all.target_logits[3..6]));
-    }
-
-    #[test]
-    fn log_softmax_rows_normalises() {
-        let mut x = vec![0.0, 0.0, 1.0, MASKED_LOGIT];
-        log_softmax_rows(&mut x, 2);
-        assert!((x[0] - 0.5f32.ln()).abs() < 1e-6);
-        assert_eq!(x[3].exp(), 0.0);
-        assert!(x[2].abs() < 1e-6);
-    }
-}
+mod tests;
