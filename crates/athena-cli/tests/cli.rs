@@ -61,14 +61,16 @@ fn logits_writes_the_reference_logits_as_npy() {
 fn output_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
-    // `athena info | true`: the reader is gone before the first line is written.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_athena"))
+    // `athena info | true`: the reader is gone before the first line is written (closed
+    // before the child starts, so no scheduling lets a write in first).
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_athena"))
         .args(["info", "--model", fixture("base").to_str().unwrap()])
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary runs");
-    drop(child.stdout.take());
     let o = child.wait_with_output().unwrap();
     let e = stderr(&o);
     assert!(!e.contains("panicked"), "{e}");
