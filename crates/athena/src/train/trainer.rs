@@ -264,7 +264,7 @@ impl<'a, 'm> Trainer<'a, 'm> {
         run.progress.step += 1;
         log.step = run.progress.step;
         log.lr = lr;
-        if cfg.eval_every > 0 && run.progress.step % cfg.eval_every == 0 {
+        if cfg.eval_every > 0 && run.progress.step.is_multiple_of(cfg.eval_every) {
             let e = self.evaluate()?;
             log.eval_accuracy = Some(e.accuracy);
             log.eval_reward = Some(e.reward);
@@ -281,7 +281,8 @@ impl<'a, 'm> Trainer<'a, 'm> {
             on_event(&Event::Step(log));
         }
         let step = run.progress.step;
-        let due = self.options.checkpoint_every > 0 && step % self.options.checkpoint_every == 0;
+        let due =
+            self.options.checkpoint_every > 0 && step.is_multiple_of(self.options.checkpoint_every);
         if let (Some(writer), true) = (&mut run.checkpoints, due || step == cfg.steps) {
             run.progress.rng = run.rng.state();
             self.features.flush()?;

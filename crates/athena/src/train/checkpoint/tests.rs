@@ -21,7 +21,7 @@ fn log(step: usize) -> StepLog {
         loss: 0.1 * step as f32,
         accuracy: 0.5,
         lr: 0.25,
-        eval_accuracy: (step % 3 == 0).then_some(0.75),
+        eval_accuracy: step.is_multiple_of(3).then_some(0.75),
         ..StepLog::empty()
     }
 }
@@ -31,7 +31,7 @@ fn advance(progress: &mut Progress, step: usize) {
     while progress.step < step {
         progress.step += 1;
         progress.history.push(log(progress.step));
-        if progress.step % 4 == 0 {
+        if progress.step.is_multiple_of(4) {
             progress.epoch += 1;
             progress.epochs.push(EpochLog {
                 epoch: progress.epoch,
