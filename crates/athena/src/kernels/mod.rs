@@ -45,6 +45,9 @@
 //! - `matrix` ([`WeightMatrix`]), `matmul` and `grouped` ([`matmul_many`]) sit on top, with
 //!   [`pool`] beside them; [`attention`] and [`bandwidth`] use `float` and `pool`. This file
 //!   only declares the modules and re-exports their public items.
+//!
+//! The unit tests of `x.rs` live beside it in `x_tests.rs`, declared at the end of this file;
+//! `tests.rs` holds those of the re-exported products as a whole.
 
 pub mod affine;
 pub mod affine8;

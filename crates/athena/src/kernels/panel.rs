@@ -34,9 +34,8 @@ pub use super::layout::{Panel, Unpacked, WeightRows, PANEL};
 use super::x86::avx512_panel;
 
 /// Fewer inputs than this run the row kernels of [`super::affine`] and [`super::affine8`]
-/// instead: a panel costs the same per row whatever it holds. One thread, 1024 × 2048, 4-bit
-/// (Gelem/s, panel against rows): 8 inputs 30.8 / 40.2 (int16) and 39.2 / 44.0 (int8); 10
-/// inputs 37.2 / 36.9 and 61.2 / 39.8; 12 inputs 49.0 / 35.3 and 60.3 / 44.0.
+/// instead: a panel costs the same per row whatever it holds, so below this many inputs the
+/// row kernels are faster (the measurements are in docs/BENCHMARKS.md).
 pub const PANEL_MIN: usize = 10;
 /// Whether rows of `bits` bits in groups of `group_size` over `cols` columns have panel
 /// kernels on this CPU.

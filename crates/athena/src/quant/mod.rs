@@ -6,6 +6,12 @@
 //! with [`QMatrix::quantize`] (bit-identical to `mx.quantize`), written back with
 //! [`QMatrix::to_mlx`], and applied with [`QMatrix::matmul`] without ever dequantizing the
 //! whole matrix. `fixtures/quant/` holds MLX's own outputs for the parity tests.
+//!
+//! One job a file: [`AffineParams`] in `params`, the [`QMatrix`] type and its products in
+//! `qmatrix`, making one in `quantize` and `mlx_io`, reading it back in `dequantize`, its
+//! scales' dtype in `scale_dtype` (stored through `scalars`), the code packing in `pack` and
+//! the products' kernel glue in `matmul`. The unit tests of `x.rs` live beside it in
+//! `x_tests.rs`.
 
 mod dequantize;
 mod matmul;

@@ -4,7 +4,6 @@
 //! stores `bits`-wide codes `q` and one `scale` and `bias`, and its weights are
 //! `w = scale * q + bias`. The layout is mlx-lm's: `weight` u32 [rows, cols * bits / 32] (see
 //! [`super::pack`] for the bit order), `scales` and `biases` [rows, cols / group_size].
-
 //!
 //! This file holds the type, its accessors and its products; making one is in `quantize`
 //! and `mlx_io`, reading it back in `dequantize` and `mlx_io`, the dtype of its scales and
