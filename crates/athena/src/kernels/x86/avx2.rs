@@ -340,8 +340,9 @@ unsafe fn pass2x4(
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
     let n = w[0].len();
-    let pw = w.map(|w| w.as_ptr());
-    let px = x.map(|x| x.as_ptr());
+    // Arrays written out rather than through `map`, so that nothing here is left to a call.
+    let pw = [w[0].as_ptr(), w[1].as_ptr()];
+    let px = [x[0].as_ptr(), x[1].as_ptr(), x[2].as_ptr(), x[3].as_ptr()];
     let mut total = [[0f64; 4]; 2];
     let mut i0 = 0;
     while i0 < n {
@@ -362,7 +363,13 @@ pub(crate) unsafe fn dot2x4(w: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
         }
         i0 = end;
     }
-    total.map(|t| t.map(|t| t as f32))
+    let mut out = [[0f32; 4]; 2];
+    for (o, t) in out.iter_mut().zip(&total) {
+        for (o, &t) in o.iter_mut().zip(t) {
+            *o = t as f32;
+        }
+    }
+    out
 }
 
 /// `Σ w·x` with bf16 `w`, four accumulators (32 values a step) so that more loads are in
