@@ -90,13 +90,13 @@ fn check_isolation(bank: &mut MemoryBank, facts: &[(usize, String)], probe: usiz
 
 fn run(backend: Backend, cases: u32) {
     let Some(loc) = fresh(backend) else { return };
-    let mut bank = loc.open();
+    let bank = std::cell::RefCell::new(loc.open());
     let config = ProptestConfig {
         cases,
         ..ProptestConfig::default()
     };
     proptest!(config, |(facts in proptest::collection::vec(fact(), 0..24), probe in 0usize..100)| {
-        check_isolation(&mut bank, &facts, probe);
+        check_isolation(&mut bank.borrow_mut(), &facts, probe);
     });
 }
 
