@@ -2,7 +2,6 @@
 //! the action head decide, and apply the decision with its history in one transaction. Also
 //! the operations that need the model to encode (search, update).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -12,8 +11,8 @@ use super::bank::{check_vector, delete_in, ensure_identity, retrieve, MemoryBank
 use super::error::{MemoryError, MemoryResult};
 use super::store::StoreTx;
 use super::types::{
-    content_hash, hex, now_micros, EmbeddingIdentity, Event, EventKind, HistoryRow, Metadata,
-    Record, Scope, SearchHit,
+    content_hash, hex, now_micros, Decision, EmbeddingIdentity, Event, EventKind, HistoryRow,
+    Metadata, Record, Scope, SearchHit,
 };
 use crate::models::action_head::{MemoryActionHead, WEIGHTS_FILE};
 use crate::models::olmoe::OlmoeModel;
@@ -25,15 +24,6 @@ pub struct Decider<'a> {
     pub head: &'a MemoryActionHead,
     /// Hex SHA-256 of its weights file, recorded in history rows.
     pub head_hash: Option<&'a str>,
-}
-
-/// What the head decided, as history rows record it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    /// Probability of each operation.
-    pub probabilities: BTreeMap<String, f32>,
-    /// The head's weights hash.
-    pub head_hash: Option<String>,
 }
 
 /// How many times an UPDATE or DELETE whose target vanished is decided again.

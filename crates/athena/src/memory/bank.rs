@@ -13,8 +13,8 @@ use super::retrieval::{fuse, query_terms, vector_ranking, RetrievalConfig};
 use super::sqlite::SqliteStore;
 use super::store::{IntegrityReport, Store, StoreTx};
 use super::types::{
-    content_hash, metadata_matches, now_micros, EmbeddingIdentity, Event, EventKind, HistoryRow,
-    Metadata, Record, Scope, SearchHit,
+    content_hash, metadata_matches, now_micros, Decision, EmbeddingIdentity, Event, EventKind,
+    HistoryRow, Metadata, Record, Scope, SearchHit,
 };
 
 /// Default for [`BankConfig::max_text_bytes`]: 64 KiB.
@@ -395,7 +395,7 @@ pub(super) fn ensure_identity(tx: &mut dyn StoreTx, given: &EmbeddingIdentity) -
 pub(super) fn delete_in(
     tx: &mut dyn StoreTx,
     record: &Record,
-    cause: Option<(&str, &super::add::Decision)>,
+    cause: Option<(&str, &Decision)>,
 ) -> MemoryResult<Event> {
     if !tx.delete(record.id)? {
         return Err(MemoryError::UnknownId {

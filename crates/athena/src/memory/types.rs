@@ -247,6 +247,15 @@ pub struct Event {
     pub previous_memory: Option<String>,
 }
 
+/// What the head decided, as history rows record it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Probability of each operation.
+    pub probabilities: BTreeMap<String, f32>,
+    /// The head's weights hash.
+    pub head_hash: Option<String>,
+}
+
 /// One search result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SearchHit {

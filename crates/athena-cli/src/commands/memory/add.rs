@@ -5,7 +5,7 @@ use athena::memory::{parse_metadata, Event, MemoryError, Metadata};
 use athena::models::olmoe::OlmoeModel;
 use serde_json::json;
 
-use super::{print_json, DbFlags, ScopeFlags};
+use super::flags::{print_json, DbFlags, ScopeFlags};
 use crate::agent::LoadFlags;
 
 /// Flags of `athena memory add`.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::add::{event_json, load_model, metadata};
-use super::{print_json, DbFlags};
+use super::flags::{print_json, DbFlags};
 use crate::agent::LoadFlags;
 
 /// Flags of `athena memory import`.

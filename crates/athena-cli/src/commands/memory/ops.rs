@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use athena::memory::{parse_id, parse_metadata, rfc3339, Record, SearchOptions};
 use serde_json::json;
 
-use super::{print_json, DbFlags, ScopeFlags};
+use super::flags::{print_json, DbFlags, ScopeFlags};
 use crate::agent::LoadFlags;
 
 /// Flags of `athena memory search`.
