@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use athena::models::action_head::{ActionHeadConfig, MemoryActionHead};
 
+/// How many runs must be killed before they finish.
 const KILLS: usize = 50;
+/// Most runs tried to get there.
+const MAX_ROUNDS: usize = 200;
 
 fn model() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -44,7 +47,7 @@ fn check(db: &str) {
 
 fn conversation(path: &Path, round: usize) {
     let mut lines = String::new();
-    for i in 0..60 {
+    for i in 0..200 {
         let user = ["ann", "ben"][i % 2];
         let line = serde_json::json!({
             "user_id": user,
@@ -74,8 +77,7 @@ fn sigkill_never_leaves_a_half_applied_decision() {
         | 1;
     eprintln!("kill seed {seed}");
     let mut rng = Rng(seed);
-    let mut completed = 0;
-    for round in 0..KILLS {
+    let command = |round: usize| {
         let file = dir.path().join(format!("conv{round}.jsonl"));
         conversation(&file, round);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_athena"));
@@ -84,7 +86,7 @@ fn sigkill_never_leaves_a_half_applied_decision() {
             cmd.args(["import", file.to_str().expect("utf-8"), "--batch-size", "4"]);
         } else {
             cmd.args(["add", "--user", "ann"]);
-            for i in 0..12 {
+            for i in 0..40 {
                 cmd.args(["--fact", &format!("ann add fact {i} of round {round}")]);
             }
         }
@@ -94,26 +96,32 @@ fn sigkill_never_leaves_a_half_applied_decision() {
         } else {
             cmd.args(["--head", &head]);
         }
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let delay = Duration::from_millis(20 + rng.next() % 400);
-        std::thread::sleep(delay);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
+    };
+    // How long an uninterrupted run takes: the kills fall anywhere within it.
+    let started = Instant::now();
+    assert!(command(MAX_ROUNDS).status().expect("runs").success());
+    let full = started.elapsed().as_millis().max(20) as u64;
+    check(&db);
+    let (mut killed, mut rounds) = (0, 0);
+    while killed < KILLS && rounds < MAX_ROUNDS {
+        let mut child = command(rounds).spawn().expect("spawn");
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(rng.next() % full));
         // SAFETY: kill(2) on the child's own pid, which has not been waited for yet.
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
         }
         let status = child.wait().expect("wait");
-        if status.success() {
-            completed += 1;
+        if !status.success() {
+            killed += 1;
         }
         check(&db);
     }
-    eprintln!("{completed} of {KILLS} runs finished before the kill");
+    eprintln!("{killed} of {rounds} runs killed mid-way (an uninterrupted one takes {full} ms)");
     assert!(
-        completed < KILLS,
-        "no run was killed mid-way: the kill points are too late"
+        killed >= KILLS,
+        "only {killed} of {rounds} runs were killed mid-way"
     );
 }
