@@ -39,6 +39,8 @@ enum Command {
     SynthMemory(commands::synth_memory::Args),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching).
     Serve(commands::serve::Args),
+    /// The memory bank: add facts (the action head decides), search, list, history, check.
+    Memory(commands::memory::Args),
 }
 
 /// glibc hands freed blocks above its thresholds back to the system, so a layer's large
@@ -103,6 +105,7 @@ fn main() {
         Command::TrainHead(a) => commands::train_head::run(a),
         Command::SynthMemory(a) => commands::synth_memory::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Memory(a) => commands::memory::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

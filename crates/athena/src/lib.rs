@@ -38,6 +38,7 @@ pub mod generate;
 pub mod io;
 pub mod kernels;
 pub mod lora;
+pub mod memory;
 pub mod models;
 pub mod options;
 pub mod quant;

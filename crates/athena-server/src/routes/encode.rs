@@ -154,8 +154,21 @@ pub(super) async fn memory_actions(
     })
     .await
     .map_err(|_| ApiError::internal("the memory action task failed"))??;
-    Ok(
-        Json(json!({"object": "memory.action", "model": s.config.model_id, "action": action}))
-            .into_response(),
-    )
+    let mut body = json!({"object": "memory.action", "model": s.config.model_id, "action": action});
+    // A head that was never trained decides at random: say so, in the response and the log.
+    if s.model.config().action_head_path.is_none() {
+        tracing::warn!(
+            "/v1/memory/actions answered from an untrained (random) action head; \
+             train one with `athena train-head` and serve it with --head"
+        );
+        body["head_trained"] = json!(false);
+        body["warning"] = json!(UNTRAINED_HEAD_WARNING);
+    } else {
+        body["head_trained"] = json!(true);
+    }
+    Ok(Json(body).into_response())
 }
+
+/// What `/v1/memory/actions` says when the server's action head was never trained.
+pub(crate) const UNTRAINED_HEAD_WARNING: &str = "the memory action head is untrained: its \
+    decisions are random; train one with `athena train-head` and start the server with --head DIR";

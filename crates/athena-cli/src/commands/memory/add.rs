@@ -1,0 +1,90 @@
+//! `athena memory add`.
+
+use anyhow::{Context, Result};
+use athena::memory::{parse_metadata, Event, MemoryError, Metadata};
+use athena::models::olmoe::OlmoeModel;
+use serde_json::json;
+
+use super::flags::{print_json, DbFlags, ScopeFlags};
+use crate::agent::LoadFlags;
+
+/// Flags of `athena memory add`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    db: DbFlags,
+    #[command(flatten)]
+    scope: ScopeFlags,
+    #[command(flatten)]
+    load: LoadFlags,
+    /// A fact to remember (repeat for several).
+    #[arg(long = "fact", required = true)]
+    facts: Vec<String>,
+    /// Add every new fact without asking the action head (no head needed).
+    #[arg(long)]
+    no_infer: bool,
+    /// A JSON object attached to the facts that are added.
+    #[arg(long)]
+    metadata: Option<String>,
+    /// Print mem0's `{"results": [...]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Loads the model for `add`/`import`: refuses inference without a trained head before
+/// anything is loaded.
+pub(super) fn load_model(load: &LoadFlags, infer: bool) -> Result<OlmoeModel> {
+    let config = load.config()?;
+    if infer && config.action_head_path.is_none() {
+        return Err(MemoryError::UntrainedHead.into());
+    }
+    let mut model = OlmoeModel::new(config);
+    model.load()?;
+    Ok(model)
+}
+
+/// The metadata flag, parsed.
+pub(super) fn metadata(flag: Option<&str>) -> Result<Metadata> {
+    Ok(match flag {
+        Some(text) => parse_metadata(text).context("--metadata")?,
+        None => Metadata::new(),
+    })
+}
+
+/// mem0's shape of one event.
+pub(super) fn event_json(e: &Event) -> serde_json::Value {
+    json!({
+        "id": e.id.map(|id| id.to_string()),
+        "event": e.event.as_str(),
+        "memory": e.memory,
+        "previous_memory": e.previous_memory,
+    })
+}
+
+/// Runs `athena memory add`.
+pub fn run(a: Args) -> Result<()> {
+    let scope = a.scope.scope()?;
+    let metadata = metadata(a.metadata.as_deref())?;
+    if !a.no_infer && a.load.config()?.action_head_path.is_none() {
+        return Err(MemoryError::UntrainedHead.into());
+    }
+    let mut bank = a.db.open()?;
+    let facts: Vec<&str> = a.facts.iter().map(String::as_str).collect();
+    for (i, f) in facts.iter().enumerate() {
+        bank.check_text(&format!("fact {}", i + 1), f)?;
+    }
+    let model = load_model(&a.load, !a.no_infer)?;
+    let events = bank.add(&model, &facts, &scope, &metadata, !a.no_infer)?;
+    if a.json {
+        print_json(&json!({ "results": events.iter().map(event_json).collect::<Vec<_>>() }))?;
+    } else {
+        for e in &events {
+            let id = e.id.map_or_else(|| "-".to_string(), |id| id.to_string());
+            match &e.previous_memory {
+                Some(prev) => println!("{} {id} {} (was: {prev})", e.event.as_str(), e.memory),
+                None => println!("{} {id} {}", e.event.as_str(), e.memory),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! `athena memory`: the memory bank from the command line. Each subcommand opens the bank
+//! given by `--db` (a SQLite file, created if missing, or a `postgres://` URL); the ones that
+//! encode text load the model with the same flags as the other commands. `--json` prints
+//! mem0's REST shapes.
+
+mod add;
+mod flags;
+mod import;
+mod ops;
+
+use anyhow::Result;
+
+/// Flags of `athena memory`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add facts (the trained action head decides ADD/UPDATE/DELETE/NOOP; --no-infer adds).
+    Add(add::Args),
+    /// Search a scope's memories (cosine similarity fused with full-text ranking).
+    Search(ops::SearchArgs),
+    /// List a scope's memories, oldest first.
+    List(ops::ListArgs),
+    /// Show one memory.
+    Get(ops::IdArgs),
+    /// Replace a memory's text (re-encodes it).
+    Update(ops::UpdateArgs),
+    /// Delete one memory (--id) or every memory of a scope (--all).
+    Delete(ops::DeleteArgs),
+    /// Show a memory's history.
+    History(ops::IdArgs),
+    /// Delete every memory and all history.
+    Reset(ops::ResetArgs),
+    /// Check the bank's integrity (exit code 1 when anything is wrong).
+    Check(ops::CheckArgs),
+    /// Add the user messages of a conversation (JSONL) as facts, in batches.
+    Import(import::Args),
+}
+
+/// Runs `athena memory`.
+pub fn run(a: Args) -> Result<()> {
+    match a.command {
+        Command::Add(a) => add::run(a),
+        Command::Search(a) => ops::search(a),
+        Command::List(a) => ops::list(a),
+        Command::Get(a) => ops::get(a),
+        Command::Update(a) => ops::update(a),
+        Command::Delete(a) => ops::delete(a),
+        Command::History(a) => ops::history(a),
+        Command::Reset(a) => ops::reset(a),
+        Command::Check(a) => ops::check(a),
+        Command::Import(a) => import::run(a),
+    }
+}

@@ -1,0 +1,450 @@
+//! [`MemoryBank`]: the memory of an agent over a [`Store`], with mem0's operations. Adding
+//! facts through the action head lives in `add.rs`; this file opens banks and holds the
+//! direct operations and retrieval.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use uuid::Uuid;
+
+use super::error::{MemoryError, MemoryResult};
+use super::postgres::PostgresStore;
+use super::retrieval::{fuse, query_terms, vector_ranking, RetrievalConfig};
+use super::sqlite::SqliteStore;
+use super::store::{IntegrityReport, Store, StoreTx};
+use super::types::{
+    content_hash, metadata_matches, now_micros, Decision, EmbeddingIdentity, Event, EventKind,
+    HistoryRow, Metadata, Record, Scope, SearchHit,
+};
+
+/// Default for [`BankConfig::max_text_bytes`]: 64 KiB.
+pub const DEFAULT_MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// How a bank behaves; every field has a documented default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BankConfig {
+    /// Longest fact, query or memory text, in bytes. Default: 64 KiB.
+    pub max_text_bytes: usize,
+    /// How many candidates the action head chooses a target among. Default: 10.
+    pub candidates: usize,
+    /// How retrieval fuses its rankings (for search and for the head's candidates).
+    pub retrieval: RetrievalConfig,
+}
+
+impl Default for BankConfig {
+    fn default() -> Self {
+        BankConfig {
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            candidates: 10,
+            retrieval: RetrievalConfig::default(),
+        }
+    }
+}
+
+/// What a search asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchOptions {
+    /// Whose memories to search (a filter: ids left out match anything).
+    pub scope: Scope,
+    /// How many hits at most. Default: 10.
+    pub top_k: usize,
+    /// Drop hits whose cosine similarity to the query is below this. Default: none.
+    pub threshold: Option<f32>,
+    /// Keep only memories whose metadata holds each of these keys with an equal value.
+    pub filters: Metadata,
+}
+
+impl SearchOptions {
+    /// The ten best memories of `scope`.
+    pub fn new(scope: Scope) -> Self {
+        SearchOptions {
+            scope,
+            top_k: 10,
+            threshold: None,
+            filters: Metadata::new(),
+        }
+    }
+}
+
+/// Most hits a search returns.
+pub const MAX_TOP_K: usize = 1000;
+
+/// An agent's memory: records, their history, and retrieval over them.
+pub struct MemoryBank {
+    pub(super) store: Box<dyn Store>,
+    pub(super) config: BankConfig,
+}
+
+impl std::fmt::Debug for MemoryBank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBank")
+            .field("location", &self.store.location())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Whether `location` names a PostgreSQL server rather than a SQLite file.
+pub fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+impl MemoryBank {
+    /// Opens the bank at `location`: a `postgres://` URL, or the path of a SQLite file
+    /// (created if missing).
+    pub fn open(location: &str, config: BankConfig) -> MemoryResult<Self> {
+        let store: Box<dyn Store> = if is_postgres_url(location) {
+            Box::new(PostgresStore::open(location)?)
+        } else {
+            Box::new(SqliteStore::open(Path::new(location))?)
+        };
+        Ok(Self::with_store(store, config))
+    }
+
+    /// A bank over an opened store.
+    pub fn with_store(store: Box<dyn Store>, config: BankConfig) -> Self {
+        MemoryBank { store, config }
+    }
+
+    /// Where the bank lives (a path, or a URL without its password).
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    /// The bank's configuration.
+    pub fn config(&self) -> &BankConfig {
+        &self.config
+    }
+
+    /// The identity of the bank's embeddings; `None` while it holds none.
+    pub fn identity(&mut self) -> MemoryResult<Option<EmbeddingIdentity>> {
+        let mut out = None;
+        self.store.read(&mut |tx| {
+            out = tx.identity()?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Checks a fact, query or memory text: not blank, not longer than the limit.
+    pub fn check_text(&self, what: &str, text: &str) -> MemoryResult<()> {
+        if text.trim().is_empty() {
+            return Err(MemoryError::bad_text(what, "is empty"));
+        }
+        if text.len() > self.config.max_text_bytes {
+            return Err(MemoryError::bad_text(
+                what,
+                format!(
+                    "is {} bytes, more than the limit of {}",
+                    text.len(),
+                    self.config.max_text_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Searches with an already computed query embedding (see [`MemoryBank::search`] in
+    /// `add.rs` for the one that encodes).
+    pub fn search_embedded(
+        &mut self,
+        identity: &EmbeddingIdentity,
+        query: &str,
+        query_vector: &[f32],
+        options: &SearchOptions,
+    ) -> MemoryResult<Vec<SearchHit>> {
+        self.check_text("query", query)?;
+        options.scope.validate()?;
+        if !(1..=MAX_TOP_K).contains(&options.top_k) {
+            return Err(MemoryError::invalid(
+                "top_k",
+                format!("{} is outside 1..={MAX_TOP_K}", options.top_k),
+            ));
+        }
+        if let Some(t) = options.threshold {
+            if !t.is_finite() {
+                return Err(MemoryError::invalid("threshold", "must be a finite number"));
+            }
+        }
+        check_vector(identity, query_vector)?;
+        let retrieval = self.config.retrieval.clone();
+        let mut hits = Vec::new();
+        self.store.read(&mut |tx| {
+            match tx.identity()? {
+                None => return Ok(()),
+                Some(bank) => check_identity(&bank, identity)?,
+            }
+            let depth = if options.filters.is_empty() {
+                retrieval.depth.max(options.top_k)
+            } else {
+                usize::MAX
+            };
+            let ranked = retrieve(tx, &options.scope, query, query_vector, depth, &retrieval)?;
+            for (id, score, similarity) in ranked {
+                if hits.len() == options.top_k {
+                    break;
+                }
+                if options.threshold.is_some_and(|t| similarity < t) {
+                    continue;
+                }
+                let Some(record) = tx.get(id)? else { continue };
+                if metadata_matches(&record.metadata, &options.filters) {
+                    hits.push(SearchHit {
+                        record,
+                        score,
+                        similarity,
+                    });
+                }
+            }
+            Ok(())
+        })?;
+        Ok(hits)
+    }
+
+    /// One memory; with a scope, a memory outside it is unknown too.
+    pub fn get(&mut self, id: Uuid, scope: Option<&Scope>) -> MemoryResult<Record> {
+        if let Some(s) = scope {
+            s.validate()?;
+        }
+        let mut out = None;
+        self.store.read(&mut |tx| {
+            out = tx.get(id)?;
+            Ok(())
+        })?;
+        out.filter(|r| scope.is_none_or(|s| s.matches(&r.scope)))
+            .ok_or_else(|| MemoryError::UnknownId { id: id.to_string() })
+    }
+
+    /// The memories of a scope, oldest first, `limit` from `offset`.
+    pub fn get_all(&mut self, scope: &Scope, offset: u64, limit: u64) -> MemoryResult<Vec<Record>> {
+        scope.validate()?;
+        let mut out = Vec::new();
+        self.store.read(&mut |tx| {
+            out = tx.list(scope, offset, limit)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Replaces a memory's text with an already computed embedding of it.
+    pub fn update_embedded(
+        &mut self,
+        identity: &EmbeddingIdentity,
+        id: Uuid,
+        scope: Option<&Scope>,
+        text: &str,
+        vector: &[f32],
+    ) -> MemoryResult<Event> {
+        self.check_text("text", text)?;
+        if let Some(s) = scope {
+            s.validate()?;
+        }
+        check_vector(identity, vector)?;
+        let hash = content_hash(text);
+        let mut event = None;
+        self.store.write(None, &mut |tx| {
+            ensure_identity(tx, identity)?;
+            let record = tx
+                .get(id)?
+                .filter(|r| scope.is_none_or(|s| s.matches(&r.scope)))
+                .ok_or_else(|| MemoryError::UnknownId { id: id.to_string() })?;
+            if record.hash == hash {
+                event = Some(Event {
+                    id: Some(id),
+                    event: EventKind::Noop,
+                    memory: record.text.clone(),
+                    previous_memory: None,
+                });
+                return Ok(());
+            }
+            if let Some(other) = tx.find_hash(&record.scope, &hash)? {
+                return Err(MemoryError::bad_text(
+                    "text",
+                    format!("memory `{other}` of the same scope already holds this text"),
+                ));
+            }
+            let at = now_micros();
+            if !tx.update(id, text, &hash, vector, at)? {
+                return Err(MemoryError::UnknownId { id: id.to_string() });
+            }
+            tx.add_history(&HistoryRow {
+                memory_id: id,
+                event: EventKind::Update,
+                old_memory: Some(record.text.clone()),
+                new_memory: Some(text.to_string()),
+                fact: None,
+                probabilities: None,
+                head_hash: None,
+                created_at: at,
+            })?;
+            event = Some(Event {
+                id: Some(id),
+                event: EventKind::Update,
+                memory: text.to_string(),
+                previous_memory: Some(record.text.clone()),
+            });
+            Ok(())
+        })?;
+        event.ok_or_else(|| MemoryError::Internal("update produced no event".into()))
+    }
+
+    /// Removes a memory (its history stays, ending in DELETE).
+    pub fn delete(&mut self, id: Uuid, scope: Option<&Scope>) -> MemoryResult<Event> {
+        if let Some(s) = scope {
+            s.validate()?;
+        }
+        let mut event = None;
+        self.store.write(None, &mut |tx| {
+            let record = tx
+                .get(id)?
+                .filter(|r| scope.is_none_or(|s| s.matches(&r.scope)))
+                .ok_or_else(|| MemoryError::UnknownId { id: id.to_string() })?;
+            event = Some(delete_in(tx, &record, None)?);
+            Ok(())
+        })?;
+        event.ok_or_else(|| MemoryError::Internal("delete produced no event".into()))
+    }
+
+    /// Removes every memory of a scope; returns how many.
+    pub fn delete_all(&mut self, scope: &Scope) -> MemoryResult<usize> {
+        scope.validate()?;
+        let mut n = 0;
+        self.store.write(Some(scope), &mut |tx| {
+            n = 0;
+            loop {
+                let page = tx.list(scope, 0, 500)?;
+                if page.is_empty() {
+                    return Ok(());
+                }
+                for record in &page {
+                    delete_in(tx, record, None)?;
+                    n += 1;
+                }
+            }
+        })?;
+        Ok(n)
+    }
+
+    /// A memory's history, oldest first; a memory never seen is an unknown id.
+    pub fn history(&mut self, id: Uuid) -> MemoryResult<Vec<HistoryRow>> {
+        let mut rows = Vec::new();
+        self.store.read(&mut |tx| {
+            rows = tx.history(id)?;
+            Ok(())
+        })?;
+        if rows.is_empty() {
+            return Err(MemoryError::UnknownId { id: id.to_string() });
+        }
+        Ok(rows)
+    }
+
+    /// Removes every memory and all history; the bank then takes embeddings of any model.
+    pub fn reset(&mut self) -> MemoryResult<()> {
+        self.store.write(None, &mut |tx| tx.reset())
+    }
+
+    /// Checks the bank's invariants: every memory has its history, no history row points at
+    /// nothing, every embedding has the bank's width, and the engine's own check passes.
+    pub fn check(&mut self) -> MemoryResult<IntegrityReport> {
+        let mut report = IntegrityReport::default();
+        self.store.write(None, &mut |tx| {
+            report = tx.check()?;
+            Ok(())
+        })?;
+        Ok(report)
+    }
+}
+
+/// Refuses a vector of another width than the identity says, or with a non-finite value.
+pub(super) fn check_vector(identity: &EmbeddingIdentity, v: &[f32]) -> MemoryResult<()> {
+    if v.len() != identity.hidden_size {
+        return Err(MemoryError::Internal(format!(
+            "an embedding of width {} where {identity} was given",
+            v.len()
+        )));
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(MemoryError::Internal("an embedding is not finite".into()));
+    }
+    Ok(())
+}
+
+/// Refuses a given identity that is not the bank's.
+pub(super) fn check_identity(
+    bank: &EmbeddingIdentity,
+    given: &EmbeddingIdentity,
+) -> MemoryResult<()> {
+    if bank != given {
+        return Err(MemoryError::OtherModel {
+            bank: bank.to_string(),
+            given: given.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the bank's identity against `given`, recording it in a bank that has none.
+pub(super) fn ensure_identity(tx: &mut dyn StoreTx, given: &EmbeddingIdentity) -> MemoryResult<()> {
+    match tx.identity()? {
+        Some(bank) => check_identity(&bank, given),
+        None => tx.set_identity(given),
+    }
+}
+
+/// Deletes `record` and writes its DELETE history row.
+pub(super) fn delete_in(
+    tx: &mut dyn StoreTx,
+    record: &Record,
+    cause: Option<(&str, &Decision)>,
+) -> MemoryResult<Event> {
+    if !tx.delete(record.id)? {
+        return Err(MemoryError::UnknownId {
+            id: record.id.to_string(),
+        });
+    }
+    tx.add_history(&HistoryRow {
+        memory_id: record.id,
+        event: EventKind::Delete,
+        old_memory: Some(record.text.clone()),
+        new_memory: None,
+        fact: cause.map(|(f, _)| f.to_string()),
+        probabilities: cause.map(|(_, d)| d.probabilities.clone()),
+        head_hash: cause.and_then(|(_, d)| d.head_hash.clone()),
+        created_at: now_micros(),
+    })?;
+    Ok(Event {
+        id: Some(record.id),
+        event: EventKind::Delete,
+        memory: record.text.clone(),
+        previous_memory: None,
+    })
+}
+
+/// The memories of `scope` best matching `text`/`vector`: `(id, fused score, cosine)`, best
+/// first. Each ranking contributes at most `depth` memories.
+pub(super) fn retrieve(
+    tx: &mut dyn StoreTx,
+    scope: &Scope,
+    text: &str,
+    vector: &[f32],
+    depth: usize,
+    config: &RetrievalConfig,
+) -> MemoryResult<Vec<(Uuid, f32, f32)>> {
+    let rows = tx.vectors(scope)?;
+    let all = vector_ranking(
+        vector,
+        rows.iter().map(|r| (r.id, r.embedding.as_slice())),
+        rows.len(),
+    );
+    let cosines: HashMap<Uuid, f32> = all.iter().copied().collect();
+    let by_vector = &all[..all.len().min(depth)];
+    let by_text = if config.text_weight > 0.0 {
+        tx.text_ranking(scope, &query_terms(text), depth.min(10_000))?
+    } else {
+        vec![]
+    };
+    Ok(fuse(by_vector, &by_text, config)
+        .into_iter()
+        .map(|(id, score)| (id, score, cosines.get(&id).copied().unwrap_or(0.0)))
+        .collect())
+}
