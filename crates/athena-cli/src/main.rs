@@ -37,6 +37,9 @@ enum Command {
     TrainHead(commands::train_head::Args),
     /// Write a synthetic memory task (JSONL) to try train-head on.
     SynthMemory(commands::synth_memory::Args),
+    /// The agent's memory: quality eval of the bank on fact streams.
+    #[command(subcommand)]
+    Memory(commands::memory_eval::Command),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching).
     Serve(commands::serve::Args),
 }
@@ -102,6 +105,7 @@ fn main() {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::TrainHead(a) => commands::train_head::run(a),
         Command::SynthMemory(a) => commands::synth_memory::run(a),
+        Command::Memory(c) => commands::memory_eval::run(c),
         Command::Serve(a) => commands::serve::run(a),
     };
     if let Err(e) = result {

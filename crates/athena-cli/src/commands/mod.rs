@@ -7,6 +7,7 @@ pub mod generate;
 pub mod info;
 pub mod load;
 pub mod logits;
+pub mod memory_eval;
 pub mod quantize;
 pub mod serve;
 pub mod synth_memory;
