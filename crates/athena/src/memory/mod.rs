@@ -34,6 +34,7 @@
 mod add;
 mod bank;
 mod error;
+pub mod eval;
 pub mod postgres;
 pub mod retrieval;
 pub mod sqlite;

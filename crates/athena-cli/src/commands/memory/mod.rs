@@ -4,6 +4,7 @@
 //! mem0's REST shapes.
 
 mod add;
+mod eval;
 mod flags;
 mod import;
 mod ops;
@@ -39,6 +40,12 @@ enum Command {
     Check(ops::CheckArgs),
     /// Add the user messages of a conversation (JSONL) as facts, in batches.
     Import(import::Args),
+    /// Replay a fact stream into a fresh bank and score its end state against the truth.
+    Eval(eval::EvalArgs),
+    /// Write a synthetic fact stream (JSONL) with its ground truth.
+    SynthStream(eval::SynthStreamArgs),
+    /// Write train-head examples drawn from a stream, with the candidates retrieval gives.
+    StreamExamples(eval::StreamExamplesArgs),
 }
 
 /// Runs `athena memory`.
@@ -54,5 +61,8 @@ pub fn run(a: Args) -> Result<()> {
         Command::Reset(a) => ops::reset(a),
         Command::Check(a) => ops::check(a),
         Command::Import(a) => import::run(a),
+        Command::Eval(a) => eval::run_eval(a),
+        Command::SynthStream(a) => eval::run_synth_stream(a),
+        Command::StreamExamples(a) => eval::run_stream_examples(a),
     }
 }
