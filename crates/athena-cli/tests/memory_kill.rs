@@ -82,7 +82,7 @@ fn sigkill_never_leaves_a_half_applied_decision() {
         conversation(&file, round);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_athena"));
         cmd.args(["memory"]);
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             cmd.args(["import", file.to_str().expect("utf-8"), "--batch-size", "4"]);
         } else {
             cmd.args(["add", "--user", "ann"]);

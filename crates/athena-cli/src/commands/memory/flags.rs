@@ -29,9 +29,8 @@ pub struct DbFlags {
 impl DbFlags {
     /// Opens the bank.
     pub(super) fn open(&self) -> Result<MemoryBank> {
-        if !(self.text_weight.is_finite() && self.text_weight >= 0.0)
-            || !(self.vector_weight.is_finite() && self.vector_weight >= 0.0)
-        {
+        let usable = |w: f32| w.is_finite() && w >= 0.0;
+        if !usable(self.text_weight) || !usable(self.vector_weight) {
             anyhow::bail!("--text-weight and --vector-weight must be finite and not negative");
         }
         if self.candidates == 0 {
