@@ -112,7 +112,7 @@ pub trait Store: Send {
 
 /// Reads an embedding stored as little-endian f32 bytes.
 pub(crate) fn embedding_from_bytes(bytes: &[u8]) -> MemoryResult<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(super::error::MemoryError::Internal(format!(
             "an embedding of {} bytes is not a whole number of f32",
             bytes.len()
