@@ -10,9 +10,9 @@ use athena::memory::eval::examples::stream_examples;
 use athena::memory::eval::metrics::{score, score_end_state, FactOutcome, ScopeTexts};
 use athena::memory::eval::replay::{evaluate, outcome, replay, Strategy};
 use athena::memory::eval::stream::{
-    fold, read_stream, synthetic_stream, write_stream, StreamConfig, StreamFact, StreamOp,
-    TruthState,
+    fold, read_stream, write_stream, StreamFact, StreamOp, TruthState,
 };
+use athena::memory::eval::synth::{synthetic_stream, StreamConfig};
 use athena::memory::{BankConfig, Decider, Event, EventKind, MemoryBank};
 use athena::models::action_head::{ActionHeadConfig, MemoryActionHead};
 use athena::models::olmoe::OlmoeModel;

@@ -1,5 +1,5 @@
-//! How well a bank keeps memory: synthetic fact streams with their ground truth
-//! ([`stream`]), replaying a stream into a bank ([`replay`]), the end state's precision,
+//! How well a bank keeps memory: fact streams with their ground truth ([`stream`], drawn
+//! by [`synth`]), replaying a stream into a bank ([`replay`]), the end state's precision,
 //! recall and exact match and the per-operation accuracy ([`metrics`]), and training examples
 //! for the action head drawn from streams with the candidates retrieval gives
 //! ([`examples`]).
@@ -8,3 +8,4 @@ pub mod examples;
 pub mod metrics;
 pub mod replay;
 pub mod stream;
+pub mod synth;
