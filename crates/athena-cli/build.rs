@@ -1,10 +1,11 @@
-//! With the MLX backend compiled in (`athena/mlx`), puts libmlx's directory into the `athena`
-//! binary's rpath, so it runs without `LD_LIBRARY_PATH`. The directory comes from athena's
+//! With the MLX backend compiled in (`athena/mlx`), puts libmlx's directory into the rpath of
+//! the `athena` binary and of this crate's test binaries (those that link the library, such
+//! as the memory tests), so they run without `LD_LIBRARY_PATH`. The directory comes from athena's
 //! build script (`links = "mlx"` → `DEP_MLX_LIB_DIR`).
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_MLX_LIB_DIR");
     if let Ok(dir) = std::env::var("DEP_MLX_LIB_DIR") {
-        println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{dir}");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
 }
