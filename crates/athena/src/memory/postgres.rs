@@ -10,7 +10,7 @@ use super::error::{MemoryError, MemoryResult};
 use super::store::{
     embedding_from_bytes, embedding_to_bytes, history_from_columns, identity_json, parse_identity,
     stored_id, IntegrityReport, Store, StoreTx, VectorRow, CHECK_DANGLING, CHECK_WITHOUT_HISTORY,
-    SCHEMA_VERSION,
+    RECORD_COLUMNS, SCHEMA_VERSION,
 };
 use super::types::{parse_metadata, EmbeddingIdentity, HistoryRow, Metadata, Record, Scope};
 
@@ -54,9 +54,6 @@ CREATE TABLE history (
 );
 CREATE INDEX history_memory ON history (memory_id);
 ";
-
-const RECORD_COLUMNS: &str =
-    "id, user_id, agent_id, run_id, text, hash, metadata, created_at, updated_at, embedding";
 
 /// A memory bank in a PostgreSQL database.
 pub struct PostgresStore {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::error::{MemoryError, MemoryResult};
 use super::store::{
     embedding_from_bytes, embedding_to_bytes, IntegrityReport, Store, StoreTx, VectorRow,
-    SCHEMA_VERSION,
+    RECORD_COLUMNS, SCHEMA_VERSION,
 };
 use super::types::{parse_metadata, EmbeddingIdentity, HistoryRow, Metadata, Record, Scope};
 
@@ -65,9 +65,6 @@ CREATE TABLE history (
 );
 CREATE INDEX history_memory ON history (memory_id);
 ";
-
-const RECORD_COLUMNS: &str =
-    "id, user_id, agent_id, run_id, text, hash, metadata, created_at, updated_at, embedding";
 
 /// A memory bank in one SQLite file.
 #[derive(Debug)]

@@ -10,6 +10,10 @@ use super::types::{EmbeddingIdentity, HistoryRow, Metadata, Record, Scope};
 /// The schema version a bank of this build reads and writes.
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// The `memories` columns a record is read from, in the order both stores decode them.
+pub(super) const RECORD_COLUMNS: &str =
+    "id, user_id, agent_id, run_id, text, hash, metadata, created_at, updated_at, embedding";
+
 /// A memory's id and embedding, as vector search reads them.
 #[derive(Debug, Clone)]
 pub struct VectorRow {
