@@ -378,6 +378,114 @@ fn concurrent_adds_serialize(loc: Location) {
     assert_sound(&mut bank);
 }
 
+/// Search texts, best first, with every memory of the scope returned.
+fn search_all(bank: &mut MemoryBank, query: &str, scope: &Scope) -> Vec<String> {
+    let mut options = SearchOptions::new(scope.clone());
+    options.top_k = athena::memory::MAX_TOP_K;
+    let mut texts = search(bank, query, &options);
+    texts.sort();
+    texts
+}
+
+fn cached_search_sees_every_writer(loc: Location) {
+    // Two banks over one store, as two processes would have: each caches the codes of the
+    // scopes it searched, and must see the other's writes.
+    let mut a = loc.open();
+    let mut b = loc.open();
+    let alice = Scope::user("alice");
+    let facts: Vec<String> = (0..300)
+        .map(|i| format!("Alice noted item {i} of list {}", i % 17))
+        .collect();
+    let refs: Vec<&str> = facts.iter().map(String::as_str).collect();
+    add(&mut a, &refs, &alice);
+    let top = |bank: &mut MemoryBank, q: &str| {
+        search(bank, q, &SearchOptions::new(alice.clone()))
+            .first()
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        top(&mut a, "Alice noted item 7 of list 7"),
+        "Alice noted item 7 of list 7"
+    );
+    assert_eq!(
+        top(&mut b, "Alice noted item 9 of list 9"),
+        "Alice noted item 9 of list 9"
+    );
+    // b's add reaches a's cached codes.
+    let kiwi = "Alice adopted a parrot named Kiwi";
+    let id = add(&mut b, &[kiwi], &alice)[0].id.expect("an id");
+    assert_eq!(top(&mut a, "parrot named Kiwi"), kiwi);
+    // a's own update and b's delete.
+    let mango = "Alice adopted a parrot named Mango";
+    a.update_embedded(&identity(), id, Some(&alice), mango, &embed(mango))
+        .expect("update");
+    assert_eq!(top(&mut a, "parrot named Mango"), mango);
+    assert_eq!(top(&mut b, "parrot named Mango"), mango);
+    b.delete(id, Some(&alice)).expect("delete");
+    assert!(!search_all(&mut a, "parrot named Mango", &alice).contains(&mango.to_string()));
+    assert_eq!(search_all(&mut a, "list", &alice).len(), 300);
+    // A scope searched by neither bank yet, then a reset by one of them.
+    let bob = Scope::user("bob");
+    add(&mut a, &["Bob plays the cello"], &bob);
+    assert_eq!(search_all(&mut b, "cello", &bob), ["Bob plays the cello"]);
+    b.reset().expect("reset");
+    assert!(search_all(&mut a, "list", &alice).is_empty());
+    assert!(search_all(&mut a, "cello", &bob).is_empty());
+    assert_sound(&mut a);
+}
+
+fn cached_search_holds_what_exact_search_holds(loc: Location) {
+    // A bank with codes cached, and one without any cache budget (exact search, reading the
+    // store every time), return the same memories after every kind of write.
+    let mut cached = loc.open();
+    let mut exact = MemoryBank::open(
+        &loc.url,
+        athena::memory::BankConfig {
+            index_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    let agent = Scope {
+        agent_id: Some("a1".into()),
+        ..Scope::default()
+    };
+    let scopes = [Scope::user("u1"), Scope::user("u2"), agent];
+    let mut ids = Vec::new();
+    for step in 0..120usize {
+        let scope = &scopes[step % scopes.len()];
+        let text = format!("fact {step} about topic {}", step % 7);
+        match step % 5 {
+            0..=2 => ids.push((
+                add(&mut cached, &[&text], scope)[0].id.expect("id"),
+                scope.clone(),
+            )),
+            3 if !ids.is_empty() => {
+                let (id, s) = ids[step % ids.len()].clone();
+                let new = format!("changed {step} topic {}", step % 3);
+                cached
+                    .update_embedded(&identity(), id, Some(&s), &new, &embed(&new))
+                    .expect("update");
+            }
+            _ if !ids.is_empty() => {
+                let (id, s) = ids.swap_remove(step % ids.len());
+                cached.delete(id, Some(&s)).expect("delete");
+            }
+            _ => {}
+        }
+        for s in &scopes {
+            for q in ["topic 3", "changed topic 1", "fact about"] {
+                assert_eq!(
+                    search_all(&mut cached, q, s),
+                    search_all(&mut exact, q, s),
+                    "step {step}, scope {s}, query {q}"
+                );
+            }
+        }
+    }
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -406,4 +514,6 @@ suite!(
     refuses_another_model_and_bad_input_writing_nothing,
     the_head_decides_within_one_transaction,
     concurrent_adds_serialize,
+    cached_search_sees_every_writer,
+    cached_search_holds_what_exact_search_holds,
 );

@@ -139,7 +139,7 @@ impl MemoryBank {
             let mut event = None;
             let candidates = self.config.candidates;
             let retrieval = self.config.retrieval.clone();
-            self.store.write(Some(scope), &mut |tx| {
+            self.write_journaled(Some(scope), &mut |tx, index| {
                 ensure_identity(tx, identity)?;
                 let hash = content_hash(fact);
                 if let Some(id) = tx.find_hash(scope, &hash)? {
@@ -167,9 +167,12 @@ impl MemoryBank {
                 };
                 let mut attempt = 0;
                 event = Some(loop {
-                    let found = retrieve(tx, scope, fact, vector, candidates, &retrieval)?;
+                    // Codes cached from the committed state serve only a transaction that
+                    // has not changed anything yet.
+                    let cache = tx.is_clean().then_some(&mut *index);
+                    let found = retrieve(tx, cache, scope, fact, vector, candidates, &retrieval)?;
                     let mut records = Vec::new();
-                    for (id, _, _) in found.into_iter().take(candidates) {
+                    for (id, _) in found.into_iter().take(candidates) {
                         if let Some(r) = tx.get(id)? {
                             records.push(r);
                         }

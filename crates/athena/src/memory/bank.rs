@@ -2,20 +2,21 @@
 //! facts through the action head lives in `add.rs`; this file opens banks and holds the
 //! direct operations and retrieval.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use uuid::Uuid;
 
 use super::error::{MemoryError, MemoryResult};
+use super::journal::JournalTx;
 use super::postgres::PostgresStore;
-use super::retrieval::{fuse, query_terms, vector_ranking, RetrievalConfig};
+use super::retrieval::{cosine, fuse, normalize, query_terms, RetrievalConfig};
 use super::sqlite::SqliteStore;
 use super::store::{IntegrityReport, Store, StoreTx};
 use super::types::{
     content_hash, metadata_matches, now_micros, Decision, EmbeddingIdentity, Event, EventKind,
     HistoryRow, Metadata, Record, Scope, SearchHit,
 };
+use super::vector_cache::{exact_ranking, VectorCache, DEFAULT_INDEX_BYTES};
 
 /// Default for [`BankConfig::max_text_bytes`]: 64 KiB.
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -29,6 +30,11 @@ pub struct BankConfig {
     pub candidates: usize,
     /// How retrieval fuses its rankings (for search and for the head's candidates).
     pub retrieval: RetrievalConfig,
+    /// Most bytes the compact vector codes of searched scopes may take in memory (about
+    /// 2.3 KiB per memory at a hidden size of 2048). A scope whose codes alone would take more
+    /// is searched exactly, reading its embeddings from the store on every search.
+    /// Default: 1 GiB.
+    pub index_bytes: usize,
 }
 
 impl Default for BankConfig {
@@ -37,6 +43,7 @@ impl Default for BankConfig {
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
             candidates: 10,
             retrieval: RetrievalConfig::default(),
+            index_bytes: DEFAULT_INDEX_BYTES,
         }
     }
 }
@@ -73,6 +80,8 @@ pub const MAX_TOP_K: usize = 1000;
 pub struct MemoryBank {
     pub(super) store: Box<dyn Store>,
     pub(super) config: BankConfig,
+    /// The compact codes of the scopes searched so far.
+    pub(super) index: VectorCache,
 }
 
 impl std::fmt::Debug for MemoryBank {
@@ -103,7 +112,12 @@ impl MemoryBank {
 
     /// A bank over an opened store.
     pub fn with_store(store: Box<dyn Store>, config: BankConfig) -> Self {
-        MemoryBank { store, config }
+        let index = VectorCache::new(config.index_bytes);
+        MemoryBank {
+            store,
+            config,
+            index,
+        }
     }
 
     /// Where the bank lives (a path, or a URL without its password).
@@ -168,7 +182,10 @@ impl MemoryBank {
         }
         check_vector(identity, query_vector)?;
         let retrieval = self.config.retrieval.clone();
+        let mut unit = query_vector.to_vec();
+        normalize(&mut unit);
         let mut hits = Vec::new();
+        let index = &mut self.index;
         self.store.read(&mut |tx| {
             match tx.identity()? {
                 None => return Ok(()),
@@ -179,15 +196,24 @@ impl MemoryBank {
             } else {
                 usize::MAX
             };
-            let ranked = retrieve(tx, &options.scope, query, query_vector, depth, &retrieval)?;
-            for (id, score, similarity) in ranked {
+            let ranked = retrieve(
+                tx,
+                Some(&mut *index),
+                &options.scope,
+                query,
+                query_vector,
+                depth,
+                &retrieval,
+            )?;
+            for (id, score) in ranked {
                 if hits.len() == options.top_k {
                     break;
                 }
+                let Some(record) = tx.get(id)? else { continue };
+                let similarity = cosine(&unit, &record.embedding);
                 if options.threshold.is_some_and(|t| similarity < t) {
                     continue;
                 }
-                let Some(record) = tx.get(id)? else { continue };
                 if metadata_matches(&record.metadata, &options.filters) {
                     hits.push(SearchHit {
                         record,
@@ -242,7 +268,7 @@ impl MemoryBank {
         check_vector(identity, vector)?;
         let hash = content_hash(text);
         let mut event = None;
-        self.store.write(None, &mut |tx| {
+        self.write_journaled(None, &mut |tx, _| {
             ensure_identity(tx, identity)?;
             let record = tx
                 .get(id)?
@@ -294,7 +320,7 @@ impl MemoryBank {
             s.validate()?;
         }
         let mut event = None;
-        self.store.write(None, &mut |tx| {
+        self.write_journaled(None, &mut |tx, _| {
             let record = tx
                 .get(id)?
                 .filter(|r| scope.is_none_or(|s| s.matches(&r.scope)))
@@ -309,7 +335,7 @@ impl MemoryBank {
     pub fn delete_all(&mut self, scope: &Scope) -> MemoryResult<usize> {
         scope.validate()?;
         let mut n = 0;
-        self.store.write(Some(scope), &mut |tx| {
+        self.write_journaled(Some(scope), &mut |tx, _| {
             n = 0;
             loop {
                 let page = tx.list(scope, 0, 500)?;
@@ -340,7 +366,41 @@ impl MemoryBank {
 
     /// Removes every memory and all history; the bank then takes embeddings of any model.
     pub fn reset(&mut self) -> MemoryResult<()> {
-        self.store.write(None, &mut |tx| tx.reset())
+        self.write_journaled(None, &mut |tx, _| tx.reset())
+    }
+
+    /// Runs `f` in a write transaction that keeps a journal of its changes, and applies the
+    /// journal to the cached vector codes once the transaction has committed.
+    pub(super) fn write_journaled(
+        &mut self,
+        scope: Option<&Scope>,
+        f: &mut dyn FnMut(&mut JournalTx<'_>, &mut VectorCache) -> MemoryResult<()>,
+    ) -> MemoryResult<()> {
+        let index = &mut self.index;
+        let mut journal = None;
+        let result = self.store.write(scope, &mut |tx| {
+            journal = None;
+            let mut tx = JournalTx::new(tx);
+            f(&mut tx, index)?;
+            journal = Some(tx.into_journal());
+            Ok(())
+        });
+        match (result, journal) {
+            (Ok(()), Some(journal)) => {
+                self.index.apply(&journal);
+                Ok(())
+            }
+            (Ok(()), None) => Err(MemoryError::Internal(
+                "a write committed without running".into(),
+            )),
+            (Err(e), journal) => {
+                // The changes may or may not have committed: cached codes cannot tell.
+                if journal.is_some_and(|j| !j.changes.is_empty()) {
+                    self.index.clear();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Checks the bank's invariants: every memory has its history, no history row points at
@@ -420,31 +480,27 @@ pub(super) fn delete_in(
     })
 }
 
-/// The memories of `scope` best matching `text`/`vector`: `(id, fused score, cosine)`, best
-/// first. Each ranking contributes at most `depth` memories.
+/// The memories of `scope` best matching `text`/`vector`: `(id, fused score)`, best first.
+/// Each ranking contributes at most `depth` memories. The vector ranking reads the cached
+/// codes when `cache` is given (the transaction sees the committed state), and every
+/// embedding of the scope otherwise.
 pub(super) fn retrieve(
     tx: &mut dyn StoreTx,
+    cache: Option<&mut VectorCache>,
     scope: &Scope,
     text: &str,
     vector: &[f32],
     depth: usize,
     config: &RetrievalConfig,
-) -> MemoryResult<Vec<(Uuid, f32, f32)>> {
-    let rows = tx.vectors(scope)?;
-    let all = vector_ranking(
-        vector,
-        rows.iter().map(|r| (r.id, r.embedding.as_slice())),
-        rows.len(),
-    );
-    let cosines: HashMap<Uuid, f32> = all.iter().copied().collect();
-    let by_vector = &all[..all.len().min(depth)];
+) -> MemoryResult<Vec<(Uuid, f32)>> {
+    let by_vector = match cache {
+        Some(cache) => cache.ranking(tx, scope, vector, depth)?,
+        None => exact_ranking(tx, scope, vector, depth)?,
+    };
     let by_text = if config.text_weight > 0.0 {
         tx.text_ranking(scope, &query_terms(text), depth.min(10_000))?
     } else {
         vec![]
     };
-    Ok(fuse(by_vector, &by_text, config)
-        .into_iter()
-        .map(|(id, score)| (id, score, cosines.get(&id).copied().unwrap_or(0.0)))
-        .collect())
+    Ok(fuse(&by_vector, &by_text, config))
 }

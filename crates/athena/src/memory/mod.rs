@@ -33,20 +33,23 @@
 
 mod add;
 mod bank;
+mod codes;
 mod error;
 pub mod eval;
+mod journal;
 pub mod postgres;
 pub mod retrieval;
 pub mod sqlite;
 mod store;
 mod types;
+mod vector_cache;
 
 pub use add::{head_hash, model_identity, Decider};
 pub use bank::{
     is_postgres_url, BankConfig, MemoryBank, SearchOptions, DEFAULT_MAX_TEXT_BYTES, MAX_TOP_K,
 };
 pub use error::{MemoryError, MemoryResult};
-pub use store::{IntegrityReport, Store, StoreTx, VectorRow, SCHEMA_VERSION};
+pub use store::{IntegrityReport, Store, StoreTx, VectorVisitor, SCHEMA_VERSION};
 pub use types::{
     content_hash, metadata_matches, parse_id, parse_metadata, rfc3339, Decision, EmbeddingIdentity,
     Event, EventKind, HistoryRow, Metadata, Record, Scope, SearchHit, MAX_SCOPE_ID_BYTES,

@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::error::{MemoryError, MemoryResult};
 use super::store::{
     embedding_from_bytes, embedding_to_bytes, history_from_columns, identity_json, parse_identity,
-    stored_id, IntegrityReport, Store, StoreTx, VectorRow, CHECK_DANGLING, CHECK_WITHOUT_HISTORY,
-    RECORD_COLUMNS, SCHEMA_VERSION,
+    stored_id, IntegrityReport, Store, StoreTx, VectorVisitor, CHECK_DANGLING,
+    CHECK_WITHOUT_HISTORY, GENERATIONS_SCHEMA, RECORD_COLUMNS, SCHEMA_VERSION,
 };
 use super::types::{parse_metadata, EmbeddingIdentity, HistoryRow, Metadata, Record, Scope};
 
@@ -138,6 +138,8 @@ impl PostgresStore {
                 ),
             });
         }
+        // Banks written before the change counters existed gain their table here.
+        tx.batch_execute(GENERATIONS_SCHEMA)?;
         tx.commit()?;
         Ok(PostgresStore { client, location })
     }
@@ -299,18 +301,69 @@ impl StoreTx for PgTx<'_, '_> {
         rows.iter().map(record).collect()
     }
 
-    fn vectors(&mut self, scope: &Scope) -> MemoryResult<Vec<VectorRow>> {
+    fn count(&mut self, scope: &Scope) -> MemoryResult<u64> {
         let (filter, values) = scope_filter(scope, 1);
-        let sql = format!("SELECT m.id, m.embedding FROM memories m WHERE {filter}");
-        let rows = self.tx.query(&sql, &params(&values))?;
-        rows.iter()
-            .map(|r| {
-                Ok(VectorRow {
-                    id: stored_id(&r.try_get::<_, String>(0)?)?,
-                    embedding: embedding_from_bytes(r.try_get::<_, &[u8]>(1)?)?,
-                })
-            })
-            .collect()
+        let sql = format!("SELECT count(*) FROM memories m WHERE {filter}");
+        let n: i64 = self.tx.query_one(&sql, &params(&values))?.try_get(0)?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn for_each_vector(
+        &mut self,
+        scope: &Scope,
+        visit: &mut VectorVisitor<'_>,
+    ) -> MemoryResult<()> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let (filter, values) = scope_filter(scope, 1);
+        let sql = format!("SELECT m.id, m.embedding FROM memories m WHERE {filter} ORDER BY m.seq");
+        let mut rows = self.tx.query_raw(&sql, params(&values))?;
+        while let Some(r) = rows.next()? {
+            visit(
+                stored_id(&r.try_get::<_, String>(0)?)?,
+                embedding_from_bytes(r.try_get::<_, &[u8]>(1)?)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn generations(&mut self, scope: &Scope) -> MemoryResult<Vec<i64>> {
+        let mut out = Vec::new();
+        for (part, id) in scope.parts() {
+            if let Some(id) = id {
+                let n = self
+                    .tx
+                    .query_opt(
+                        "SELECT n FROM scope_generations WHERE part = $1 AND id = $2",
+                        &[&part, &id],
+                    )?
+                    .map(|r| r.try_get::<_, i64>(0))
+                    .transpose()?;
+                out.push(n.unwrap_or(0));
+            }
+        }
+        Ok(out)
+    }
+
+    fn bump_generations(&mut self, scope: &Scope) -> MemoryResult<Vec<i64>> {
+        let mut out = Vec::new();
+        for (part, id) in scope.parts() {
+            if let Some(id) = id {
+                let row = self.tx.query_one(
+                    "INSERT INTO scope_generations (part, id, n) VALUES ($1, $2, 1) \
+                     ON CONFLICT (part, id) DO UPDATE SET n = scope_generations.n + 1 \
+                     RETURNING n",
+                    &[&part, &id],
+                )?;
+                out.push(row.try_get(0)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn bump_all_generations(&mut self) -> MemoryResult<()> {
+        self.tx
+            .execute("UPDATE scope_generations SET n = n + 1", &[])?;
+        Ok(())
     }
 
     fn text_ranking(

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::error::{MemoryError, MemoryResult};
 use super::store::{
-    embedding_from_bytes, embedding_to_bytes, IntegrityReport, Store, StoreTx, VectorRow,
-    RECORD_COLUMNS, SCHEMA_VERSION,
+    embedding_from_bytes, embedding_to_bytes, IntegrityReport, Store, StoreTx, VectorVisitor,
+    GENERATIONS_SCHEMA, RECORD_COLUMNS, SCHEMA_VERSION,
 };
 use super::types::{parse_metadata, EmbeddingIdentity, HistoryRow, Metadata, Record, Scope};
 
@@ -136,6 +136,8 @@ impl SqliteStore {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Banks written before the change counters existed gain their table here.
+        conn.execute_batch(GENERATIONS_SCHEMA)?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -296,21 +298,64 @@ impl StoreTx for SqliteTx<'_> {
         rows.map(|r| finish(r?)).collect()
     }
 
-    fn vectors(&mut self, scope: &Scope) -> MemoryResult<Vec<VectorRow>> {
+    fn count(&mut self, scope: &Scope) -> MemoryResult<u64> {
         let (filter, values) = scope_filter(scope, 1);
-        let sql = format!("SELECT m.id, m.embedding FROM memories m WHERE {filter}");
+        let sql = format!("SELECT count(*) FROM memories m WHERE {filter}");
+        let n: i64 = self
+            .conn
+            .query_row(&sql, params_from_iter(values), |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn for_each_vector(
+        &mut self,
+        scope: &Scope,
+        visit: &mut VectorVisitor<'_>,
+    ) -> MemoryResult<()> {
+        let (filter, values) = scope_filter(scope, 1);
+        let sql = format!("SELECT m.id, m.embedding FROM memories m WHERE {filter} ORDER BY m.seq");
         let mut stmt = self.conn.prepare(&sql)?;
         let mut rows = stmt.query(params_from_iter(values))?;
-        let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let id: String = row.get(0)?;
             let bytes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-            out.push(VectorRow {
-                id: super::store::stored_id(&id)?,
-                embedding: embedding_from_bytes(bytes)?,
-            });
+            visit(super::store::stored_id(&id)?, embedding_from_bytes(bytes)?)?;
+        }
+        Ok(())
+    }
+
+    fn generations(&mut self, scope: &Scope) -> MemoryResult<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT n FROM scope_generations WHERE part = ?1 AND id = ?2")?;
+        let mut out = Vec::new();
+        for (part, id) in scope.parts() {
+            if let Some(id) = id {
+                let n: Option<i64> = stmt.query_row(params![part, id], |r| r.get(0)).optional()?;
+                out.push(n.unwrap_or(0));
+            }
         }
         Ok(out)
+    }
+
+    fn bump_generations(&mut self, scope: &Scope) -> MemoryResult<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO scope_generations (part, id, n) VALUES (?1, ?2, 1) \
+             ON CONFLICT (part, id) DO UPDATE SET n = scope_generations.n + 1 RETURNING n",
+        )?;
+        let mut out = Vec::new();
+        for (part, id) in scope.parts() {
+            if let Some(id) = id {
+                out.push(stmt.query_row(params![part, id], |r| r.get(0))?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn bump_all_generations(&mut self) -> MemoryResult<()> {
+        self.conn
+            .execute("UPDATE scope_generations SET n = n + 1", [])?;
+        Ok(())
     }
 
     fn text_ranking(

@@ -14,14 +14,15 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub(super) const RECORD_COLUMNS: &str =
     "id, user_id, agent_id, run_id, text, hash, metadata, created_at, updated_at, embedding";
 
-/// A memory's id and embedding, as vector search reads them.
-#[derive(Debug, Clone)]
-pub struct VectorRow {
-    /// The memory.
-    pub id: Uuid,
-    /// Its normalised embedding.
-    pub embedding: Vec<f32>,
-}
+/// The table of change counters, one per scope id (`part` is `user_id`, `agent_id` or
+/// `run_id`). A write that changes a memory adds one to the counter of each id of its scope in
+/// the same transaction, so a reader that finds the counters of a scope unchanged knows that
+/// no memory of the scope changed. The same statement serves both stores.
+pub(super) const GENERATIONS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS scope_generations (
+    part TEXT NOT NULL, id TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (part, id))";
+
+/// Visits one memory's id and embedding; an error stops the visit.
+pub type VectorVisitor<'a> = dyn FnMut(Uuid, Vec<f32>) -> MemoryResult<()> + 'a;
 
 /// What an integrity check found; empty lists mean a sound bank.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -62,8 +63,19 @@ pub trait StoreTx {
     fn find_hash(&mut self, scope: &Scope, hash: &str) -> MemoryResult<Option<Uuid>>;
     /// Memories matching the scope filter, oldest first, `limit` from `offset`.
     fn list(&mut self, scope: &Scope, offset: u64, limit: u64) -> MemoryResult<Vec<Record>>;
-    /// The embedding of every memory matching the scope filter.
-    fn vectors(&mut self, scope: &Scope) -> MemoryResult<Vec<VectorRow>>;
+    /// How many memories match the scope filter.
+    fn count(&mut self, scope: &Scope) -> MemoryResult<u64>;
+    /// Calls `visit` with the id and embedding of every memory matching the scope filter.
+    fn for_each_vector(&mut self, scope: &Scope, visit: &mut VectorVisitor<'_>)
+        -> MemoryResult<()>;
+    /// The change counters of the ids the scope gives, in `Scope::parts` order (0 for an id
+    /// never written).
+    fn generations(&mut self, scope: &Scope) -> MemoryResult<Vec<i64>>;
+    /// Adds one to the change counter of each id the scope gives; returns the new values in
+    /// `Scope::parts` order.
+    fn bump_generations(&mut self, scope: &Scope) -> MemoryResult<Vec<i64>>;
+    /// Adds one to every change counter.
+    fn bump_all_generations(&mut self) -> MemoryResult<()>;
     /// Memories matching the scope filter that contain any of `terms`, best full-text match
     /// first, at most `limit`.
     fn text_ranking(

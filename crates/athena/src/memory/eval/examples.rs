@@ -43,9 +43,10 @@ pub fn candidates(
     let k = bank.config.candidates;
     let retrieval = bank.config.retrieval.clone();
     let mut records = Vec::new();
+    let index = &mut bank.index;
     bank.store.read(&mut |tx| {
         records.clear();
-        for (id, _, _) in retrieve(tx, scope, fact, vector, k, &retrieval)?
+        for (id, _) in retrieve(tx, Some(&mut *index), scope, fact, vector, k, &retrieval)?
             .into_iter()
             .take(k)
         {
