@@ -130,6 +130,17 @@ impl MemoryBank {
         &self.config
     }
 
+    /// The bank's configuration, to change how it retrieves (the cache budget is fixed when
+    /// the bank is opened).
+    pub fn config_mut(&mut self) -> &mut BankConfig {
+        &mut self.config
+    }
+
+    /// The bytes the cached vector codes take now.
+    pub fn cache_bytes(&self) -> usize {
+        self.index.bytes()
+    }
+
     /// The identity of the bank's embeddings; `None` while it holds none.
     pub fn identity(&mut self) -> MemoryResult<Option<EmbeddingIdentity>> {
         let mut out = None;

@@ -24,6 +24,10 @@ pub struct DbFlags {
     /// Weight of vector similarity in retrieval.
     #[arg(long, default_value_t = 1.0)]
     vector_weight: f32,
+    /// Most memory, in MiB, the compact vector codes of searched scopes may take (about
+    /// 2.3 KiB per memory at a hidden size of 2048); a larger scope is searched exactly.
+    #[arg(long, default_value_t = 1024)]
+    index_mib: usize,
 }
 
 impl DbFlags {
@@ -39,6 +43,7 @@ impl DbFlags {
         let mut config = BankConfig {
             max_text_bytes: self.max_text_bytes,
             candidates: self.candidates,
+            index_bytes: self.index_mib.saturating_mul(1 << 20),
             ..BankConfig::default()
         };
         config.retrieval.text_weight = self.text_weight;
