@@ -1,6 +1,7 @@
-//! Hybrid retrieval: exact cosine similarity over the stored embeddings fused with the
-//! store's full-text ranking (SQLite FTS5's BM25, PostgreSQL's `ts_rank`) by reciprocal-rank
-//! fusion, `score = Σ weight_i / (k + rank_i)` over the rankings a memory appears in.
+//! Hybrid retrieval: cosine similarity over the embeddings (read from a scope's compact codes,
+//! `codes.rs`, or exactly from the store) fused with the store's full-text ranking (SQLite
+//! FTS5's BM25, PostgreSQL's `ts_rank`) by reciprocal-rank fusion,
+//! `score = Σ weight_i / (k + rank_i)` over the rankings a memory appears in.
 
 use std::collections::HashMap;
 
@@ -54,29 +55,6 @@ pub fn cosine(unit: &[f32], v: &[f32]) -> f32 {
     }
 }
 
-/// Every row's cosine similarity with `query`, and the `depth` most similar, best first
-/// (ties by id, so the order is stable).
-pub fn vector_ranking<'a>(
-    query: &[f32],
-    rows: impl IntoIterator<Item = (Uuid, &'a [f32])>,
-    depth: usize,
-) -> Vec<(Uuid, f32)> {
-    let mut unit = query.to_vec();
-    normalize(&mut unit);
-    let mut scored: Vec<(Uuid, f32)> = rows
-        .into_iter()
-        .map(|(id, v)| (id, cosine(&unit, v)))
-        .collect();
-    let cmp = |a: &(Uuid, f32), b: &(Uuid, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if scored.len() > depth && depth > 0 {
-        scored.select_nth_unstable_by(depth - 1, cmp);
-        scored.truncate(depth);
-    }
-    scored.sort_by(cmp);
-    scored.truncate(depth);
-    scored
-}
-
 /// Fuses a vector ranking and a text ranking (both best first) by weighted reciprocal-rank
 /// fusion; best first, ties by id.
 pub fn fuse(vector: &[(Uuid, f32)], text: &[Uuid], config: &RetrievalConfig) -> Vec<(Uuid, f32)> {
@@ -96,9 +74,20 @@ pub fn fuse(vector: &[(Uuid, f32)], text: &[Uuid], config: &RetrievalConfig) -> 
 /// Most terms a full-text query keeps.
 pub const MAX_QUERY_TERMS: usize = 64;
 
+/// English function words, left out of full-text queries: nearly every memory holds them, so
+/// they add little to a ranking and make the store score every memory of the scope.
+pub const STOP_WORDS: &[&str] = &[
+    "a", "about", "after", "all", "am", "an", "and", "any", "are", "as", "at", "be", "been",
+    "before", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had", "has",
+    "have", "he", "her", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "me",
+    "my", "no", "not", "of", "on", "or", "our", "she", "so", "than", "that", "the", "their",
+    "them", "then", "there", "these", "they", "this", "to", "us", "was", "we", "were", "what",
+    "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you", "your",
+];
+
 /// The words of a query for full-text search: runs of letters and digits, lower-cased,
-/// deduplicated, at most [`MAX_QUERY_TERMS`]. No query syntax of either store survives, so
-/// any text is a safe query.
+/// deduplicated, without [`STOP_WORDS`], at most [`MAX_QUERY_TERMS`]. No query syntax of
+/// either store survives, so any text is a safe query.
 pub fn query_terms(query: &str) -> Vec<String> {
     let mut terms: Vec<String> = Vec::new();
     for word in query.split(|c: char| !c.is_alphanumeric()) {
@@ -106,6 +95,9 @@ pub fn query_terms(query: &str) -> Vec<String> {
             continue;
         }
         let w = word.to_lowercase();
+        if STOP_WORDS.contains(&w.as_str()) {
+            continue;
+        }
         if !terms.contains(&w) {
             terms.push(w);
             if terms.len() == MAX_QUERY_TERMS {
@@ -140,25 +132,10 @@ mod tests {
     }
 
     #[test]
-    fn vector_ranking_keeps_the_best() {
-        let a = vec![2.0, 0.0];
-        let rows = [
-            (id(1), vec![0.0, 1.0]),
-            (id(2), vec![3.0, 0.0]),
-            (id(3), vec![0.6, 0.8]),
-        ];
-        let ranked = vector_ranking(&a, rows.iter().map(|(i, v)| (*i, v.as_slice())), 2);
-        assert_eq!(
-            ranked.iter().map(|r| r.0).collect::<Vec<_>>(),
-            [id(2), id(3)]
-        );
-    }
-
-    #[test]
     fn query_terms_drop_syntax() {
         assert_eq!(
             query_terms(r#"Where "does" alice* live? OR NEAR(alice) -- 'x'"#),
-            ["where", "does", "alice", "live", "or", "near", "x"]
+            ["alice", "live", "near", "x"]
         );
         assert!(query_terms("!!! ***").is_empty());
     }
