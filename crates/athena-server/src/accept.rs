@@ -1,7 +1,6 @@
 //! The accept loop: HTTP/1.1 connections under a bound on their number, each closed when its
 //! headers come too slowly or when it sits idle.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -229,8 +228,6 @@ async fn connection(
 }
 
 /// Completes once `stop` is true (or its sender is gone).
-fn changed(stop: &mut watch::Receiver<bool>) -> impl Future<Output = ()> + '_ {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn changed(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

@@ -10,6 +10,10 @@
 //! Generation runs in one scheduler thread ([`engine`]) that decodes every running sequence
 //! together, one batched step at a time (continuous batching). Requests beyond the running
 //! sequences wait in a bounded queue; past it the server answers 429 with `Retry-After`.
+//!
+//! Every request passes the `Host` check, the API key (when there is one) and, for a POST, a
+//! JSON content type; connections, bodies and requests have time bounds ([`Limits`]); a
+//! request is admitted by its cost in tokens. docs/SERVER_LIMITS.md lists every bound.
 #![warn(missing_docs)]
 
 mod accept;
