@@ -19,6 +19,8 @@ use athena::models::olmoe::OlmoeModel;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::metrics::Metrics;
+
 /// Prompt tokens prefilled together in one pass at most (a longer prompt still goes alone):
 /// joining sequences share the pass over the weights, and the running ones wait for it.
 const MAX_PREFILL_TOKENS: usize = 2048;
@@ -43,6 +45,8 @@ pub struct Job {
     pub index: u32,
     /// Where text and the end go; the job is dropped once the receiver is.
     pub events: UnboundedSender<Event>,
+    /// When it was submitted (queue time and time to first token count from here).
+    pub submitted: Instant,
 }
 
 /// What the scheduler tells a request.
@@ -137,15 +141,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the scheduler thread on `model`, running at most `max_running` sequences at once.
-    pub fn start(model: Arc<OlmoeModel>, max_running: usize) -> std::io::Result<Engine> {
+    /// Starts the scheduler thread on `model`, running at most `max_running` sequences at once
+    /// and recording latencies in `metrics`.
+    pub fn start(
+        model: Arc<OlmoeModel>,
+        max_running: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Engine> {
         let (jobs, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let cancel_all = Arc::new(AtomicBool::new(false));
         let (s, c) = (stats.clone(), cancel_all.clone());
         std::thread::Builder::new()
             .name("athena-scheduler".into())
-            .spawn(move || run(&model, rx, &s, &c, max_running.max(1)))?;
+            .spawn(move || run(&model, rx, &s, &metrics, &c, max_running.max(1)))?;
         Ok(Engine {
             jobs,
             stats,
@@ -176,6 +185,8 @@ pub struct SchedulerStopped;
 
 /// A sequence holding a slot.
 struct Running {
+    /// When its last token came.
+    last: Instant,
     slot: Slot,
     next: u32,
     seq: SequenceGenerator,
@@ -187,6 +198,7 @@ fn run(
     model: &OlmoeModel,
     rx: mpsc::Receiver<Job>,
     stats: &Stats,
+    metrics: &Metrics,
     cancel_all: &AtomicBool,
     max_running: usize,
 ) {
@@ -243,7 +255,13 @@ fn run(
             // Sequences being prefilled count as running, so that `running == 0` never shows
             // while work is in flight.
             publish(stats, running.len() + group.len(), waiting.len());
-            running.extend(join(batch.as_mut(), tokenizer, context, group, stats));
+            running.extend(join(
+                batch.as_mut(),
+                tokenizer,
+                context,
+                group,
+                (stats, metrics),
+            ));
         }
         // Leave: clients that went away free their slots before the step.
         running.retain(|r| {
@@ -287,7 +305,10 @@ fn run(
         tracing::trace!(batch = steps.len(), elapsed = ?start.elapsed(), "decode step");
         let mut still = Vec::with_capacity(running.len());
         for (mut r, mut row) in running.drain(..).zip(rows) {
-            match advance(&mut r.seq, tokenizer, &r.job, &mut row, stats) {
+            let next = advance(&mut r.seq, tokenizer, &r.job, &mut row, stats);
+            metrics.next_token(r.last.elapsed());
+            r.last = Instant::now();
+            match next {
                 Some(next) => {
                     r.next = next;
                     still.push(r);
@@ -337,10 +358,11 @@ fn join(
     tokenizer: &Tokenizer,
     context: usize,
     jobs: Vec<Job>,
-    stats: &Stats,
+    (stats, metrics): (&Stats, &Metrics),
 ) -> Vec<Running> {
     let mut started = Vec::with_capacity(jobs.len());
     for job in jobs {
+        metrics.prefill(job.submitted.elapsed(), job.prompt.len());
         match SequenceGenerator::new(&job.prompt, &job.params, context) {
             Ok(seq) => started.push((job, seq)),
             Err(e) => fail(&job, &e.to_string(), stats),
@@ -370,8 +392,11 @@ fn join(
                 continue;
             }
         };
-        match advance(&mut seq, tokenizer, &job, &mut logits, stats) {
+        let next = advance(&mut seq, tokenizer, &job, &mut logits, stats);
+        metrics.first_token(job.submitted.elapsed());
+        match next {
             Some(next) => running.push(Running {
+                last: Instant::now(),
                 slot,
                 next,
                 seq,
@@ -439,6 +464,7 @@ mod tests {
             logit_bias: Vec::new(),
             index,
             events,
+            submitted: Instant::now(),
         }
     }
 

@@ -103,6 +103,73 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
+    /// 401: no API key, or the wrong one.
+    pub fn invalid_api_key(message: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("invalid_api_key"),
+            ..Self::new(StatusCode::UNAUTHORIZED, message)
+        }
+    }
+
+    /// 421: a `Host` header that does not name this server.
+    pub fn misdirected(host: &str) -> Self {
+        ApiError {
+            code: Some("invalid_host"),
+            ..Self::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "the Host header `{host}` does not name this server; start it with \
+                     --allowed-hosts to accept other names"
+                ),
+            )
+        }
+    }
+
+    /// 415: a POST whose body is not declared as JSON.
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        ApiError {
+            code: Some("unsupported_media_type"),
+            ..Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("the body must be JSON (`Content-Type: application/json`), not `{content_type}`"),
+            )
+        }
+    }
+
+    /// 404: a `model` this server does not serve.
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError {
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            )
+        }
+    }
+
+    /// 408: the body did not arrive in time.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        ApiError {
+            code: Some("body_timeout"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {limit:?}"),
+            )
+        }
+    }
+
+    /// 504: `what` ran past its time limit.
+    pub fn timeout(what: &str, limit: std::time::Duration) -> Self {
+        ApiError {
+            code: Some("timeout"),
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{what} ran past the server's limit of {limit:?}"),
+            )
+        }
+    }
+
     /// 500: the engine failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
@@ -112,6 +179,10 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self.status {
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            // OpenAI answers an unknown model as an invalid request.
+            StatusCode::NOT_FOUND if self.code == Some("model_not_found") => {
+                "invalid_request_error"
+            }
             StatusCode::NOT_FOUND => "not_found_error",
             s if s.is_server_error() => "server_error",
             _ => "invalid_request_error",

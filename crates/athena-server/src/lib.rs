@@ -10,14 +10,24 @@
 //! Generation runs in one scheduler thread ([`engine`]) that decodes every running sequence
 //! together, one batched step at a time (continuous batching). Requests beyond the running
 //! sequences wait in a bounded queue; past it the server answers 429 with `Retry-After`.
+//!
+//! Every request passes the `Host` check, the API key (when there is one) and, for a POST, a
+//! JSON content type; connections, bodies and requests have time bounds ([`Limits`]); a
+//! request is admitted by its cost in tokens. docs/SERVER_LIMITS.md lists every bound.
 #![warn(missing_docs)]
 
+mod accept;
 pub mod api;
+mod auth;
 mod config;
 pub mod engine;
 pub mod error;
+mod limits;
+pub mod metrics;
+mod origin;
 mod routes;
 mod state;
+mod tokenize;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,10 +38,15 @@ use std::time::Duration;
 use athena::models::olmoe::OlmoeModel;
 use tokio::net::TcpListener;
 
-pub use config::ServerConfig;
+pub use auth::{ApiKey, InvalidApiKey};
+pub use config::{ServerConfig, DEFAULT_TOKEN_BUDGET};
 pub use engine::Engine;
 pub use error::ApiError;
+pub use limits::Limits;
+use metrics::{Metrics, MetricsError};
+pub use origin::AllowedHosts;
 use state::{Admission, AppState};
+use tokenize::Tokenizing;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +54,9 @@ pub enum ServerError {
     /// The model is not loaded.
     #[error("the model must be loaded before serving")]
     NotLoaded,
+    /// The metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// Binding, accepting or the scheduler thread failed.
     #[error("{what}: {source}")]
     Io {
@@ -61,24 +79,36 @@ pub async fn serve_on(
         return Err(ServerError::NotLoaded);
     }
     let model = Arc::new(model);
-    let engine =
-        Engine::start(model.clone(), config.max_concurrency).map_err(|source| ServerError::Io {
+    let tokenizing = match (model.tokenizer(), model.model()) {
+        (Some(t), Some(m)) => Tokenizing::new(t, m.args().max_position_embeddings),
+        _ => return Err(ServerError::NotLoaded),
+    };
+    let metrics = Arc::new(Metrics::new()?);
+    let engine = Engine::start(model.clone(), config.max_concurrency, metrics.clone()).map_err(
+        |source| ServerError::Io {
             what: "starting the scheduler thread".into(),
             source,
-        })?;
+        },
+    )?;
     let state = Arc::new(AppState {
         model,
         engine: engine.clone(),
-        admission: Arc::new(Admission::new(config.max_concurrency + config.queue)),
+        admission: Arc::new(Admission::new(
+            config.max_concurrency + config.queue,
+            config.token_budget,
+        )),
+        tokenizing,
+        metrics,
         config: config.clone(),
         draining: AtomicBool::new(false),
         started: std::time::Instant::now(),
+        bound: listener.local_addr().ok(),
     });
     let app = routes::router(state.clone());
-    let addr = listener.local_addr().ok();
+    let addr = state.bound;
     tracing::info!(?addr, "serving");
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signalled = {
         let state = state.clone();
         async move {
@@ -88,13 +118,16 @@ pub async fn serve_on(
                 grace = ?state.config.shutdown_grace,
                 "shutting down: no new requests; open ones get the grace period"
             );
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
+            // Keep the sender: a dropped one would read as a stop too, but say nothing new.
+            std::future::pending::<()>().await;
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signalled);
+    let server = accept::serve(listener, app, config.limits.clone(), stop_rx.clone());
     let grace = config.shutdown_grace;
+    let mut stopped = stop_rx;
     let deadline = async move {
-        if stop_rx.await.is_err() {
+        if stopped.wait_for(|s| *s).await.is_err() {
             std::future::pending::<()>().await;
         }
         tokio::time::sleep(grace).await;
@@ -104,8 +137,9 @@ pub async fn serve_on(
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     tokio::select! {
-        r = server => r.map_err(|source| ServerError::Io { what: "serving".into(), source })?,
-        _ = deadline => tracing::warn!("connections still open after the grace period; closing"),
+        () = server => {}
+        () = deadline => tracing::warn!("connections still open after the grace period; closing"),
+        () = signalled => {}
     }
     tracing::info!("server stopped");
     Ok(())

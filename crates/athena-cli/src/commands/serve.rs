@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use athena_server::ServerConfig;
+use athena_server::{AllowedHosts, ApiKey, Limits, ServerConfig};
 
 use crate::agent::LoadFlags;
 
@@ -25,15 +25,56 @@ pub struct Args {
     /// Requests that may wait beyond those; past them the server answers 429.
     #[arg(long, default_value_t = 64)]
     queue: u32,
+    /// Tokens the server holds at most over its running and waiting requests: a generation
+    /// costs prompt + max_tokens per choice, an encoding all its tokens. A request past what
+    /// is free gets 429; one past the whole budget, 400.
+    #[arg(long, default_value_t = athena_server::DEFAULT_TOKEN_BUDGET as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    token_budget: u64,
     /// Largest request body in bytes (413 past it).
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
     /// Seconds open requests may still run after SIGTERM before they are cancelled.
     #[arg(long, default_value_t = 10.0)]
     shutdown_grace: f64,
-    /// The model name `/v1/models` lists (default: --model).
+    /// The model name `/v1/models` lists (default: --model). Requests may name either.
     #[arg(long)]
     served_model_name: Option<String>,
+    /// The key every route but /health asks for, as `Authorization: Bearer KEY` (or `Token
+    /// KEY`); 401 without it.
+    #[arg(long, env = "ATHENA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Host names accepted in the Host header besides localhost and the bound address
+    /// (comma-separated, `name` or `name:port`; `*` accepts any). Others get 421.
+    #[arg(long, default_value = "")]
+    allowed_hosts: String,
+    /// Seconds a connection may take to send a request's headers, counted from when it starts
+    /// waiting for one (a new or a kept-alive connection).
+    #[arg(long, default_value_t = 10.0)]
+    header_read_timeout: f64,
+    /// Seconds a request's body may take to arrive after its headers (408 past them).
+    #[arg(long, default_value_t = 30.0)]
+    body_read_timeout: f64,
+    /// Seconds a connection may sit idle (no request in flight, nothing arriving) before it
+    /// is closed.
+    #[arg(long, default_value_t = 5.0)]
+    keep_alive_timeout: f64,
+    /// Seconds a request other than a generation may take in all (504 past them).
+    #[arg(long, default_value_t = 600.0)]
+    request_timeout: f64,
+    /// Seconds a generation may run, streamed or not, before it is cancelled.
+    #[arg(long, default_value_t = 1800.0)]
+    generation_timeout: f64,
+    /// Open connections at most; one past them is answered 503 and closed.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+}
+
+/// A flag's seconds as a duration: finite, positive (zero, for the grace period).
+fn seconds(flag: &str, s: f64, zero_ok: bool) -> Result<Duration> {
+    let ok = s.is_finite() && (s > 0.0 || (zero_ok && s == 0.0)) && s < 1e9;
+    anyhow::ensure!(ok, "--{flag} must be a number of seconds > 0, got {s}");
+    Ok(Duration::from_secs_f64(s))
 }
 
 /// Runs `athena serve` until SIGTERM or Ctrl-C.
@@ -43,8 +84,33 @@ pub fn run(a: Args) -> Result<()> {
         .served_model_name
         .clone()
         .unwrap_or_else(|| config.model_name.clone());
-    if !(a.shutdown_grace.is_finite() && a.shutdown_grace >= 0.0) {
-        anyhow::bail!("--shutdown-grace must be a number of seconds >= 0");
+    let shutdown_grace = seconds("shutdown-grace", a.shutdown_grace, true)?;
+    let limits = Limits {
+        header_read_timeout: seconds("header-read-timeout", a.header_read_timeout, false)?,
+        body_read_timeout: seconds("body-read-timeout", a.body_read_timeout, false)?,
+        idle_timeout: seconds("keep-alive-timeout", a.keep_alive_timeout, false)?,
+        request_timeout: seconds("request-timeout", a.request_timeout, false)?,
+        generation_timeout: seconds("generation-timeout", a.generation_timeout, false)?,
+        max_connections: a.max_connections as usize,
+    };
+    let api_key = a
+        .api_key
+        .as_deref()
+        .map(ApiKey::new)
+        .transpose()
+        .context("--api-key / ATHENA_API_KEY")?;
+    if api_key.is_none() && !a.host.is_loopback() {
+        let warning = format!(
+            "serving on {} without an API key: anyone who can reach this address can use the \
+             model; set --api-key or ATHENA_API_KEY",
+            a.host
+        );
+        tracing::warn!("{warning}");
+        eprintln!("warning: {warning}");
+    }
+    let mut aliases = Vec::new();
+    if model_id != config.model_name {
+        aliases.push(config.model_name.clone());
     }
     let model = a.load.load()?;
     if let Some(report) = model.report() {
@@ -59,10 +125,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     let server = ServerConfig {
         model_id,
+        aliases,
         max_concurrency: a.max_concurrency as usize,
         queue: a.queue as usize,
+        token_budget: usize::try_from(a.token_budget).unwrap_or(usize::MAX),
         max_body_bytes: a.max_body_bytes,
-        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+        shutdown_grace,
+        api_key,
+        allowed_hosts: AllowedHosts::parse(&a.allowed_hosts),
+        limits,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

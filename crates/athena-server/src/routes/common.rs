@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::state::{AppState, Ticket};
+use crate::state::{AppState, Refusal, Shared, Ticket};
 
 /// The body as `T`: 413 past the size limit, 400 for bytes that are not JSON (or not UTF-8),
 /// 422 for JSON of the wrong shape.
@@ -50,14 +50,33 @@ pub(super) fn request_id(prefix: &str) -> String {
     format!("{prefix}-{nanos:08x}{n:06x}")
 }
 
-pub(super) fn admit(state: &AppState, n: usize) -> Result<Ticket, ApiError> {
+/// Admits a request of `sequences` sequences costing `tokens` tokens: 429 when the server is
+/// full, 400 when the request alone costs more than the whole token budget.
+pub(super) fn admit(
+    state: &AppState,
+    param: &str,
+    sequences: usize,
+    tokens: usize,
+) -> Result<Ticket, ApiError> {
     if state.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     state
         .admission
-        .try_acquire(n)
-        .ok_or_else(|| ApiError::overloaded(state.admission.capacity()))
+        .try_acquire(sequences, tokens)
+        .map_err(|refusal| match refusal {
+            Refusal::Busy => ApiError::overloaded(state.admission.capacity()),
+            Refusal::TooCostly { budget } => ApiError {
+                code: Some("request_too_large"),
+                ..ApiError::bad_request(
+                    param,
+                    format!(
+                        "the request costs {tokens} tokens; the server holds at most {budget} \
+                         (--token-budget)"
+                    ),
+                )
+            },
+        })
 }
 
 pub(super) fn context(state: &AppState) -> Result<(usize, usize), ApiError> {
@@ -66,4 +85,29 @@ pub(super) fn context(state: &AppState) -> Result<(usize, usize), ApiError> {
         .model()
         .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
     Ok((m.args().max_position_embeddings, m.args().vocab_size))
+}
+
+/// 404 `model_not_found` for a `model` this server does not serve.
+pub(super) fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if !state.config.serves(Some(m)) => Err(ApiError::model_not_found(m)),
+        _ => Ok(()),
+    }
+}
+
+/// The ids of `texts` (with special tokens), tokenized off the async workers.
+pub(super) async fn tokenize(
+    state: &Shared,
+    texts: Vec<String>,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let model = state.model.clone();
+    state
+        .tokenizing
+        .run(move || {
+            let tok = model
+                .tokenizer()
+                .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
+            texts.iter().map(|t| Ok(tok.encode(t, true)?)).collect()
+        })
+        .await
 }

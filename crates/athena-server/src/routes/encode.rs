@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::common::{admit, context, parse};
+use super::common::{admit, check_model, context, parse, tokenize};
 use crate::api::{self, EmbeddingInput, EmbeddingRequest, MemoryActionRequest};
 use crate::error::ApiError;
 use crate::state::Shared;
@@ -17,6 +17,7 @@ pub(super) async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: EmbeddingRequest = parse(&s, body)?;
+    check_model(&s, req.model.as_deref())?;
     let texts = match req.input {
         EmbeddingInput::Text(t) => vec![t],
         EmbeddingInput::Texts(ts) => ts,
@@ -42,27 +43,26 @@ pub(super) async fn embeddings(
         }
     };
     let (ctx, _) = context(&s)?;
-    let tok = s
-        .model
-        .tokenizer()
-        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
-    let mut prompt_tokens = 0;
     for (i, t) in texts.iter().enumerate() {
-        let n = tok.encode(t, true)?.len();
+        s.tokenizing
+            .check_len("input", &format!("input {i}"), t.len())?;
+    }
+    let batch = tokenize(&s, texts).await?;
+    for (i, ids) in batch.iter().enumerate() {
+        let n = ids.len();
         if n == 0 || n > ctx {
             return Err(ApiError::bad_request(
                 "input",
                 format!("input {i} has {n} tokens; it needs 1 to {ctx}"),
             ));
         }
-        prompt_tokens += n;
     }
-    let ticket = admit(&s, 1)?;
+    let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
+    let ticket = admit(&s, "input", 1, prompt_tokens)?;
     let model = s.model.clone();
     let vectors = tokio::task::spawn_blocking(move || {
         let _ticket = ticket;
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        model.encode(&refs)
+        model.encode_ids(&batch)
     })
     .await
     .map_err(|_| ApiError::internal("the embedding task failed"))??;
@@ -119,19 +119,28 @@ pub(super) async fn memory_actions(
         ));
     }
     let (ctx, _) = context(&s)?;
-    let tok = s
-        .model
-        .tokenizer()
-        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
-    let mut ids = std::collections::HashSet::new();
-    for (i, m) in req.memories.iter().enumerate() {
-        if !ids.insert(m.id.as_str()) {
-            return Err(ApiError::bad_request(
-                "memories",
-                format!("duplicate memory id `{}`", m.id),
-            ));
+    {
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in req.memories.iter().enumerate() {
+            if !seen.insert(m.id.as_str()) {
+                return Err(ApiError::bad_request(
+                    "memories",
+                    format!("duplicate memory id `{}`", m.id),
+                ));
+            }
+            s.tokenizing
+                .check_len("memories", &format!("memory {i}"), m.text.len())?;
         }
-        let n = tok.encode(&m.text, true)?.len();
+    }
+    s.tokenizing.check_len("fact", "the fact", req.fact.len())?;
+    let (ids, mut texts): (Vec<String>, Vec<String>) =
+        req.memories.into_iter().map(|m| (m.id, m.text)).unzip();
+    texts.insert(0, req.fact);
+    let mut batch = tokenize(&s, texts).await?.into_iter();
+    let fact = batch.next().unwrap_or_default();
+    let memories: Vec<(String, Vec<u32>)> = ids.into_iter().zip(batch).collect();
+    for (i, (_, m)) in memories.iter().enumerate() {
+        let n = m.len();
         if n == 0 || n > ctx {
             return Err(ApiError::bad_request(
                 "memories",
@@ -139,18 +148,19 @@ pub(super) async fn memory_actions(
             ));
         }
     }
-    let n = tok.encode(&req.fact, true)?.len();
+    let n = fact.len();
     if n == 0 || n > ctx {
         return Err(ApiError::bad_request(
             "fact",
             format!("the fact has {n} tokens; it needs 1 to {ctx}"),
         ));
     }
-    let ticket = admit(&s, 1)?;
+    let cost = memories.iter().map(|(_, m)| m.len()).sum::<usize>() + n;
+    let ticket = admit(&s, "memories", 1, cost)?;
     let model = s.model.clone();
     let action = tokio::task::spawn_blocking(move || {
         let _ticket = ticket;
-        model.act(&req.fact, &req.memories)
+        model.act_ids(fact, memories)
     })
     .await
     .map_err(|_| ApiError::internal("the memory action task failed"))??;

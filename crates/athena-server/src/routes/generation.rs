@@ -1,6 +1,7 @@
 //! Chat and text completions: render, submit to the scheduler, answer whole or streamed.
 
 use std::convert::Infallible;
+use std::time::Instant;
 
 use athena::generate::{ChatMessage, ChatTemplate, FinishReason, GenerateParams};
 use axum::body::Bytes;
@@ -13,7 +14,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::common::{admit, context, now, parse, request_id};
+use super::common::{admit, check_model, context, now, parse, request_id, tokenize};
 use crate::api::{self, ChatRequest, CompletionRequest, Content, GenerationRequest, Prompt, Usage};
 use crate::engine::{Event, Job};
 use crate::error::ApiError;
@@ -110,6 +111,7 @@ fn submit(
                 logit_bias: req.logit_bias.clone(),
                 index,
                 events: tx.clone(),
+                submitted: Instant::now(),
             };
             state
                 .engine
@@ -127,8 +129,21 @@ struct Choice {
     finish_reason: Option<FinishReason>,
 }
 
-/// Waits for every choice; the usage counts each prompt once.
+/// Waits for every choice, within the generation timeout (past it the receiver is dropped and
+/// the scheduler frees the sequences); the usage counts each prompt once.
 async fn collect(
+    state: &AppState,
+    rx: UnboundedReceiver<Event>,
+    choices: usize,
+    n: usize,
+) -> Result<(Vec<Choice>, Usage), ApiError> {
+    let limit = state.config.limits.generation_timeout;
+    tokio::time::timeout(limit, collect_all(rx, choices, n))
+        .await
+        .map_err(|_| ApiError::timeout("the generation", limit))?
+}
+
+async fn collect_all(
     mut rx: UnboundedReceiver<Event>,
     choices: usize,
     n: usize,
@@ -213,6 +228,8 @@ fn sse(
     });
     let model = state.config.model_id.clone();
     let created = now();
+    let limit = state.config.limits.generation_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
     // The role opens every chat choice.
     let opening: Vec<SseEvent> = match kind {
         Kind::Chat => (0..choices)
@@ -262,7 +279,14 @@ fn sse(
                 events.push(SseEvent::default().data("[DONE]"));
                 return Some((events, st));
             }
-            match st.rx.recv().await {
+            let Ok(event) = tokio::time::timeout_at(deadline, st.rx.recv()).await else {
+                // Ending the stream drops the receiver: the scheduler frees the sequences.
+                st.finished = true;
+                let e = ApiError::timeout("the generation", limit);
+                events.push(SseEvent::default().data(e.body()));
+                return Some((events, st));
+            };
+            match event {
                 Some(Event::Text { index, text }) => {
                     let choice = match kind {
                         Kind::Chat => json!([{"index": index, "delta": {"content": text},
@@ -318,19 +342,25 @@ pub(super) async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(&s, body)?;
+    check_model(&s, req.model.as_deref())?;
     let (ctx, vocab) = context(&s)?;
     let gen = req.sampling.parse(vocab)?;
     let msgs = messages(&req)?;
-    let ids = chat_prompt(&s, &msgs)?;
+    let bytes = msgs.iter().map(|m| m.role.len() + m.content.len()).sum();
+    s.tokenizing
+        .check_len("messages", "the conversation", bytes)?;
+    let state = s.clone();
+    let ids = s.tokenizing.run(move || chat_prompt(&state, &msgs)).await?;
     let params = gen.fit(ids.len(), ctx)?;
-    let ticket = admit(&s, gen.n)?;
+    let cost = (ids.len() + params.max_tokens).saturating_mul(gen.n);
+    let ticket = admit(&s, "max_tokens", gen.n, cost)?;
     let rx = submit(&s, vec![(ids, params)], &gen)?;
     if gen.stream {
         return Ok(
             sse(Kind::Chat, &s, rx, ticket, gen.n, gen.n, gen.include_usage).into_response(),
         );
     }
-    let (choices, usage) = collect(rx, gen.n, gen.n).await?;
+    let (choices, usage) = collect(&s, rx, gen.n, gen.n).await?;
     drop(ticket);
     let choices: Vec<_> = choices
         .into_iter()
@@ -357,15 +387,12 @@ pub(super) async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(&s, body)?;
+    check_model(&s, req.model.as_deref())?;
     let (ctx, vocab) = context(&s)?;
     let gen = req.sampling.parse(vocab)?;
     if req.echo == Some(true) {
         return Err(ApiError::bad_request("echo", "`echo` is not supported"));
     }
-    let tok = s
-        .model
-        .tokenizer()
-        .ok_or_else(|| ApiError::internal("the model is not loaded"))?;
     let ids_of = |ids: &[i64]| -> Result<Vec<u32>, ApiError> {
         ids.iter()
             .map(|&i| {
@@ -381,28 +408,39 @@ pub(super) async fn completions(
             })
             .collect()
     };
-    let prompts: Vec<Vec<u32>> = match &req.prompt {
-        Prompt::Text(t) => vec![tok.encode(t, true)?],
-        Prompt::Texts(ts) => ts
-            .iter()
-            .map(|t| tok.encode(t, true))
-            .collect::<Result<_, _>>()?,
-        Prompt::Ids(ids) => vec![ids_of(ids)?],
-        Prompt::IdLists(lists) => lists.iter().map(|l| ids_of(l)).collect::<Result<_, _>>()?,
+    let count = match &req.prompt {
+        Prompt::Text(_) | Prompt::Ids(_) => 1,
+        Prompt::Texts(ts) => ts.len(),
+        Prompt::IdLists(lists) => lists.len(),
     };
-    if prompts.is_empty() {
+    if count == 0 {
         return Err(ApiError::bad_request(
             "prompt",
             "`prompt` must not be empty",
         ));
     }
-    let choices = prompts.len().saturating_mul(gen.n);
+    let choices = count.saturating_mul(gen.n);
     if choices > api::MAX_N {
         return Err(ApiError::bad_request(
             "prompt",
             format!("prompts × n is {choices}; at most {}", api::MAX_N),
         ));
     }
+    if let Prompt::Text(t) = &req.prompt {
+        s.tokenizing.check_len("prompt", "the prompt", t.len())?;
+    }
+    if let Prompt::Texts(ts) = &req.prompt {
+        for (i, t) in ts.iter().enumerate() {
+            s.tokenizing
+                .check_len("prompt", &format!("prompt {i}"), t.len())?;
+        }
+    }
+    let prompts: Vec<Vec<u32>> = match req.prompt {
+        Prompt::Text(t) => tokenize(&s, vec![t]).await?,
+        Prompt::Texts(ts) => tokenize(&s, ts).await?,
+        Prompt::Ids(ids) => vec![ids_of(&ids)?],
+        Prompt::IdLists(lists) => lists.iter().map(|l| ids_of(l)).collect::<Result<_, _>>()?,
+    };
     let prompts = prompts
         .into_iter()
         .map(|ids| {
@@ -410,7 +448,11 @@ pub(super) async fn completions(
             Ok((ids, p))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let ticket = admit(&s, choices)?;
+    let cost = prompts
+        .iter()
+        .map(|(ids, p)| (ids.len() + p.max_tokens).saturating_mul(gen.n))
+        .fold(0usize, usize::saturating_add);
+    let ticket = admit(&s, "max_tokens", choices, cost)?;
     let rx = submit(&s, prompts, &gen)?;
     if gen.stream {
         return Ok(sse(
@@ -424,7 +466,7 @@ pub(super) async fn completions(
         )
         .into_response());
     }
-    let (out, usage) = collect(rx, choices, gen.n).await?;
+    let (out, usage) = collect(&s, rx, choices, gen.n).await?;
     drop(ticket);
     let out: Vec<_> = out
         .into_iter()

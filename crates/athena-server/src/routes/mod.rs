@@ -1,8 +1,11 @@
 //! The HTTP handlers: parse the body once into validated types, hand generation to the
 //! scheduler, answer in OpenAI's shapes.
 mod common;
+mod deadline;
 mod encode;
 mod generation;
+mod guard;
+mod observe;
 mod ops;
 
 use axum::extract::DefaultBodyLimit;
@@ -34,5 +37,17 @@ pub(crate) fn router(state: Shared) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline::bounded,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }

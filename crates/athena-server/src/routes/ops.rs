@@ -12,6 +12,7 @@ use crate::state::Shared;
 
 pub(super) async fn health(State(s): State<Shared>) -> Response {
     let stats = s.engine.stats().snapshot();
+    let held = s.admission.held();
     let status = if s.draining.load(Ordering::SeqCst) {
         "draining"
     } else {
@@ -28,7 +29,9 @@ pub(super) async fn health(State(s): State<Shared>) -> Response {
         "model": s.config.model_id,
         "running": stats.running,
         "waiting": stats.waiting,
-        "requests_in_server": s.admission.held(),
+        "requests_in_server": held.sequences,
+        "tokens_in_server": held.tokens,
+        "token_budget": s.admission.token_budget(),
         "max_concurrency": s.config.max_concurrency,
         "queue": s.config.queue,
         "uptime_s": s.started.elapsed().as_secs(),
@@ -38,7 +41,8 @@ pub(super) async fn health(State(s): State<Shared>) -> Response {
 
 pub(super) async fn metrics(State(s): State<Shared>) -> Response {
     let st = s.engine.stats().snapshot();
-    let text = format!(
+    let mut text = s.metrics.render();
+    text += &format!(
         "# TYPE athena_running_sequences gauge\nathena_running_sequences {}\n\
          # TYPE athena_waiting_sequences gauge\nathena_waiting_sequences {}\n\
          # TYPE athena_decode_steps_total counter\nathena_decode_steps_total {}\n\

@@ -295,21 +295,21 @@ impl OlmoeModel {
     /// allocates what the budget allows whatever the number of texts.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let loaded = self.loaded()?;
-        let _span = tracing::info_span!("encode", texts = texts.len()).entered();
-        if texts.is_empty() {
-            return Ok(vec![]);
-        }
         let batch = texts
             .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                let ids = loaded.tokenizer.encode(text, true)?;
-                if ids.is_empty() {
-                    return Err(Error::invalid("texts", format!("text {i} has no tokens")));
-                }
-                Ok(ids)
-            })
+            .map(|text| loaded.tokenizer.encode(text, true))
             .collect::<Result<Vec<_>>>()?;
+        self.encode_ids(&batch)
+    }
+
+    /// [`encode`](Self::encode) for texts already tokenized (with special tokens, as
+    /// `encode` does): a caller that counted the tokens need not tokenize twice.
+    pub fn encode_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let loaded = self.loaded()?;
+        let _span = tracing::info_span!("encode", texts = batch.len()).entered();
+        if let Some(i) = batch.iter().position(Vec::is_empty) {
+            return Err(Error::invalid("texts", format!("text {i} has no tokens")));
+        }
         let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
         for part in token_batches(&lens, self.config.encode_batch_tokens) {
@@ -331,16 +331,26 @@ impl OlmoeModel {
     /// Decides what to do with `fact` given the agent's `memories` (candle path only).
     pub fn act(&self, fact: &str, memories: &[Memory]) -> Result<Action> {
         let loaded = self.loaded()?;
+        let fact = loaded.tokenizer.encode(fact, true)?;
+        let memories = memories
+            .iter()
+            .map(|m| Ok((m.id.clone(), loaded.tokenizer.encode(&m.text, true)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.act_ids(fact, memories)
+    }
+
+    /// [`act`](Self::act) for a fact and memories (id, token ids) already tokenized.
+    pub fn act_ids(&self, fact: Vec<u32>, memories: Vec<(String, Vec<u32>)>) -> Result<Action> {
+        let loaded = self.loaded()?;
         let head = loaded.head.as_ref().ok_or(Error::NeedsCandle {
             what: "the memory action head",
             backend: loaded.backend.kind(),
         })?;
-        let mut texts = vec![fact];
-        texts.extend(memories.iter().map(|m| m.text.as_str()));
-        let mut vectors = self.encode(&texts)?.into_iter();
+        let (ids, mut batch): (Vec<String>, Vec<Vec<u32>>) = memories.into_iter().unzip();
+        batch.insert(0, fact);
+        let mut vectors = self.encode_ids(&batch)?.into_iter();
         let fact_vec = vectors.next().ok_or(Error::NotLoaded)?;
-        let candidates: Vec<(String, Vec<f32>)> =
-            memories.iter().map(|m| m.id.clone()).zip(vectors).collect();
+        let candidates: Vec<(String, Vec<f32>)> = ids.into_iter().zip(vectors).collect();
         head.decide(&fact_vec, &candidates)
     }
 }

@@ -1,0 +1,159 @@
+//! What the server tests share: the real `athena serve` on a fixture model, raw HTTP over a
+//! socket, and the Python that has the official `openai` client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn fixture() -> PathBuf {
+    root().join("fixtures/models/base")
+}
+
+/// A running server; killed on drop if still alive.
+pub struct Server {
+    pub child: Child,
+    /// `host:port`.
+    pub addr: String,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `athena serve` on `model` (candle, port 0) with `extra` flags, run through `wrapper` (a
+/// command and its arguments, such as `prlimit --as=N`) when one is given.
+pub fn start_with(model: &Path, extra: &[&str], wrapper: &[&str], env: &[(&str, &str)]) -> Server {
+    let bin = env!("CARGO_BIN_EXE_athena");
+    let mut cmd = match wrapper.split_first() {
+        Some((w, args)) => {
+            let mut c = Command::new(w);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(["serve", "--model", model.to_str().expect("utf-8")])
+        .args(["--port", "0", "--use-mlx", "false"])
+        .args(extra)
+        .env_remove("ATHENA_API_KEY")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("the binary runs");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the server prints its address");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    Server { child, addr }
+}
+
+pub fn start(extra: &[&str]) -> Server {
+    start_with(&fixture(), extra, &[], &[])
+}
+
+/// An HTTP answer: its status and its whole text (head and body).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn body(&self) -> &str {
+        self.text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("")
+    }
+}
+
+/// Sends `head` (request line and headers, without the blank line) and `body` on a fresh
+/// connection, and reads the answer to its end.
+pub fn exchange(addr: &str, head: &str, body: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(addr).expect("connects");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!(
+        "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req).expect("sends");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Answer { status, text }
+}
+
+/// A request with the usual headers (`host` is the server's address, a JSON content type)
+/// plus `extra` header lines.
+pub fn call(addr: &str, method: &str, path: &str, extra: &[&str], body: &str) -> Answer {
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json");
+    for h in extra {
+        head.push_str("\r\n");
+        head.push_str(h);
+    }
+    exchange(addr, &head, body.as_bytes())
+}
+
+/// A Python with the `openai` package: `ATHENA_SERVER_PYTHON`, else the project's venv. Outside
+/// CI a missing one returns `None` after a loud message; in CI (`CI` set) it panics.
+pub fn python(test: &str) -> Option<PathBuf> {
+    let candidates = std::env::var_os("ATHENA_SERVER_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/athena/venv-server/bin/python")),
+        );
+    let found = candidates.into_iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import openai"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must run {test}: no Python with `openai` (see .ci/run)");
+        }
+        eprintln!(
+            "\n**************** SKIPPED: {test} ****************\n\
+             no Python with the `openai` package: set ATHENA_SERVER_PYTHON or run\n\
+             python3 -m venv ~/.cache/athena/venv-server && \
+             ~/.cache/athena/venv-server/bin/pip install openai==3.51.0\n"
+        );
+    }
+    found
+}
