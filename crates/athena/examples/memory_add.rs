@@ -10,6 +10,10 @@
 //! at a time, to the scope `user_id = bench` of the bank DB. Each add is timed in its two
 //! parts, as `add` runs them: encoding the fact, then retrieval, the head's decision and the
 //! transaction. Prints one JSON line of medians and percentiles.
+//!
+//! A scope holding fewer than `FILL` memories (env `FILL`, default 10000) is first filled up
+//! with memories whose embeddings are the model's embeddings of a few facts plus noise, so that
+//! retrieval works on a scope of that size without encoding every memory.
 
 use std::time::Instant;
 
@@ -51,6 +55,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut bank = MemoryBank::open(&db, BankConfig::default())?;
     let scope = Scope::user("bench");
+    let fill: usize = std::env::var("FILL").map_or(Ok(10_000), |s| s.parse())?;
+    let held = bank.get_all(&scope, 0, u64::MAX)?.len();
+    if held < fill {
+        let seeds = model.encode(&[
+            "Alice likes green tea every Sunday",
+            "Bob repairs a red bicycle after work",
+            "Chen studies organic chemistry in the morning",
+            "Dana collects antique maps twice a month",
+        ])?;
+        let identity = model_identity(&model, seeds[0].len());
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        };
+        for start in (held..fill).step_by(1000) {
+            let end = (start + 1000).min(fill);
+            let texts: Vec<String> = (start..end).map(|i| format!("filler memory {i}")).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectors: Vec<Vec<f32>> = (start..end)
+                .map(|i| {
+                    let seed = &seeds[i % seeds.len()];
+                    let scale = seed.iter().map(|x| x.abs()).sum::<f32>() / seed.len() as f32;
+                    seed.iter().map(|x| x + scale * noise()).collect()
+                })
+                .collect();
+            bank.add_embedded(&identity, &refs, &vectors, &scope, &Metadata::new(), None)?;
+        }
+    }
     let before = bank.get_all(&scope, 0, u64::MAX)?.len();
 
     // The first add builds the scope's cached codes: timed apart.
