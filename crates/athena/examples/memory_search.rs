@@ -178,7 +178,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // Exact search reads every embedding per query: at large sizes, recall is measured on
     // the first queries only.
-    let checked = queries.min(if n > 20_000 { 50 } else { queries });
+    let checked = queries.min(if n > 20_000 { 20 } else { queries });
     let (exact_hybrid, exact_ms) = run(&mut exact, 1.0, checked)?;
     let (exact_vector, _) = run(&mut exact, 0.0, checked)?;
     println!(

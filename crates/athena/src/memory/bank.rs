@@ -31,7 +31,7 @@ pub struct BankConfig {
     /// How retrieval fuses its rankings (for search and for the head's candidates).
     pub retrieval: RetrievalConfig,
     /// Most bytes the compact vector codes of searched scopes may take in memory (about
-    /// 2.3 KiB per memory at a hidden size of 2048). A scope whose codes alone would take more
+    /// 4.4 KiB per memory at a hidden size of 2048). A scope whose codes alone would take more
     /// is searched exactly, reading its embeddings from the store on every search.
     /// Default: 1 GiB.
     pub index_bytes: usize,

@@ -1,7 +1,7 @@
 //! The compact form vector search reads: for each memory of a scope, one bit per dimension
-//! (the sign of the embedding minus the scope's mean) and the same difference in int8 with a
+//! (the sign of the embedding minus the scope's mean) and the same difference in int16 with a
 //! scale. A search ranks every memory by the Hamming distance of the bits, re-scores the best
-//! few hundred on the int8 codes, and returns approximate cosine similarities; the bank
+//! few hundred on the int16 codes, and returns approximate cosine similarities; the bank
 //! recomputes the exact similarity of the hits it returns from the stored f32 embeddings.
 //!
 //! Subtracting the mean matters: the hidden states of a language model share a large common
@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use super::retrieval::normalize;
 
-/// How many memories a search re-scores on the int8 codes, for a ranking of `depth`.
+/// How many memories a search re-scores on the int16 codes, for a ranking of `depth`.
 pub fn rerank_count(depth: usize) -> usize {
-    depth.saturating_mul(4).max(256)
+    depth.saturating_mul(8).max(1024)
 }
 
 /// How many memories the mean is taken over when codes are built.
@@ -35,8 +35,8 @@ pub struct ScopeCodes {
     position: HashMap<Uuid, usize>,
     /// `ceil(dim / 8)` bytes per memory.
     bits: Vec<u8>,
-    /// `dim` int8 values per memory, and one scale each.
-    residuals: Vec<i8>,
+    /// `dim` int16 values per memory, and one scale each.
+    residuals: Vec<i16>,
     scales: Vec<f32>,
 }
 
@@ -52,9 +52,13 @@ impl ScopeCodes {
         builder.finish()
     }
 
-    /// Bytes one memory takes in the codes (bits, int8 values, scale, id and its slot).
+    /// Bytes one memory takes in the codes (bits, int16 values, scale, id and its slot).
     pub fn bytes_per_memory(dim: usize) -> usize {
-        dim.div_ceil(8) + dim + size_of::<f32>() + 2 * size_of::<Uuid>() + 2 * size_of::<usize>()
+        dim.div_ceil(8)
+            + dim * size_of::<i16>()
+            + size_of::<f32>()
+            + 2 * size_of::<Uuid>()
+            + 2 * size_of::<usize>()
     }
 
     /// Bytes the codes take.
@@ -159,7 +163,7 @@ impl ScopeCodes {
             .into_iter()
             .map(|i| {
                 let row = &self.residuals[i * self.dim..(i + 1) * self.dim];
-                (self.ids[i], base + dot_f32_i8(&unit, row) * self.scales[i])
+                (self.ids[i], base + dot_f32_i16(&unit, row) * self.scales[i])
             })
             .collect();
         let cmp = |a: &(Uuid, f32), b: &(Uuid, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
@@ -244,9 +248,9 @@ impl CodesBuilder {
     }
 }
 
-/// `Σ a[j]·b[j]` over an f32 and an int8 vector of one width, in eight partial sums so that
+/// `Σ a[j]·b[j]` over an f32 and an int16 vector of one width, in eight partial sums so that
 /// the compiler can vectorise it.
-fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
+fn dot_f32_i16(a: &[f32], b: &[i16]) -> f32 {
     let mut sums = [0.0f32; 8];
     let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a_chunks
@@ -263,9 +267,9 @@ fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
     sums.iter().sum::<f32>() + tail
 }
 
-/// The sign bits of `v` (`bytes` bytes, low bit first), its int8 values and their scale
+/// The sign bits of `v` (`bytes` bytes, low bit first), its int16 values and their scale
 /// (`v ≈ values × scale`).
-fn encode(v: &[f32], bytes: usize) -> (Vec<u8>, Vec<i8>, f32) {
+fn encode(v: &[f32], bytes: usize) -> (Vec<u8>, Vec<i16>, f32) {
     let mut bits = vec![0u8; bytes];
     for (j, x) in v.iter().enumerate() {
         if *x > 0.0 {
@@ -273,15 +277,15 @@ fn encode(v: &[f32], bytes: usize) -> (Vec<u8>, Vec<i8>, f32) {
         }
     }
     let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let scale = if max > 0.0 { max / 32767.0 } else { 1.0 };
     let inverse = 1.0 / scale;
     // Round half away from zero by a truncating conversion (one instruction, where `round`
-    // is a library call on baseline x86-64); `as` saturates, and |x · inverse| ≤ 127.
+    // is a library call on baseline x86-64); `as` saturates, and |x · inverse| ≤ 32767.
     let values = v
         .iter()
         .map(|x| {
             let y = x * inverse;
-            (y + 0.5f32.copysign(y)) as i8
+            (y + 0.5f32.copysign(y)) as i16
         })
         .collect();
     (bits, values, scale)

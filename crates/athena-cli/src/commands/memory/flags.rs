@@ -25,7 +25,7 @@ pub struct DbFlags {
     #[arg(long, default_value_t = 1.0)]
     vector_weight: f32,
     /// Most memory, in MiB, the compact vector codes of searched scopes may take (about
-    /// 2.3 KiB per memory at a hidden size of 2048); a larger scope is searched exactly.
+    /// 4.4 KiB per memory at a hidden size of 2048); a larger scope is searched exactly.
     #[arg(long, default_value_t = 1024)]
     index_mib: usize,
 }
