@@ -46,7 +46,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The server logs to a file (shown on failure); its first stdout line gives the address.
-ATHENA_API_KEY="$KEY" "$ATHENA_BIN" serve --model fixtures/models/base --use-mlx false \
+RUST_LOG="${RUST_LOG:-error}" ATHENA_API_KEY="$KEY" "$ATHENA_BIN" serve --model fixtures/models/base --use-mlx false \
     --port 0 >"$WORK/stdout" 2>"$WORK/server.log" &
 SERVER_PID=$!
 for _ in $(seq 1 600); do

@@ -79,28 +79,38 @@ pub struct StreamOptions {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct Sampling {
     /// Most new tokens.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     /// The newer spelling of `max_tokens` (chat).
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
     /// 0 to 2; 0 is greedy. Default 1.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     /// (0, 1].
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     /// ≥ 1; -1 or 0 mean no limit, as in vLLM.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
     /// [0, 1).
+    #[schema(minimum = 0, exclusive_maximum = 1)]
     pub min_p: Option<f64>,
-    /// > 0.
+    /// > 0, at most 100.
+    #[schema(exclusive_minimum = 0, maximum = 100)]
     pub repetition_penalty: Option<f64>,
     /// Only 0 is supported.
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
     /// Only 0 is supported.
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     /// Seed of the random generator.
     pub seed: Option<i64>,
     /// Stop strings.
     pub stop: Option<Stop>,
-    /// Choices.
+    /// Choices, 1 to [`MAX_N`].
+    #[schema(minimum = 1, maximum = 16)]
     pub n: Option<i64>,
     /// Stream server-sent events.
     #[serde(default)]
@@ -119,7 +129,8 @@ pub struct ChatRequest {
     /// The model name (any; the server serves one).
     #[serde(default)]
     pub model: Option<String>,
-    /// The conversation.
+    /// The conversation, 1 to [`MAX_MESSAGES`] messages.
+    #[schema(min_items = 1)]
     pub messages: Vec<Message>,
     /// Sampling and budget.
     #[serde(flatten)]
@@ -176,6 +187,7 @@ pub struct EmbeddingRequest {
     pub input: EmbeddingInput,
     /// `float` (default) or `base64` (little-endian f32, as the openai client asks).
     #[serde(default)]
+    #[schema(pattern = "^(float|base64)$")]
     pub encoding_format: Option<String>,
 }
 
@@ -183,6 +195,7 @@ pub struct EmbeddingRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct MemoryActionRequest {
     /// The new fact.
+    #[schema(min_length = 1)]
     pub fact: String,
     /// The memories held.
     #[serde(default)]

@@ -188,3 +188,25 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = (bool, &mut Operation
     .into_iter()
     .filter_map(|(post, op)| op.map(|op| (post, op)))
 }
+
+/// The description as JSON, with the `model` of every request limited to the names this server
+/// serves (`null` too: a request may leave it out).
+pub(crate) fn render(doc: &OpenApi, models: &[&str]) -> Result<String, serde_json::Error> {
+    let mut json = serde_json::to_value(doc)?;
+    if let Some(schemas) = json
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        let requests = schemas
+            .iter_mut()
+            .filter(|(name, _)| name.ends_with("Request"));
+        for (_, schema) in requests {
+            if let Some(model) = schema.pointer_mut("/properties/model") {
+                let mut names: Vec<serde_json::Value> = models.iter().map(|&m| m.into()).collect();
+                names.push(serde_json::Value::Null);
+                model["enum"] = serde_json::Value::Array(names);
+            }
+        }
+    }
+    serde_json::to_string(&json)
+}

@@ -39,8 +39,9 @@ fn routes() -> OpenApiRouter<Shared> {
 pub(crate) fn router(state: Shared) -> Router {
     let limit = state.config.max_body_bytes;
     let (router, paths) = routes().split_for_parts();
-    let json = openapi::complete(paths)
-        .to_json()
+    let mut models = vec![state.config.model_id.as_str()];
+    models.extend(state.config.aliases.iter().map(String::as_str));
+    let json = openapi::render(&openapi::complete(paths), &models)
         .unwrap_or_else(|e| format!(r#"{{"error": "the description did not render: {e}"}}"#));
     router
         .fallback(|| async { ApiError::not_found("no such route") })
