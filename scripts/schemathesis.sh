@@ -4,7 +4,8 @@
 #
 #   scripts/schemathesis.sh [--short] [--seed N]
 #
-# --short: a few examples per operation (CI); without it, many. Builds `athena` (in the test
+# --short: a few examples per operation, fuzzing only (CI); without it, many, and the coverage
+# phase's boundary and negative cases too. Builds `athena` (in the test
 # profile, as `cargo test` does, unless ATHENA_BIN names a binary), serves fixtures/models/base with an API key on a
 # free loopback port, and runs schemathesis from a pinned venv of its own.
 set -euo pipefail
@@ -13,10 +14,12 @@ cd "$(dirname "$0")/.."
 SCHEMATHESIS_PIN="4.32.5"
 VENV="$HOME/.cache/athena/venv-schemathesis"
 EXAMPLES=100
+PHASES="examples,coverage,fuzzing"
 SEED=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --short) EXAMPLES=8 ;;
+        # The coverage phase trips the hypothesis/CPython error below in most short runs.
+        --short) EXAMPLES=8; PHASES="examples,fuzzing" ;;
         --seed) SEED="$2"; shift ;;
         *) echo "usage: $0 [--short] [--seed N]" >&2; exit 2 ;;
     esac
@@ -62,14 +65,25 @@ ARGS=(
     --header "Authorization: Bearer $KEY"
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance
     --max-examples "$EXAMPLES"
+    --phases "$PHASES"
     --workers 2
     --request-timeout 60
     --suppress-health-check too_slow,filter_too_much,data_too_large
     --no-color
 )
 [ -n "$SEED" ] && ARGS+=(--seed "$SEED")
-status=0
-"$VENV/bin/schemathesis" "${ARGS[@]}" || status=$?
+# Hypothesis under CPython 3.11 at times fails to describe one of its own strategies ("AST
+# constructor recursion depth mismatch"): an error of the tool, not a finding about the server.
+# Such a run is repeated with a new seed, twice at most; any other failure stands.
+for attempt in 1 2 3; do
+    status=0
+    "$VENV/bin/schemathesis" "${ARGS[@]}" 2>&1 | tee "$WORK/run.log" || status=$?
+    [ "$status" -ne 0 ] && [ -z "$SEED" ] \
+        && grep -q "AST constructor recursion depth mismatch" "$WORK/run.log" \
+        && ! grep -qE "[0-9]+ failures?" "$WORK/run.log" \
+        || break
+    echo "schemathesis hit the hypothesis/CPython AST error (attempt $attempt); running again" >&2
+done
 if [ "$status" -ne 0 ]; then
     echo "---- server log (last 50 lines) ----" >&2
     tail -n 50 "$WORK/server.log" >&2

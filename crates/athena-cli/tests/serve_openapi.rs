@@ -56,6 +56,14 @@ for s in samples:
         failures.append(f"{where}: content type {media} not in {sorted(listed)}")
         continue
     if "events" in s:
+        # Each event as an event parser reads it, against the stream's schema; its data, a
+        # chunk, against the chunk's schema.
+        stream = validator(listed[media]["schema"])
+        for e in s["events"]:
+            event = {"data": json.dumps(e)}
+            errors = [x.message for x in stream.iter_errors(event)]
+            if errors:
+                failures.append(f"{where}: {errors[:3]} in the event {json.dumps(event)[:300]}")
         v = validator({"$ref": "#/components/schemas/" + s["event_schema"]})
         bodies = s["events"]
     elif media == "application/json":

@@ -120,6 +120,7 @@ pub struct Sampling {
     /// Token id (as a string) → bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
     /// Log probabilities are not supported; only null/false/0 is accepted.
+    #[schema(value_type = Option<bool>)]
     pub logprobs: Option<serde_json::Value>,
 }
 

@@ -334,3 +334,14 @@ pub struct MemoryAction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }
+
+/// One server-sent event of a stream, as an event parser reads it: its `data` is a chunk of the
+/// route's kind (`ChatCompletionChunk` or `Completion`, as JSON text), or `[DONE]` at the end.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StreamEvent {
+    /// The event's `data:` line.
+    pub data: String,
+    /// The event's name, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+}

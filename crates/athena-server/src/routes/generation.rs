@@ -19,7 +19,7 @@ use crate::engine::{Event, Job};
 use crate::error::{ApiError, ErrorBody};
 use crate::responses::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion,
-    CompletionChoice, Delta, Finish, NoLogprobs, ObjectKind, Role,
+    CompletionChoice, Delta, Finish, NoLogprobs, ObjectKind, Role, StreamEvent,
 };
 use crate::state::{AppState, Shared, Ticket};
 
@@ -390,7 +390,7 @@ fn sse(
     responses(
         (status = 200, description = "The completion: JSON, or with `stream` server-sent events \
             whose `data:` lines are `ChatCompletionChunk`s and, last, `[DONE]`",
-            content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
+            content((ChatCompletion = "application/json"), (StreamEvent = "text/event-stream"))),
         (status = 404, description = "`model` names a model this server does not serve", body = ErrorBody),
     ))]
 pub(super) async fn chat(
@@ -447,7 +447,7 @@ pub(super) async fn chat(
     responses(
         (status = 200, description = "The completion: JSON, or with `stream` server-sent events \
             whose `data:` lines are `Completion` chunks and, last, `[DONE]`",
-            content((Completion = "application/json"), (String = "text/event-stream"))),
+            content((Completion = "application/json"), (StreamEvent = "text/event-stream"))),
         (status = 404, description = "`model` names a model this server does not serve", body = ErrorBody),
     ))]
 pub(super) async fn completions(
