@@ -270,6 +270,8 @@ def main():
         },
         "rss_growth_after_warmup_pct": round(growth, 2),
         "rss_samples": len(samples),
+        # Every sample, (seconds, MiB), to tell a leak (steady growth) from a plateau.
+        "rss_series_mib": [[round(t), round(kib / 1024, 1)] for t, kib in samples],
     }
     text = json.dumps(report, indent=2)
     print(text)
