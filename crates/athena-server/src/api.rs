@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use athena::generate::{FinishReason, GenerateParams, SamplingParams};
+use athena::generate::{GenerateParams, SamplingParams};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
@@ -26,7 +27,7 @@ pub const MAX_MEMORIES: usize = 1024;
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
 /// `stop`: one string or a list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     /// One stop string.
@@ -36,7 +37,7 @@ pub enum Stop {
 }
 
 /// A message's content: a string, or a list of parts of which the text ones count.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     /// Plain text.
@@ -46,7 +47,7 @@ pub enum Content {
 }
 
 /// One content part.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ContentPart {
     /// The part's type; only `text` is supported.
     #[serde(rename = "type")]
@@ -57,7 +58,7 @@ pub struct ContentPart {
 }
 
 /// One chat message.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct Message {
     /// `system`, `user`, `assistant`, ...
     pub role: String,
@@ -67,7 +68,7 @@ pub struct Message {
 }
 
 /// `stream_options`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     /// Send a last chunk with the usage.
     #[serde(default)]
@@ -75,31 +76,41 @@ pub struct StreamOptions {
 }
 
 /// The sampling and budget fields that chat and completions share.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct Sampling {
     /// Most new tokens.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     /// The newer spelling of `max_tokens` (chat).
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
     /// 0 to 2; 0 is greedy. Default 1.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     /// (0, 1].
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     /// ≥ 1; -1 or 0 mean no limit, as in vLLM.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
     /// [0, 1).
+    #[schema(minimum = 0, exclusive_maximum = 1)]
     pub min_p: Option<f64>,
-    /// > 0.
+    /// > 0, at most 100.
+    #[schema(exclusive_minimum = 0, maximum = 100)]
     pub repetition_penalty: Option<f64>,
     /// Only 0 is supported.
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
     /// Only 0 is supported.
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     /// Seed of the random generator.
     pub seed: Option<i64>,
     /// Stop strings.
     pub stop: Option<Stop>,
-    /// Choices.
+    /// Choices, 1 to [`MAX_N`].
+    #[schema(minimum = 1, maximum = 16)]
     pub n: Option<i64>,
     /// Stream server-sent events.
     #[serde(default)]
@@ -109,16 +120,18 @@ pub struct Sampling {
     /// Token id (as a string) → bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
     /// Log probabilities are not supported; only null/false/0 is accepted.
+    #[schema(value_type = Option<bool>)]
     pub logprobs: Option<serde_json::Value>,
 }
 
 /// `POST /v1/chat/completions`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatRequest {
     /// The model name (any; the server serves one).
     #[serde(default)]
     pub model: Option<String>,
-    /// The conversation.
+    /// The conversation, 1 to [`MAX_MESSAGES`] messages.
+    #[schema(min_items = 1)]
     pub messages: Vec<Message>,
     /// Sampling and budget.
     #[serde(flatten)]
@@ -126,7 +139,7 @@ pub struct ChatRequest {
 }
 
 /// `prompt` of a completion: text, texts, ids, or lists of ids.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     /// One text.
@@ -140,7 +153,7 @@ pub enum Prompt {
 }
 
 /// `POST /v1/completions`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     /// The model name.
     #[serde(default)]
@@ -156,7 +169,7 @@ pub struct CompletionRequest {
 }
 
 /// `input` of an embeddings request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     /// One text.
@@ -166,7 +179,7 @@ pub enum EmbeddingInput {
 }
 
 /// `POST /v1/embeddings`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
     /// The model name.
     #[serde(default)]
@@ -175,21 +188,32 @@ pub struct EmbeddingRequest {
     pub input: EmbeddingInput,
     /// `float` (default) or `base64` (little-endian f32, as the openai client asks).
     #[serde(default)]
+    #[schema(pattern = "^(float|base64)$")]
     pub encoding_format: Option<String>,
 }
 
 /// `POST /v1/memory/actions`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct MemoryActionRequest {
     /// The new fact.
+    #[schema(min_length = 1)]
     pub fact: String,
     /// The memories held.
     #[serde(default)]
-    pub memories: Vec<athena::models::olmoe::Memory>,
+    pub memories: Vec<MemoryItem>,
+}
+
+/// A memory held, as a memory-actions request names it.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct MemoryItem {
+    /// Its id, unique in the request; a target operation names it.
+    pub id: String,
+    /// Its text.
+    pub text: String,
 }
 
 /// Token counts.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, ToSchema)]
 pub struct Usage {
     /// Prompt tokens (over every choice's prompt, counted once per prompt).
     pub prompt_tokens: usize,
@@ -197,14 +221,6 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// The sum.
     pub total_tokens: usize,
-}
-
-/// A finish reason as OpenAI spells it.
-pub fn finish_reason(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-    }
 }
 
 /// A validated generation request: what the scheduler needs, per choice.

@@ -4,6 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An error answered to a client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -21,18 +22,25 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The body of every error answer: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    message: &'a str,
+/// An error, as OpenAI spells it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong, for a person.
+    pub message: String,
+    /// `invalid_request_error`, `not_found_error`, `rate_limit_error` or `server_error`.
     #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: Option<&'a str>,
+    pub kind: String,
+    /// The request field at fault, if one is.
+    pub param: Option<String>,
+    /// A short machine-readable code (`invalid_api_key`, `model_not_found`, ...).
+    pub code: Option<String>,
 }
 
 impl ApiError {
@@ -189,17 +197,22 @@ impl ApiError {
         }
     }
 
+    /// The body, as a value.
+    pub fn to_body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind().to_string(),
+                param: self.param.clone(),
+                code: self.code.map(str::to_string),
+            },
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> String {
-        serde_json::to_string(&Body {
-            error: Inner {
-                message: &self.message,
-                kind: self.kind(),
-                param: self.param.as_deref(),
-                code: self.code,
-            },
-        })
-        .unwrap_or_else(|_| r#"{"error":{"message":"error","type":"server_error"}}"#.into())
+        serde_json::to_string(&self.to_body())
+            .unwrap_or_else(|_| r#"{"error":{"message":"error","type":"server_error"}}"#.into())
     }
 }
 

@@ -6,6 +6,7 @@
 //!   events ending with `data: [DONE]`)
 //! - `POST /v1/embeddings` (the model's pooled hidden states, [`OlmoeModel::encode`])
 //! - `POST /v1/memory/actions` (the memory action head, [`OlmoeModel::act`]; candle only)
+//! - `GET /openapi.json` (the OpenAPI description of all of these, from their types)
 //!
 //! Generation runs in one scheduler thread ([`engine`]) that decodes every running sequence
 //! together, one batched step at a time (continuous batching). Requests beyond the running
@@ -24,7 +25,9 @@ pub mod engine;
 pub mod error;
 mod limits;
 pub mod metrics;
+mod openapi;
 mod origin;
+pub mod responses;
 mod routes;
 mod state;
 mod tokenize;

@@ -90,6 +90,33 @@ impl Answer {
     pub fn body(&self) -> &str {
         self.text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("")
     }
+
+    /// The value of header `name` (lower case), if the answer has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let head = self.text.split_once("\r\n\r\n").map_or("", |x| x.0);
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The body with a chunked transfer encoding undone.
+    pub fn decoded_body(&self) -> String {
+        if self.header("transfer-encoding") != Some("chunked") {
+            return self.body().to_string();
+        }
+        let mut rest = self.body();
+        let mut out = String::new();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    }
 }
 
 /// Sends `head` (request line and headers, without the blank line) and `body` on a fresh
@@ -130,6 +157,11 @@ pub fn call(addr: &str, method: &str, path: &str, extra: &[&str], body: &str) ->
 /// A Python with the `openai` package: `ATHENA_SERVER_PYTHON`, else the project's venv. Outside
 /// CI a missing one returns `None` after a loud message; in CI (`CI` set) it panics.
 pub fn python(test: &str) -> Option<PathBuf> {
+    python_with(test, "openai")
+}
+
+/// A Python that can import `module` (and `openai`), found as [`python`] finds one.
+pub fn python_with(test: &str, module: &str) -> Option<PathBuf> {
     let candidates = std::env::var_os("ATHENA_SERVER_PYTHON")
         .map(PathBuf::from)
         .into_iter()
@@ -139,20 +171,20 @@ pub fn python(test: &str) -> Option<PathBuf> {
         );
     let found = candidates.into_iter().find(|p| {
         Command::new(p)
-            .args(["-c", "import openai"])
+            .args(["-c", &format!("import openai, {module}")])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
     });
     if found.is_none() {
         if std::env::var_os("CI").is_some() {
-            panic!("CI must run {test}: no Python with `openai` (see .ci/run)");
+            panic!("CI must run {test}: no Python with `openai` and `{module}` (see .ci/run)");
         }
         eprintln!(
             "\n**************** SKIPPED: {test} ****************\n\
-             no Python with the `openai` package: set ATHENA_SERVER_PYTHON or run\n\
+             no Python with the `openai` and `{module}` packages: set ATHENA_SERVER_PYTHON or run\n\
              python3 -m venv ~/.cache/athena/venv-server && \
-             ~/.cache/athena/venv-server/bin/pip install openai==3.51.0\n"
+             ~/.cache/athena/venv-server/bin/pip install openai==3.51.0 jsonschema==4.26.0\n"
         );
     }
     found

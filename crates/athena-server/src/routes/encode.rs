@@ -5,13 +5,21 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use super::common::{admit, check_model, context, parse, tokenize};
 use crate::api::{self, EmbeddingInput, EmbeddingRequest, MemoryActionRequest};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::responses::{
+    Embedding, EmbeddingList, EmbeddingUsage, MemoryAction, ObjectKind, Vector,
+};
 use crate::state::Shared;
 
+/// The model's pooled hidden states of each input.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingRequest,
+    responses(
+        (status = 200, description = "One embedding per input", body = EmbeddingList),
+        (status = 404, description = "`model` names a model this server does not serve", body = ErrorBody),
+    ))]
 pub(super) async fn embeddings(
     State(s): State<Shared>,
     body: Result<Bytes, BytesRejection>,
@@ -66,28 +74,38 @@ pub(super) async fn embeddings(
     })
     .await
     .map_err(|_| ApiError::internal("the embedding task failed"))??;
-    let data: Vec<_> = vectors
+    let data = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| {
+        .map(|(index, v)| {
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(api::base64(&bytes))
+                Vector::Base64(api::base64(&bytes))
             } else {
-                json!(v)
+                Vector::Float(v)
             };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+            Embedding {
+                object: ObjectKind::Embedding,
+                index,
+                embedding,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": s.config.model_id,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }))
+    Ok(Json(EmbeddingList {
+        object: ObjectKind::List,
+        data,
+        model: s.config.model_id.clone(),
+        usage: EmbeddingUsage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    })
     .into_response())
 }
 
+/// The memory action head's decision for a new fact against the memories held.
+#[utoipa::path(post, path = "/v1/memory/actions", tag = "memory", request_body = MemoryActionRequest,
+    responses((status = 200, description = "The head's decision", body = MemoryAction)))]
 pub(super) async fn memory_actions(
     State(s): State<Shared>,
     body: Result<Bytes, BytesRejection>,
@@ -164,19 +182,22 @@ pub(super) async fn memory_actions(
     })
     .await
     .map_err(|_| ApiError::internal("the memory action task failed"))??;
-    let mut body = json!({"object": "memory.action", "model": s.config.model_id, "action": action});
     // A head that was never trained decides at random: say so, in the response and the log.
-    if s.model.config().action_head_path.is_none() {
+    let head_trained = s.model.config().action_head_path.is_some();
+    if !head_trained {
         tracing::warn!(
             "/v1/memory/actions answered from an untrained (random) action head; \
              train one with `athena train-head` and serve it with --head"
         );
-        body["head_trained"] = json!(false);
-        body["warning"] = json!(UNTRAINED_HEAD_WARNING);
-    } else {
-        body["head_trained"] = json!(true);
     }
-    Ok(Json(body).into_response())
+    Ok(Json(MemoryAction {
+        object: ObjectKind::MemoryAction,
+        model: s.config.model_id.clone(),
+        action: action.into(),
+        head_trained,
+        warning: (!head_trained).then(|| UNTRAINED_HEAD_WARNING.to_string()),
+    })
+    .into_response())
 }
 
 /// What `/v1/memory/actions` says when the server's action head was never trained.

@@ -11,13 +11,16 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
-use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::common::{admit, check_model, context, now, parse, request_id, tokenize};
 use crate::api::{self, ChatRequest, CompletionRequest, Content, GenerationRequest, Prompt, Usage};
 use crate::engine::{Event, Job};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::responses::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion,
+    CompletionChoice, Delta, Finish, NoLogprobs, ObjectKind, Role, StreamEvent,
+};
 use crate::state::{AppState, Shared, Ticket};
 
 /// The chat's messages as the template sees them.
@@ -193,22 +196,89 @@ enum Kind {
     Completion,
 }
 
+/// One streamed event's body: a chat chunk or a completion chunk.
 fn chunk(
     kind: Kind,
     id: &str,
     model: &str,
     created: u64,
-    choices: serde_json::Value,
-) -> serde_json::Value {
-    let object = match kind {
-        Kind::Chat => "chat.completion.chunk",
-        Kind::Completion => "text_completion",
+    piece: Piece,
+    usage: Option<Usage>,
+) -> SseEvent {
+    let json = match kind {
+        Kind::Chat => {
+            let choices = match piece {
+                Piece::None => vec![],
+                Piece::Opening(index) => vec![ChunkChoice {
+                    index,
+                    delta: Delta {
+                        role: Some(Role::Assistant),
+                        content: Some(String::new()),
+                    },
+                    logprobs: NoLogprobs::default(),
+                    finish_reason: None,
+                }],
+                Piece::Text(index, text) => vec![ChunkChoice {
+                    index,
+                    delta: Delta {
+                        role: None,
+                        content: Some(text),
+                    },
+                    logprobs: NoLogprobs::default(),
+                    finish_reason: None,
+                }],
+                Piece::Finish(index, reason) => vec![ChunkChoice {
+                    index,
+                    delta: Delta::default(),
+                    logprobs: NoLogprobs::default(),
+                    finish_reason: Some(reason),
+                }],
+            };
+            serde_json::to_string(&ChatCompletionChunk {
+                id: id.to_string(),
+                object: ObjectKind::ChatCompletionChunk,
+                created,
+                model: model.to_string(),
+                choices,
+                usage,
+            })
+        }
+        Kind::Completion => {
+            let choice = |index, text, finish_reason| CompletionChoice {
+                index,
+                text,
+                logprobs: NoLogprobs::default(),
+                finish_reason,
+            };
+            let choices = match piece {
+                Piece::None | Piece::Opening(_) => vec![],
+                Piece::Text(index, text) => vec![choice(index, text, None)],
+                Piece::Finish(index, reason) => vec![choice(index, String::new(), Some(reason))],
+            };
+            serde_json::to_string(&Completion {
+                id: id.to_string(),
+                object: ObjectKind::TextCompletion,
+                created,
+                model: model.to_string(),
+                choices,
+                usage,
+            })
+        }
     };
-    json!({"id": id, "object": object, "created": created, "model": model, "choices": choices})
+    // Serializing these types cannot fail (no maps with non-string keys, no foreign types).
+    SseEvent::default().data(json.unwrap_or_default())
 }
 
-fn data(v: &serde_json::Value) -> SseEvent {
-    SseEvent::default().data(v.to_string())
+/// What one streamed chunk says about a choice.
+enum Piece {
+    /// Nothing (the usage chunk).
+    None,
+    /// The role that opens a chat choice.
+    Opening(usize),
+    /// New text of a choice.
+    Text(usize, String),
+    /// A choice's end.
+    Finish(usize, Finish),
 }
 
 /// Server-sent events of a generation, ending with `[DONE]`. The stream owns the receiver and
@@ -233,17 +303,7 @@ fn sse(
     // The role opens every chat choice.
     let opening: Vec<SseEvent> = match kind {
         Kind::Chat => (0..choices)
-            .map(|i| {
-                data(&chunk(
-                    kind,
-                    &id,
-                    &model,
-                    created,
-                    json!([{
-                    "index": i, "delta": {"role": "assistant", "content": ""},
-                    "logprobs": null, "finish_reason": null}]),
-                ))
-            })
+            .map(|i| chunk(kind, &id, &model, created, Piece::Opening(i), None))
             .collect(),
         Kind::Completion => vec![],
     };
@@ -272,9 +332,8 @@ fn sse(
                 st.finished = true;
                 if include_usage {
                     st.usage.total_tokens = st.usage.prompt_tokens + st.usage.completion_tokens;
-                    let mut c = chunk(kind, &id, &model, created, json!([]));
-                    c["usage"] = json!(st.usage);
-                    events.push(data(&c));
+                    let usage = Some(st.usage);
+                    events.push(chunk(kind, &id, &model, created, Piece::None, usage));
                 }
                 events.push(SseEvent::default().data("[DONE]"));
                 return Some((events, st));
@@ -288,13 +347,8 @@ fn sse(
             };
             match event {
                 Some(Event::Text { index, text }) => {
-                    let choice = match kind {
-                        Kind::Chat => json!([{"index": index, "delta": {"content": text},
-                            "logprobs": null, "finish_reason": null}]),
-                        Kind::Completion => json!([{"index": index, "text": text,
-                            "logprobs": null, "finish_reason": null}]),
-                    };
-                    events.push(data(&chunk(kind, &id, &model, created, choice)));
+                    let piece = Piece::Text(index as usize, text);
+                    events.push(chunk(kind, &id, &model, created, piece, None));
                 }
                 Some(Event::Done {
                     index,
@@ -307,14 +361,8 @@ fn sse(
                         st.usage.prompt_tokens += prompt_tokens;
                     }
                     st.usage.completion_tokens += completion_tokens;
-                    let reason = api::finish_reason(finish_reason);
-                    let choice = match kind {
-                        Kind::Chat => json!([{"index": index, "delta": {},
-                            "logprobs": null, "finish_reason": reason}]),
-                        Kind::Completion => json!([{"index": index, "text": "",
-                            "logprobs": null, "finish_reason": reason}]),
-                    };
-                    events.push(data(&chunk(kind, &id, &model, created, choice)));
+                    let piece = Piece::Finish(index as usize, finish_reason.into());
+                    events.push(chunk(kind, &id, &model, created, piece, None));
                 }
                 Some(Event::Failed { message, .. }) => {
                     st.finished = true;
@@ -337,6 +385,14 @@ fn sse(
     Sse::new(all).keep_alive(KeepAlive::default())
 }
 
+/// A chat completion, whole or streamed as server-sent events.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The completion: JSON, or with `stream` server-sent events \
+            whose `data:` lines are `ChatCompletionChunk`s and, last, `[DONE]`",
+            content((ChatCompletion = "application/json"), (StreamEvent = "text/event-stream"))),
+        (status = 404, description = "`model` names a model this server does not serve", body = ErrorBody),
+    ))]
 pub(super) async fn chat(
     State(s): State<Shared>,
     body: Result<Bytes, BytesRejection>,
@@ -362,26 +418,38 @@ pub(super) async fn chat(
     }
     let (choices, usage) = collect(&s, rx, gen.n, gen.n).await?;
     drop(ticket);
-    let choices: Vec<_> = choices
+    let choices = choices
         .into_iter()
         .enumerate()
-        .map(|(i, c)| {
-            json!({"index": i, "message": {"role": "assistant", "content": c.text},
-                "logprobs": null,
-                "finish_reason": c.finish_reason.map(api::finish_reason)})
+        .map(|(index, c)| ChatChoice {
+            index,
+            message: AssistantMessage {
+                role: Role::Assistant,
+                content: c.text,
+            },
+            logprobs: NoLogprobs::default(),
+            finish_reason: c.finish_reason.map(Finish::from),
         })
         .collect();
-    Ok(Json(json!({
-        "id": request_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": now(),
-        "model": s.config.model_id,
-        "choices": choices,
-        "usage": usage,
-    }))
+    Ok(Json(ChatCompletion {
+        id: request_id("chatcmpl"),
+        object: ObjectKind::ChatCompletion,
+        created: now(),
+        model: s.config.model_id.clone(),
+        choices,
+        usage,
+    })
     .into_response())
 }
 
+/// A text completion, whole or streamed as server-sent events.
+#[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion: JSON, or with `stream` server-sent events \
+            whose `data:` lines are `Completion` chunks and, last, `[DONE]`",
+            content((Completion = "application/json"), (StreamEvent = "text/event-stream"))),
+        (status = 404, description = "`model` names a model this server does not serve", body = ErrorBody),
+    ))]
 pub(super) async fn completions(
     State(s): State<Shared>,
     body: Result<Bytes, BytesRejection>,
@@ -468,21 +536,23 @@ pub(super) async fn completions(
     }
     let (out, usage) = collect(&s, rx, choices, gen.n).await?;
     drop(ticket);
-    let out: Vec<_> = out
+    let choices = out
         .into_iter()
         .enumerate()
-        .map(|(i, c)| {
-            json!({"index": i, "text": c.text, "logprobs": null,
-                "finish_reason": c.finish_reason.map(api::finish_reason)})
+        .map(|(index, c)| CompletionChoice {
+            index,
+            text: c.text,
+            logprobs: NoLogprobs::default(),
+            finish_reason: c.finish_reason.map(Finish::from),
         })
         .collect();
-    Ok(Json(json!({
-        "id": request_id("cmpl"),
-        "object": "text_completion",
-        "created": now(),
-        "model": s.config.model_id,
-        "choices": out,
-        "usage": usage,
-    }))
+    Ok(Json(Completion {
+        id: request_id("cmpl"),
+        object: ObjectKind::TextCompletion,
+        created: now(),
+        model: s.config.model_id.clone(),
+        choices,
+        usage: Some(usage),
+    })
     .into_response())
 }

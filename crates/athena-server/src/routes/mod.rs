@@ -2,33 +2,48 @@
 //! scheduler, answer in OpenAI's shapes.
 mod common;
 mod deadline;
+mod doc;
 mod encode;
 mod generation;
 mod guard;
 mod observe;
 mod ops;
 
+use std::sync::Arc;
+
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
+use crate::openapi;
 use crate::state::Shared;
-use encode::{embeddings, memory_actions};
-use generation::{chat, completions};
-use ops::{health, metrics, models};
+use doc::Document;
+
+/// Every route, each with its description: a handler registers here or not at all, so
+/// `/openapi.json` describes exactly the routes the router has.
+fn routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::models))
+        .routes(routes!(generation::chat))
+        .routes(routes!(generation::completions))
+        .routes(routes!(encode::embeddings))
+        .routes(routes!(encode::memory_actions))
+        .routes(routes!(doc::openapi_json))
+}
 
 pub(crate) fn router(state: Shared) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/memory/actions", post(memory_actions))
+    let (router, paths) = routes().split_for_parts();
+    let mut models = vec![state.config.model_id.as_str()];
+    models.extend(state.config.aliases.iter().map(String::as_str));
+    let json = openapi::render(&openapi::complete(paths), &models)
+        .unwrap_or_else(|e| format!(r#"{{"error": "the description did not render: {e}"}}"#));
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError {
@@ -36,6 +51,7 @@ pub(crate) fn router(state: Shared) -> Router {
                 ..ApiError::not_found("method not allowed on this route")
             }
         })
+        .layer(Extension(Document(Arc::from(json))))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,39 +6,60 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
+use crate::error::ErrorBody;
+use crate::responses::{Health, HealthStatus, ModelCard, ModelList, ObjectKind};
 use crate::state::Shared;
 
+/// `/health`'s answer: 200 while serving, 503 while draining (or past the connection limit).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum HealthAnswer {
+    /// The server's state.
+    Health(Health),
+    /// The connection limit's refusal.
+    #[allow(dead_code)]
+    Error(ErrorBody),
+}
+
+/// The server's state; the one route that asks for no API key.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Serving", body = Health),
+        (status = 503, description = "Shutting down, or past the connection limit", body = HealthAnswer),
+    ))]
 pub(super) async fn health(State(s): State<Shared>) -> Response {
     let stats = s.engine.stats().snapshot();
     let held = s.admission.held();
     let status = if s.draining.load(Ordering::SeqCst) {
-        "draining"
+        HealthStatus::Draining
     } else {
-        "ok"
+        HealthStatus::Ok
     };
-    let code = if status == "ok" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let code = match status {
+        HealthStatus::Ok => StatusCode::OK,
+        HealthStatus::Draining => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let body = json!({
-        "status": status,
-        "backend": s.model.backend().map(|b| b.to_string()),
-        "model": s.config.model_id,
-        "running": stats.running,
-        "waiting": stats.waiting,
-        "requests_in_server": held.sequences,
-        "tokens_in_server": held.tokens,
-        "token_budget": s.admission.token_budget(),
-        "max_concurrency": s.config.max_concurrency,
-        "queue": s.config.queue,
-        "uptime_s": s.started.elapsed().as_secs(),
-    });
-    (code, Json(body)).into_response()
+    let body = Health {
+        status,
+        backend: s.model.backend().map(|b| b.to_string()),
+        model: s.config.model_id.clone(),
+        running: stats.running,
+        waiting: stats.waiting,
+        requests_in_server: held.sequences,
+        tokens_in_server: held.tokens,
+        token_budget: s.admission.token_budget(),
+        max_concurrency: s.config.max_concurrency,
+        queue: s.config.queue,
+        uptime_s: s.started.elapsed().as_secs(),
+    };
+    (code, Json(HealthAnswer::Health(body))).into_response()
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format",
+        body = String, content_type = "text/plain; version=0.0.4")))]
 pub(super) async fn metrics(State(s): State<Shared>) -> Response {
     let st = s.engine.stats().snapshot();
     let mut text = s.metrics.render();
@@ -55,16 +76,19 @@ pub(super) async fn metrics(State(s): State<Shared>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
-pub(super) async fn models(State(s): State<Shared>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.config.model_id,
-            "object": "model",
-            "created": 0,
-            "owned_by": "athena",
-            "backend": s.model.backend().map(|b| b.to_string()),
-            "max_model_len": s.model.model().map(|m| m.args().max_position_embeddings),
+/// The model served.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "The one model served", body = ModelList)))]
+pub(super) async fn models(State(s): State<Shared>) -> Json<ModelList> {
+    Json(ModelList {
+        object: ObjectKind::List,
+        data: vec![ModelCard {
+            id: s.config.model_id.clone(),
+            object: ObjectKind::Model,
+            created: 0,
+            owned_by: "athena".into(),
+            backend: s.model.backend().map(|b| b.to_string()),
+            max_model_len: s.model.model().map(|m| m.args().max_position_embeddings),
         }],
-    }))
+    })
 }
