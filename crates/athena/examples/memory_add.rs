@@ -91,8 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The first add builds the scope's cached codes: timed apart.
     let fact = |i: usize| {
         format!(
-            "On the {i}th visit to the old harbour market, the bench user bought fresh figs and \
-             a blue ceramic bowl"
+            "Visit {i}: the user bought figs and a bowl"
         )
     };
     let tokens = model
