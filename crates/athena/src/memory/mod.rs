@@ -35,6 +35,7 @@ mod add;
 mod bank;
 mod error;
 pub mod eval;
+mod import;
 pub mod postgres;
 pub mod retrieval;
 pub mod sqlite;
@@ -46,6 +47,7 @@ pub use bank::{
     is_postgres_url, BankConfig, MemoryBank, SearchOptions, DEFAULT_MAX_TEXT_BYTES, MAX_TOP_K,
 };
 pub use error::{MemoryError, MemoryResult};
+pub use import::parse_conversation_line;
 pub use store::{IntegrityReport, Store, StoreTx, VectorRow, SCHEMA_VERSION};
 pub use types::{
     content_hash, metadata_matches, parse_id, parse_metadata, rfc3339, Decision, EmbeddingIdentity,
