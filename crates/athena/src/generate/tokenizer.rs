@@ -314,7 +314,8 @@ pub(crate) mod fixture {
 /// `tokenizers` crate panics on a syntax error inside some of its sections (the decoder's),
 /// and a panic it raises on other malformed input is turned into an error too.
 fn parse_tokenizer_json(bytes: &[u8], path: &Path) -> Result<tokenizers::Tokenizer> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+    // Every string parsed, escapes included (`IgnoredAny` lets a lone surrogate through).
+    serde_json::from_slice::<serde_json::Value>(bytes)
         .map_err(|e| Error::tokenizer(path, format!("malformed tokenizer: not JSON: {e}")))?;
     match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
         Ok(Ok(inner)) => Ok(inner),
@@ -444,18 +445,18 @@ mod tests {
 
         // A syntax error inside the decoder made the tokenizers crate panic (found by the
         // tokenizer_json fuzz target).
-        let broken = tokenizer_json().replacen(
-            "\"decoder\":{",
-            "\"decoder\":{\"type\":\"Byt89,\n \"v\": 9",
-            1,
-        );
-        assert_ne!(broken, tokenizer_json());
-        fs::write(dir.path().join("tokenizer.json"), broken)?;
-        let err = Tokenizer::from_dir(dir.path()).err().ok_or("accepted")?;
-        assert!(
-            matches!(&err, Error::Tokenizer { path, msg } if path.ends_with("tokenizer.json") && msg.contains("not JSON")),
-            "{err}"
-        );
+        // So did a lone surrogate escape there.
+        for decoder in ["{\"type\":\"Byt89,\n \"v\": 9", "{\"x\":\"\\ud800\","] {
+            let broken =
+                tokenizer_json().replacen("\"decoder\":{", &format!("\"decoder\":{decoder}"), 1);
+            assert_ne!(broken, tokenizer_json());
+            fs::write(dir.path().join("tokenizer.json"), broken)?;
+            let err = Tokenizer::from_dir(dir.path()).err().ok_or("accepted")?;
+            assert!(
+                matches!(&err, Error::Tokenizer { path, msg } if path.ends_with("tokenizer.json") && msg.contains("not JSON")),
+                "{err}"
+            );
+        }
 
         let dir = model_dir(&[("tokenizer_config.json", "{\"eos_token\": 5}")])?;
         let err = Tokenizer::from_dir(dir.path()).err().ok_or("accepted")?;
