@@ -20,6 +20,7 @@ use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 
+pub use super::template_budget::MAX_VALUE_BYTES;
 use super::template_budget::{self, Budget, Exhausted};
 use crate::error::{Error, Result};
 
@@ -37,10 +38,6 @@ pub const DEFAULT_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messag
 /// The most a rendered chat may hold, in bytes; a template writing more fails. Output captured
 /// into a variable (`{% set x %}...{% endset %}`, macro calls) counts too.
 pub const MAX_OUTPUT_BYTES: usize = 4 << 20;
-
-/// The most bytes the values one render builds may add up to, each counted when it is built
-/// (by `~`, `+`, `*`, a list or map literal, or a call); a template building more fails.
-pub const MAX_VALUE_BYTES: usize = 256 << 20;
 
 /// The instructions one render may execute; a template needing more fails.
 pub const FUEL: u64 = 5_000_000;

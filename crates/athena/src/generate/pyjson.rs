@@ -14,7 +14,7 @@ use minijinja::{Error, ErrorKind};
 const MAX_DEPTH: usize = 128;
 
 /// The most one call may write, in bytes: the chat template's value limit.
-const MAX_JSON_BYTES: usize = super::chat::MAX_VALUE_BYTES;
+const MAX_JSON_BYTES: usize = super::template_budget::MAX_VALUE_BYTES;
 
 fn too_long() -> Error {
     Error::new(

@@ -21,6 +21,10 @@ use minijinja::machinery::{Instruction, Instructions};
 use minijinja::value::{Rest, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
 
+/// The most bytes the values one render builds may add up to, each counted when it is built
+/// (by `~`, `+`, `*`, a list or map literal, or a call); a template building more fails.
+pub const MAX_VALUE_BYTES: usize = 256 << 20;
+
 /// Values nested deeper than this are refused: printing or dropping them recurses.
 pub(crate) const MAX_DEPTH: usize = 128;
 
