@@ -81,8 +81,8 @@ fuzz_target!(|ops: Vec<Op>| {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", location.display()));
     }
-    let mut bank = MemoryBank::open(location.to_str().expect("utf-8 path"), config)
-        .expect("a new bank opens");
+    let mut bank =
+        MemoryBank::open(location.to_str().expect("utf-8 path"), config).expect("a new bank opens");
     let identity = EmbeddingIdentity {
         model: "fuzz".into(),
         hidden_size: DIM,
@@ -100,8 +100,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     continue;
                 };
                 let texts: Vec<&str> = facts.iter().take(8).map(|(t, _)| t.as_str()).collect();
-                let vectors: Vec<Vec<f32>> =
-                    facts.iter().take(8).map(|(_, v)| vector(v)).collect();
+                let vectors: Vec<Vec<f32>> = facts.iter().take(8).map(|(_, v)| vector(v)).collect();
                 if let Ok(events) =
                     bank.add_embedded(&identity, &texts, &vectors, &scope.scope(), &metadata, None)
                 {

@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     // Whatever opened is consistent: every tensor loads with the shape the header gave.
     let names: Vec<String> = files.names().map(str::to_owned).collect();
     for name in names {
-        let shape = files.shape(&name).expect("listed tensors have shapes").to_vec();
+        let shape = files
+            .shape(&name)
+            .expect("listed tensors have shapes")
+            .to_vec();
         files.dtype(&name).expect("listed tensors have dtypes");
         if let Ok(t) = files.load(&name, &Device::Cpu) {
             assert_eq!(t.dims(), shape.as_slice(), "{name}");

@@ -14,7 +14,10 @@ const CONTEXT: usize = 256;
 fn validate(sampling: &Sampling, prompt_tokens: usize) {
     if let Ok(req) = sampling.parse(VOCAB) {
         assert!(req.n >= 1);
-        assert!(req.logit_bias.iter().all(|&(id, b)| (id as usize) < VOCAB && b.is_finite()));
+        assert!(req
+            .logit_bias
+            .iter()
+            .all(|&(id, b)| (id as usize) < VOCAB && b.is_finite()));
         if let Ok(params) = req.fit(prompt_tokens, CONTEXT) {
             assert!(params.max_tokens >= 1 && prompt_tokens + params.max_tokens <= CONTEXT);
         }

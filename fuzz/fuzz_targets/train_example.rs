@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     for line in String::from_utf8_lossy(data).lines() {
         if let Ok(example) = parse_example(line, &cfg) {
             let again = serde_json::to_string(&example).expect("an example serializes");
-            assert_eq!(parse_example(&again, &cfg).as_ref(), Ok(&example), "{again}");
+            assert_eq!(
+                parse_example(&again, &cfg).as_ref(),
+                Ok(&example),
+                "{again}"
+            );
         }
     }
 });

@@ -512,16 +512,16 @@ pub(crate) fn instrument<'env>(code: &Instructions<'env>) -> Instructions<'env> 
     starts.push(out.len() as u32);
     let target = |old: u32| starts.get(old as usize).copied().unwrap_or(old);
     for at in pending {
-        if let Some(instr) = out.get_mut(at) {
-            match instr {
-                Instruction::Iterate(t)
-                | Instruction::Jump(t)
-                | Instruction::JumpIfFalse(t)
-                | Instruction::JumpIfFalseOrPop(t)
-                | Instruction::JumpIfTrueOrPop(t)
-                | Instruction::BuildMacro(_, t, _) => *t = target(*t),
-                _ => {}
-            }
+        if let Some(
+            Instruction::Iterate(t)
+            | Instruction::Jump(t)
+            | Instruction::JumpIfFalse(t)
+            | Instruction::JumpIfFalseOrPop(t)
+            | Instruction::JumpIfTrueOrPop(t)
+            | Instruction::BuildMacro(_, t, _),
+        ) = out.get_mut(at)
+        {
+            *t = target(*t);
         }
     }
     out
