@@ -161,6 +161,49 @@ fn generate_streams_text_and_stops_at_max_tokens() {
     assert!(chat.status.success(), "{}", stderr(&chat));
 }
 
+/// A copy of fixture `name` in a temporary directory, `chat_template` replaced by `template`.
+fn fixture_with_chat_template(name: &str, template: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dir.path().join("tokenizer_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["chat_template"] = serde_json::Value::from(template);
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn a_chat_template_whose_values_double_fails_at_the_template_limit() {
+    let probe = "{% set ns = namespace(s='aaaaaaaaaaaaaaaa') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}";
+    let model = fixture_with_chat_template("base", probe);
+    let o = athena(&[
+        "generate",
+        "--model",
+        model.path().to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--chat",
+        "--max-tokens",
+        "3",
+    ]);
+    // An error exit naming the file and the limit, not an abort.
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tokenizer_config.json"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("exceed the template limit"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn bad_input_fails_with_a_message_naming_what_is_wrong() {
     let base = fixture("base");

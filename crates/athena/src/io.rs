@@ -7,6 +7,77 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// The name of the temporary that process `pid` writes before it becomes `name`:
+/// `.NAME.tmp-PID`, hidden, beside its final place.
+pub(crate) fn temp_name(name: &std::ffi::OsStr, pid: u32) -> String {
+    format!(".{}.tmp-{pid}", name.to_string_lossy())
+}
+
+/// Whether process `pid` may still run: true unless the system says no such process exists.
+fn process_may_live(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        if pid <= 0 {
+            return true;
+        }
+        // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Removes the temporary directories that killed runs left beside `name` in `dir`: those named
+/// [`temp_name`]`(name, pid)` that hold the file `marker`, whose process no longer exists.
+/// Returns the directories removed. Anything else, a live writer's included, is left alone.
+pub(crate) fn remove_stale_temp_dirs(
+    dir: &Path,
+    name: &std::ffi::OsStr,
+    marker: &str,
+) -> Result<Vec<PathBuf>> {
+    let prefix = temp_name(name, 0);
+    let prefix = prefix.trim_end_matches('0');
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let ours = entry.file_type().is_ok_and(|t| t.is_dir()) && path.join(marker).is_file();
+        if !ours || pid == std::process::id() || process_may_live(pid) {
+            continue;
+        }
+        std::fs::remove_dir_all(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
 /// Writes `path` atomically; `write` fills the temporary file whose path it is given.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let io = |p: &Path| {
@@ -23,11 +94,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
             format!("{} has no file name", path.display()),
         )
     })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = dir.join(temp_name(name, std::process::id()));
     let result = (|| {
         write(&tmp)?;
         File::open(&tmp)
@@ -114,6 +181,40 @@ pub fn for_each_jsonl_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temp_dirs_of_dead_processes_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::new("out");
+        // A process that has exited: its pid names no process (until reused, when the
+        // directory is kept, which is the safe side).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let make = |dir_name: String, marker: bool| {
+            let p = dir.path().join(dir_name);
+            std::fs::create_dir(&p).unwrap();
+            std::fs::write(p.join("model.safetensors"), b"partial").unwrap();
+            if marker {
+                std::fs::write(p.join("MARK"), b"").unwrap();
+            }
+            p
+        };
+        let stale = make(temp_name(name, dead), true);
+        let live = make(temp_name(name, std::process::id()), true);
+        let foreign = make(temp_name(std::ffi::OsStr::new("other"), dead), true);
+        let odd = make(format!(".out.tmp-{dead}x"), true);
+        let removed = remove_stale_temp_dirs(dir.path(), name, "MARK").unwrap();
+        assert_eq!(removed, vec![stale.clone()]);
+        assert!(!stale.exists());
+        assert!(live.exists() && foreign.exists() && odd.exists());
+        // Without the marker, a dead process's directory is not provably ours.
+        let unmarked = make(temp_name(name, dead), false);
+        assert!(remove_stale_temp_dirs(dir.path(), name, "MARK")
+            .unwrap()
+            .is_empty());
+        assert!(unmarked.exists());
+    }
 
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {

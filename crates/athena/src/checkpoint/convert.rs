@@ -112,7 +112,27 @@ impl Writer {
     }
 }
 
-/// Quantizes the checkpoint in `input` into a new mlx-lm checkpoint at `out`.
+/// The file that marks a temporary output directory as quantize's while it is being written.
+const TEMP_MARKER: &str = ".athena-quantize-partial";
+
+/// Removes what killed runs left beside `out`: hidden temporary directories whose process is
+/// gone and that still carry [`TEMP_MARKER`].
+fn remove_stale_output(out: &Path) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Some(name) = out.file_name() else {
+        return Ok(());
+    };
+    for dir in crate::io::remove_stale_temp_dirs(parent, name, TEMP_MARKER)? {
+        tracing::info!(path = %dir.display(), "removed the partial output of a killed quantize run");
+    }
+    Ok(())
+}
+
+/// Quantizes the checkpoint in `input` into a new mlx-lm checkpoint at `out`, first removing
+/// the partial outputs that earlier killed runs left beside it.
 pub fn quantize_checkpoint(
     input: &Path,
     out: &Path,
@@ -125,6 +145,7 @@ pub fn quantize_checkpoint(
             format!("{} already exists; choose a new directory", out.display()),
         ));
     }
+    remove_stale_output(out)?;
     let config_path = input.join("config.json");
     let args = OlmoeArgs::from_file(&config_path)?;
     if args.quantization.is_some() {
@@ -207,17 +228,14 @@ pub fn quantize_checkpoint(
     let name = out
         .file_name()
         .ok_or_else(|| Error::invalid("out", format!("{} has no directory name", out.display())))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = parent.join(crate::io::temp_name(name, std::process::id()));
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| Error::Io { path: p, source }
     };
     let result = (|| -> Result<u64> {
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        std::fs::write(tmp.join(TEMP_MARKER), b"").map_err(io(&tmp))?;
         let weights = tmp.join(super::files::SINGLE_FILE);
         candle_core::safetensors::save(&w.tensors, &weights)?;
         let bytes = std::fs::metadata(&weights).map_err(io(&weights))?.len();
@@ -238,6 +256,7 @@ pub fn quantize_checkpoint(
         let args = OlmoeArgs::from_file(&tmp.join("config.json"))?;
         let files = WeightFiles::open(&tmp)?;
         CheckpointReader::new(&files, &args, &Device::Cpu, DType::F32)?;
+        std::fs::remove_file(tmp.join(TEMP_MARKER)).map_err(io(&tmp))?;
         std::fs::rename(&tmp, out).map_err(io(out))?;
         std::fs::File::open(&parent)
             .and_then(|d| d.sync_all())

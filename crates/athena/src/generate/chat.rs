@@ -8,15 +8,20 @@
 //!
 //! Templates come from downloaded checkpoints and are treated as untrusted: the environment has
 //! no loader (no file access), every render runs on a fuel budget so that a template that loops
-//! without end fails, and output past [`MAX_OUTPUT_BYTES`] fails the render.
+//! without end fails, the values a render builds may add up to [`MAX_VALUE_BYTES`] and its
+//! output to [`MAX_OUTPUT_BYTES`] (see `template_budget` for how).
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 
+use minijinja::machinery::{self, Vm};
+use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 
+pub use super::template_budget::MAX_VALUE_BYTES;
+use super::template_budget::{self, Budget, Exhausted};
 use crate::error::{Error, Result};
 
 /// The Tulu-style template of OLMoE-Instruct, for checkpoints that ship no chat template:
@@ -30,7 +35,8 @@ pub const DEFAULT_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messag
 {% else %}{{ '<|assistant|>\\n'  + message['content'] + eos_token }}{% endif %}{% endif %}\
 {% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}";
 
-/// The most a rendered chat may hold, in bytes; a template writing more fails.
+/// The most a rendered chat may hold, in bytes; a template writing more fails. Output captured
+/// into a variable (`{% set x %}...{% endset %}`, macro calls) counts too.
 pub const MAX_OUTPUT_BYTES: usize = 4 << 20;
 
 /// The instructions one render may execute; a template needing more fails.
@@ -104,19 +110,6 @@ impl fmt::Debug for ChatTemplate {
     }
 }
 
-/// What a template sees. Absent special tokens are left out, hence undefined.
-#[derive(Serialize)]
-struct RenderContext<'a> {
-    messages: &'a [ChatMessage],
-    add_generation_prompt: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bos_token: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eos_token: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pad_token: Option<&'a str>,
-}
-
 fn raise_exception(msg: String) -> std::result::Result<String, minijinja::Error> {
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
 }
@@ -132,6 +125,7 @@ fn environment() -> Environment<'static> {
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_filter("tojson", super::pyjson::tojson);
     env.add_function("raise_exception", raise_exception);
+    template_budget::guard_environment(&mut env, MAX_VALUE_BYTES);
     env
 }
 
@@ -179,66 +173,63 @@ impl ChatTemplate {
 
     /// Renders a conversation. With `add_generation_prompt`, the template appends what opens the
     /// assistant's reply. A failing render (`raise_exception`, a type error, running out of fuel,
-    /// output past [`MAX_OUTPUT_BYTES`]) is an [`Error::Tokenizer`] naming the template's file.
+    /// values past [`MAX_VALUE_BYTES`], output past [`MAX_OUTPUT_BYTES`]) is an
+    /// [`Error::Tokenizer`] naming the template's file.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let fail = |msg: String| Error::tokenizer(&self.origin, msg);
         let template = self
             .env
             .get_template(NAME)
             .map_err(|e| fail(format!("chat template missing from its environment: {e}")))?;
-        let ctx = RenderContext {
-            messages,
-            add_generation_prompt,
-            bos_token: self.special.bos_token.as_deref(),
-            eos_token: self.special.eos_token.as_deref(),
-            pad_token: self.special.pad_token.as_deref(),
-        };
-        let mut out = BoundedWriter {
-            buf: Vec::new(),
-            limit: MAX_OUTPUT_BYTES,
-            overflowed: false,
-        };
-        match template.render_captured_to(ctx, &mut out) {
-            Ok(_) => {}
-            Err(_) if out.overflowed => {
-                return Err(fail(format!(
-                    "rendering the chat template: output exceeds {MAX_OUTPUT_BYTES} bytes"
-                )))
+        let compiled = machinery::get_compiled_template(&template);
+        let code = template_budget::instrument(&compiled.instructions);
+        let blocks: BTreeMap<_, _> = compiled
+            .blocks
+            .iter()
+            .map(|(name, block)| (*name, template_budget::instrument(block)))
+            .collect();
+        let budget = Budget::new(MAX_VALUE_BYTES, MAX_OUTPUT_BYTES);
+        // What the template sees; absent special tokens are left out, hence undefined.
+        let mut root: BTreeMap<&str, Value> = BTreeMap::new();
+        root.insert("messages", Value::from_serialize(messages));
+        root.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        let special = [
+            ("bos_token", &self.special.bos_token),
+            ("eos_token", &self.special.eos_token),
+            ("pad_token", &self.special.pad_token),
+        ];
+        for (name, token) in special {
+            if let Some(token) = token {
+                root.insert(name, Value::from(token.as_str()));
             }
-            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
-                return Err(fail(format!(
-                    "rendering the chat template: it did not finish within {FUEL} steps"
-                )))
-            }
-            Err(e) => return Err(fail(format!("rendering the chat template: {e}"))),
         }
-        String::from_utf8(out.buf).map_err(|e| {
-            fail(format!(
-                "rendering the chat template: output is not UTF-8: {e}"
-            ))
-        })
-    }
-}
-
-/// Collects output and refuses to grow past `limit` bytes.
-struct BoundedWriter {
-    buf: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
-}
-
-impl io::Write for BoundedWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len().saturating_add(data.len()) > self.limit {
-            self.overflowed = true;
-            return Err(io::Error::other("chat template output too large"));
+        for (name, check) in template_budget::check_functions(&budget) {
+            root.insert(name, check);
         }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        let mut text = String::new();
+        let mut out = machinery::make_string_output(&mut text);
+        let run = Vm::new(&self.env).eval(
+            &code,
+            Value::from(root),
+            &blocks,
+            &mut out,
+            compiled.initial_auto_escape,
+        );
+        match (run, budget.exhausted()) {
+            (Ok(_), _) => Ok(text),
+            (Err(_), Some(Exhausted::Values)) => Err(fail(format!(
+                "rendering the chat template: the values it builds exceed the template limit \
+                 of {MAX_VALUE_BYTES} bytes"
+            ))),
+            (Err(_), Some(Exhausted::Output)) => Err(fail(format!(
+                "rendering the chat template: output exceeds the template limit of \
+                 {MAX_OUTPUT_BYTES} bytes"
+            ))),
+            (Err(e), None) if e.kind() == ErrorKind::OutOfFuel => Err(fail(format!(
+                "rendering the chat template: it did not finish within {FUEL} steps"
+            ))),
+            (Err(e), None) => Err(fail(format!("rendering the chat template: {e}"))),
+        }
     }
 }
 
@@ -401,6 +392,60 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("output exceeds"), "{err}");
+        Ok(())
+    }
+
+    fn render_error(source: &str) -> Result<String> {
+        Ok(compile(source)?
+            .render(&conversation(), true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default())
+    }
+
+    #[test]
+    fn doubling_values_stop_at_the_template_limit() -> Result<()> {
+        // Forty doublings of a 16-byte string ask for 16 TiB in forty steps.
+        let probe = "{% set ns = namespace(s='aaaaaaaaaaaaaaaa') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}";
+        let err = render_error(probe)?;
+        assert!(err.contains("exceed the template limit of"), "{err}");
+        assert!(err.contains("tokenizer_config.json"), "{err}");
+        // The same by `+`, by lists, by nesting lists, unrolled, inside a macro, and by
+        // operations whose result dwarfs their input.
+        for hostile in [
+            "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+            "{% set ns = namespace(l=[1, 2]) %}{% for i in range(60) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+            "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l | length }}",
+            "{% set s = 'x' * 99999999 %}{% set s = s ~ s %}{% set s = s ~ s %}{% set s = s ~ s %}",
+            "{% macro d(s, n) %}{% if n > 0 %}{{ d(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ d('abcd', 64) }}",
+            "{% set s = 'a' * 30000 %}{{ s | replace('a', s) | length }}",
+            "{% set s = 'a' * 30000 %}{{ s.replace('a', s) | length }}",
+            "{{ ([''] * 30000000) | join('x' * 1000) }}",
+            "{{ 'a' | indent(999999999999) }}",
+            "{{ '%999999999999s' | format('a') }}",
+            "{{ [1] | batch(999999999999, 'x') | list }}",
+        ] {
+            let err = render_error(hostile)?;
+            assert!(err.contains("limit"), "{hostile}: {err}");
+        }
+        // Deep nesting is refused before printing it could exhaust the stack.
+        let deep = "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l }}";
+        assert!(render_error(deep)?.contains("nested deeper"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_checks_cannot_be_reached_or_bypassed() -> Result<()> {
+        let err = render_error("{% include 'chat' %}")?;
+        assert!(err.contains("cannot include"), "{err}");
+        let err = render_error("{% extends 'chat' %}")?;
+        assert!(err.contains("cannot include"), "{err}");
+        // Macros, blocks and loops still work through the instrumented code.
+        let source = "{% macro m(x) %}<{{ x ~ '!' }}>{% endmacro %}{% block b %}{% for m2 in messages %}{{ m(m2.role) }}{% endfor %}{% endblock %}{{ [1, 2] + [3] }}";
+        assert_eq!(
+            compile(source)?.render(&conversation()[..2], false)?,
+            "<system!><user!>[1, 2, 3]"
+        );
         Ok(())
     }
 

@@ -19,6 +19,7 @@ pub mod stream;
 pub mod tokenizer;
 
 mod pyjson;
+mod template_budget;
 
 pub use chat::{ChatMessage, ChatTemplate, SpecialTokens, DEFAULT_CHAT_TEMPLATE};
 pub use generation::{

@@ -13,6 +13,16 @@ use minijinja::{Error, ErrorKind};
 /// Values nested deeper than this are refused instead of risking the stack.
 const MAX_DEPTH: usize = 128;
 
+/// The most one call may write, in bytes: the chat template's value limit.
+const MAX_JSON_BYTES: usize = super::template_budget::MAX_VALUE_BYTES;
+
+fn too_long() -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("tojson: the output exceeds the template limit of {MAX_JSON_BYTES} bytes"),
+    )
+}
+
 /// How to write: the arguments of `json.dumps` that Hugging Face exposes.
 struct Options {
     ensure_ascii: bool,
@@ -179,20 +189,28 @@ fn write_container<T>(
     }
     let newline = |out: &mut String, level: usize| {
         if let Some(unit) = &opt.indent {
+            let width = unit.len().saturating_mul(level);
+            if out.len().saturating_add(width) > MAX_JSON_BYTES {
+                return Err(too_long());
+            }
             out.push('\n');
             for _ in 0..level {
                 out.push_str(unit);
             }
         }
+        Ok(())
     };
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push_str(&opt.item_sep);
         }
-        newline(out, depth + 1);
+        newline(out, depth + 1)?;
         write_item(out, item)?;
+        if out.len() > MAX_JSON_BYTES {
+            return Err(too_long());
+        }
     }
-    newline(out, depth);
+    newline(out, depth)?;
     out.push(close);
     Ok(())
 }

@@ -127,8 +127,7 @@ impl Tokenizer {
             path: path.clone(),
             source,
         })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::tokenizer(&path, format!("malformed tokenizer: {e}")))?;
+        let inner = parse_tokenizer_json(&bytes, &path)?;
 
         let config_path = dir.join("tokenizer_config.json");
         let config: TokenizerConfig = parse_optional(&config_path, tokenizer_error)?;
@@ -311,6 +310,23 @@ pub(crate) mod fixture {
     }
 }
 
+/// Builds the tokenizer of `tokenizer.json`'s bytes. The file must be JSON first: the
+/// `tokenizers` crate panics on a syntax error inside some of its sections (the decoder's),
+/// and a panic it raises on other malformed input is turned into an error too.
+fn parse_tokenizer_json(bytes: &[u8], path: &Path) -> Result<tokenizers::Tokenizer> {
+    // Every string parsed, escapes included (`IgnoredAny` lets a lone surrogate through).
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .map_err(|e| Error::tokenizer(path, format!("malformed tokenizer: not JSON: {e}")))?;
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
+        Ok(Ok(inner)) => Ok(inner),
+        Ok(Err(e)) => Err(Error::tokenizer(path, format!("malformed tokenizer: {e}"))),
+        Err(_) => Err(Error::tokenizer(
+            path,
+            "malformed tokenizer: the tokenizers library could not read it",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::fixture::{tokenizer_json, EOT};
@@ -426,6 +442,21 @@ mod tests {
             matches!(&err, Error::Tokenizer { path, .. } if path.ends_with("tokenizer.json")),
             "{err}"
         );
+
+        // A syntax error inside the decoder made the tokenizers crate panic (found by the
+        // tokenizer_json fuzz target).
+        // So did a lone surrogate escape there.
+        for decoder in ["{\"type\":\"Byt89,\n \"v\": 9", "{\"x\":\"\\ud800\","] {
+            let broken =
+                tokenizer_json().replacen("\"decoder\":{", &format!("\"decoder\":{decoder}"), 1);
+            assert_ne!(broken, tokenizer_json());
+            fs::write(dir.path().join("tokenizer.json"), broken)?;
+            let err = Tokenizer::from_dir(dir.path()).err().ok_or("accepted")?;
+            assert!(
+                matches!(&err, Error::Tokenizer { path, msg } if path.ends_with("tokenizer.json") && msg.contains("not JSON")),
+                "{err}"
+            );
+        }
 
         let dir = model_dir(&[("tokenizer_config.json", "{\"eos_token\": 5}")])?;
         let err = Tokenizer::from_dir(dir.path()).err().ok_or("accepted")?;

@@ -36,6 +36,7 @@ mod bank;
 mod codes;
 mod error;
 pub mod eval;
+mod import;
 mod journal;
 pub mod postgres;
 pub mod retrieval;
@@ -49,6 +50,7 @@ pub use bank::{
     is_postgres_url, BankConfig, MemoryBank, SearchOptions, DEFAULT_MAX_TEXT_BYTES, MAX_TOP_K,
 };
 pub use error::{MemoryError, MemoryResult};
+pub use import::parse_conversation_line;
 pub use store::{IntegrityReport, Store, StoreTx, VectorVisitor, SCHEMA_VERSION};
 pub use types::{
     content_hash, metadata_matches, parse_id, parse_metadata, rfc3339, Decision, EmbeddingIdentity,

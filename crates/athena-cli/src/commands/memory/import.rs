@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use athena::memory::{EventKind, Scope};
-use serde::Deserialize;
+use athena::memory::{parse_conversation_line, EventKind, Scope};
 use serde_json::json;
 
 use super::add::{event_json, load_model, metadata};
@@ -36,49 +35,14 @@ pub struct Args {
     json: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Message {
-    user_id: Option<String>,
-    agent_id: Option<String>,
-    run_id: Option<String>,
-    role: String,
-    content: String,
-    #[allow(dead_code)]
-    timestamp: Option<serde_json::Value>,
-}
-
 /// The user messages of the file, with their scopes; errors name the line.
 fn read_facts(a: &Args, max_bytes: usize) -> Result<Vec<(Scope, String)>> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
     let mut facts = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
         let at = || format!("{}:{}", a.file.display(), i + 1);
-        let m: Message = serde_json::from_str(line).with_context(at)?;
-        if m.role != "user" {
-            continue;
-        }
-        let scope = Scope {
-            user_id: m.user_id,
-            agent_id: m.agent_id,
-            run_id: m.run_id,
-        };
-        scope.validate().with_context(at)?;
-        if m.content.trim().is_empty() {
-            continue;
-        }
-        if m.content.len() > max_bytes {
-            anyhow::bail!(
-                "{}: the message is {} bytes, more than {max_bytes}",
-                at(),
-                m.content.len()
-            );
-        }
-        facts.push((scope, m.content));
+        facts.extend(parse_conversation_line(line, max_bytes).with_context(at)?);
     }
     Ok(facts)
 }
