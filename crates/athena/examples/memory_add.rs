@@ -89,11 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let before = bank.get_all(&scope, 0, u64::MAX)?.len();
 
     // The first add builds the scope's cached codes: timed apart.
-    let fact = |i: usize| {
-        format!(
-            "Visit {i}: the user bought figs and a bowl"
-        )
-    };
+    let fact = |i: usize| format!("Visit {i}: the user bought figs and a bowl");
     let tokens = model
         .tokenizer()
         .ok_or("no tokenizer")?
