@@ -404,6 +404,25 @@ mod tests {
     }
 
     #[test]
+    fn format_conversions_with_multibyte_characters_are_refused() -> Result<()> {
+        // minijinja's printf-style parser panics inside such a conversion; found by the
+        // `chat_template` fuzz target.
+        for hostile in [
+            "{{ '%(ключ)s' | format(1) }}",
+            "{{ '%(for message in m\u{fffd}' | format(1) }}",
+            "{{ '%5é' | format(1) }}",
+            "{{ '%(ключ)s'.format(1) }}",
+        ] {
+            let err = render_error(hostile)?;
+            assert!(err.contains("not ASCII"), "{hostile}: {err}");
+        }
+        // Text around conversions may hold any character.
+        let ok = compile("{{ 'é %s ключ %%' | format(1) }}")?.render(&conversation(), true)?;
+        assert_eq!(ok, "é 1 ключ %");
+        Ok(())
+    }
+
+    #[test]
     fn doubling_values_stop_at_the_template_limit() -> Result<()> {
         // Forty doublings of a 16-byte string ask for 16 TiB in forty steps.
         let probe = "{% set ns = namespace(s='aaaaaaaaaaaaaaaa') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}";

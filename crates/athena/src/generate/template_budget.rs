@@ -278,6 +278,7 @@ fn result_bound(name: &str, args: &[Value], cap: usize) -> Result<usize, Error> 
         }
         "format" => {
             let spec = pos.first().map(|v| v.to_string()).unwrap_or_default();
+            check_format_string(&spec)?;
             let mut total = spec.len().saturating_add(largest_format_width(&spec));
             for arg in pos.iter().skip(1) {
                 total = total.saturating_add(printed_size(arg, cap)?);
@@ -297,6 +298,48 @@ fn result_bound(name: &str, args: &[Value], cap: usize) -> Result<usize, Error> 
         _ => 0,
     };
     Ok(bound)
+}
+
+/// Refuses a printf-style format string with a multi-byte character inside a conversion
+/// (`%(ключ)s`, `%5é`): minijinja's parser steps through a conversion byte by byte and
+/// panics on a character boundary it does not expect.
+fn check_format_string(spec: &str) -> Result<(), Error> {
+    let bytes = spec.as_bytes();
+    let refuse = || {
+        Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "`format`: a conversion (`%...`) holds a character that is not ASCII",
+        ))
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if bytes.get(i) == Some(&b'%') {
+            i += 1;
+            continue;
+        }
+        if bytes.get(i) == Some(&b'(') {
+            while i < bytes.len() && bytes[i] != b')' {
+                if !bytes[i].is_ascii() {
+                    return refuse();
+                }
+                i += 1;
+            }
+            i += 1;
+        }
+        while i < bytes.len() && b"#0- +.*123456789hlL".contains(&bytes[i]) {
+            i += 1;
+        }
+        if bytes.get(i).is_some_and(|b| !b.is_ascii()) {
+            return refuse();
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn too_large(what: &str, bound: usize, cap: usize) -> Error {
