@@ -412,6 +412,7 @@ mod tests {
             "{{ '%(for message in m\u{fffd}' | format(1) }}",
             "{{ '%5é' | format(1) }}",
             "{{ '%(ключ)s'.format(1) }}",
+            "{{ '{ключ}'.format(1) }}",
         ] {
             let err = render_error(hostile)?;
             assert!(err.contains("not ASCII"), "{hostile}: {err}");
@@ -442,6 +443,8 @@ mod tests {
             "{{ ([''] * 30000000) | join('x' * 1000) }}",
             "{{ 'a' | indent(999999999999) }}",
             "{{ '%999999999999s' | format('a') }}",
+            "{{ '% 5555555555555f' | format(1.5) }}",
+            "{{ '%.999999999999f' | format(1.5) }}",
             "{{ [1] | batch(999999999999, 'x') | list }}",
         ] {
             let err = render_error(hostile)?;

@@ -221,27 +221,85 @@ fn kwarg(args: &[Value], name: &str) -> Option<Value> {
         .find_map(|a| a.get_attr(name).ok().filter(|v| !v.is_undefined()))
 }
 
-/// The largest number written right after a format-spec character (`%5s`, `{:>80}`, `%.9f`).
-fn largest_format_width(spec: &str) -> usize {
-    let mut largest = 0usize;
-    let mut prev = ' ';
-    let mut digits = String::new();
-    for c in spec.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_digit() {
-            if digits.is_empty() && !"%.:<>^=+-#".contains(prev) {
-                prev = c;
-                continue;
-            }
-            digits.push(c);
+/// The widths and precisions of every conversion of a format string, summed: a bound on the
+/// padding the conversions add (`%-12d`, `% 99s`, `%.9f`, `{:>80}`). A multi-byte character
+/// inside a conversion (`%(ключ)s`, `{é}`) is refused: minijinja's format parser steps
+/// through a conversion byte by byte and panics on a character boundary it does not expect.
+fn format_widths(spec: &str) -> Result<usize, Error> {
+    let b = spec.as_bytes();
+    let refuse = || {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "`format`: a conversion holds a character that is not ASCII",
+        )
+    };
+    let number = |i: &mut usize| -> usize {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        if *i == start {
+            0
         } else {
-            if !digits.is_empty() {
-                largest = largest.max(digits.parse().unwrap_or(usize::MAX));
-                digits.clear();
+            spec[start..*i].parse().unwrap_or(usize::MAX)
+        }
+    };
+    let mut total = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                i += 1;
+                if b.get(i) == Some(&b'%') {
+                    i += 1;
+                    continue;
+                }
+                if b.get(i) == Some(&b'(') {
+                    while i < b.len() && b[i] != b')' {
+                        if !b[i].is_ascii() {
+                            return Err(refuse());
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                while i < b.len() && b"#0- +".contains(&b[i]) {
+                    i += 1;
+                }
+                total = total.saturating_add(number(&mut i));
+                if b.get(i) == Some(&b'.') {
+                    i += 1;
+                    total = total.saturating_add(number(&mut i));
+                }
+                while i < b.len() && b"hlL".contains(&b[i]) {
+                    i += 1;
+                }
+                if b.get(i).is_some_and(|c| !c.is_ascii()) {
+                    return Err(refuse());
+                }
+                i += 1;
             }
-            prev = c;
+            b'{' => {
+                i += 1;
+                if b.get(i) == Some(&b'{') {
+                    i += 1;
+                    continue;
+                }
+                while i < b.len() && b[i] != b'}' {
+                    if b[i].is_ascii_digit() {
+                        total = total.saturating_add(number(&mut i));
+                    } else if !b[i].is_ascii() {
+                        return Err(refuse());
+                    } else {
+                        i += 1;
+                    }
+                }
+                i += 1;
+            }
+            _ => i += 1,
         }
     }
-    largest
+    Ok(total)
 }
 
 /// An upper bound on the size of what filter or method `name` returns for `args` (the value
@@ -278,8 +336,7 @@ fn result_bound(name: &str, args: &[Value], cap: usize) -> Result<usize, Error> 
         }
         "format" => {
             let spec = pos.first().map(|v| v.to_string()).unwrap_or_default();
-            check_format_string(&spec)?;
-            let mut total = spec.len().saturating_add(largest_format_width(&spec));
+            let mut total = spec.len().saturating_add(format_widths(&spec)?);
             for arg in pos.iter().skip(1) {
                 total = total.saturating_add(printed_size(arg, cap)?);
             }
@@ -298,48 +355,6 @@ fn result_bound(name: &str, args: &[Value], cap: usize) -> Result<usize, Error> 
         _ => 0,
     };
     Ok(bound)
-}
-
-/// Refuses a printf-style format string with a multi-byte character inside a conversion
-/// (`%(ключ)s`, `%5é`): minijinja's parser steps through a conversion byte by byte and
-/// panics on a character boundary it does not expect.
-fn check_format_string(spec: &str) -> Result<(), Error> {
-    let bytes = spec.as_bytes();
-    let refuse = || {
-        Err(Error::new(
-            ErrorKind::InvalidOperation,
-            "`format`: a conversion (`%...`) holds a character that is not ASCII",
-        ))
-    };
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'%' {
-            i += 1;
-            continue;
-        }
-        i += 1;
-        if bytes.get(i) == Some(&b'%') {
-            i += 1;
-            continue;
-        }
-        if bytes.get(i) == Some(&b'(') {
-            while i < bytes.len() && bytes[i] != b')' {
-                if !bytes[i].is_ascii() {
-                    return refuse();
-                }
-                i += 1;
-            }
-            i += 1;
-        }
-        while i < bytes.len() && b"#0- +.*123456789hlL".contains(&bytes[i]) {
-            i += 1;
-        }
-        if bytes.get(i).is_some_and(|b| !b.is_ascii()) {
-            return refuse();
-        }
-        i += 1;
-    }
-    Ok(())
 }
 
 fn too_large(what: &str, bound: usize, cap: usize) -> Error {
@@ -575,14 +590,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn format_widths_are_found() {
-        assert_eq!(largest_format_width("%5s and %-12d"), 12);
-        assert_eq!(largest_format_width("{:>80} {:.9f}"), 80);
-        assert_eq!(largest_format_width("year 2024"), 0);
-        assert_eq!(
-            largest_format_width("%999999999999999999999999d"),
-            usize::MAX
-        );
+    fn format_widths_are_found() -> Result<(), Error> {
+        assert_eq!(format_widths("%5s and %-12d")?, 17);
+        assert_eq!(format_widths("{:>80} {:.9f}")?, 89);
+        assert_eq!(format_widths("year 2024, 100%% sure")?, 0);
+        // A space flag, then a width (found by the chat_template fuzz target).
+        assert_eq!(format_widths("% 5555555555555f")?, 5555555555555);
+        assert_eq!(format_widths("%.99999f")?, 99999);
+        assert_eq!(format_widths("%999999999999999999999999d")?, usize::MAX);
+        assert!(format_widths("%(ключ)s").is_err());
+        assert!(format_widths("{é}").is_err());
+        assert_eq!(format_widths("é %s ключ")?, 0);
+        Ok(())
     }
 
     #[test]
