@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use simsimd::BinarySimilarity;
 use uuid::Uuid;
 
-use super::retrieval::normalize;
+use super::retrieval::{keep_best, normalize};
 
 /// How many memories a search re-scores on the int16 codes, for a ranking of `depth`.
 pub fn rerank_count(depth: usize) -> usize {
@@ -166,12 +166,7 @@ impl ScopeCodes {
                 (self.ids[i], base + dot_f32_i16(&unit, row) * self.scales[i])
             })
             .collect();
-        let cmp = |a: &(Uuid, f32), b: &(Uuid, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if scored.len() > depth {
-            scored.select_nth_unstable_by(depth - 1, cmp);
-            scored.truncate(depth);
-        }
-        scored.sort_by(cmp);
+        keep_best(&mut scored, depth);
         scored
     }
 }

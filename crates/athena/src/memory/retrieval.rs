@@ -67,8 +67,19 @@ pub fn fuse(vector: &[(Uuid, f32)], text: &[Uuid], config: &RetrievalConfig) -> 
         *scores.entry(*id).or_default() += config.text_weight / (config.rrf_k + rank as f32 + 1.0);
     }
     let mut fused: Vec<(Uuid, f32)> = scores.into_iter().collect();
-    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    keep_best(&mut fused, usize::MAX);
     fused
+}
+
+/// Keeps the `depth` highest-scoring of `scored`, best first, ties by id (so the order is
+/// stable).
+pub fn keep_best(scored: &mut Vec<(Uuid, f32)>, depth: usize) {
+    let cmp = |a: &(Uuid, f32), b: &(Uuid, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if depth > 0 && scored.len() > depth {
+        scored.select_nth_unstable_by(depth - 1, cmp);
+    }
+    scored.truncate(depth);
+    scored.sort_by(cmp);
 }
 
 /// Most terms a full-text query keeps.

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::codes::{CodesBuilder, ScopeCodes};
 use super::error::{MemoryError, MemoryResult};
 use super::journal::{Change, Journal};
-use super::retrieval::{cosine, normalize};
+use super::retrieval::{cosine, keep_best, normalize};
 use super::store::StoreTx;
 use super::types::Scope;
 
@@ -195,11 +195,6 @@ pub(super) fn exact_ranking(
         scored.push((id, cosine(&unit, &v)));
         Ok(())
     })?;
-    let cmp = |a: &(Uuid, f32), b: &(Uuid, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if depth > 0 && scored.len() > depth {
-        scored.select_nth_unstable_by(depth - 1, cmp);
-    }
-    scored.truncate(depth);
-    scored.sort_by(cmp);
+    keep_best(&mut scored, depth);
     Ok(scored)
 }
