@@ -38,7 +38,10 @@ for t in "${TARGETS[@]}"; do
     if ! cargo +nightly fuzz run "${FLAGS[@]}" "$t" "$WORK/$t" "corpus/$t" -- \
         -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
         -print_final_stats=1 >"$log" 2>&1; then
-        # The last lines, without the debug dump of the input (it is in the artifact).
+        # What stopped it (a panic's message, libFuzzer's verdict), then the last lines, without
+        # the debug dump of the input (it is in the artifact).
+        grep -E -A4 "panicked at|==[0-9]+== ERROR|out-of-memory|timeout after|deadly signal|terminate called" \
+            "$log" | cut -c1-400 | head -n 40 || true
         grep -vE '^\s*\[[0-9]' "$log" | cut -c1-400 | tail -n 30
         echo "fuzz target $t failed; its input is in fuzz/artifacts/$t/" >&2
         exit 1

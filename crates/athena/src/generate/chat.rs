@@ -411,8 +411,10 @@ mod tests {
             "{{ '%(ключ)s' | format(1) }}",
             "{{ '%(for message in m\u{fffd}' | format(1) }}",
             "{{ '%5é' | format(1) }}",
-            "{{ '%(ключ)s'.format(1) }}",
             "{{ '{ключ}'.format(1) }}",
+            "{{ '{0[ключ]}'.format([1]) }}",
+            // Braces mean nothing to the printf-style filter.
+            "{{ '{%(}\u{fffd}' | format(1) }}",
         ] {
             let err = render_error(hostile)?;
             assert!(err.contains("not ASCII"), "{hostile}: {err}");
@@ -420,6 +422,9 @@ mod tests {
         // Text around conversions may hold any character.
         let ok = compile("{{ 'é %s ключ %%' | format(1) }}")?.render(&conversation(), true)?;
         assert_eq!(ok, "é 1 ключ %");
+        // Percent signs mean nothing to `str.format`.
+        let ok = compile("{{ '%(ключ)s {}'.format(1) }}")?.render(&conversation(), true)?;
+        assert_eq!(ok, "%(ключ)s 1");
         Ok(())
     }
 

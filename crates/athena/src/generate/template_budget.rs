@@ -221,85 +221,107 @@ fn kwarg(args: &[Value], name: &str) -> Option<Value> {
         .find_map(|a| a.get_attr(name).ok().filter(|v| !v.is_undefined()))
 }
 
-/// The widths and precisions of every conversion of a format string, summed: a bound on the
-/// padding the conversions add (`%-12d`, `% 99s`, `%.9f`, `{:>80}`). A multi-byte character
-/// inside a conversion (`%(ключ)s`, `{é}`) is refused: minijinja's format parser steps
-/// through a conversion byte by byte and panics on a character boundary it does not expect.
-fn format_widths(spec: &str) -> Result<usize, Error> {
+/// The widths and precisions of every conversion of a printf-style format string (the
+/// `format` filter: `%-12d`, `% 99s`, `%.9f`), summed: a bound on the padding the conversions
+/// add. The scan follows minijinja's own parser, conversion by conversion. A multi-byte
+/// character inside a mapping key (`%(ключ)s`) or as a conversion type is refused: minijinja's
+/// parser steps through those byte by byte and panics on a character boundary it does not
+/// expect.
+fn printf_widths(spec: &str) -> Result<usize, Error> {
     let b = spec.as_bytes();
-    let refuse = || {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            "`format`: a conversion holds a character that is not ASCII",
-        )
-    };
-    let number = |i: &mut usize| -> usize {
-        let start = *i;
-        while *i < b.len() && b[*i].is_ascii_digit() {
-            *i += 1;
-        }
-        if *i == start {
-            0
-        } else {
-            spec[start..*i].parse().unwrap_or(usize::MAX)
-        }
-    };
     let mut total = 0usize;
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'%' => {
-                i += 1;
-                if b.get(i) == Some(&b'%') {
-                    i += 1;
-                    continue;
-                }
-                if b.get(i) == Some(&b'(') {
-                    while i < b.len() && b[i] != b')' {
-                        if !b[i].is_ascii() {
-                            return Err(refuse());
-                        }
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                while i < b.len() && b"#0- +".contains(&b[i]) {
-                    i += 1;
-                }
-                total = total.saturating_add(number(&mut i));
-                if b.get(i) == Some(&b'.') {
-                    i += 1;
-                    total = total.saturating_add(number(&mut i));
-                }
-                while i < b.len() && b"hlL".contains(&b[i]) {
-                    i += 1;
-                }
-                if b.get(i).is_some_and(|c| !c.is_ascii()) {
-                    return Err(refuse());
-                }
-                i += 1;
-            }
-            b'{' => {
-                i += 1;
-                if b.get(i) == Some(&b'{') {
-                    i += 1;
-                    continue;
-                }
-                while i < b.len() && b[i] != b'}' {
-                    if b[i].is_ascii_digit() {
-                        total = total.saturating_add(number(&mut i));
-                    } else if !b[i].is_ascii() {
-                        return Err(refuse());
-                    } else {
-                        i += 1;
-                    }
-                }
-                i += 1;
-            }
-            _ => i += 1,
+        if b[i] != b'%' {
+            i += 1;
+            continue;
         }
+        i += 1;
+        if b.get(i) == Some(&b'%') {
+            i += 1;
+            continue;
+        }
+        if b.get(i) == Some(&b'(') {
+            i += 1;
+            while i < b.len() && b[i] != b')' {
+                if !b[i].is_ascii() {
+                    return Err(not_ascii());
+                }
+                i += 1;
+            }
+            i += 1;
+        }
+        while i < b.len() && b"#0- +".contains(&b[i]) {
+            i += 1;
+        }
+        total = total.saturating_add(digits(spec, &mut i));
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            total = total.saturating_add(digits(spec, &mut i));
+        }
+        if i < b.len() && b"hlL".contains(&b[i]) {
+            i += 1;
+        }
+        if b.get(i).is_some_and(|c| !c.is_ascii()) {
+            return Err(not_ascii());
+        }
+        i += 1;
     }
     Ok(total)
+}
+
+/// The widths and precisions of every replacement field of a `str.format` string (`{:>80}`,
+/// `{0:.9f}`), summed. Any character inside a field that is not ASCII is refused: minijinja's
+/// parser panics on one inside an index (`{0[é]}`), and a multi-byte fill character would
+/// multiply the padding's bytes.
+fn brace_widths(spec: &str) -> Result<usize, Error> {
+    let b = spec.as_bytes();
+    let mut total = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'{' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if b.get(i) == Some(&b'{') {
+            i += 1;
+            continue;
+        }
+        while i < b.len() && b[i] != b'}' {
+            if b[i].is_ascii_digit() {
+                total = total.saturating_add(digits(spec, &mut i));
+            } else if !b[i].is_ascii() {
+                return Err(not_ascii());
+            } else {
+                i += 1;
+            }
+        }
+        i += 1;
+    }
+    Ok(total)
+}
+
+/// The number whose digits start at `*i` (0 when none do), stepping past them; one too large
+/// for `usize` counts as `usize::MAX`.
+fn digits(spec: &str, i: &mut usize) -> usize {
+    let b = spec.as_bytes();
+    let start = *i;
+    while *i < b.len() && b[*i].is_ascii_digit() {
+        *i += 1;
+    }
+    if *i == start {
+        0
+    } else {
+        spec[start..*i].parse().unwrap_or(usize::MAX)
+    }
+}
+
+fn not_ascii() -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        "`format`: a conversion holds a character that is not ASCII",
+    )
 }
 
 /// An upper bound on the size of what filter or method `name` returns for `args` (the value
@@ -334,9 +356,13 @@ fn result_bound(name: &str, args: &[Value], cap: usize) -> Result<usize, Error> 
             let lines = text.matches('\n').count() + 1;
             text.len().saturating_add(lines.saturating_mul(width))
         }
-        "format" => {
+        "format" | "str.format" => {
             let spec = pos.first().map(|v| v.to_string()).unwrap_or_default();
-            let mut total = spec.len().saturating_add(format_widths(&spec)?);
+            let widths = match name {
+                "format" => printf_widths(&spec)?,
+                _ => brace_widths(&spec)?,
+            };
+            let mut total = spec.len().saturating_add(widths);
             for arg in pos.iter().skip(1) {
                 total = total.saturating_add(printed_size(arg, cap)?);
             }
@@ -399,7 +425,9 @@ pub(crate) fn guard_environment(env: &mut Environment<'static>, values: usize) {
                 all.push(value.clone());
                 all.extend(args.iter().cloned());
             }
-            let bound = result_bound(method, &all, values)?;
+            // The `format` method is `str.format`; the filter of that name is printf-style.
+            let name = if method == "format" { "str.format" } else { method };
+            let bound = result_bound(name, &all, values)?;
             if bound > values {
                 return Err(too_large(method, bound, values));
             }
@@ -591,16 +619,22 @@ mod tests {
 
     #[test]
     fn format_widths_are_found() -> Result<(), Error> {
-        assert_eq!(format_widths("%5s and %-12d")?, 17);
-        assert_eq!(format_widths("{:>80} {:.9f}")?, 89);
-        assert_eq!(format_widths("year 2024, 100%% sure")?, 0);
+        assert_eq!(printf_widths("%5s and %-12d")?, 17);
+        assert_eq!(brace_widths("{:>80} {:.9f}")?, 89);
+        assert_eq!(printf_widths("year 2024, 100%% sure")?, 0);
         // A space flag, then a width (found by the chat_template fuzz target).
-        assert_eq!(format_widths("% 5555555555555f")?, 5555555555555);
-        assert_eq!(format_widths("%.99999f")?, 99999);
-        assert_eq!(format_widths("%999999999999999999999999d")?, usize::MAX);
-        assert!(format_widths("%(ключ)s").is_err());
-        assert!(format_widths("{é}").is_err());
-        assert_eq!(format_widths("é %s ключ")?, 0);
+        assert_eq!(printf_widths("% 5555555555555f")?, 5555555555555);
+        assert_eq!(printf_widths("%.99999f")?, 99999);
+        assert_eq!(printf_widths("%999999999999999999999999d")?, usize::MAX);
+        assert!(printf_widths("%(ключ)s").is_err());
+        assert!(brace_widths("{é}").is_err());
+        assert!(brace_widths("{0[é]}").is_err());
+        assert_eq!(printf_widths("é %s ключ")?, 0);
+        // Braces mean nothing to a printf-style string: the conversion inside them is scanned
+        // (also found by the chat_template fuzz target).
+        assert!(printf_widths("{%(}\u{fffd}").is_err());
+        assert_eq!(printf_widths("{é} %3s")?, 3);
+        assert_eq!(brace_widths("%(é)s {:4}")?, 4);
         Ok(())
     }
 
