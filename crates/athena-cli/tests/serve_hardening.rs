@@ -332,7 +332,13 @@ fn long_context_model(dir: &std::path::Path) -> std::path::PathBuf {
 fn many_long_texts_stay_within_memory_and_budget() {
     let dir = tempfile::tempdir().unwrap();
     let model = long_context_model(dir.path());
-    let mut server = start_with(&model, &[], &["prlimit", "--as=6000000000"], &[]);
+    // A token budget that admits two of the largest memory-actions requests at once.
+    let mut server = start_with(
+        &model,
+        &["--token-budget", "400000"],
+        &["prlimit", "--as=6000000000"],
+        &[],
+    );
     let texts: Vec<String> = (0..1024)
         .map(|i| {
             let mut t = format!("memory {i}: the user said ");
@@ -365,17 +371,37 @@ fn many_long_texts_stay_within_memory_and_budget() {
     };
     let data = json(&a)["data"].as_array().expect("data").clone();
     assert_eq!(data.len(), 256);
-    assert!(data.iter().all(|d| d["embedding"].as_array().map(Vec::len) == Some(64)));
+    assert!(data
+        .iter()
+        .all(|d| d["embedding"].as_array().map(Vec::len) == Some(64)));
+    // Two requests of 1024 memories of 256 characters, together.
     let fact = serde_json::json!({"fact": "the user moved to rome", "memories": memories});
-    let a = call(&server.addr, "POST", "/v1/memory/actions", &[], &fact.to_string());
-    assert_eq!(a.status, 200, "{}", &a.text[..a.text.len().min(500)]);
-    let target_probabilities = json(&a)["action"]["target_probabilities"].clone();
-    assert_eq!(
-        target_probabilities.as_object().map(|m| m.len()),
-        Some(1024),
-        "{}",
-        &a.text[..a.text.len().min(500)]
-    );
+    let answers: Vec<support::Answer> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    call(
+                        &server.addr,
+                        "POST",
+                        "/v1/memory/actions",
+                        &[],
+                        &fact.to_string(),
+                    )
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for a in &answers {
+        assert_eq!(a.status, 200, "{}", &a.text[..a.text.len().min(500)]);
+        let target_probabilities = json(a)["action"]["target_probabilities"].clone();
+        assert_eq!(
+            target_probabilities.as_object().map(|m| m.len()),
+            Some(1024),
+            "{}",
+            &a.text[..a.text.len().min(500)]
+        );
+    }
     assert!(server.alive(), "the server died");
     // One input past the limit is the caller's mistake, named as such.
     let a = call(

@@ -426,7 +426,11 @@ pub(crate) fn guard_environment(env: &mut Environment<'static>, values: usize) {
                 all.extend(args.iter().cloned());
             }
             // The `format` method is `str.format`; the filter of that name is printf-style.
-            let name = if method == "format" { "str.format" } else { method };
+            let name = if method == "format" {
+                "str.format"
+            } else {
+                method
+            };
             let bound = result_bound(name, &all, values)?;
             if bound > values {
                 return Err(too_large(method, bound, values));
