@@ -478,9 +478,9 @@ mod tests {
         waiting.push_back(rx.recv().unwrap());
         let start = Instant::now();
         gather_burst(&rx, &mut waiting);
-        // Nothing more arrives: it stops after one gap, well within a second even on a
-        // loaded machine, with the sender still connected.
-        assert!(start.elapsed() < Duration::from_secs(1));
+        // Nothing more arrives: it stops after one gap, with the sender still connected (the
+        // bound tells a return from a wait on the sender, not a speed).
+        assert!(start.elapsed() < Duration::from_secs(60));
         let gathered: Vec<u32> = waiting.iter().map(|j| j.index).collect();
         assert_eq!(gathered, [0, 1, 2]);
         tx.send(job(3)).unwrap();

@@ -580,7 +580,8 @@ mod full_size {
         let c = PeftConfig::parse(&text, Path::new("adapter_config.json")).unwrap();
         let start = std::time::Instant::now();
         assert_eq!(c.targeted(&olmoe_7b()).unwrap().len(), 16 * (5 + 64 * 3));
-        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+        // A bound that tells bounded work from a runaway search, not a speed.
+        assert!(start.elapsed() < std::time::Duration::from_secs(120));
         let text = text.replace(&look, &"[a-z._0-9]?".repeat(30));
         assert!(PeftConfig::parse(&text, Path::new("adapter_config.json")).is_err());
     }
