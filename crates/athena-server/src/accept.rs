@@ -1,5 +1,7 @@
 //! The accept loop: HTTP/1.1 connections under a bound on their number, each closed when its
-//! headers come too slowly or when it sits idle.
+//! headers come too slowly or when it sits idle. At the bound, connections with no request in
+//! flight (idle keep-alive sockets, headers still arriving) are closed to make room before a
+//! new connection is refused.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tower::ServiceExt;
 
 use crate::error::ApiError;
@@ -41,6 +43,8 @@ pub(crate) async fn serve(
 ) {
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let open = Arc::new(Semaphore::new(max));
+    // Rung at the bound: every connection with no request in flight closes.
+    let crowded = Arc::new(Notify::new());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -55,20 +59,33 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            tracing::debug!(max, "too many open connections; refusing one");
-            let _ = stream.try_write(&busy());
-            continue;
+        let permit = match open.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                crowded.notify_waiters();
+                match tokio::time::timeout(MAKE_ROOM, open.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        tracing::debug!(max, "too many open connections; refusing one");
+                        let _ = stream.try_write(&busy());
+                        continue;
+                    }
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
-        let (app, limits, stop) = (app.clone(), limits.clone(), stop.clone());
+        let (app, limits, stop, crowded) =
+            (app.clone(), limits.clone(), stop.clone(), crowded.clone());
         tokio::spawn(async move {
-            connection(stream, app, &limits, stop).await;
+            connection(stream, app, &limits, stop, &crowded).await;
             drop(permit);
         });
     }
     let _ = open.acquire_many(max as u32).await;
 }
+
+/// How long a new connection at the bound waits for an idle one to close.
+const MAKE_ROOM: Duration = Duration::from_millis(250);
 
 /// When a connection last did something, and how many of its requests are in flight.
 #[derive(Debug)]
@@ -90,6 +107,11 @@ impl Activity {
     fn touch(&self) {
         let ms = self.origin.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether no request is in flight.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
     }
 
     /// How long the connection has been idle: zero while a request is in flight.
@@ -165,12 +187,14 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// Serves one connection until the client closes it, a timeout closes it, or `stop` asks.
+/// Serves one connection until the client closes it, a timeout closes it, `stop` asks, or the
+/// server is `crowded` while the connection has no request in flight.
 async fn connection(
     stream: TcpStream,
     app: Router,
     limits: &Limits,
     mut stop: watch::Receiver<bool>,
+    crowded: &Notify,
 ) {
     let activity = Arc::new(Activity::new());
     activity.touch();
@@ -215,6 +239,13 @@ async fn connection(
             _ = ticks.tick(), if !closing => {
                 if activity.idle_for() >= limits.idle_timeout {
                     tracing::debug!("closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = crowded.notified(), if !closing => {
+                if activity.is_idle() {
+                    tracing::debug!("closing an idle connection to make room");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
