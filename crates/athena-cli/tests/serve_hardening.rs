@@ -458,6 +458,38 @@ fn many_long_texts_stay_within_memory_and_budget() {
 }
 
 #[test]
+fn a_request_past_its_timeout_stops_its_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = long_context_model(dir.path());
+    let server = start_with(
+        &model,
+        &["--request-timeout", "1", "--token-budget", "1000000"],
+        &[],
+        &[],
+    );
+    // Many forward passes of long texts: far more than a second of work.
+    let texts: Vec<String> = (0..256)
+        .map(|i| format!("text {i}: {}", "paris tea rome blue cats ".repeat(60)))
+        .collect();
+    let body = serde_json::json!({ "input": texts }).to_string();
+    let a = call(&server.addr, "POST", "/v1/embeddings", &[], &body);
+    assert_eq!(a.status, 504, "{}", &a.text[..a.text.len().min(500)]);
+    // The encoding stops at its next pass and gives its admission back.
+    let gauge = |name: &str| -> Option<f64> {
+        let m = call(&server.addr, "GET", "/metrics", &[], "");
+        m.body()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while gauge("athena_cancelled_work_total") != Some(1.0) {
+        assert!(Instant::now() < give_up, "the encoding was never cancelled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(gauge("athena_admitted_tokens"), Some(0.0));
+}
+
+#[test]
 fn metrics_are_scraped_after_a_request() {
     let server = start(&[]);
     let chat =

@@ -227,6 +227,8 @@ impl From<athena::Error> for ApiError {
                 code: Some("backend_unsupported"),
                 ..ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
             },
+            // The requester is gone (a timeout answered it): what is sent here is not read.
+            athena::Error::Cancelled { .. } => ApiError::unavailable(e.to_string()),
             _ => ApiError::internal(e.to_string()),
         }
     }

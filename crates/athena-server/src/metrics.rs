@@ -28,6 +28,7 @@ pub struct Metrics {
     inter_token: Histogram,
     queue_time: Histogram,
     prompt_tokens: IntCounter,
+    cancelled_work: IntCounter,
 }
 
 /// A metric could not be made or registered (a name or label clash: a bug).
@@ -81,7 +82,12 @@ impl Metrics {
         registry.register(Box::new(time_to_first_token.clone()))?;
         registry.register(Box::new(inter_token.clone()))?;
         registry.register(Box::new(queue_time.clone()))?;
+        let cancelled_work = IntCounter::new(
+            "athena_cancelled_work_total",
+            "Encodings (embeddings, memory actions) stopped because their request went away",
+        )?;
         registry.register(Box::new(prompt_tokens.clone()))?;
+        registry.register(Box::new(cancelled_work.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -90,6 +96,7 @@ impl Metrics {
             inter_token,
             queue_time,
             prompt_tokens,
+            cancelled_work,
         })
     }
 
@@ -119,6 +126,11 @@ impl Metrics {
         self.inter_token.observe(gap.as_secs_f64());
     }
 
+    /// A request's encoding stopped because the request went away.
+    pub fn cancelled_work(&self) {
+        self.cancelled_work.inc();
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -139,6 +151,7 @@ mod tests {
         m.prefill(Duration::from_millis(2), 7);
         m.first_token(Duration::from_millis(20));
         m.next_token(Duration::from_millis(5));
+        m.cancelled_work();
         let text = m.render();
         for line in [
             r#"athena_requests_total{route="/v1/chat/completions",status="200"} 1"#,
@@ -147,6 +160,7 @@ mod tests {
             "athena_inter_token_latency_seconds_count 1",
             "athena_queue_time_seconds_count 1",
             "athena_prompt_tokens_total 7",
+            "athena_cancelled_work_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }

@@ -89,6 +89,13 @@ pub enum Error {
         /// The backend the model runs on.
         backend: crate::options::BackendKind,
     },
+    /// The requester withdrew the request ([`crate::models::cancel::Cancel`]) before the
+    /// work was done.
+    #[error("{what} was cancelled")]
+    Cancelled {
+        /// The work that stopped.
+        what: &'static str,
+    },
     /// An error from candle's tensor operations.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

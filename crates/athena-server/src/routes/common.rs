@@ -8,6 +8,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use athena::models::cancel::Cancel;
+use athena::models::olmoe::OlmoeModel;
+
 use crate::error::ApiError;
 use crate::state::{AppState, Refusal, Shared, Ticket};
 
@@ -110,4 +113,30 @@ pub(super) async fn tokenize(
             texts.iter().map(|t| Ok(tok.encode(t, true)?)).collect()
         })
         .await
+}
+
+/// Runs `work` on the model on the blocking pool, holding `ticket` until it returns. Dropping
+/// the returned future (a timeout, a client gone) raises the [`Cancel`] flag that `work` is
+/// given, so the work stops at its next check and gives its admission back.
+pub(super) async fn model_work<T: Send + 'static>(
+    state: &Shared,
+    ticket: Ticket,
+    what: &'static str,
+    work: impl FnOnce(&OlmoeModel, &Cancel) -> athena::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let cancel = Cancel::new();
+    let _cancel_on_drop = cancel.on_drop();
+    let model = state.model.clone();
+    let metrics = state.metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let _ticket = ticket;
+        let done = work(&model, &cancel);
+        if matches!(done, Err(athena::Error::Cancelled { .. })) {
+            metrics.cancelled_work();
+        }
+        done
+    })
+    .await
+    .map_err(|_| ApiError::internal(format!("the {what} task failed")))?
+    .map_err(ApiError::from)
 }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::common::{admit, check_model, context, parse, tokenize};
+use super::common::{admit, check_model, context, model_work, parse, tokenize};
 use crate::api::{self, EmbeddingInput, EmbeddingRequest, MemoryActionRequest};
 use crate::error::{ApiError, ErrorBody};
 use crate::responses::{
@@ -67,13 +67,10 @@ pub(super) async fn embeddings(
     }
     let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
     let ticket = admit(&s, "input", 1, prompt_tokens)?;
-    let model = s.model.clone();
-    let vectors = tokio::task::spawn_blocking(move || {
-        let _ticket = ticket;
-        model.encode_ids(&batch)
+    let vectors = model_work(&s, ticket, "embedding", move |model, cancel| {
+        model.encode_ids_until(&batch, cancel)
     })
-    .await
-    .map_err(|_| ApiError::internal("the embedding task failed"))??;
+    .await?;
     let data = vectors
         .into_iter()
         .enumerate()
@@ -175,13 +172,10 @@ pub(super) async fn memory_actions(
     }
     let cost = memories.iter().map(|(_, m)| m.len()).sum::<usize>() + n;
     let ticket = admit(&s, "memories", 1, cost)?;
-    let model = s.model.clone();
-    let action = tokio::task::spawn_blocking(move || {
-        let _ticket = ticket;
-        model.act_ids(fact, memories)
+    let action = model_work(&s, ticket, "memory action", move |model, cancel| {
+        model.act_ids_until(fact, memories, cancel)
     })
-    .await
-    .map_err(|_| ApiError::internal("the memory action task failed"))??;
+    .await?;
     // A head that was never trained decides at random: say so, in the response and the log.
     let head_trained = s.model.config().action_head_path.is_some();
     if !head_trained {

@@ -62,6 +62,7 @@ pub(super) async fn health(State(s): State<Shared>) -> Response {
         body = String, content_type = "text/plain; version=0.0.4")))]
 pub(super) async fn metrics(State(s): State<Shared>) -> Response {
     let st = s.engine.stats().snapshot();
+    let held = s.admission.held();
     let mut text = s.metrics.render();
     text += &format!(
         "# TYPE athena_running_sequences gauge\nathena_running_sequences {}\n\
@@ -70,8 +71,18 @@ pub(super) async fn metrics(State(s): State<Shared>) -> Response {
          # TYPE athena_generated_tokens_total counter\nathena_generated_tokens_total {}\n\
          # TYPE athena_sequences_finished_total counter\nathena_sequences_finished_total {}\n\
          # TYPE athena_sequences_cancelled_total counter\nathena_sequences_cancelled_total {}\n\
-         # TYPE athena_sequences_failed_total counter\nathena_sequences_failed_total {}\n",
-        st.running, st.waiting, st.steps, st.tokens, st.finished, st.cancelled, st.failed
+         # TYPE athena_sequences_failed_total counter\nathena_sequences_failed_total {}\n\
+         # TYPE athena_admitted_tokens gauge\nathena_admitted_tokens {}\n\
+         # TYPE athena_admitted_requests gauge\nathena_admitted_requests {}\n",
+        st.running,
+        st.waiting,
+        st.steps,
+        st.tokens,
+        st.finished,
+        st.cancelled,
+        st.failed,
+        held.tokens,
+        held.sequences
     );
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

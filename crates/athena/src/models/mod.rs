@@ -3,5 +3,6 @@
 //! [`action_head::MemoryActionHead`] that decides what to do with a new fact.
 
 pub mod action_head;
+pub mod cancel;
 pub mod encode_batches;
 pub mod olmoe;

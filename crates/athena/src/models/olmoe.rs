@@ -12,6 +12,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::action_head::{Action, MemoryActionHead};
+use super::cancel::Cancel;
 use super::encode_batches::token_batches;
 use crate::backend::candle::CandleProvider;
 use crate::backend::mlx::MlxProvider;
@@ -305,6 +306,12 @@ impl OlmoeModel {
     /// [`encode`](Self::encode) for texts already tokenized (with special tokens, as
     /// `encode` does): a caller that counted the tokens need not tokenize twice.
     pub fn encode_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.encode_ids_until(batch, &Cancel::new())
+    }
+
+    /// [`encode_ids`](Self::encode_ids) that checks `cancel` before each forward pass and stops
+    /// with [`Error::Cancelled`] once it is raised.
+    pub fn encode_ids_until(&self, batch: &[Vec<u32>], cancel: &Cancel) -> Result<Vec<Vec<f32>>> {
         let loaded = self.loaded()?;
         let _span = tracing::info_span!("encode", texts = batch.len()).entered();
         if let Some(i) = batch.iter().position(Vec::is_empty) {
@@ -313,6 +320,9 @@ impl OlmoeModel {
         let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
         for part in token_batches(&lens, self.config.encode_batch_tokens) {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled { what: "encode" });
+            }
             let ids: Vec<Vec<u32>> = part.iter().map(|&i| batch[i].clone()).collect();
             let vectors = loaded.backend.encode(&ids, self.config.pooling)?;
             if vectors.len() != part.len() {
@@ -341,6 +351,17 @@ impl OlmoeModel {
 
     /// [`act`](Self::act) for a fact and memories (id, token ids) already tokenized.
     pub fn act_ids(&self, fact: Vec<u32>, memories: Vec<(String, Vec<u32>)>) -> Result<Action> {
+        self.act_ids_until(fact, memories, &Cancel::new())
+    }
+
+    /// [`act_ids`](Self::act_ids) whose encoding stops once `cancel` is raised
+    /// ([`encode_ids_until`](Self::encode_ids_until)).
+    pub fn act_ids_until(
+        &self,
+        fact: Vec<u32>,
+        memories: Vec<(String, Vec<u32>)>,
+        cancel: &Cancel,
+    ) -> Result<Action> {
         let loaded = self.loaded()?;
         let head = loaded.head.as_ref().ok_or(Error::NeedsCandle {
             what: "the memory action head",
@@ -348,7 +369,7 @@ impl OlmoeModel {
         })?;
         let (ids, mut batch): (Vec<String>, Vec<Vec<u32>>) = memories.into_iter().unzip();
         batch.insert(0, fact);
-        let mut vectors = self.encode_ids(&batch)?.into_iter();
+        let mut vectors = self.encode_ids_until(&batch, cancel)?.into_iter();
         let fact_vec = vectors.next().ok_or(Error::NotLoaded)?;
         let candidates: Vec<(String, Vec<f32>)> = ids.into_iter().zip(vectors).collect();
         head.decide(&fact_vec, &candidates)
