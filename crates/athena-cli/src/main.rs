@@ -108,7 +108,22 @@ fn main() {
         Command::Memory(a) => commands::memory::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain_message(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose message already ends
+/// the text (a library error that names its file shows the I/O error it wraps, which is also
+/// its source).
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.ends_with(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }

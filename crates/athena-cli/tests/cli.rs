@@ -276,6 +276,20 @@ fn bad_input_fails_with_a_message_naming_what_is_wrong() {
         assert!(e.contains(needle), "{args:?}: `{needle}` not in: {e}");
         assert!(!e.contains("panicked"), "{args:?} panicked: {e}");
     }
+    // A file that is not there is named once, with the system's reason once.
+    let o = athena(&[
+        "act",
+        "--model",
+        base,
+        "--fact",
+        "x",
+        "--memories",
+        "/no/such/memories.jsonl",
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert_eq!(e.matches("/no/such/memories.jsonl").count(), 1, "{e}");
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
 }
 
 #[test]
