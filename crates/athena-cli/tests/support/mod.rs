@@ -206,7 +206,7 @@ pub fn mem0_python(test: &str) -> Option<PathBuf> {
                 .map(|h| PathBuf::from(h).join(".cache/athena/venv-mem0/bin/python")),
         );
     let check = format!(
-        "import importlib.metadata as m, sys, mem0.client.main; \
+        "import importlib.metadata as m, sys; \
          sys.exit(m.version('mem0ai') != '{MEM0_PIN}')"
     );
     let found = candidates.into_iter().find(|p| {
