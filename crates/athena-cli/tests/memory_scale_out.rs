@@ -25,7 +25,13 @@ fn ok(a: Answer) -> Value {
 fn add(addr: &str, user: &str, text: &str) -> Value {
     let req = json!({"messages": [{"role": "user", "content": text}],
                      "filters": {"user_id": user}, "infer": false});
-    ok(call(addr, "POST", "/v3/memories/add/", &[AUTH], &req.to_string()))
+    ok(call(
+        addr,
+        "POST",
+        "/v3/memories/add/",
+        &[AUTH],
+        &req.to_string(),
+    ))
 }
 
 fn ids_of(addr: &str, user: &str) -> BTreeSet<String> {
@@ -59,14 +65,23 @@ fn two_servers_share_one_postgres_bank() {
 
     // Added through one, found through the other.
     let added = add(a, "carol", "Carol grows tomatoes on her balcony");
-    let id = added["results"][0]["id"].as_str().expect("an id").to_string();
+    let id = added["results"][0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
     let mine = format!("/v1/memories/{id}/?user_id=carol");
     assert_eq!(
         ok(call(b, "GET", &mine, &[AUTH], ""))["memory"],
         "Carol grows tomatoes on her balcony"
     );
     let q = json!({"query": "what grows on the balcony", "filters": {"user_id": "carol"}});
-    let hits = ok(call(b, "POST", "/v3/memories/search/", &[AUTH], &q.to_string()));
+    let hits = ok(call(
+        b,
+        "POST",
+        "/v3/memories/search/",
+        &[AUTH],
+        &q.to_string(),
+    ));
     assert_eq!(hits["results"][0]["id"], id.as_str(), "{hits}");
     // Updated through the other, seen by the first.
     let put = ok(call(
@@ -81,8 +96,17 @@ fn two_servers_share_one_postgres_bank() {
         ok(call(a, "GET", &mine, &[AUTH], ""))["memory"],
         "Carol grows peppers on her balcony"
     );
-    let hits = ok(call(a, "POST", "/v3/memories/search/", &[AUTH], &q.to_string()));
-    assert_eq!(hits["results"][0]["memory"], "Carol grows peppers on her balcony");
+    let hits = ok(call(
+        a,
+        "POST",
+        "/v3/memories/search/",
+        &[AUTH],
+        &q.to_string(),
+    ));
+    assert_eq!(
+        hits["results"][0]["memory"],
+        "Carol grows peppers on her balcony"
+    );
     // Deleted through the other: gone for the first, its history complete on both.
     ok(call(b, "DELETE", &mine, &[AUTH], ""));
     assert_eq!(call(a, "GET", &mine, &[AUTH], "").status, 404);

@@ -135,9 +135,17 @@ fn memory_answers(addr: &str) -> Vec<(&'static str, &'static str, Answer)> {
     let search = r#"{"query":"tea","filters":{"user_id":"u1"}}"#;
     let put = r#"{"text":"likes green tea","metadata":{"j":2}}"#;
     vec![
-        ("get", "/v1/ping/", call(addr, "GET", "/v1/ping/", &[AUTH], "")),
+        (
+            "get",
+            "/v1/ping/",
+            call(addr, "GET", "/v1/ping/", &[AUTH], ""),
+        ),
         ("post", "/v3/memories/add/", added),
-        ("post", "/v3/memories/", call(addr, "POST", "/v3/memories/", &[AUTH], filters)),
+        (
+            "post",
+            "/v3/memories/",
+            call(addr, "POST", "/v3/memories/", &[AUTH], filters),
+        ),
         (
             "post",
             "/v3/memories/search/",
@@ -150,7 +158,11 @@ fn memory_answers(addr: &str) -> Vec<(&'static str, &'static str, Answer)> {
             history,
             call(addr, "GET", &scoped(&format!("{one}history/")), &[AUTH], ""),
         ),
-        ("delete", by_id, call(addr, "DELETE", &scoped(&one), &[AUTH], "")),
+        (
+            "delete",
+            by_id,
+            call(addr, "DELETE", &scoped(&one), &[AUTH], ""),
+        ),
         (
             "delete",
             "/v1/memories/",
@@ -163,12 +175,24 @@ fn memory_answers(addr: &str) -> Vec<(&'static str, &'static str, Answer)> {
         (
             "post",
             "/v3/memories/add/",
-            call(addr, "POST", "/v3/memories/add/", &[AUTH], r#"{"messages":[]}"#),
+            call(
+                addr,
+                "POST",
+                "/v3/memories/add/",
+                &[AUTH],
+                r#"{"messages":[]}"#,
+            ),
         ),
         (
             "post",
             "/v3/memories/search/",
-            call(addr, "POST", "/v3/memories/search/", &[AUTH], r#"{"query":1}"#),
+            call(
+                addr,
+                "POST",
+                "/v3/memories/search/",
+                &[AUTH],
+                r#"{"query":1}"#,
+            ),
         ),
     ]
 }

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use athena::memory::{
-    head_hash, is_postgres_url, model_identity, BankConfig, Decider, EmbeddingIdentity,
-    MemoryBank, MemoryError, MemoryResult,
+    head_hash, is_postgres_url, model_identity, BankConfig, Decider, EmbeddingIdentity, MemoryBank,
+    MemoryError, MemoryResult,
 };
 use athena::models::olmoe::OlmoeModel;
 use tokio::sync::Semaphore;

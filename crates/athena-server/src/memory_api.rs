@@ -354,10 +354,22 @@ const UNSUPPORTED_OPTIONS: [(&str, &str); 14] = [
     ("project_id", "athena has no projects"),
     ("custom_categories", "athena does not categorize memories"),
     ("categories", "athena does not categorize memories"),
-    ("custom_instructions", "fact extraction (infer) is not supported yet"),
-    ("agent_custom_instructions", "fact extraction (infer) is not supported yet"),
-    ("structured_data_schema", "fact extraction (infer) is not supported yet"),
-    ("timestamp", "athena stamps memories with the time they are written"),
+    (
+        "custom_instructions",
+        "fact extraction (infer) is not supported yet",
+    ),
+    (
+        "agent_custom_instructions",
+        "fact extraction (infer) is not supported yet",
+    ),
+    (
+        "structured_data_schema",
+        "fact extraction (infer) is not supported yet",
+    ),
+    (
+        "timestamp",
+        "athena stamps memories with the time they are written",
+    ),
     ("expiration_date", "athena's memories never expire"),
     ("start_date", "athena does not filter by date"),
     ("end_date", "athena does not filter by date"),
@@ -402,8 +414,7 @@ pub fn parse_add(body: Map<String, Value>) -> Result<AddInput, ApiError> {
     let req: MemoryAddRequest = typed(
         body,
         &[
-            "messages", "filters", "user_id", "agent_id", "run_id", "metadata", "infer",
-            "use_head",
+            "messages", "filters", "user_id", "agent_id", "run_id", "metadata", "infer", "use_head",
         ],
     )?;
     if req.messages.is_empty() || req.messages.len() > MAX_ADD_MESSAGES {
@@ -463,8 +474,14 @@ pub fn parse_search(body: Map<String, Value>) -> Result<SearchInput, ApiError> {
     let req: MemorySearchRequest = typed(
         body,
         &[
-            "query", "filters", "top_k", "threshold", "rerank", "keyword_search",
-            "show_expired", "latest_only",
+            "query",
+            "filters",
+            "top_k",
+            "threshold",
+            "rerank",
+            "keyword_search",
+            "show_expired",
+            "latest_only",
         ],
     )?;
     if req.rerank == Some(true) {
@@ -546,15 +563,26 @@ mod tests {
         .unwrap();
         assert_eq!(add.user_facts().unwrap(), ["I like tea", "I live\nin Rome"]);
         assert!(!add.infer);
-        assert_eq!(add.scope.unwrap().to_string(), "user_id=alice, agent_id=bot");
+        assert_eq!(
+            add.scope.unwrap().to_string(),
+            "user_id=alice, agent_id=bot"
+        );
         assert_eq!(add.metadata, obj(json!({"source": "chat"})));
         let base = json!({"messages": [{"role": "user", "content": "x"}], "infer": false});
-        assert!(parse_add(obj(json!({"messages": [{"role": "user", "content": "x"}]})))
-            .unwrap()
-            .infer);
-        let only_assistant =
-            parse_add(obj(json!({"messages": [{"role": "assistant", "content": "x"}]}))).unwrap();
-        assert!(only_assistant.user_facts().unwrap_err().message.contains("role `user`"));
+        assert!(
+            parse_add(obj(json!({"messages": [{"role": "user", "content": "x"}]})))
+                .unwrap()
+                .infer
+        );
+        let only_assistant = parse_add(obj(
+            json!({"messages": [{"role": "assistant", "content": "x"}]}),
+        ))
+        .unwrap();
+        assert!(only_assistant
+            .user_facts()
+            .unwrap_err()
+            .message
+            .contains("role `user`"));
         for (change, status, says) in [
             (json!({"timestamp": 5}), 400, "`timestamp` is not supported"),
             (json!({"bogus": 5}), 400, "unknown field `bogus`"),
@@ -564,8 +592,16 @@ mod tests {
                 400,
                 "text parts",
             ),
-            (json!({"filters": {"metadata": {"a": 1}}}), 400, "search only"),
-            (json!({"filters": {"user_id": "a"}, "user_id": "b"}), 400, "two different"),
+            (
+                json!({"filters": {"metadata": {"a": 1}}}),
+                400,
+                "search only",
+            ),
+            (
+                json!({"filters": {"user_id": "a"}, "user_id": "b"}),
+                400,
+                "two different",
+            ),
             (json!({"messages": "hi"}), 422, "invalid request"),
         ] {
             let mut body = obj(base.clone());

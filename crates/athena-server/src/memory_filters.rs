@@ -66,7 +66,11 @@ pub fn parse_filters_text(text: &str) -> Result<ScopeFilter, ApiError> {
     }
 }
 
-fn merge(out: &mut ScopeFilter, filters: &Map<String, Value>, depth: usize) -> Result<(), ApiError> {
+fn merge(
+    out: &mut ScopeFilter,
+    filters: &Map<String, Value>,
+    depth: usize,
+) -> Result<(), ApiError> {
     if depth > MAX_AND_DEPTH {
         return Err(ApiError::bad_request(
             "filters",
@@ -119,10 +123,10 @@ fn merge(out: &mut ScopeFilter, filters: &Map<String, Value>, depth: usize) -> R
                 merge(out, m, depth + 1)?;
             }
         } else {
-            let why = UNSUPPORTED
-                .iter()
-                .find(|(k, _)| *k == key.as_str())
-                .map_or("athena filters by user_id, agent_id, run_id, metadata and AND", |x| x.1);
+            let why = UNSUPPORTED.iter().find(|(k, _)| *k == key.as_str()).map_or(
+                "athena filters by user_id, agent_id, run_id, metadata and AND",
+                |x| x.1,
+            );
             return Err(ApiError::bad_request(
                 "filters",
                 format!("the filter `{key}` is not supported: {why}"),
@@ -245,7 +249,10 @@ mod tests {
             (json!({"user_id": "*"}), "\"*\""),
             (json!({"user_id": {"in": ["a", "b"]}}), "operators"),
             (json!({"user_id": 3}), "string"),
-            (json!({"AND": [{"user_id": "a"}, {"user_id": "b"}]}), "two different"),
+            (
+                json!({"AND": [{"user_id": "a"}, {"user_id": "b"}]}),
+                "two different",
+            ),
             (json!({"metadata": [1]}), "object"),
             (json!({"AND": {"user_id": "a"}}), "list"),
             (json!({"weird": 1}), "`weird`"),

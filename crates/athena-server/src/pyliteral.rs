@@ -157,7 +157,8 @@ impl Parser<'_> {
                     .and_then(|d| u32::from_str_radix(d, 16).ok())
                     .ok_or_else(|| p.error(format!("{n} hex digits were expected")))?;
                 p.at += n;
-                char::from_u32(code).ok_or_else(|| p.error(format!("U+{code:X} is not a character")))
+                char::from_u32(code)
+                    .ok_or_else(|| p.error(format!("U+{code:X} is not a character")))
             };
             out.push(match e {
                 '\\' | '\'' | '"' => e,

@@ -522,7 +522,10 @@ fn scoped_reads_and_edits_stay_in_their_scope(loc: Location) {
     let (event, after) = bank.edit(ids[0], None, &only_meta).expect("edit");
     assert_eq!(event.event, EventKind::Update);
     assert_eq!(after.metadata.len(), 2);
-    assert_eq!(bank.edit(ids[0], None, &only_meta).expect("edit").0.event, EventKind::Noop);
+    assert_eq!(
+        bank.edit(ids[0], None, &only_meta).expect("edit").0.event,
+        EventKind::Noop
+    );
     assert_eq!(bank.history(ids[0], None).expect("history").len(), 2);
 
     // History follows the memory's scope, after its deletion too.

@@ -15,14 +15,12 @@ use super::common::{admit, context, parse, tokenize};
 use crate::banks::MemoryBanks;
 use crate::error::{ApiError, ErrorBody};
 use crate::memory_api::{
-    self, AddInput, MemoryAddRequest, MemoryListRequest, MemorySearchRequest, PageQuery,
-    ScopeQuery,
-};
-use crate::memory_responses::{
-    MemoryAddResponse, MemoryEvent, MemoryHit, MemoryPage, MemoryRecord, MemorySearchResponse,
-    Ping,
+    self, AddInput, MemoryAddRequest, MemoryListRequest, MemorySearchRequest, PageQuery, ScopeQuery,
 };
 use crate::memory_filters::resolve_scope;
+use crate::memory_responses::{
+    MemoryAddResponse, MemoryEvent, MemoryHit, MemoryPage, MemoryRecord, MemorySearchResponse, Ping,
+};
 use crate::state::{AppState, Shared, Ticket};
 
 /// The server's bank; 404 `memory_disabled` when it was started without one.

@@ -14,10 +14,10 @@ use super::common::{admit, parse};
 use super::memories::{banks, encode, query};
 use crate::error::{ApiError, ErrorBody};
 use crate::memory_api::{self, DeleteQuery, MemoryUpdateRequest, ScopeQuery};
+use crate::memory_filters::resolve_scope;
 use crate::memory_responses::{
     MemoriesDeleted, MemoryDeleted, MemoryHistoryEntry, MemoryRecord, MemoryUpdated,
 };
-use crate::memory_filters::resolve_scope;
 use crate::state::Shared;
 
 /// The memory id in the path.

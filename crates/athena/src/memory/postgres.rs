@@ -10,7 +10,8 @@ use super::error::{MemoryError, MemoryResult};
 use super::store::{
     embedding_from_bytes, embedding_to_bytes, history_from_columns, identity_json, parse_identity,
     stored_id, IntegrityReport, Store, StoreTx, VectorVisitor, CHECK_DANGLING,
-    CHECK_WITHOUT_HISTORY, DELETED_SCOPES_SCHEMA, GENERATIONS_SCHEMA, RECORD_COLUMNS, SCHEMA_VERSION,
+    CHECK_WITHOUT_HISTORY, DELETED_SCOPES_SCHEMA, GENERATIONS_SCHEMA, RECORD_COLUMNS,
+    SCHEMA_VERSION,
 };
 use super::types::{parse_metadata, EmbeddingIdentity, HistoryRow, Metadata, Record, Scope};
 
@@ -147,7 +148,8 @@ impl PostgresStore {
 }
 
 /// Keeps the scope of memory `$1` in `deleted_scopes` (run before deleting it).
-const KEEP_DELETED_SCOPE: &str = "INSERT INTO deleted_scopes (memory_id, user_id, agent_id, run_id) \
+const KEEP_DELETED_SCOPE: &str =
+    "INSERT INTO deleted_scopes (memory_id, user_id, agent_id, run_id) \
     SELECT id, user_id, agent_id, run_id FROM memories WHERE id = $1 \
     ON CONFLICT (memory_id) DO NOTHING";
 
@@ -459,7 +461,11 @@ impl StoreTx for PgTx<'_, '_> {
             &[&id.to_string()],
         )?;
         row.map(|r| -> MemoryResult<Scope> {
-            Ok(Scope::from_columns(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+            Ok(Scope::from_columns(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+            ))
         })
         .transpose()
     }

@@ -67,7 +67,8 @@ CREATE INDEX history_memory ON history (memory_id);
 ";
 
 /// Keeps the scope of memory `?1` in `deleted_scopes` (run before deleting it).
-const KEEP_DELETED_SCOPE: &str = "INSERT INTO deleted_scopes (memory_id, user_id, agent_id, run_id) \
+const KEEP_DELETED_SCOPE: &str =
+    "INSERT INTO deleted_scopes (memory_id, user_id, agent_id, run_id) \
     SELECT id, user_id, agent_id, run_id FROM memories WHERE id = ?1 \
     ON CONFLICT (memory_id) DO NOTHING";
 
