@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """Load test of the memory bank over HTTP: CLIENTS clients add, search, update and delete
-memories concurrently for SECONDS against one `athena serve --memory-db`, then the bank's
-final contents are compared with what the clients were told.
+memories concurrently for SECONDS against one bank served by `athena serve --memory-db`
+(one server, or several replicas sharing a PostgreSQL bank), then the bank's final contents
+are compared with what the clients were told.
 
-    scripts/load_memory.py --url http://127.0.0.1:8080 [--key KEY] [--clients 16] [--seconds 120]
+    scripts/load_memory.py --url http://127.0.0.1:8080 [--url ...] [--key KEY] [--clients 16] [--seconds 120]
     scripts/load_memory.py --athena target/release/athena --model fixtures/models/base \\
-        --memory-db /tmp/load.db [...]          # starts the server itself (port 0)
+        --memory-db /tmp/load.db [--replicas 2] [...]   # starts the server(s) itself (port 0)
 
 Each client speaks plain HTTP/1.1 (one kept-alive connection, the routes and bodies the
 official mem0 client sends, `Authorization: Token KEY`) as one of USERS users, so several
-clients share each scope. Per step it adds a new fact (50%), searches (35%), adds a fact its
+clients share each scope; with several servers, client n talks to server n mod N. Per step it adds a new fact (50%), searches (35%), adds a fact its
 user already holds (5%, must be NONE with the holder's id), updates one of its memories (5%)
 or deletes one (5%). A failed request is any answer but 200 or a transport error. At the end
 every user's memories must be exactly the ones the clients were told exist, with the texts
-they were last told: anything else is a lost (or phantom) memory. Prints a summary (and JSON
+they were last told, as every server lists them: anything else is a lost (or phantom) memory. Prints a summary (and JSON
 with --json); exits 1 on any failure or loss.
 """
 
@@ -68,7 +69,7 @@ def run_client(n, args, stop, out, users):
     rng = random.Random(args.seed * 1000 + n)
     user = users[n % len(users)]
     q = urllib.parse.urlencode({"user_id": user})
-    c = Client(args.url, args.key)
+    c = Client(args.url[n % len(args.url)], args.key)
     mine = {}  # id -> text this client was last told
     lat = {op: [] for op, _ in OPS}
     failures = []
@@ -133,8 +134,8 @@ WORDS = ("tea coffee jazz rain chess bikes maps owls figs kites tango sushi oper
          "moss lakes trains cedar bread salsa").split()
 
 
-def bank_contents(args, user):
-    c = Client(args.url, args.key)
+def bank_contents(url, args, user):
+    c = Client(url, args.key)
     q = urllib.parse.urlencode({"user_id": user})
     out, page = {}, 1
     while True:
@@ -162,28 +163,32 @@ def start_server(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--url")
+    p.add_argument("--url", action="append", default=[])
     p.add_argument("--key", default="")
     p.add_argument("--athena", help="start this athena binary instead of using --url")
     p.add_argument("--model", default="fixtures/models/base")
     p.add_argument("--memory-db")
+    p.add_argument("--replicas", type=int, default=1, help="servers --athena starts")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--seconds", type=float, default=120)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    proc = None
+    procs = []
     if args.athena:
         if not args.memory_db:
             raise SystemExit("--athena needs --memory-db")
-        proc, args.url = start_server(args)
+        for _ in range(args.replicas):
+            proc, url = start_server(args)
+            procs.append(proc)
+            args.url.append(url)
     if not args.url:
         raise SystemExit("give --url or --athena")
     try:
         users = [f"load-user-{i}-{args.seed}" for i in range(args.users)]
         for u in users:
-            Client(args.url, args.key).call("DELETE", "/v1/memories/?" + urllib.parse.urlencode({"user_id": u}))
+            Client(args.url[0], args.key).call("DELETE", "/v1/memories/?" + urllib.parse.urlencode({"user_id": u}))
         stop, out = threading.Event(), {}
         threads = [threading.Thread(target=run_client, args=(n, args, stop, out, users))
                    for n in range(args.clients)]
@@ -201,20 +206,22 @@ def main():
             for r in out.values():
                 if r["user"] == u:
                     told.update(r["mine"])
-            held = bank_contents(args, u)
-            for id_ in told.keys() - held.keys():
-                lost.append(f"{u}: {id_} ({told[id_]!r}) is missing")
-            for id_ in held.keys() - told.keys():
-                lost.append(f"{u}: {id_} ({held[id_]!r}) was never told")
-            for id_ in told.keys() & held.keys():
-                if told[id_] != held[id_]:
-                    lost.append(f"{u}: {id_} holds {held[id_]!r}, told {told[id_]!r}")
+            for url in args.url:
+                held = bank_contents(url, args, u)
+                for id_ in told.keys() - held.keys():
+                    lost.append(f"{url} {u}: {id_} ({told[id_]!r}) is missing")
+                for id_ in held.keys() - told.keys():
+                    lost.append(f"{url} {u}: {id_} ({held[id_]!r}) was never told")
+                for id_ in told.keys() & held.keys():
+                    if told[id_] != held[id_]:
+                        lost.append(f"{url} {u}: {id_} holds {held[id_]!r}, told {told[id_]!r}")
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.terminate()
             proc.wait()
     failures = [f for r in out.values() for f in r["failures"]]
-    summary = {"clients": args.clients, "users": args.users, "seconds": round(wall, 1),
+    summary = {"clients": args.clients, "users": args.users, "servers": len(args.url),
+               "seconds": round(wall, 1),
                "failed": len(failures), "lost": len(lost),
                "memories": sum(len(r["mine"]) for r in out.values()), "ops": {}}
     total = 0
@@ -226,7 +233,8 @@ def main():
                               "p95_ms": round(1000 * percentile(xs, 95), 1),
                               "p99_ms": round(1000 * percentile(xs, 99), 1)}
     summary["requests"], summary["per_s"] = total, round(total / wall, 1)
-    print(f"{args.clients} clients, {args.users} users, {wall:.0f} s: {total} requests "
+    print(f"{args.clients} clients, {args.users} users, {len(args.url)} server(s), "
+          f"{wall:.0f} s: {total} requests "
           f"({total / wall:.1f}/s), {len(failures)} failed, {len(lost)} lost, "
           f"{summary['memories']} memories at the end")
     for op, s in summary["ops"].items():

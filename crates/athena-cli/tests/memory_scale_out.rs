@@ -1,11 +1,13 @@
 //! Scale-out: two `athena serve` processes on different ports sharing one PostgreSQL bank (the
 //! real server CI starts; ATHENA_TEST_PG_URL). A memory added through one is found, updated
-//! and deleted through the other, and concurrent adds through both lose nothing.
+//! and deleted through the other, and concurrent adds through both lose nothing; both stop
+//! cleanly on SIGTERM.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::{call, start_with, Answer};
@@ -49,6 +51,28 @@ fn ids_of(addr: &str, user: &str) -> BTreeSet<String> {
         }
         page += 1;
     }
+}
+
+/// Stops `server` with SIGTERM and checks that it exits 0 within 20 s.
+fn stop(server: &mut support::Server) {
+    let pid = server.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the server did not exit within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
 }
 
 #[test]
@@ -160,7 +184,10 @@ fn two_servers_share_one_postgres_bank() {
         assert_eq!(ids_of(a, user), want, "{user} through one");
         assert_eq!(ids_of(b, user), want, "{user} through the other");
     }
-    drop((one, two));
+    // SIGTERM: both close their PostgreSQL connections and exit 0.
+    for mut server in [one, two] {
+        stop(&mut server);
+    }
     let check = Command::new(env!("CARGO_BIN_EXE_athena"))
         .args(["memory", "check", "--db", &url])
         .output()

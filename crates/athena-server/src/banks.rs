@@ -212,3 +212,26 @@ impl MemoryBanks {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+impl Drop for MemoryBanks {
+    /// Closes the connections on a thread of their own: a PostgreSQL connection blocks on
+    /// its own runtime to close, which tokio forbids on an async worker, where the last
+    /// handle on the bank is usually dropped when the server stops.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.lock());
+        if idle.is_empty() {
+            return;
+        }
+        let closing = std::thread::Builder::new()
+            .name("athena-memory-close".into())
+            .spawn(move || drop(idle));
+        match closing {
+            Ok(t) => {
+                if t.join().is_err() {
+                    tracing::warn!("closing the memory bank's connections failed");
+                }
+            }
+            Err(e) => tracing::warn!("closing the memory bank's connections: {e}"),
+        }
+    }
+}
