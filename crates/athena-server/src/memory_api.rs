@@ -379,7 +379,9 @@ const UNSUPPORTED_OPTIONS: [(&str, &str); 14] = [
 
 /// Parses `body` into `T` after refusing the keys `T` does not know: a mem0 option athena
 /// does not support is named with why, any other key as unknown.
-fn typed<T: DeserializeOwned>(body: Map<String, Value>, known: &[&str]) -> Result<T, ApiError> {
+fn typed<T: DeserializeOwned>(mut body: Map<String, Value>, known: &[&str]) -> Result<T, ApiError> {
+    // A field given as `null` is a field left out, as the mem0 client leaves out `None`s.
+    body.retain(|_, v| !v.is_null());
     if let Some(key) = body.keys().find(|k| !known.contains(&k.as_str())) {
         let msg = match UNSUPPORTED_OPTIONS.iter().find(|(k, _)| *k == key.as_str()) {
             Some((_, why)) => format!("`{key}` is not supported: {why}"),

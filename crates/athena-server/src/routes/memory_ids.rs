@@ -28,7 +28,7 @@ fn memory_id(path: Result<Path<String>, PathRejection>) -> Result<uuid::Uuid, Ap
 
 /// One memory of the caller's scope.
 #[utoipa::path(get, path = "/v1/memories/{memory_id}/", tag = "memory",
-    params(("memory_id" = String, Path, format = Uuid, description = "The memory's id (a UUID)"), ScopeQuery),
+    params(("memory_id" = String, Path, description = "The memory's id (a UUID)"), ScopeQuery),
     responses(
         (status = 200, description = "The memory", body = MemoryRecord),
         (status = 400, description = "No scope in the query, or an id that is not a UUID", body = ErrorBody),
@@ -56,7 +56,7 @@ pub(super) async fn get(
 /// Replaces a memory's text (re-encoded), sets keys of its metadata, or both.
 #[utoipa::path(put, path = "/v1/memories/{memory_id}/", tag = "memory",
     request_body = MemoryUpdateRequest,
-    params(("memory_id" = String, Path, format = Uuid, description = "The memory's id (a UUID)"), ScopeQuery),
+    params(("memory_id" = String, Path, description = "The memory's id (a UUID)"), ScopeQuery),
     responses(
         (status = 200, description = "The memory as it is now", body = MemoryUpdated),
         (status = 400, description = "No scope in the query, an id that is not a UUID, or an invalid body", body = ErrorBody),
@@ -103,7 +103,7 @@ pub(super) async fn update(
 
 /// Deletes one memory of the caller's scope (its history stays, ending in DELETE).
 #[utoipa::path(delete, path = "/v1/memories/{memory_id}/", tag = "memory",
-    params(("memory_id" = String, Path, format = Uuid, description = "The memory's id (a UUID)"), DeleteQuery),
+    params(("memory_id" = String, Path, description = "The memory's id (a UUID)"), DeleteQuery),
     responses(
         (status = 200, description = "Deleted", body = MemoryDeleted),
         (status = 400, description = "No scope in the query, or an id that is not a UUID", body = ErrorBody),
@@ -162,7 +162,7 @@ pub(super) async fn delete_all(
 
 /// A memory's changes, oldest first; a deleted memory's too, within the scope it had.
 #[utoipa::path(get, path = "/v1/memories/{memory_id}/history/", tag = "memory",
-    params(("memory_id" = String, Path, format = Uuid, description = "The memory's id (a UUID)"), ScopeQuery),
+    params(("memory_id" = String, Path, description = "The memory's id (a UUID)"), ScopeQuery),
     responses(
         (status = 200, description = "The memory's changes, oldest first", body = Vec<MemoryHistoryEntry>),
         (status = 400, description = "No scope in the query, or an id that is not a UUID", body = ErrorBody),
