@@ -43,18 +43,19 @@ pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErro
 /// Encodes `texts` with the served model as the encode routes do: each text checked against
 /// the bank's limit and the context, tokenized on the tokenizing pool, admitted by its tokens,
 /// encoded on the blocking pool. The ticket holds the request's place until it is dropped.
+/// Errors name the field `param` and each text as `label` (numbered from 1 when several).
 pub(super) async fn encode(
     s: &Shared,
     banks: &MemoryBanks,
-    param: &str,
+    (param, label): (&str, &str),
     texts: Vec<String>,
 ) -> Result<(Vec<Vec<f32>>, Ticket), ApiError> {
     let (ctx, _) = context(s)?;
     let name = |i: usize| {
         if texts.len() == 1 {
-            format!("`{param}`")
+            label.to_string()
         } else {
-            format!("{param} {i}")
+            format!("{label} {}", i + 1)
         }
     };
     for (i, t) in texts.iter().enumerate() {
@@ -143,7 +144,7 @@ pub(super) async fn add(
     let scope = resolve_scope(q.scope()?.as_ref(), input.scope.as_ref())?;
     let use_head = banks.wants_head(&s.model, input.use_head)?;
     let facts = extract_facts(&s, &input).await?;
-    let (vectors, ticket) = encode(&s, &banks, "messages", facts.clone()).await?;
+    let (vectors, ticket) = encode(&s, &banks, ("messages", "user message"), facts.clone()).await?;
     let model = s.model.clone();
     let shared = banks.clone();
     let events = banks
@@ -225,7 +226,13 @@ pub(super) async fn search(
     let input = memory_api::parse_search(parse(&s, body)?)?;
     let mut options = input.options;
     options.scope = resolve_scope(q.scope()?.as_ref(), input.scope.as_ref())?;
-    let (vectors, ticket) = encode(&s, &banks, "query", vec![input.query.clone()]).await?;
+    let (vectors, ticket) = encode(
+        &s,
+        &banks,
+        ("query", "the query"),
+        vec![input.query.clone()],
+    )
+    .await?;
     let shared = banks.clone();
     let hits = banks
         .run(move |bank| {

@@ -75,7 +75,7 @@ pub(super) async fn update(
     let input = memory_api::parse_update(parse(&s, body)?)?;
     let scope = resolve_scope(q.scope()?.as_ref(), None)?;
     let (vectors, ticket) = match &input.text {
-        Some(text) => encode(&s, &banks, "text", vec![text.clone()]).await?,
+        Some(text) => encode(&s, &banks, ("text", "the text"), vec![text.clone()]).await?,
         None => (Vec::new(), admit(&s, "metadata", 1, 0)?),
     };
     let shared = banks.clone();
