@@ -7,7 +7,8 @@
 # --short: a few examples per operation (CI); without it, many. Both run the examples, the
 # coverage phase's boundary and negative cases, and fuzzing. Builds `athena` (in the test
 # profile, as `cargo test` does, unless ATHENA_BIN names a binary), serves fixtures/models/base with an API key on a
-# free loopback port, and runs schemathesis from a pinned venv of its own.
+# free loopback port (with a memory bank in a temporary SQLite file), and runs schemathesis from
+# a pinned venv of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +50,7 @@ trap cleanup EXIT
 
 # The server logs to a file (shown on failure); its first stdout line gives the address.
 RUST_LOG="${RUST_LOG:-error}" ATHENA_API_KEY="$KEY" "$ATHENA_BIN" serve --model fixtures/models/base --use-mlx false \
-    --port 0 >"$WORK/stdout" 2>"$WORK/server.log" &
+    --port 0 --memory-db "$WORK/memory.db" >"$WORK/stdout" 2>"$WORK/server.log" &
 SERVER_PID=$!
 for _ in $(seq 1 600); do
     grep -q "listening on" "$WORK/stdout" 2>/dev/null && break

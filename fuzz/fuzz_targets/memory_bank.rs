@@ -160,7 +160,7 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::History { pick } => {
                 if let Some(&id) = ids.get(usize::from(*pick) % ids.len().max(1)) {
-                    let _ = bank.history(id);
+                    let _ = bank.history(id, None);
                 }
             }
         }

@@ -14,7 +14,7 @@ const KEY: &str = "sk-openapi";
 const AUTH: &str = "authorization: Bearer sk-openapi";
 
 /// Every route of the server: (method, path).
-const ROUTES: [(&str, &str); 8] = [
+const ROUTES: [(&str, &str); 17] = [
     ("get", "/health"),
     ("get", "/metrics"),
     ("get", "/v1/models"),
@@ -23,6 +23,15 @@ const ROUTES: [(&str, &str); 8] = [
     ("post", "/v1/embeddings"),
     ("post", "/v1/memory/actions"),
     ("get", "/openapi.json"),
+    ("get", "/v1/ping/"),
+    ("post", "/v3/memories/add/"),
+    ("post", "/v3/memories/"),
+    ("post", "/v3/memories/search/"),
+    ("get", "/v1/memories/{memory_id}/"),
+    ("put", "/v1/memories/{memory_id}/"),
+    ("delete", "/v1/memories/{memory_id}/"),
+    ("delete", "/v1/memories/"),
+    ("get", "/v1/memories/{memory_id}/history/"),
 ];
 
 /// Validates each sample against the document: the status must be described for the
@@ -111,11 +120,95 @@ fn sample(method: &str, path: &str, a: &Answer) -> Value {
     s
 }
 
+/// Answers of every memory route: successes in the order a client makes them, then errors.
+fn memory_answers(addr: &str) -> Vec<(&'static str, &'static str, Answer)> {
+    let scoped = |path: &str| format!("{path}?user_id=u1");
+    let add = r#"{"messages":[{"role":"user","content":"likes tea"}],
+        "filters":{"user_id":"u1"},"infer":false,"metadata":{"k":1}}"#;
+    let added = call(addr, "POST", "/v3/memories/add/", &[AUTH], add);
+    let v: Value = serde_json::from_str(&added.decoded_body()).expect("JSON");
+    let id = v["results"][0]["id"].as_str().expect("an id").to_string();
+    let one = format!("/v1/memories/{id}/");
+    let by_id = "/v1/memories/{memory_id}/";
+    let history = "/v1/memories/{memory_id}/history/";
+    let filters = r#"{"filters":{"user_id":"u1"}}"#;
+    let search = r#"{"query":"tea","filters":{"user_id":"u1"}}"#;
+    let put = r#"{"text":"likes green tea","metadata":{"j":2}}"#;
+    vec![
+        (
+            "get",
+            "/v1/ping/",
+            call(addr, "GET", "/v1/ping/", &[AUTH], ""),
+        ),
+        ("post", "/v3/memories/add/", added),
+        (
+            "post",
+            "/v3/memories/",
+            call(addr, "POST", "/v3/memories/", &[AUTH], filters),
+        ),
+        (
+            "post",
+            "/v3/memories/search/",
+            call(addr, "POST", "/v3/memories/search/", &[AUTH], search),
+        ),
+        ("get", by_id, call(addr, "GET", &scoped(&one), &[AUTH], "")),
+        ("put", by_id, call(addr, "PUT", &scoped(&one), &[AUTH], put)),
+        (
+            "get",
+            history,
+            call(addr, "GET", &scoped(&format!("{one}history/")), &[AUTH], ""),
+        ),
+        (
+            "delete",
+            by_id,
+            call(addr, "DELETE", &scoped(&one), &[AUTH], ""),
+        ),
+        (
+            "delete",
+            "/v1/memories/",
+            call(addr, "DELETE", &scoped("/v1/memories/"), &[AUTH], ""),
+        ),
+        // The errors: another scope's (or a deleted) memory, no scope, an unsupported
+        // option, the wrong shape.
+        ("get", by_id, call(addr, "GET", &scoped(&one), &[AUTH], "")),
+        ("get", by_id, call(addr, "GET", &one, &[AUTH], "")),
+        (
+            "post",
+            "/v3/memories/add/",
+            call(
+                addr,
+                "POST",
+                "/v3/memories/add/",
+                &[AUTH],
+                r#"{"messages":[]}"#,
+            ),
+        ),
+        (
+            "post",
+            "/v3/memories/search/",
+            call(
+                addr,
+                "POST",
+                "/v3/memories/search/",
+                &[AUTH],
+                r#"{"query":1}"#,
+            ),
+        ),
+    ]
+}
+
 #[test]
 fn the_openapi_document_describes_every_route_and_its_answers() {
+    let bank = tempfile::tempdir().expect("a temporary directory");
+    let db = bank.path().join("memory.db");
     let server = start_with(
         &support::fixture(),
-        &["--max-body-bytes", "4096"],
+        &[
+            "--max-body-bytes",
+            "4096",
+            "--memory-db",
+            db.to_str().expect("utf-8"),
+        ],
         &[],
         &[("ATHENA_API_KEY", KEY)],
     );
@@ -218,6 +311,7 @@ fn the_openapi_document_describes_every_route_and_its_answers() {
         "/v1/chat/completions",
         support::exchange(addr, &plain, chat.as_bytes()),
     ));
+    answers.extend(memory_answers(addr));
     let statuses: BTreeSet<u16> = answers.iter().map(|(_, _, a)| a.status).collect();
     assert_eq!(
         statuses,

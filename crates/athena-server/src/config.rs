@@ -1,8 +1,10 @@
 //! How the server runs: its limits, names and who may call it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::ApiKey;
+use crate::banks::MemoryBanks;
 use crate::limits::Limits;
 use crate::origin::AllowedHosts;
 
@@ -35,6 +37,9 @@ pub struct ServerConfig {
     pub allowed_hosts: AllowedHosts,
     /// Timeouts and the bound on connections.
     pub limits: Limits,
+    /// The memory bank the memory routes serve (`--memory-db`); without one they answer 404
+    /// `memory_disabled`.
+    pub memory: Option<Arc<MemoryBanks>>,
 }
 
 impl ServerConfig {
@@ -49,7 +54,7 @@ impl ServerConfig {
 
 impl Default for ServerConfig {
     /// 16 running, 64 waiting, 131072 tokens, 1 MiB bodies, 10 s grace, no key, local hosts only, the
-    /// default [`Limits`].
+    /// default [`Limits`], no memory bank.
     fn default() -> Self {
         ServerConfig {
             model_id: "athena".into(),
@@ -62,6 +67,7 @@ impl Default for ServerConfig {
             api_key: None,
             allowed_hosts: AllowedHosts::Local,
             limits: Limits::default(),
+            memory: None,
         }
     }
 }

@@ -234,6 +234,36 @@ impl From<athena::Error> for ApiError {
     }
 }
 
+impl From<athena::memory::MemoryError> for ApiError {
+    /// An unknown id is 404, the caller's invalid input 400, a head target that vanished
+    /// under a concurrent write 409 (retry); a fault of the store or of the bank, 500.
+    fn from(e: athena::memory::MemoryError) -> Self {
+        use athena::memory::MemoryError as M;
+        let message = e.to_string();
+        match e {
+            M::UnknownId { .. } => ApiError {
+                code: Some("memory_not_found"),
+                ..ApiError::not_found(message)
+            },
+            M::BadText { what, .. } => ApiError::bad_request(&what, message),
+            M::BadMetadata { .. } => ApiError::bad_request("metadata", message),
+            M::BadScope { .. } => ApiError::bad_request("filters", message),
+            M::Invalid { field, .. } => ApiError::bad_request(field, message),
+            M::UntrainedHead => ApiError {
+                code: Some("untrained_head"),
+                ..ApiError::bad_request("use_head", message)
+            },
+            M::TargetGone { .. } => ApiError {
+                code: Some("target_gone"),
+                retry_after: Some(1),
+                ..Self::new(StatusCode::CONFLICT, message)
+            },
+            M::Model(e) => e.into(),
+            _ => ApiError::internal(message),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {

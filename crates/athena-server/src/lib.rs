@@ -6,6 +6,9 @@
 //!   events ending with `data: [DONE]`)
 //! - `POST /v1/embeddings` (the model's pooled hidden states, [`OlmoeModel::encode`])
 //! - `POST /v1/memory/actions` (the memory action head, [`OlmoeModel::act`]; candle only)
+//! - the memory bank in the routes the official mem0 client calls (`/v1/ping/`,
+//!   `/v3/memories/...`, `/v1/memories/...`; [`memory_api`], docs/MEMORY_API.md), with
+//!   `--memory-db`
 //! - `GET /openapi.json` (the OpenAPI description of all of these, from their types)
 //!
 //! Generation runs in one scheduler thread ([`engine`]) that decodes every running sequence
@@ -20,13 +23,18 @@
 mod accept;
 pub mod api;
 mod auth;
+mod banks;
 mod config;
 pub mod engine;
 pub mod error;
 mod limits;
+pub mod memory_api;
+pub mod memory_filters;
+pub mod memory_responses;
 pub mod metrics;
 mod openapi;
 mod origin;
+pub mod pyliteral;
 pub mod responses;
 mod routes;
 mod state;
@@ -42,6 +50,7 @@ use athena::models::olmoe::OlmoeModel;
 use tokio::net::TcpListener;
 
 pub use auth::{ApiKey, InvalidApiKey};
+pub use banks::{MemoryBanks, MemoryOptions};
 pub use config::{ServerConfig, DEFAULT_TOKEN_BUDGET};
 pub use engine::Engine;
 pub use error::ApiError;

@@ -26,19 +26,20 @@ const API_KEY: &str = "api_key";
     ),
     tags(
         (name = "openai", description = "OpenAI's routes"),
-        (name = "memory", description = "The memory action head"),
+        (name = "memory", description = "The memory action head, and the memory bank in the \
+            routes the official mem0 client calls (docs/MEMORY_API.md)"),
         (name = "operations", description = "For operators and tools"),
     ),
     components(schemas(ErrorBody, ErrorDetail, ChatCompletionChunk, Completion))
 )]
 pub(crate) struct ApiDoc;
 
-/// One answer every route (or every POST) may give, and when.
+/// One answer every route (or every route with a body: POST, PUT) may give, and when.
 struct Shared {
     status: u16,
     name: &'static str,
     description: &'static str,
-    /// Only POSTs give it.
+    /// Only routes with a body (POST, PUT) give it.
     post_only: bool,
     /// `/health` does not give it.
     not_health: bool,
@@ -176,12 +177,12 @@ pub(crate) fn complete(routes: OpenApi) -> OpenApi {
     doc
 }
 
-/// The operations of a path, each with whether it is a POST.
+/// The operations of a path, each with whether it takes a body (POST, PUT).
 fn operations(item: &mut PathItem) -> impl Iterator<Item = (bool, &mut Operation)> {
     [
         (false, item.get.as_mut()),
         (true, item.post.as_mut()),
-        (false, item.put.as_mut()),
+        (true, item.put.as_mut()),
         (false, item.delete.as_mut()),
         (false, item.patch.as_mut()),
     ]

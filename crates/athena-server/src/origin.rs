@@ -85,9 +85,9 @@ pub(crate) fn check_host(
     }
 }
 
-/// 415 for a POST whose `Content-Type` is not JSON (`application/json` or `…+json`).
+/// 415 for a POST or PUT whose `Content-Type` is not JSON (`application/json` or `…+json`).
 pub(crate) fn check_content_type(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
-    if method != Method::POST {
+    if method != Method::POST && method != Method::PUT {
         return Ok(());
     }
     let value = headers

@@ -77,7 +77,7 @@ fn adds_lists_gets_and_searches(loc: Location) {
         &SearchOptions::new(alice.clone()),
     );
     assert_eq!(hits[0], "Alice lives in Paris");
-    let history = bank.history(id).expect("history");
+    let history = bank.history(id, None).expect("history");
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].event, EventKind::Add);
     assert_eq!(
@@ -134,7 +134,7 @@ fn updates_re_embed_and_keep_history(loc: Location) {
         search(&mut bank, "Lima", &SearchOptions::new(s.clone()))[0],
         "Dan lives in Lima"
     );
-    let h = bank.history(id).expect("history");
+    let h = bank.history(id, None).expect("history");
     let events: Vec<EventKind> = h.iter().map(|r| r.event).collect();
     assert_eq!(events, [EventKind::Add, EventKind::Update]);
     assert_eq!(h[1].old_memory.as_deref(), Some("Dan lives in Oslo"));
@@ -160,12 +160,12 @@ fn deletes_leave_history_and_no_dangling_rows(loc: Location) {
         bank.delete(ids[0], None),
         Err(MemoryError::UnknownId { .. })
     ));
-    let h = bank.history(ids[0]).expect("history");
+    let h = bank.history(ids[0], None).expect("history");
     assert_eq!(h.last().map(|r| r.event), Some(EventKind::Delete));
     assert_sound(&mut bank);
     let unknown = uuid::Uuid::now_v7();
     assert!(matches!(
-        bank.history(unknown),
+        bank.history(unknown, None),
         Err(MemoryError::UnknownId { .. })
     ));
     assert!(matches!(
@@ -328,7 +328,7 @@ fn the_head_decides_within_one_transaction(loc: Location) {
         seen += events.len();
         for e in events {
             if let (Some(id), EventKind::Add | EventKind::Update) = (e.id, e.event) {
-                let h = bank.history(id).expect("history");
+                let h = bank.history(id, None).expect("history");
                 let last = h.last().expect("a row");
                 assert_eq!(last.head_hash.as_deref(), Some("abc"));
                 assert!(last.probabilities.as_ref().is_some_and(|p| p.len() == 4));
@@ -486,6 +486,65 @@ fn cached_search_holds_what_exact_search_holds(loc: Location) {
     }
 }
 
+fn scoped_reads_and_edits_stay_in_their_scope(loc: Location) {
+    let mut bank = loc.open();
+    let kim = Scope::user("kim");
+    let lee = Scope::user("lee");
+    let ids: Vec<_> = add(&mut bank, &["Kim sails", "Kim paints", "Kim cooks"], &kim)
+        .iter()
+        .map(|e| e.id.expect("id"))
+        .collect();
+    add(&mut bank, &["Lee sails"], &lee);
+    let (page, total) = bank.get_page(&kim, 1, 1).expect("page");
+    assert_eq!((page[0].text.as_str(), total), ("Kim paints", 3));
+
+    // Text and metadata change together; another scope changes nothing.
+    let meta: Metadata = json!({"mood": "calm"}).as_object().expect("object").clone();
+    let text = "Kim sails on weekends";
+    let vector = embed(text);
+    let edit = athena::memory::Edit {
+        text: Some((&identity(), text, &vector)),
+        metadata: Some(&meta),
+    };
+    assert!(matches!(
+        bank.edit(ids[0], Some(&lee), &edit),
+        Err(MemoryError::UnknownId { .. })
+    ));
+    let (event, after) = bank.edit(ids[0], Some(&kim), &edit).expect("edit");
+    assert_eq!(event.event, EventKind::Update);
+    assert_eq!((after.text.as_str(), &after.metadata), (text, &meta));
+    // Metadata alone: merged, and no history row.
+    let more: Metadata = json!({"city": "Oslo"}).as_object().expect("object").clone();
+    let only_meta = athena::memory::Edit {
+        text: None,
+        metadata: Some(&more),
+    };
+    let (event, after) = bank.edit(ids[0], None, &only_meta).expect("edit");
+    assert_eq!(event.event, EventKind::Update);
+    assert_eq!(after.metadata.len(), 2);
+    assert_eq!(
+        bank.edit(ids[0], None, &only_meta).expect("edit").0.event,
+        EventKind::Noop
+    );
+    assert_eq!(bank.history(ids[0], None).expect("history").len(), 2);
+
+    // History follows the memory's scope, after its deletion too.
+    bank.delete(ids[1], Some(&kim)).expect("delete");
+    for id in [ids[0], ids[1]] {
+        assert!(bank.history(id, Some(&kim)).is_ok());
+        assert!(matches!(
+            bank.history(id, Some(&lee)),
+            Err(MemoryError::UnknownId { .. })
+        ));
+    }
+    bank.delete_all(&kim).expect("delete all");
+    assert_eq!(bank.history(ids[2], Some(&kim)).expect("history").len(), 2);
+    assert!(bank.history(ids[2], Some(&lee)).is_err());
+    bank.reset().expect("reset");
+    assert!(bank.history(ids[1], None).is_err());
+    assert_sound(&mut bank);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -516,4 +575,5 @@ suite!(
     concurrent_adds_serialize,
     cached_search_sees_every_writer,
     cached_search_holds_what_exact_search_holds,
+    scoped_reads_and_edits_stay_in_their_scope,
 );

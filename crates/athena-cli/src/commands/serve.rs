@@ -1,12 +1,16 @@
 //! `athena serve`: the OpenAI-compatible server, on the backend `OlmoeModel::load()` picks.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use athena_server::{AllowedHosts, ApiKey, Limits, ServerConfig};
+use athena::memory::DEFAULT_MAX_TEXT_BYTES;
+use athena::models::olmoe::OlmoeModel;
+use athena_server::{AllowedHosts, ApiKey, Limits, MemoryBanks, MemoryOptions, ServerConfig};
 
 use crate::agent::LoadFlags;
+use crate::commands::memory::{bank_config, BankSettings};
 
 /// Flags of `athena serve`.
 #[derive(Debug, clap::Args)]
@@ -68,6 +72,78 @@ pub struct Args {
     /// Open connections at most; one past them is answered 503 and closed.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+    #[command(flatten)]
+    memory: MemoryFlags,
+}
+
+/// The memory bank the server serves to the mem0 client (docs/MEMORY_API.md).
+#[derive(Debug, clap::Args)]
+struct MemoryFlags {
+    /// Serve the memory bank in this SQLite file (created if missing) or PostgreSQL database
+    /// (`postgres://user@host/db`; several servers may share one) on the routes the official
+    /// mem0 client calls. With --head, adds go through the trained action head.
+    #[arg(long, env = "ATHENA_MEMORY_DB", hide_env_values = true)]
+    memory_db: Option<String>,
+    /// Connections to the bank; as many memory requests use it at once.
+    #[arg(long, default_value_t = 4, requires = "memory_db",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    memory_connections: u32,
+    /// Longest fact, query or memory text, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_TEXT_BYTES, requires = "memory_db")]
+    memory_max_text_bytes: usize,
+    /// How many candidates the action head chooses among.
+    #[arg(long, default_value_t = 10, requires = "memory_db")]
+    memory_candidates: usize,
+    /// Weight of full-text ranking in retrieval (0: vectors alone).
+    #[arg(long, default_value_t = 1.0, requires = "memory_db")]
+    memory_text_weight: f32,
+    /// Weight of vector similarity in retrieval.
+    #[arg(long, default_value_t = 1.0, requires = "memory_db")]
+    memory_vector_weight: f32,
+    /// Most memory, in MiB, the compact vector codes of searched scopes may take, over all
+    /// connections together; a larger scope is searched exactly.
+    #[arg(long, default_value_t = 1024, requires = "memory_db")]
+    memory_index_mib: usize,
+}
+
+impl MemoryFlags {
+    /// Opens the bank for `model`, when one is asked for.
+    fn open(&self, model: &OlmoeModel) -> Result<Option<Arc<MemoryBanks>>> {
+        let Some(location) = &self.memory_db else {
+            return Ok(None);
+        };
+        let bank = bank_config(&BankSettings {
+            max_text_bytes: self.memory_max_text_bytes,
+            candidates: self.memory_candidates,
+            text_weight: self.memory_text_weight,
+            vector_weight: self.memory_vector_weight,
+            index_mib: self.memory_index_mib,
+        })
+        .context("--memory-* flags")?;
+        let options = MemoryOptions {
+            location: location.clone(),
+            bank,
+            connections: self.memory_connections as usize,
+        };
+        let shown = if athena::memory::is_postgres_url(location) {
+            athena::memory::postgres::redact_url(location)
+        } else {
+            location.clone()
+        };
+        let banks = MemoryBanks::open(options, model)
+            .with_context(|| format!("opening the memory bank --memory-db {shown}"))?;
+        tracing::info!(
+            bank = %banks.location(),
+            connections = banks.connections(),
+            "serving the memory bank; adds {}",
+            if banks.has_head() {
+                "go through the trained action head unless a request says use_head=false"
+            } else {
+                "store every new fact (no trained action head: --head)"
+            }
+        );
+        Ok(Some(Arc::new(banks)))
+    }
 }
 
 /// A flag's seconds as a duration: finite, positive (zero, for the grace period).
@@ -113,6 +189,7 @@ pub fn run(a: Args) -> Result<()> {
         aliases.push(config.model_name.clone());
     }
     let model = a.load.load()?;
+    let memory = a.memory.open(&model)?;
     if let Some(report) = model.report() {
         for attempt in &report.attempts {
             tracing::info!(
@@ -134,6 +211,7 @@ pub fn run(a: Args) -> Result<()> {
         api_key,
         allowed_hosts: AllowedHosts::parse(&a.allowed_hosts),
         limits,
+        memory,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,5 +1,6 @@
 //! What the server tests share: the real `athena serve` on a fixture model, raw HTTP over a
-//! socket, and the Python that has the official `openai` client.
+//! socket, the Pythons that have the official `openai` and `mem0ai` clients, and fresh
+//! PostgreSQL databases for the memory bank.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -188,4 +189,77 @@ pub fn python_with(test: &str, module: &str) -> Option<PathBuf> {
         );
     }
     found
+}
+
+/// The mem0 client's pinned version (.ci/run installs it).
+pub const MEM0_PIN: &str = "2.2.1";
+
+/// A Python with the official `mem0ai` client at [`MEM0_PIN`]: `ATHENA_MEM0_PYTHON`, else the
+/// project's venv. Outside CI a missing one returns `None` after a loud message; in CI (`CI`
+/// set) it panics.
+pub fn mem0_python(test: &str) -> Option<PathBuf> {
+    let candidates = std::env::var_os("ATHENA_MEM0_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/athena/venv-mem0/bin/python")),
+        );
+    let check = format!(
+        "import importlib.metadata as m, sys; \
+         sys.exit(m.version('mem0ai') != '{MEM0_PIN}')"
+    );
+    let found = candidates.into_iter().find(|p| {
+        Command::new(p)
+            .args(["-c", &check])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must run {test}: no Python with mem0ai=={MEM0_PIN} (see .ci/run)");
+        }
+        eprintln!(
+            "\n**************** SKIPPED: {test} ****************\n\
+             no Python with mem0ai=={MEM0_PIN}: set ATHENA_MEM0_PYTHON or run\n\
+             python3 -m venv ~/.cache/athena/venv-mem0 && \
+             ~/.cache/athena/venv-mem0/bin/pip install mem0ai=={MEM0_PIN}\n"
+        );
+    }
+    found
+}
+
+/// A fresh, empty PostgreSQL database on the server in `ATHENA_TEST_PG_URL`, as a URL; `None`
+/// (with the reason printed) when the variable is unset, a panic under CI.
+pub fn fresh_pg_database(test: &str) -> Option<String> {
+    let server = match std::env::var("ATHENA_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "CI must run {test}: ATHENA_TEST_PG_URL is unset (start a server with \
+                     `eval \"$(scripts/pg-test-server.sh start)\"`)"
+                );
+            }
+            eprintln!(
+                "\n**************** SKIPPED: {test} ****************\n\
+                 ATHENA_TEST_PG_URL is unset: start a server with \
+                 `eval \"$(scripts/pg-test-server.sh start)\"`\n"
+            );
+            return None;
+        }
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!("athena_cli_{}_{nanos}", std::process::id());
+    let mut client =
+        postgres::Client::connect(&server, postgres::NoTls).expect("connect to the server");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create a database");
+    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
+    Some(format!("{base}/{name}"))
 }

@@ -1,5 +1,5 @@
 //! What every request passes before its handler: the `Host` check, the API key and, for a
-//! POST, a JSON content type.
+//! POST or PUT, a JSON content type.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;

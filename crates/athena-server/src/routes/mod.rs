@@ -1,11 +1,13 @@
 //! The HTTP handlers: parse the body once into validated types, hand generation to the
-//! scheduler, answer in OpenAI's shapes.
+//! scheduler, answer in OpenAI's shapes (and mem0's, for the memory bank).
 mod common;
 mod deadline;
 mod doc;
 mod encode;
 mod generation;
 mod guard;
+mod memories;
+mod memory_ids;
 mod observe;
 mod ops;
 
@@ -33,6 +35,17 @@ fn routes() -> OpenApiRouter<Shared> {
         .routes(routes!(generation::completions))
         .routes(routes!(encode::embeddings))
         .routes(routes!(encode::memory_actions))
+        .routes(routes!(memories::ping))
+        .routes(routes!(memories::add))
+        .routes(routes!(memories::list))
+        .routes(routes!(memories::search))
+        .routes(routes!(
+            memory_ids::get,
+            memory_ids::update,
+            memory_ids::delete
+        ))
+        .routes(routes!(memory_ids::delete_all))
+        .routes(routes!(memory_ids::history))
         .routes(routes!(doc::openapi_json))
 }
 

@@ -48,6 +48,27 @@ impl Default for BankConfig {
     }
 }
 
+impl BankConfig {
+    /// Checks a fact, query or memory text: not blank, not longer than
+    /// [`BankConfig::max_text_bytes`].
+    pub fn check_text(&self, what: &str, text: &str) -> MemoryResult<()> {
+        if text.trim().is_empty() {
+            return Err(MemoryError::bad_text(what, "is empty"));
+        }
+        if text.len() > self.max_text_bytes {
+            return Err(MemoryError::bad_text(
+                what,
+                format!(
+                    "is {} bytes, more than the limit of {}",
+                    text.len(),
+                    self.max_text_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What a search asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchOptions {
@@ -71,6 +92,15 @@ impl SearchOptions {
             filters: Metadata::new(),
         }
     }
+}
+
+/// What [`MemoryBank::edit`] changes; a field left `None` stays as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Edit<'a> {
+    /// The new text, with the identity of its embedding and the embedding.
+    pub text: Option<(&'a EmbeddingIdentity, &'a str, &'a [f32])>,
+    /// Keys to set in the metadata (the others stay).
+    pub metadata: Option<&'a Metadata>,
 }
 
 /// Most hits a search returns.
@@ -153,20 +183,7 @@ impl MemoryBank {
 
     /// Checks a fact, query or memory text: not blank, not longer than the limit.
     pub fn check_text(&self, what: &str, text: &str) -> MemoryResult<()> {
-        if text.trim().is_empty() {
-            return Err(MemoryError::bad_text(what, "is empty"));
-        }
-        if text.len() > self.config.max_text_bytes {
-            return Err(MemoryError::bad_text(
-                what,
-                format!(
-                    "is {} bytes, more than the limit of {}",
-                    text.len(),
-                    self.config.max_text_bytes
-                ),
-            ));
-        }
-        Ok(())
+        self.config.check_text(what, text)
     }
 
     /// Searches with an already computed query embedding (see [`MemoryBank::search`] in
@@ -263,6 +280,23 @@ impl MemoryBank {
         Ok(out)
     }
 
+    /// The memories of a scope, oldest first, `limit` from `offset`, and how many the scope
+    /// holds in all, read in one snapshot.
+    pub fn get_page(
+        &mut self,
+        scope: &Scope,
+        offset: u64,
+        limit: u64,
+    ) -> MemoryResult<(Vec<Record>, u64)> {
+        scope.validate()?;
+        let mut out = (Vec::new(), 0);
+        self.store.read(&mut |tx| {
+            out = (tx.list(scope, offset, limit)?, tx.count(scope)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Replaces a memory's text with an already computed embedding of it.
     pub fn update_embedded(
         &mut self,
@@ -272,57 +306,91 @@ impl MemoryBank {
         text: &str,
         vector: &[f32],
     ) -> MemoryResult<Event> {
-        self.check_text("text", text)?;
+        let edit = Edit {
+            text: Some((identity, text, vector)),
+            metadata: None,
+        };
+        Ok(self.edit(id, scope, &edit)?.0)
+    }
+
+    /// Replaces a memory's text (with an already computed embedding of it) and merges keys
+    /// into its metadata, in one transaction. A text change is an UPDATE in the history; a
+    /// metadata change only moves `updated_at`. Returns the event (NONE when nothing
+    /// changed) and the memory as it is afterwards.
+    pub fn edit(
+        &mut self,
+        id: Uuid,
+        scope: Option<&Scope>,
+        edit: &Edit<'_>,
+    ) -> MemoryResult<(Event, Record)> {
+        if let Some((identity, text, vector)) = edit.text {
+            self.check_text("text", text)?;
+            check_vector(identity, vector)?;
+        }
         if let Some(s) = scope {
             s.validate()?;
         }
-        check_vector(identity, vector)?;
-        let hash = content_hash(text);
-        let mut event = None;
+        let mut out = None;
         self.write_journaled(None, &mut |tx, _| {
-            ensure_identity(tx, identity)?;
             let record = tx
                 .get(id)?
                 .filter(|r| scope.is_none_or(|s| s.matches(&r.scope)))
                 .ok_or_else(|| MemoryError::UnknownId { id: id.to_string() })?;
-            if record.hash == hash {
-                event = Some(Event {
-                    id: Some(id),
-                    event: EventKind::Noop,
-                    memory: record.text.clone(),
-                    previous_memory: None,
-                });
-                return Ok(());
-            }
-            if let Some(other) = tx.find_hash(&record.scope, &hash)? {
-                return Err(MemoryError::bad_text(
-                    "text",
-                    format!("memory `{other}` of the same scope already holds this text"),
-                ));
-            }
             let at = now_micros();
-            if !tx.update(id, text, &hash, vector, at)? {
-                return Err(MemoryError::UnknownId { id: id.to_string() });
-            }
-            tx.add_history(&HistoryRow {
-                memory_id: id,
-                event: EventKind::Update,
-                old_memory: Some(record.text.clone()),
-                new_memory: Some(text.to_string()),
-                fact: None,
-                probabilities: None,
-                head_hash: None,
-                created_at: at,
-            })?;
-            event = Some(Event {
+            let mut event = Event {
                 id: Some(id),
-                event: EventKind::Update,
-                memory: text.to_string(),
-                previous_memory: Some(record.text.clone()),
-            });
+                event: EventKind::Noop,
+                memory: record.text.clone(),
+                previous_memory: None,
+            };
+            if let Some((identity, text, vector)) = edit.text {
+                ensure_identity(tx, identity)?;
+                let hash = content_hash(text);
+                if record.hash != hash {
+                    if let Some(other) = tx.find_hash(&record.scope, &hash)? {
+                        return Err(MemoryError::bad_text(
+                            "text",
+                            format!("memory `{other}` of the same scope already holds this text"),
+                        ));
+                    }
+                    if !tx.update(id, text, &hash, vector, at)? {
+                        return Err(MemoryError::UnknownId { id: id.to_string() });
+                    }
+                    tx.add_history(&HistoryRow {
+                        memory_id: id,
+                        event: EventKind::Update,
+                        old_memory: Some(record.text.clone()),
+                        new_memory: Some(text.to_string()),
+                        fact: None,
+                        probabilities: None,
+                        head_hash: None,
+                        created_at: at,
+                    })?;
+                    event = Event {
+                        id: Some(id),
+                        event: EventKind::Update,
+                        memory: text.to_string(),
+                        previous_memory: Some(record.text.clone()),
+                    };
+                }
+            }
+            if let Some(keys) = edit.metadata {
+                let mut merged = record.metadata.clone();
+                merged.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if merged != record.metadata {
+                    if !tx.set_metadata(id, &merged, at)? {
+                        return Err(MemoryError::UnknownId { id: id.to_string() });
+                    }
+                    event.event = EventKind::Update;
+                }
+            }
+            let after = tx.get(id)?.ok_or_else(|| {
+                MemoryError::Internal(format!("memory `{id}` vanished inside its edit"))
+            })?;
+            out = Some((event, after));
             Ok(())
         })?;
-        event.ok_or_else(|| MemoryError::Internal("update produced no event".into()))
+        out.ok_or_else(|| MemoryError::Internal("an edit produced no event".into()))
     }
 
     /// Removes a memory (its history stays, ending in DELETE).
@@ -362,17 +430,38 @@ impl MemoryBank {
         Ok(n)
     }
 
-    /// A memory's history, oldest first; a memory never seen is an unknown id.
-    pub fn history(&mut self, id: Uuid) -> MemoryResult<Vec<HistoryRow>> {
+    /// A memory's history, oldest first; a memory never seen is an unknown id. With a
+    /// scope, so is a memory outside it: a deleted memory's scope is the one it had (and a
+    /// memory deleted before the bank kept deleted scopes is unknown to every scope).
+    pub fn history(&mut self, id: Uuid, scope: Option<&Scope>) -> MemoryResult<Vec<HistoryRow>> {
+        if let Some(s) = scope {
+            s.validate()?;
+        }
         let mut rows = Vec::new();
         self.store.read(&mut |tx| {
             rows = tx.history(id)?;
+            if let Some(s) = scope {
+                if !owner_in(tx, id)?.is_some_and(|o| s.matches(&o)) {
+                    rows.clear();
+                }
+            }
             Ok(())
         })?;
         if rows.is_empty() {
             return Err(MemoryError::UnknownId { id: id.to_string() });
         }
         Ok(rows)
+    }
+
+    /// The scope a memory has, or had before it was deleted; `None` for a memory never seen
+    /// (or deleted before the bank kept deleted scopes).
+    pub fn owner(&mut self, id: Uuid) -> MemoryResult<Option<Scope>> {
+        let mut out = None;
+        self.store.read(&mut |tx| {
+            out = owner_in(tx, id)?;
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Removes every memory and all history; the bank then takes embeddings of any model.
@@ -459,6 +548,14 @@ pub(super) fn ensure_identity(tx: &mut dyn StoreTx, given: &EmbeddingIdentity) -
     match tx.identity()? {
         Some(bank) => check_identity(&bank, given),
         None => tx.set_identity(given),
+    }
+}
+
+/// The scope memory `id` has, or had before it was deleted.
+fn owner_in(tx: &mut dyn StoreTx, id: Uuid) -> MemoryResult<Option<Scope>> {
+    match tx.get(id)? {
+        Some(record) => Ok(Some(record.scope)),
+        None => tx.deleted_scope(id),
     }
 }
 

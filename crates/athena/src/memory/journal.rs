@@ -180,6 +180,10 @@ impl StoreTx for JournalTx<'_> {
         Ok(true)
     }
 
+    fn deleted_scope(&mut self, id: Uuid) -> MemoryResult<Option<Scope>> {
+        self.inner.deleted_scope(id)
+    }
+
     fn add_history(&mut self, row: &HistoryRow) -> MemoryResult<()> {
         self.inner.add_history(row)
     }

@@ -47,7 +47,7 @@ mod vector_cache;
 
 pub use add::{head_hash, model_identity, Decider};
 pub use bank::{
-    is_postgres_url, BankConfig, MemoryBank, SearchOptions, DEFAULT_MAX_TEXT_BYTES, MAX_TOP_K,
+    is_postgres_url, BankConfig, Edit, MemoryBank, SearchOptions, DEFAULT_MAX_TEXT_BYTES, MAX_TOP_K,
 };
 pub use error::{MemoryError, MemoryResult};
 pub use import::parse_conversation_line;

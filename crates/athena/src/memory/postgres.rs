@@ -10,7 +10,8 @@ use super::error::{MemoryError, MemoryResult};
 use super::store::{
     embedding_from_bytes, embedding_to_bytes, history_from_columns, identity_json, parse_identity,
     stored_id, IntegrityReport, Store, StoreTx, VectorVisitor, CHECK_DANGLING,
-    CHECK_WITHOUT_HISTORY, GENERATIONS_SCHEMA, RECORD_COLUMNS, SCHEMA_VERSION,
+    CHECK_WITHOUT_HISTORY, DELETED_SCOPES_SCHEMA, GENERATIONS_SCHEMA, RECORD_COLUMNS,
+    SCHEMA_VERSION,
 };
 use super::types::{parse_metadata, EmbeddingIdentity, HistoryRow, Metadata, Record, Scope};
 
@@ -140,10 +141,17 @@ impl PostgresStore {
         }
         // Banks written before the change counters existed gain their table here.
         tx.batch_execute(GENERATIONS_SCHEMA)?;
+        tx.batch_execute(DELETED_SCOPES_SCHEMA)?;
         tx.commit()?;
         Ok(PostgresStore { client, location })
     }
 }
+
+/// Keeps the scope of memory `$1` in `deleted_scopes` (run before deleting it).
+const KEEP_DELETED_SCOPE: &str =
+    "INSERT INTO deleted_scopes (memory_id, user_id, agent_id, run_id) \
+    SELECT id, user_id, agent_id, run_id FROM memories WHERE id = $1 \
+    ON CONFLICT (memory_id) DO NOTHING";
 
 /// The second key of the lock on one id of a scope.
 fn scope_lock_sql(name: &str) -> String {
@@ -440,10 +448,26 @@ impl StoreTx for PgTx<'_, '_> {
     }
 
     fn delete(&mut self, id: Uuid) -> MemoryResult<bool> {
+        self.tx.execute(KEEP_DELETED_SCOPE, &[&id.to_string()])?;
         let n = self
             .tx
             .execute("DELETE FROM memories WHERE id = $1", &[&id.to_string()])?;
         Ok(n == 1)
+    }
+
+    fn deleted_scope(&mut self, id: Uuid) -> MemoryResult<Option<Scope>> {
+        let row = self.tx.query_opt(
+            "SELECT user_id, agent_id, run_id FROM deleted_scopes WHERE memory_id = $1",
+            &[&id.to_string()],
+        )?;
+        row.map(|r| -> MemoryResult<Scope> {
+            Ok(Scope::from_columns(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+            ))
+        })
+        .transpose()
     }
 
     fn add_history(&mut self, h: &HistoryRow) -> MemoryResult<()> {
@@ -490,7 +514,7 @@ impl StoreTx for PgTx<'_, '_> {
 
     fn reset(&mut self) -> MemoryResult<()> {
         self.tx.batch_execute(
-            "DELETE FROM memories; DELETE FROM history; \
+            "DELETE FROM memories; DELETE FROM history; DELETE FROM deleted_scopes; \
              DELETE FROM athena_meta WHERE key = 'identity';",
         )?;
         Ok(())

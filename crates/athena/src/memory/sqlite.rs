@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::error::{MemoryError, MemoryResult};
 use super::store::{
     embedding_from_bytes, embedding_to_bytes, IntegrityReport, Store, StoreTx, VectorVisitor,
-    GENERATIONS_SCHEMA, RECORD_COLUMNS, SCHEMA_VERSION,
+    DELETED_SCOPES_SCHEMA, GENERATIONS_SCHEMA, RECORD_COLUMNS, SCHEMA_VERSION,
 };
 use super::types::{parse_metadata, EmbeddingIdentity, HistoryRow, Metadata, Record, Scope};
 
@@ -65,6 +65,12 @@ CREATE TABLE history (
 );
 CREATE INDEX history_memory ON history (memory_id);
 ";
+
+/// Keeps the scope of memory `?1` in `deleted_scopes` (run before deleting it).
+const KEEP_DELETED_SCOPE: &str =
+    "INSERT INTO deleted_scopes (memory_id, user_id, agent_id, run_id) \
+    SELECT id, user_id, agent_id, run_id FROM memories WHERE id = ?1 \
+    ON CONFLICT (memory_id) DO NOTHING";
 
 /// A memory bank in one SQLite file.
 #[derive(Debug)]
@@ -138,6 +144,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Banks written before the change counters existed gain their table here.
         conn.execute_batch(GENERATIONS_SCHEMA)?;
+        conn.execute_batch(DELETED_SCOPES_SCHEMA)?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -440,10 +447,22 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn delete(&mut self, id: Uuid) -> MemoryResult<bool> {
+        self.conn.execute(KEEP_DELETED_SCOPE, [id.to_string()])?;
         let n = self
             .conn
             .execute("DELETE FROM memories WHERE id = ?1", [id.to_string()])?;
         Ok(n == 1)
+    }
+
+    fn deleted_scope(&mut self, id: Uuid) -> MemoryResult<Option<Scope>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT user_id, agent_id, run_id FROM deleted_scopes WHERE memory_id = ?1",
+                [id.to_string()],
+                |r| Ok(Scope::from_columns(r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
     }
 
     fn add_history(&mut self, h: &HistoryRow) -> MemoryResult<()> {
@@ -485,7 +504,7 @@ impl StoreTx for SqliteTx<'_> {
 
     fn reset(&mut self) -> MemoryResult<()> {
         self.conn.execute_batch(
-            "DELETE FROM memories; DELETE FROM history; \
+            "DELETE FROM memories; DELETE FROM history; DELETE FROM deleted_scopes; \
              DELETE FROM athena_meta WHERE key = 'identity'; \
              INSERT INTO memories_fts (memories_fts) VALUES ('rebuild');",
         )?;

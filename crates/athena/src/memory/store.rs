@@ -21,6 +21,14 @@ pub(super) const RECORD_COLUMNS: &str =
 pub(super) const GENERATIONS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS scope_generations (
     part TEXT NOT NULL, id TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (part, id))";
 
+/// The scopes of deleted memories, so that the history of a memory that is gone can still be
+/// checked against a caller's scope. Each store's `delete` writes the row before it removes
+/// the memory; banks written before this table existed gain it when opened (memories they
+/// deleted earlier have no row). The same statement serves both stores.
+pub(super) const DELETED_SCOPES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS deleted_scopes (
+    memory_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, agent_id TEXT NOT NULL,
+    run_id TEXT NOT NULL)";
+
 /// Visits one memory's id and embedding; an error stops the visit.
 pub type VectorVisitor<'a> = dyn FnMut(Uuid, Vec<f32>) -> MemoryResult<()> + 'a;
 
@@ -97,13 +105,17 @@ pub trait StoreTx {
     ) -> MemoryResult<bool>;
     /// Replaces a memory's metadata; false if there is no such memory.
     fn set_metadata(&mut self, id: Uuid, metadata: &Metadata, at: i64) -> MemoryResult<bool>;
-    /// Removes a memory; false if there is no such memory.
+    /// Removes a memory, keeping its scope in the deleted scopes; false if there is no such
+    /// memory.
     fn delete(&mut self, id: Uuid) -> MemoryResult<bool>;
+    /// The scope a deleted memory had; `None` for a memory that exists, was never seen, or
+    /// was deleted before the bank kept deleted scopes.
+    fn deleted_scope(&mut self, id: Uuid) -> MemoryResult<Option<Scope>>;
     /// Appends a history row.
     fn add_history(&mut self, row: &HistoryRow) -> MemoryResult<()>;
     /// A memory's history, oldest first.
     fn history(&mut self, id: Uuid) -> MemoryResult<Vec<HistoryRow>>;
-    /// Removes every memory and history row (the identity too).
+    /// Removes every memory, history row and deleted scope (the identity too).
     fn reset(&mut self) -> MemoryResult<()>;
     /// Checks the bank's invariants.
     fn check(&mut self) -> MemoryResult<IntegrityReport>;

@@ -33,21 +33,13 @@ pub struct DbFlags {
 impl DbFlags {
     /// Opens the bank.
     pub(super) fn open(&self) -> Result<MemoryBank> {
-        let usable = |w: f32| w.is_finite() && w >= 0.0;
-        if !usable(self.text_weight) || !usable(self.vector_weight) {
-            anyhow::bail!("--text-weight and --vector-weight must be finite and not negative");
-        }
-        if self.candidates == 0 {
-            anyhow::bail!("--candidates must be at least 1");
-        }
-        let mut config = BankConfig {
+        let config = bank_config(&BankSettings {
             max_text_bytes: self.max_text_bytes,
             candidates: self.candidates,
-            index_bytes: self.index_mib.saturating_mul(1 << 20),
-            ..BankConfig::default()
-        };
-        config.retrieval.text_weight = self.text_weight;
-        config.retrieval.vector_weight = self.vector_weight;
+            text_weight: self.text_weight,
+            vector_weight: self.vector_weight,
+            index_mib: self.index_mib,
+        })?;
         let where_ = if athena::memory::is_postgres_url(&self.db) {
             athena::memory::postgres::redact_url(&self.db)
         } else {
@@ -63,6 +55,40 @@ impl DbFlags {
         }
         self.open()
     }
+}
+
+/// What a bank's flags say, in `athena memory` and in `athena serve --memory-db`.
+pub struct BankSettings {
+    /// Longest fact, query or memory text, in bytes.
+    pub max_text_bytes: usize,
+    /// How many candidates the action head chooses among.
+    pub candidates: usize,
+    /// Weight of full-text ranking in retrieval.
+    pub text_weight: f32,
+    /// Weight of vector similarity in retrieval.
+    pub vector_weight: f32,
+    /// Most MiB of cached vector codes.
+    pub index_mib: usize,
+}
+
+/// The bank configuration the flags describe, checked.
+pub fn bank_config(s: &BankSettings) -> Result<BankConfig> {
+    let usable = |w: f32| w.is_finite() && w >= 0.0;
+    if !usable(s.text_weight) || !usable(s.vector_weight) {
+        anyhow::bail!("the text and vector weights must be finite and not negative");
+    }
+    if s.candidates == 0 {
+        anyhow::bail!("the candidates must be at least 1");
+    }
+    let mut config = BankConfig {
+        max_text_bytes: s.max_text_bytes,
+        candidates: s.candidates,
+        index_bytes: s.index_mib.saturating_mul(1 << 20),
+        ..BankConfig::default()
+    };
+    config.retrieval.text_weight = s.text_weight;
+    config.retrieval.vector_weight = s.vector_weight;
+    Ok(config)
 }
 
 /// Whose memories.

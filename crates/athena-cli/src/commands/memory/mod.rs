@@ -11,6 +11,8 @@ mod ops;
 
 use anyhow::Result;
 
+pub use flags::{bank_config, BankSettings};
+
 /// Flags of `athena memory`.
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -254,7 +254,7 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
 pub fn history(a: IdArgs) -> Result<()> {
     let id = parse_id(&a.id)?;
     let mut bank = a.db.open_existing()?;
-    let rows = bank.history(id)?;
+    let rows = bank.history(id, a.scope.optional().as_ref())?;
     if a.json {
         let results: Vec<_> = rows
             .iter()
