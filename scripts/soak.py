@@ -13,6 +13,8 @@ time picking one of:
 - a streamed chat or text completion, read to `[DONE]`, or (a third of them) dropped by the
   client after a few events;
 - a whole text completion, an embeddings request, a memory-actions request;
+- a memory-bank add (a new fact through the head, as the mem0 client sends it) or search, in
+  one of 20 users' scopes, on a SQLite bank in a temporary directory;
 - a bad request: malformed JSON (400), a wrong type (422), a huge max_tokens (400), a wrong
   API key (401).
 
@@ -35,11 +37,13 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 KEY = "sk-soak"
 CHAT = [{"role": "user", "content": "Tell me about the river and the market by it."}]
+WORDS = ["tea", "rome", "cats", "jazz", "rain", "chess", "maps", "figs", "boats", "snow"]
 
 
 class Tally:
@@ -165,10 +169,21 @@ def client(port, tally, seed, deadline):
                         for i in range(rng.randint(0, 8))]
             whole(port, tally, "memory_actions", "/v1/memory/actions",
                   {"fact": "likes green tea", "memories": memories}, 200)
-        elif r < 0.82:
+        elif r < 0.78:
+            user = f"soak-user-{rng.randrange(20)}"
+            fact = f"{user} likes {rng.choice(WORDS)} and {rng.choice(WORDS)} ({rng.random()})"
+            whole(port, tally, "memory_add", f"/v3/memories/add/?user_id={user}",
+                  {"messages": [{"role": "user", "content": fact}],
+                   "filters": {"user_id": user}, "infer": False}, 200)
+        elif r < 0.80:
+            user = f"soak-user-{rng.randrange(20)}"
+            whole(port, tally, "memory_search", f"/v3/memories/search/?user_id={user}",
+                  {"query": f"who likes {rng.choice(WORDS)}", "filters": {"user_id": user},
+                   "top_k": 5}, 200)
+        elif r < 0.84:
             whole(port, tally, "bad_json", "/v1/chat/completions",
                   b'{"messages": [{"role": "user", "content": "hi"', 400)
-        elif r < 0.88:
+        elif r < 0.89:
             whole(port, tally, "bad_type", "/v1/chat/completions",
                   {"messages": "not a list", "max_tokens": "three"}, 422)
         elif r < 0.94:
@@ -206,9 +221,10 @@ def main():
         sys.exit("--minutes must be more than --warmup-minutes")
 
     env = dict(os.environ, ATHENA_API_KEY=KEY)
+    bank_dir = tempfile.TemporaryDirectory(prefix="athena-soak-")
     server = subprocess.Popen(
         [a.bin, "serve", "--model", a.model, "--use-mlx", "false", "--port", "0",
-         *a.server_args.split()],
+         "--memory-db", os.path.join(bank_dir.name, "soak.db"), *a.server_args.split()],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     try:
         line = server.stdout.readline()

@@ -155,6 +155,7 @@ fn seconds(flag: &str, s: f64, zero_ok: bool) -> Result<Duration> {
 
 /// Runs `athena serve` until SIGTERM or Ctrl-C.
 pub fn run(a: Args) -> Result<()> {
+    few_malloc_arenas();
     let config = a.load.config()?;
     let model_id = a
         .served_model_name
@@ -228,4 +229,20 @@ pub fn run(a: Args) -> Result<()> {
         );
     }))?;
     Ok(())
+}
+
+/// A long-running server keeps glibc to two malloc arenas unless `MALLOC_ARENA_MAX` says
+/// otherwise. With the default (eight per core), each thread that serves a request may draw on
+/// an arena of its own, and the freed memory every arena keeps (the thresholds raised in
+/// `main`) added up to a resident size that crept up under a steady load; two arenas reach
+/// their peak early and stay there (docs/BENCHMARKS.md, "Soak").
+fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before the server's threads
+        // start.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } == 0 {
+            tracing::debug!("the malloc arena limit was not taken");
+        }
+    }
 }
