@@ -13,8 +13,9 @@ time picking one of:
 - a streamed chat or text completion, read to `[DONE]`, or (a third of them) dropped by the
   client after a few events;
 - a whole text completion, an embeddings request, a memory-actions request;
-- a memory-bank add (a new fact through the head, as the mem0 client sends it) or search, in
-  one of 20 users' scopes, on a SQLite bank in a temporary directory;
+- a memory-bank add (a fact through the head, as the mem0 client sends it; 250 distinct facts
+  in all, so that the bank's size is steady after the warm-up) or search, in one of 10 users'
+  scopes, on a SQLite bank in a temporary directory;
 - a bad request: malformed JSON (400), a wrong type (422), a huge max_tokens (400), a wrong
   API key (401).
 
@@ -170,13 +171,15 @@ def client(port, tally, seed, deadline):
             whole(port, tally, "memory_actions", "/v1/memory/actions",
                   {"fact": "likes green tea", "memories": memories}, 200)
         elif r < 0.78:
-            user = f"soak-user-{rng.randrange(20)}"
-            fact = f"{user} likes {rng.choice(WORDS)} and {rng.choice(WORDS)} ({rng.random()})"
+            # A bounded set of facts (250 in all), so that the bank reaches its steady size
+            # within the warm-up: later adds meet facts it holds.
+            user = f"soak-user-{rng.randrange(10)}"
+            fact = f"{user} likes {rng.choice(WORDS[:5])} and {rng.choice(WORDS[5:])}"
             whole(port, tally, "memory_add", f"/v3/memories/add/?user_id={user}",
                   {"messages": [{"role": "user", "content": fact}],
                    "filters": {"user_id": user}, "infer": False}, 200)
         elif r < 0.80:
-            user = f"soak-user-{rng.randrange(20)}"
+            user = f"soak-user-{rng.randrange(10)}"
             whole(port, tally, "memory_search", f"/v3/memories/search/?user_id={user}",
                   {"query": f"who likes {rng.choice(WORDS)}", "filters": {"user_id": user},
                    "top_k": 5}, 200)
