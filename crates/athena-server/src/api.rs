@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::refused::{RefusedChatFields, RefusedCompletionFields};
 
 /// Most choices one request may ask for.
 pub const MAX_N: usize = 16;
@@ -136,6 +137,9 @@ pub struct ChatRequest {
     /// Sampling and budget.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Fields that change the output and are not supported (a 400 when set).
+    #[serde(flatten)]
+    pub refused: RefusedChatFields,
 }
 
 /// `prompt` of a completion: text, texts, ids, or lists of ids.
@@ -166,6 +170,9 @@ pub struct CompletionRequest {
     /// Sampling and budget.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Fields that change the output and are not supported (a 400 when set).
+    #[serde(flatten)]
+    pub refused: RefusedCompletionFields,
 }
 
 /// `input` of an embeddings request.

@@ -27,6 +27,7 @@ mod limits;
 pub mod metrics;
 mod openapi;
 mod origin;
+pub mod refused;
 pub mod responses;
 mod routes;
 mod state;

@@ -401,6 +401,7 @@ pub(super) async fn chat(
     check_model(&s, req.model.as_deref())?;
     let (ctx, vocab) = context(&s)?;
     let gen = req.sampling.parse(vocab)?;
+    req.refused.check()?;
     let msgs = messages(&req)?;
     let bytes = msgs.iter().map(|m| m.role.len() + m.content.len()).sum();
     s.tokenizing
@@ -458,6 +459,7 @@ pub(super) async fn completions(
     check_model(&s, req.model.as_deref())?;
     let (ctx, vocab) = context(&s)?;
     let gen = req.sampling.parse(vocab)?;
+    req.refused.check()?;
     if req.echo == Some(true) {
         return Err(ApiError::bad_request("echo", "`echo` is not supported"));
     }

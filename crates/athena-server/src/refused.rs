@@ -1,0 +1,232 @@
+//! OpenAI request fields that would change the output and that athena does not implement: a
+//! request that sets one is a 400 naming it, never a completion that silently ignores it.
+
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// The refused fields of a chat completion request.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct RefusedChatFields {
+    /// Not supported: only `null` is accepted.
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
+    /// Not supported: only `null` is accepted.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Value>,
+    /// Not supported: only `null` is accepted.
+    #[schema(value_type = Option<String>)]
+    pub tool_choice: Option<Value>,
+    /// The deprecated form of `tools`; not supported: only `null` is accepted.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub functions: Option<Value>,
+    /// The deprecated form of `tool_choice`; not supported: only `null` is accepted.
+    #[schema(value_type = Option<String>)]
+    pub function_call: Option<Value>,
+    /// Log probabilities of alternatives are not supported: only `null` or 0 is accepted.
+    #[schema(value_type = Option<i64>)]
+    pub top_logprobs: Option<Value>,
+    /// Audio output is not supported: only `null` is accepted.
+    #[schema(value_type = Option<Object>)]
+    pub audio: Option<Value>,
+    /// Only text output: `null` or `["text"]`.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub modalities: Option<Value>,
+    /// Web search is not supported: only `null` is accepted.
+    #[schema(value_type = Option<Object>)]
+    pub web_search_options: Option<Value>,
+}
+
+/// The refused fields of a text completion request.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct RefusedCompletionFields {
+    /// Not supported: only `null` is accepted.
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
+    /// Tools belong to chat completions: only `null` is accepted.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Value>,
+    /// Tools belong to chat completions: only `null` is accepted.
+    #[schema(value_type = Option<String>)]
+    pub tool_choice: Option<Value>,
+    /// Text after the completion is not supported: only `null` or `""` is accepted.
+    #[schema(value_type = Option<String>)]
+    pub suffix: Option<Value>,
+    /// Server-side best-of sampling is not supported: only `null` or 1 is accepted.
+    #[schema(value_type = Option<i64>)]
+    pub best_of: Option<Value>,
+}
+
+/// Whether `v` asks for nothing: absent, `null`, or the field's neutral value.
+fn neutral(v: &Option<Value>, also: impl Fn(&Value) -> bool) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(v) => also(v),
+    }
+}
+
+fn refuse(field: &str, what: &str) -> ApiError {
+    ApiError::bad_request(
+        field,
+        format!("`{field}` is not supported by this server ({what})"),
+    )
+}
+
+fn never(_: &Value) -> bool {
+    false
+}
+
+fn zero(v: &Value) -> bool {
+    v.as_i64() == Some(0)
+}
+
+impl RefusedChatFields {
+    /// A 400 naming the first field set to something athena does not do.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let text_only = |v: &Value| {
+            v.as_array()
+                .is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text")))
+        };
+        let checks: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 9] = [
+            (
+                "response_format",
+                &self.response_format,
+                &never,
+                "structured output",
+            ),
+            ("tools", &self.tools, &never, "tool calls"),
+            ("tool_choice", &self.tool_choice, &never, "tool calls"),
+            ("functions", &self.functions, &never, "function calls"),
+            (
+                "function_call",
+                &self.function_call,
+                &never,
+                "function calls",
+            ),
+            (
+                "top_logprobs",
+                &self.top_logprobs,
+                &zero,
+                "log probabilities",
+            ),
+            ("audio", &self.audio, &never, "text output only"),
+            (
+                "modalities",
+                &self.modalities,
+                &text_only,
+                "text output only",
+            ),
+            (
+                "web_search_options",
+                &self.web_search_options,
+                &never,
+                "no web search",
+            ),
+        ];
+        for (field, value, ok, what) in checks {
+            if !neutral(value, ok) {
+                return Err(refuse(field, what));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RefusedCompletionFields {
+    /// A 400 naming the first field set to something athena does not do.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let empty = |v: &Value| v.as_str() == Some("");
+        let one = |v: &Value| v.as_i64() == Some(1);
+        let checks: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 5] = [
+            (
+                "response_format",
+                &self.response_format,
+                &never,
+                "structured output",
+            ),
+            (
+                "tools",
+                &self.tools,
+                &never,
+                "tool calls are a chat completions feature",
+            ),
+            (
+                "tool_choice",
+                &self.tool_choice,
+                &never,
+                "tool calls are a chat completions feature",
+            ),
+            (
+                "suffix",
+                &self.suffix,
+                &empty,
+                "no text after the completion",
+            ),
+            ("best_of", &self.best_of, &one, "no server-side best-of"),
+        ];
+        for (field, value, ok, what) in checks {
+            if !neutral(value, ok) {
+                return Err(refuse(field, what));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_output_changing_field_is_named_in_a_400() {
+        for (body, field) in [
+            (
+                r#"{"response_format": {"type": "json_object"}}"#,
+                "response_format",
+            ),
+            (
+                r#"{"tools": [{"type": "function", "function": {"name": "f"}}]}"#,
+                "tools",
+            ),
+            (r#"{"tool_choice": "auto"}"#, "tool_choice"),
+            (r#"{"functions": [{"name": "f"}]}"#, "functions"),
+            (r#"{"function_call": "auto"}"#, "function_call"),
+            (r#"{"top_logprobs": 3}"#, "top_logprobs"),
+            (r#"{"audio": {"voice": "alloy"}}"#, "audio"),
+            (r#"{"modalities": ["text", "audio"]}"#, "modalities"),
+            (r#"{"web_search_options": {}}"#, "web_search_options"),
+        ] {
+            let f: RefusedChatFields = serde_json::from_str(body).unwrap();
+            let e = f.check().unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(field), "{body}");
+            assert!(e.message.contains(field), "{}", e.message);
+        }
+        for (body, field) in [
+            (
+                r#"{"response_format": {"type": "text"}}"#,
+                "response_format",
+            ),
+            (r#"{"tools": []}"#, "tools"),
+            (r#"{"suffix": "end"}"#, "suffix"),
+            (r#"{"best_of": 2}"#, "best_of"),
+        ] {
+            let f: RefusedCompletionFields = serde_json::from_str(body).unwrap();
+            assert_eq!(f.check().unwrap_err().param.as_deref(), Some(field));
+        }
+    }
+
+    #[test]
+    fn neutral_values_pass() {
+        let f: RefusedChatFields = serde_json::from_str(
+            r#"{"response_format": null, "tools": null, "top_logprobs": 0, "modalities": ["text"]}"#,
+        )
+        .unwrap();
+        assert!(f.check().is_ok());
+        let f: RefusedCompletionFields =
+            serde_json::from_str(r#"{"suffix": "", "best_of": 1}"#).unwrap();
+        assert!(f.check().is_ok());
+    }
+}
