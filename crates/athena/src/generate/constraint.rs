@@ -75,7 +75,7 @@ impl Grammar {
 
 /// `schema` with llguidance's layout options: compact JSON with Python's separators. A schema
 /// that sets its own `x-guidance` options keeps them.
-fn compact(schema: Value) -> Value {
+pub(super) fn compact(schema: Value) -> Value {
     let options = json!({
         "whitespace_flexible": false,
         "item_separator": ", ",

@@ -8,6 +8,7 @@
 //!   applying the processors in the order Hugging Face `generate` applies them.
 //! - [`constraint`] keeps a sequence's output inside a JSON schema or a Lark grammar
 //!   ([`Grammars`], [`Constraint`]), through llguidance's token masks.
+//! - [`tool_call`] is the text format of tool calls, its grammar and its parse.
 //! - [`stream`] turns generated ids into text without ever splitting a character
 //!   ([`TokenStream`]) and holds back text that may be the start of a stop string
 //!   ([`StopMatcher`]).
@@ -20,6 +21,7 @@ pub mod generation;
 pub mod sampler;
 pub mod stream;
 pub mod tokenizer;
+pub mod tool_call;
 
 mod pyjson;
 mod template_budget;
