@@ -31,6 +31,7 @@ pub mod refused;
 pub mod responses;
 mod routes;
 mod state;
+pub mod structured;
 mod tokenize;
 
 use std::future::Future;

@@ -10,19 +10,11 @@ use crate::error::ApiError;
 /// The refused fields of a chat completion request.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct RefusedChatFields {
-    /// Not supported: only `null` is accepted.
-    #[schema(value_type = Option<Object>)]
-    pub response_format: Option<Value>,
-    /// Not supported: only `null` is accepted.
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub tools: Option<Value>,
-    /// Not supported: only `null` is accepted.
-    #[schema(value_type = Option<String>)]
-    pub tool_choice: Option<Value>,
-    /// The deprecated form of `tools`; not supported: only `null` is accepted.
+    /// The deprecated form of `tools`; not supported (use `tools`): only `null` is accepted.
     #[schema(value_type = Option<Vec<Object>>)]
     pub functions: Option<Value>,
-    /// The deprecated form of `tool_choice`; not supported: only `null` is accepted.
+    /// The deprecated form of `tool_choice`; not supported (use `tool_choice`): only `null` is
+    /// accepted.
     #[schema(value_type = Option<String>)]
     pub function_call: Option<Value>,
     /// Log probabilities of alternatives are not supported: only `null` or 0 is accepted.
@@ -42,9 +34,6 @@ pub struct RefusedChatFields {
 /// The refused fields of a text completion request.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct RefusedCompletionFields {
-    /// Not supported: only `null` is accepted.
-    #[schema(value_type = Option<Object>)]
-    pub response_format: Option<Value>,
     /// Tools belong to chat completions: only `null` is accepted.
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Value>,
@@ -89,21 +78,13 @@ impl RefusedChatFields {
             v.as_array()
                 .is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text")))
         };
-        let checks: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 9] = [
-            (
-                "response_format",
-                &self.response_format,
-                &never,
-                "structured output",
-            ),
-            ("tools", &self.tools, &never, "tool calls"),
-            ("tool_choice", &self.tool_choice, &never, "tool calls"),
-            ("functions", &self.functions, &never, "function calls"),
+        let checks: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 6] = [
+            ("functions", &self.functions, &never, "use `tools`"),
             (
                 "function_call",
                 &self.function_call,
                 &never,
-                "function calls",
+                "use `tool_choice`",
             ),
             (
                 "top_logprobs",
@@ -139,13 +120,7 @@ impl RefusedCompletionFields {
     pub fn check(&self) -> Result<(), ApiError> {
         let empty = |v: &Value| v.as_str() == Some("");
         let one = |v: &Value| v.as_i64() == Some(1);
-        let checks: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 5] = [
-            (
-                "response_format",
-                &self.response_format,
-                &never,
-                "structured output",
-            ),
+        let checks: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 4] = [
             (
                 "tools",
                 &self.tools,
@@ -182,15 +157,6 @@ mod tests {
     #[test]
     fn each_output_changing_field_is_named_in_a_400() {
         for (body, field) in [
-            (
-                r#"{"response_format": {"type": "json_object"}}"#,
-                "response_format",
-            ),
-            (
-                r#"{"tools": [{"type": "function", "function": {"name": "f"}}]}"#,
-                "tools",
-            ),
-            (r#"{"tool_choice": "auto"}"#, "tool_choice"),
             (r#"{"functions": [{"name": "f"}]}"#, "functions"),
             (r#"{"function_call": "auto"}"#, "function_call"),
             (r#"{"top_logprobs": 3}"#, "top_logprobs"),
@@ -205,10 +171,6 @@ mod tests {
             assert!(e.message.contains(field), "{}", e.message);
         }
         for (body, field) in [
-            (
-                r#"{"response_format": {"type": "text"}}"#,
-                "response_format",
-            ),
             (r#"{"tools": []}"#, "tools"),
             (r#"{"suffix": "end"}"#, "suffix"),
             (r#"{"best_of": 2}"#, "best_of"),
@@ -221,7 +183,7 @@ mod tests {
     #[test]
     fn neutral_values_pass() {
         let f: RefusedChatFields = serde_json::from_str(
-            r#"{"response_format": null, "tools": null, "top_logprobs": 0, "modalities": ["text"]}"#,
+            r#"{"functions": null, "top_logprobs": 0, "modalities": ["text"]}"#,
         )
         .unwrap();
         assert!(f.check().is_ok());

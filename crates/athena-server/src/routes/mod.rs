@@ -8,6 +8,7 @@ mod generation;
 mod guard;
 mod observe;
 mod ops;
+mod stream;
 
 use std::sync::Arc;
 
