@@ -48,19 +48,31 @@ pub struct RefusedCompletionFields {
     pub best_of: Option<Value>,
 }
 
-/// Whether `v` asks for nothing: absent, `null`, or the field's neutral value.
-fn neutral(v: &Option<Value>, also: impl Fn(&Value) -> bool) -> bool {
-    match v {
-        None | Some(Value::Null) => true,
-        Some(v) => also(v),
-    }
+/// One refused field: its name, its value, which values ask for nothing, and what athena does
+/// not do.
+struct Check<'a> {
+    field: &'static str,
+    value: &'a Option<Value>,
+    neutral: fn(&Value) -> bool,
+    what: &'static str,
 }
 
-fn refuse(field: &str, what: &str) -> ApiError {
-    ApiError::bad_request(
-        field,
-        format!("`{field}` is not supported by this server ({what})"),
-    )
+/// A 400 naming the first field set to something other than nothing (absent, `null`, or its
+/// neutral value).
+fn first_refused(checks: &[Check<'_>]) -> Result<(), ApiError> {
+    for c in checks {
+        match c.value {
+            None | Some(Value::Null) => {}
+            Some(v) if (c.neutral)(v) => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    c.field,
+                    format!("`{}` is not supported by this server ({})", c.field, c.what),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn never(_: &Value) -> bool {
@@ -71,82 +83,80 @@ fn zero(v: &Value) -> bool {
     v.as_i64() == Some(0)
 }
 
+fn text_only(v: &Value) -> bool {
+    v.as_array()
+        .is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text")))
+}
+
+fn empty(v: &Value) -> bool {
+    v.as_str() == Some("")
+}
+
+fn one(v: &Value) -> bool {
+    v.as_i64() == Some(1)
+}
+
 impl RefusedChatFields {
     /// A 400 naming the first field set to something athena does not do.
     pub fn check(&self) -> Result<(), ApiError> {
-        let text_only = |v: &Value| {
-            v.as_array()
-                .is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text")))
+        let check = |field, value, neutral, what| Check {
+            field,
+            value,
+            neutral,
+            what,
         };
-        let checks: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 6] = [
-            ("functions", &self.functions, &never, "use `tools`"),
-            (
+        first_refused(&[
+            check("functions", &self.functions, never, "use `tools`"),
+            check(
                 "function_call",
                 &self.function_call,
-                &never,
+                never,
                 "use `tool_choice`",
             ),
-            (
+            check(
                 "top_logprobs",
                 &self.top_logprobs,
-                &zero,
+                zero,
                 "log probabilities",
             ),
-            ("audio", &self.audio, &never, "text output only"),
-            (
+            check("audio", &self.audio, never, "text output only"),
+            check(
                 "modalities",
                 &self.modalities,
-                &text_only,
+                text_only,
                 "text output only",
             ),
-            (
+            check(
                 "web_search_options",
                 &self.web_search_options,
-                &never,
+                never,
                 "no web search",
             ),
-        ];
-        for (field, value, ok, what) in checks {
-            if !neutral(value, ok) {
-                return Err(refuse(field, what));
-            }
-        }
-        Ok(())
+        ])
     }
 }
 
 impl RefusedCompletionFields {
     /// A 400 naming the first field set to something athena does not do.
     pub fn check(&self) -> Result<(), ApiError> {
-        let empty = |v: &Value| v.as_str() == Some("");
-        let one = |v: &Value| v.as_i64() == Some(1);
-        let checks: [(&str, &Option<Value>, &dyn Fn(&Value) -> bool, &str); 4] = [
-            (
-                "tools",
-                &self.tools,
-                &never,
-                "tool calls are a chat completions feature",
-            ),
-            (
-                "tool_choice",
-                &self.tool_choice,
-                &never,
-                "tool calls are a chat completions feature",
-            ),
-            (
+        let check = |field, value, neutral, what| Check {
+            field,
+            value,
+            neutral,
+            what,
+        };
+        let chat_only = "tool calls are a chat completions feature";
+        first_refused(&[
+            check("tools", &self.tools, never, chat_only),
+            check("tool_choice", &self.tool_choice, never, chat_only),
+            check(
                 "suffix",
                 &self.suffix,
-                &empty,
+                empty,
                 "no text after the completion",
             ),
-            ("best_of", &self.best_of, &one, "no server-side best-of"),
-        ];
-        for (field, value, ok, what) in checks {
-            if !neutral(value, ok) {
-                return Err(refuse(field, what));
-            }
-        }
-        Ok(())
+            check("best_of", &self.best_of, one, "no server-side best-of"),
+        ])
     }
 }
 
