@@ -1,10 +1,13 @@
 //! The JSON bodies of the server's POST routes, deserialized into the request types and
-//! validated as the handlers do: the first byte picks the route, the rest is the body.
+//! validated as the handlers do: the first byte picks the route, the rest is the body. The
+//! structured-output fields are parsed into their grammar too (the grammar's compilation has
+//! a target of its own, `grammar`).
 #![no_main]
 
 use athena_server::api::{
     ChatRequest, CompletionRequest, EmbeddingRequest, MemoryActionRequest, Sampling,
 };
+use athena_server::structured::{chat_output, completion_output};
 use libfuzzer_sys::fuzz_target;
 
 /// The fixture model's vocabulary and context.
@@ -33,11 +36,19 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             if let Ok(r) = serde_json::from_slice::<ChatRequest>(body) {
                 validate(&r.sampling, prompt_tokens);
+                let _ = r.refused.check();
+                let _ = chat_output(
+                    r.response_format.as_ref(),
+                    r.tools.as_deref(),
+                    r.tool_choice.as_ref(),
+                );
             }
         }
         1 => {
             if let Ok(r) = serde_json::from_slice::<CompletionRequest>(body) {
                 validate(&r.sampling, prompt_tokens);
+                let _ = r.refused.check();
+                let _ = completion_output(r.response_format.as_ref());
             }
         }
         2 => {

@@ -161,6 +161,68 @@ fn generate_streams_text_and_stops_at_max_tokens() {
     assert!(chat.status.success(), "{}", stderr(&chat));
 }
 
+#[test]
+fn generate_keeps_to_a_json_schema_or_a_lark_grammar() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"ok": {"type": "boolean"},
+            "n": {"type": "integer", "minimum": 1, "maximum": 9}},
+            "required": ["ok", "n"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let base = fixture("base");
+    for seed in ["1", "2", "3"] {
+        let o = athena(&[
+            "generate",
+            "--model",
+            base.to_str().unwrap(),
+            "--prompt",
+            "JSON:",
+            "--temperature",
+            "1",
+            "--seed",
+            seed,
+            "--json-schema",
+            schema.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        let v: serde_json::Value = serde_json::from_str(text.trim()).expect("JSON");
+        assert!(v["ok"].is_boolean(), "{text}");
+        assert!((1..=9).contains(&v["n"].as_i64().unwrap()), "{text}");
+    }
+    let grammar = dir.path().join("g.lark");
+    std::fs::write(&grammar, "start: \"yes\" | \"no\"\n").unwrap();
+    let o = athena(&[
+        "generate",
+        "--model",
+        base.to_str().unwrap(),
+        "--prompt",
+        "?",
+        "--temperature",
+        "1",
+        "--grammar",
+        grammar.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(["yes", "no"].contains(&text.trim()), "{text}");
+    std::fs::write(&schema, r#"{"type": "nonsense"}"#).unwrap();
+    let o = athena(&[
+        "generate",
+        "--model",
+        base.to_str().unwrap(),
+        "--prompt",
+        "?",
+        "--json-schema",
+        schema.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unsupported grammar"), "{}", stderr(&o));
+}
+
 /// A copy of fixture `name` in a temporary directory, `chat_template` replaced by `template`.
 fn fixture_with_chat_template(name: &str, template: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -159,6 +159,46 @@ fn an_unknown_model_is_404_model_not_found() {
     }
 }
 
+#[test]
+fn fields_that_would_change_the_output_are_400s_naming_them() {
+    let server = start(&[]);
+    let addr = &server.addr;
+    for (route, extra, field) in [
+        (
+            "/v1/chat/completions",
+            r#""top_logprobs":2"#,
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            r#""functions":[{"name":"f"}]"#,
+            "functions",
+        ),
+        (
+            "/v1/chat/completions",
+            r#""audio":{"voice":"alloy"}"#,
+            "audio",
+        ),
+        ("/v1/completions", r#""suffix":"the end""#, "suffix"),
+        ("/v1/completions", r#""best_of":3"#, "best_of"),
+        ("/v1/completions", r#""tools":[]"#, "tools"),
+    ] {
+        let body = if route == "/v1/completions" {
+            format!(r#"{{"prompt":"hi","max_tokens":2,{extra}}}"#)
+        } else {
+            format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],"max_tokens":2,{extra}}}"#)
+        };
+        let a = call(addr, "POST", route, &[], &body);
+        assert_eq!(a.status, 400, "{route} {extra}: {}", a.text);
+        let v: serde_json::Value = serde_json::from_str(a.body()).expect("JSON error");
+        assert_eq!(v["error"]["param"], field, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap_or("").contains(field),
+            "{v}"
+        );
+    }
+}
+
 /// Writes `bytes` one at a time, `gap` apart, until the server closes the connection (or
 /// answers); returns how long that took and what it answered.
 fn trickle(

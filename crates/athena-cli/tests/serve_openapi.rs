@@ -34,6 +34,11 @@ const ROUTES: [(&str, &str); 17] = [
     ("get", "/v1/memories/{memory_id}/history/"),
 ];
 
+/// A request whose answer is a tool call.
+const TOOL_CALL: &str = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":40,
+    "seed":1,"tool_choice":"required","tools":[{"type":"function","function":{"name":"f",
+    "parameters":{"type":"object","properties":{"a":{"type":"boolean"}},"required":["a"]}}}]}"#;
+
 /// Validates each sample against the document: the status must be described for the
 /// operation, the content type listed for that status, and a JSON body (or each JSON event of
 /// a stream, against the named schema) valid under the schema.
@@ -246,6 +251,25 @@ fn the_openapi_document_describes_every_route_and_its_answers() {
         let security = &paths[path.as_str()][method.as_str()]["security"];
         assert_eq!(security.is_array(), path != "/health", "{method} {path}");
     }
+    // The structured-output fields are described (flattened structs are `allOf` parts).
+    let schemas = &doc["components"]["schemas"];
+    let has = |name: &str, field: &str| {
+        let s = &schemas[name];
+        s["properties"][field].is_object()
+            || s["allOf"]
+                .as_array()
+                .is_some_and(|parts| parts.iter().any(|p| p["properties"][field].is_object()))
+    };
+    for field in [
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    ] {
+        assert!(has("ChatRequest", field), "ChatRequest.{field}");
+    }
+    assert!(has("CompletionRequest", "response_format"));
+    assert!(has("AssistantMessage", "tool_calls"));
     let unknown = call(addr, "GET", "/v1/nothing", &[AUTH], "");
     assert_eq!(unknown.status, 404, "{}", unknown.text);
 
@@ -288,6 +312,22 @@ fn the_openapi_document_describes_every_route_and_its_answers() {
             r#"{"input":"a","encoding_format":"base64"}"#,
         ),
         ("/v1/memory/actions", actions),
+        // Structured outputs: JSON under a format, a tool call whole and streamed, a refused
+        // schema.
+        (
+            "/v1/completions",
+            r#"{"prompt":"{","max_tokens":60,"response_format":{"type":"json_object"}}"#,
+        ),
+        ("/v1/chat/completions", TOOL_CALL),
+        (
+            "/v1/chat/completions",
+            &TOOL_CALL.replace("\"seed\"", "\"stream\":true,\"seed\""),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":3,
+            "response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"nope"}}}}"#,
+        ),
         // The errors: no key, not JSON, the wrong shape, an invalid value, an unknown model,
         // a body too large.
         ("/v1/chat/completions", "{}"),
@@ -319,6 +359,15 @@ fn the_openapi_document_describes_every_route_and_its_answers() {
         "{answers:#?}"
     );
     let samples: Vec<Value> = answers.iter().map(|(m, p, a)| sample(m, p, a)).collect();
+    let tool_answers = samples
+        .iter()
+        .filter(|s| s["path"] == "/v1/chat/completions" && s["status"] == 200)
+        .filter(|s| s.to_string().contains("\"tool_calls\":["))
+        .count();
+    assert_eq!(
+        tool_answers, 2,
+        "a tool call, whole and streamed: {samples:#?}"
+    );
 
     let Some(python) = support::python_with(
         "the_openapi_document_describes_every_route_and_its_answers",

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::refused::{RefusedChatFields, RefusedCompletionFields};
+use crate::structured::{MessageToolCall, ResponseFormat, Tool, ToolChoice};
 
 /// Most choices one request may ask for.
 pub const MAX_N: usize = 16;
@@ -65,6 +67,15 @@ pub struct Message {
     /// What it says (`null` for an assistant turn without text).
     #[serde(default)]
     pub content: Option<Content>,
+    /// The tool calls of an assistant turn.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// The speaker's name (not shown to the model).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// `stream_options`.
@@ -136,6 +147,22 @@ pub struct ChatRequest {
     /// Sampling and budget.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Keep the output to JSON: any object, or valid under a schema.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call.
+    #[serde(default)]
+    #[schema(max_items = 128)]
+    pub tools: Option<Vec<Tool>>,
+    /// Whether, and which, function to call (default `auto` with tools, else `none`).
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    /// Accepted either way: a choice makes at most one call.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Fields that change the output and are not supported (a 400 when set).
+    #[serde(flatten)]
+    pub refused: RefusedChatFields,
 }
 
 /// `prompt` of a completion: text, texts, ids, or lists of ids.
@@ -166,6 +193,12 @@ pub struct CompletionRequest {
     /// Sampling and budget.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Keep the output to JSON: any object, or valid under a schema.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    /// Fields that change the output and are not supported (a 400 when set).
+    #[serde(flatten)]
+    pub refused: RefusedCompletionFields,
 }
 
 /// `input` of an embeddings request.

@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use athena::backend::{Slot, SlotBatch};
-use athena::generate::{FinishReason, GenerateParams, SequenceGenerator, Tokenizer};
+use athena::generate::{Constraint, FinishReason, GenerateParams, SequenceGenerator, Tokenizer};
 use athena::models::olmoe::OlmoeModel;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -41,6 +41,8 @@ pub struct Job {
     pub params: GenerateParams,
     /// Added to the logits of these token ids before sampling.
     pub logit_bias: Vec<(u32, f32)>,
+    /// The grammar the output is kept to (`response_format`, `tools`), in its initial state.
+    pub constraint: Option<Constraint>,
     /// The choice this sequence answers (`n` > 1 sends several jobs on one channel).
     pub index: u32,
     /// Where text and the end go; the job is dropped once the receiver is.
@@ -361,10 +363,16 @@ fn join(
     (stats, metrics): (&Stats, &Metrics),
 ) -> Vec<Running> {
     let mut started = Vec::with_capacity(jobs.len());
-    for job in jobs {
+    for mut job in jobs {
         metrics.prefill(job.submitted.elapsed(), job.prompt.len());
+        let constraint = job.constraint.take();
         match SequenceGenerator::new(&job.prompt, &job.params, context) {
-            Ok(seq) => started.push((job, seq)),
+            Ok(seq) => started.push((
+                job,
+                constraint
+                    .into_iter()
+                    .fold(seq, |s, c| s.with_constraint(c)),
+            )),
             Err(e) => fail(&job, &e.to_string(), stats),
         }
     }
@@ -462,6 +470,7 @@ mod tests {
             prompt: vec![1],
             params: GenerateParams::default(),
             logit_bias: Vec::new(),
+            constraint: None,
             index,
             events,
             submitted: Instant::now(),

@@ -222,7 +222,9 @@ impl From<athena::Error> for ApiError {
     fn from(e: athena::Error) -> Self {
         match &e {
             athena::Error::Internal { .. } => ApiError::internal(e.to_string()),
-            athena::Error::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            athena::Error::Invalid { .. } | athena::Error::Grammar { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
             athena::Error::NeedsCandle { .. } => ApiError {
                 code: Some("backend_unsupported"),
                 ..ApiError::new(StatusCode::BAD_REQUEST, e.to_string())

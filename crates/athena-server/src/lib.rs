@@ -35,9 +35,11 @@ pub mod metrics;
 mod openapi;
 mod origin;
 pub mod pyliteral;
+pub mod refused;
 pub mod responses;
 mod routes;
 mod state;
+pub mod structured;
 mod tokenize;
 
 use std::future::Future;

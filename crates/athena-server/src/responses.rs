@@ -45,6 +45,9 @@ pub enum Finish {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The answer is a tool call.
+    #[serde(rename = "tool_calls")]
+    ToolCalls,
 }
 
 impl From<FinishReason> for Finish {
@@ -141,8 +144,67 @@ pub struct Health {
 pub struct AssistantMessage {
     /// `assistant`.
     pub role: Role,
-    /// The generated text.
-    pub content: String,
+    /// The generated text; `null` when the answer is a tool call.
+    pub content: Option<String>,
+    /// The answer's tool call, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// The kind of a tool call: a function's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolCallKind {
+    /// A function call.
+    Function,
+}
+
+/// A tool call the model made.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ToolCall {
+    /// `call_…`, unique in the server's lifetime.
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: ToolCallKind,
+    /// The function and its arguments.
+    pub function: FunctionCall,
+}
+
+/// The function a tool call calls.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FunctionCall {
+    /// One of the request's functions.
+    pub name: String,
+    /// The arguments: a JSON object as text, valid under the function's parameters (unless the
+    /// answer was cut off by `max_tokens`).
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call: the first gives its id, kind and name, the next ones more
+/// of its arguments.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    /// The call's index in the message (always 0: one call per answer).
+    pub index: usize,
+    /// `call_…`, in the first piece.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`, in the first piece.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ToolCallKind>,
+    /// The name (first piece) and more of the arguments.
+    pub function: FunctionCallDelta,
+}
+
+/// What a streamed piece adds to a call's function.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FunctionCallDelta {
+    /// The function's name, in the first piece.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More of the arguments' text.
+    pub arguments: String,
 }
 
 /// One choice of a chat completion.
@@ -185,6 +247,9 @@ pub struct Delta {
     /// More text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// More of a tool call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// One choice of a streamed chat chunk.

@@ -72,6 +72,13 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A grammar or JSON schema for constrained decoding is malformed, too large, or uses what
+    /// llguidance does not implement.
+    #[error("unsupported grammar: {msg}")]
+    Grammar {
+        /// What is wrong, as llguidance (or the size check) says it.
+        msg: String,
+    },
     /// No backend could load the model; `reasons` says why each one was passed over.
     #[error("No inference backend available (MLX and candle both unavailable): {reasons}")]
     NoBackend {
@@ -141,6 +148,10 @@ impl Error {
     /// unavailable device) rather than a bug in athena or a failed tensor operation.
     pub fn is_user_error(&self) -> bool {
         !matches!(self, Error::Internal { .. } | Error::Candle(_))
+    }
+    /// Shorthand for [`Error::Grammar`].
+    pub fn grammar(msg: impl Into<String>) -> Self {
+        Error::Grammar { msg: msg.into() }
     }
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(field: &'static str, msg: impl Into<String>) -> Self {

@@ -1,10 +1,13 @@
 //! `athena generate`: text from a prompt, streamed to stdout as it comes.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use athena::backend::Backend;
 use athena::generate::{
-    generate, ChatMessage, ChatTemplate, GenerateParams, SamplingParams, Tokenizer,
+    generate, generate_constrained, ChatMessage, ChatTemplate, GenerateParams, Grammar, Grammars,
+    SamplingParams, Tokenizer,
 };
 
 use crate::model::ModelArgs;
@@ -47,6 +50,26 @@ pub struct Args {
     /// Stop when this string appears (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Keep the output to JSON valid under the JSON schema in this file.
+    #[arg(long, conflicts_with = "grammar")]
+    json_schema: Option<PathBuf>,
+    /// Keep the output to the grammar in this file (llguidance's Lark syntax, which can embed
+    /// JSON schemas with `%json {...}`).
+    #[arg(long)]
+    grammar: Option<PathBuf>,
+}
+
+/// The grammar `--json-schema` or `--grammar` names, read from its file.
+fn grammar(a: &Args) -> Result<Option<Grammar>> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    if let Some(p) = &a.json_schema {
+        let schema = serde_json::from_str(&read(p)?)
+            .with_context(|| format!("{} is not JSON", p.display()))?;
+        return Ok(Some(Grammar::JsonSchema(schema)));
+    }
+    Ok(a.grammar.as_ref().map(read).transpose()?.map(Grammar::Lark))
 }
 
 /// Runs `athena generate`.
@@ -60,8 +83,18 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
     };
     sampling.validate()?;
+    let grammar = grammar(&a)?;
     let (dir, model) = a.model.load()?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
+    let constraint = match &grammar {
+        None => None,
+        Some(g) => {
+            let grammars = Grammars::new(&tokenizer, Backend::args(&model).vocab_size)?;
+            let source = a.json_schema.as_ref().or(a.grammar.as_ref());
+            let name = source.map(|p| p.display().to_string()).unwrap_or_default();
+            Some(grammars.compile(g).with_context(|| name)?)
+        }
+    };
     let prompt = if a.chat {
         let mut messages = vec![];
         if let Some(system) = a.system {
@@ -89,10 +122,14 @@ pub fn run(a: Args) -> Result<()> {
         skip_special_tokens: true,
     };
     let mut out = std::io::stdout().lock();
-    let g = generate(&model, &tokenizer, &ids, &params, |piece| {
+    let on_text = |piece: &str| {
         // A closed stdout (e.g. `| head`) must not abort generation with a panic.
         let _ = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
-    })
+    };
+    let g = match constraint {
+        None => generate(&model, &tokenizer, &ids, &params, on_text),
+        Some(c) => generate_constrained(&model, &tokenizer, &ids, &params, c, on_text),
+    }
     .context("generation failed")?;
     let _ = writeln!(out);
     let decode_s = g.decode.as_secs_f64();

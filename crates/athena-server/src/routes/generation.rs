@@ -1,27 +1,27 @@
 //! Chat and text completions: render, submit to the scheduler, answer whole or streamed.
 
-use std::convert::Infallible;
 use std::time::Instant;
 
-use athena::generate::{ChatMessage, ChatTemplate, FinishReason, GenerateParams};
+use athena::generate::tool_call::split_output;
+use athena::generate::{ChatMessage, ChatTemplate, Constraint, FinishReason, GenerateParams};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::common::{admit, check_model, context, now, parse, request_id, tokenize};
+use super::stream::{call_id, finish, sse, Kind};
 use crate::api::{self, ChatRequest, CompletionRequest, Content, GenerationRequest, Prompt, Usage};
 use crate::engine::{Event, Job};
 use crate::error::{ApiError, ErrorBody};
 use crate::responses::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion,
-    CompletionChoice, Delta, Finish, NoLogprobs, ObjectKind, Role, StreamEvent,
+    AssistantMessage, ChatChoice, ChatCompletion, Completion, CompletionChoice, Finish,
+    FunctionCall, NoLogprobs, ObjectKind, Role, StreamEvent, ToolCall, ToolCallKind,
 };
-use crate::state::{AppState, Shared, Ticket};
+use crate::state::{AppState, Shared};
+use crate::structured::{self, OutputSpec};
 
 /// The chat's messages as the template sees them.
 fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
@@ -72,9 +72,37 @@ fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
                     text
                 }
             };
+            if m.role == "tool" {
+                return Ok(structured::tool_message(&content));
+            }
+            let content = match &m.tool_calls {
+                Some(calls) => structured::assistant_text(content, calls),
+                None => content,
+            };
             Ok(ChatMessage::new(m.role.clone(), content))
         })
         .collect()
+}
+
+/// The constraint of `spec`'s grammar, compiled off the async workers; a grammar llguidance
+/// refuses is a 400 naming the request field it came from.
+async fn constraint(s: &Shared, spec: &OutputSpec) -> Result<Option<Constraint>, ApiError> {
+    let Some((grammar, param)) = spec.grammar.clone() else {
+        return Ok(None);
+    };
+    let model = s.model.clone();
+    s.tokenizing
+        .run(move || {
+            let grammars = model.grammars()?;
+            match grammars.compile(&grammar) {
+                Ok(c) => Ok(Some(c)),
+                Err(e @ athena::Error::Grammar { .. }) => {
+                    Err(ApiError::bad_request(param, e.to_string()))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
 }
 
 /// The prompt ids of a chat, through the checkpoint's template or athena's default one.
@@ -103,6 +131,7 @@ fn submit(
     state: &AppState,
     prompts: Vec<(Vec<u32>, GenerateParams)>,
     req: &GenerationRequest,
+    constraint: Option<&Constraint>,
 ) -> Result<UnboundedReceiver<Event>, ApiError> {
     let (tx, rx) = unbounded_channel();
     let mut index = 0u32;
@@ -112,6 +141,7 @@ fn submit(
                 prompt: prompt.clone(),
                 params: GenerationRequest::for_choice(&params, i),
                 logit_bias: req.logit_bias.clone(),
+                constraint: constraint.cloned(),
                 index,
                 events: tx.clone(),
                 submitted: Instant::now(),
@@ -189,202 +219,6 @@ async fn collect_all(
     Ok((out, usage))
 }
 
-/// What a streamed chunk looks like for each endpoint.
-#[derive(Clone, Copy)]
-enum Kind {
-    Chat,
-    Completion,
-}
-
-/// One streamed event's body: a chat chunk or a completion chunk.
-fn chunk(
-    kind: Kind,
-    id: &str,
-    model: &str,
-    created: u64,
-    piece: Piece,
-    usage: Option<Usage>,
-) -> SseEvent {
-    let json = match kind {
-        Kind::Chat => {
-            let choices = match piece {
-                Piece::None => vec![],
-                Piece::Opening(index) => vec![ChunkChoice {
-                    index,
-                    delta: Delta {
-                        role: Some(Role::Assistant),
-                        content: Some(String::new()),
-                    },
-                    logprobs: NoLogprobs::default(),
-                    finish_reason: None,
-                }],
-                Piece::Text(index, text) => vec![ChunkChoice {
-                    index,
-                    delta: Delta {
-                        role: None,
-                        content: Some(text),
-                    },
-                    logprobs: NoLogprobs::default(),
-                    finish_reason: None,
-                }],
-                Piece::Finish(index, reason) => vec![ChunkChoice {
-                    index,
-                    delta: Delta::default(),
-                    logprobs: NoLogprobs::default(),
-                    finish_reason: Some(reason),
-                }],
-            };
-            serde_json::to_string(&ChatCompletionChunk {
-                id: id.to_string(),
-                object: ObjectKind::ChatCompletionChunk,
-                created,
-                model: model.to_string(),
-                choices,
-                usage,
-            })
-        }
-        Kind::Completion => {
-            let choice = |index, text, finish_reason| CompletionChoice {
-                index,
-                text,
-                logprobs: NoLogprobs::default(),
-                finish_reason,
-            };
-            let choices = match piece {
-                Piece::None | Piece::Opening(_) => vec![],
-                Piece::Text(index, text) => vec![choice(index, text, None)],
-                Piece::Finish(index, reason) => vec![choice(index, String::new(), Some(reason))],
-            };
-            serde_json::to_string(&Completion {
-                id: id.to_string(),
-                object: ObjectKind::TextCompletion,
-                created,
-                model: model.to_string(),
-                choices,
-                usage,
-            })
-        }
-    };
-    // Serializing these types cannot fail (no maps with non-string keys, no foreign types).
-    SseEvent::default().data(json.unwrap_or_default())
-}
-
-/// What one streamed chunk says about a choice.
-enum Piece {
-    /// Nothing (the usage chunk).
-    None,
-    /// The role that opens a chat choice.
-    Opening(usize),
-    /// New text of a choice.
-    Text(usize, String),
-    /// A choice's end.
-    Finish(usize, Finish),
-}
-
-/// Server-sent events of a generation, ending with `[DONE]`. The stream owns the receiver and
-/// the ticket: a client that goes away drops both, and the scheduler frees the sequences.
-fn sse(
-    kind: Kind,
-    state: &AppState,
-    rx: UnboundedReceiver<Event>,
-    ticket: Ticket,
-    choices: usize,
-    n: usize,
-    include_usage: bool,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let id = request_id(match kind {
-        Kind::Chat => "chatcmpl",
-        Kind::Completion => "cmpl",
-    });
-    let model = state.config.model_id.clone();
-    let created = now();
-    let limit = state.config.limits.generation_timeout;
-    let deadline = tokio::time::Instant::now() + limit;
-    // The role opens every chat choice.
-    let opening: Vec<SseEvent> = match kind {
-        Kind::Chat => (0..choices)
-            .map(|i| chunk(kind, &id, &model, created, Piece::Opening(i), None))
-            .collect(),
-        Kind::Completion => vec![],
-    };
-    struct St {
-        rx: UnboundedReceiver<Event>,
-        _ticket: Ticket,
-        done: usize,
-        usage: Usage,
-        finished: bool,
-    }
-    let st = St {
-        rx,
-        _ticket: ticket,
-        done: 0,
-        usage: Usage::default(),
-        finished: false,
-    };
-    let body = stream::unfold(st, move |mut st| {
-        let (id, model) = (id.clone(), model.clone());
-        async move {
-            if st.finished {
-                return None;
-            }
-            let mut events = Vec::new();
-            if st.done == choices {
-                st.finished = true;
-                if include_usage {
-                    st.usage.total_tokens = st.usage.prompt_tokens + st.usage.completion_tokens;
-                    let usage = Some(st.usage);
-                    events.push(chunk(kind, &id, &model, created, Piece::None, usage));
-                }
-                events.push(SseEvent::default().data("[DONE]"));
-                return Some((events, st));
-            }
-            let Ok(event) = tokio::time::timeout_at(deadline, st.rx.recv()).await else {
-                // Ending the stream drops the receiver: the scheduler frees the sequences.
-                st.finished = true;
-                let e = ApiError::timeout("the generation", limit);
-                events.push(SseEvent::default().data(e.body()));
-                return Some((events, st));
-            };
-            match event {
-                Some(Event::Text { index, text }) => {
-                    let piece = Piece::Text(index as usize, text);
-                    events.push(chunk(kind, &id, &model, created, piece, None));
-                }
-                Some(Event::Done {
-                    index,
-                    finish_reason,
-                    prompt_tokens,
-                    completion_tokens,
-                }) => {
-                    st.done += 1;
-                    if (index as usize).is_multiple_of(n) {
-                        st.usage.prompt_tokens += prompt_tokens;
-                    }
-                    st.usage.completion_tokens += completion_tokens;
-                    let piece = Piece::Finish(index as usize, finish_reason.into());
-                    events.push(chunk(kind, &id, &model, created, piece, None));
-                }
-                Some(Event::Failed { message, .. }) => {
-                    st.finished = true;
-                    let e = ApiError::internal(message);
-                    events.push(SseEvent::default().data(e.body()));
-                }
-                None => {
-                    st.finished = true;
-                    events.push(
-                        SseEvent::default()
-                            .data(ApiError::internal("the scheduler stopped").body()),
-                    );
-                }
-            }
-            Some((events, st))
-        }
-    })
-    .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
-    let all = stream::iter(opening.into_iter().map(Ok)).chain(body);
-    Sse::new(all).keep_alive(KeepAlive::default())
-}
-
 /// A chat completion, whole or streamed as server-sent events.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatRequest,
     responses(
@@ -401,35 +235,42 @@ pub(super) async fn chat(
     check_model(&s, req.model.as_deref())?;
     let (ctx, vocab) = context(&s)?;
     let gen = req.sampling.parse(vocab)?;
-    let msgs = messages(&req)?;
+    req.refused.check()?;
+    let spec = structured::chat_output(
+        req.response_format.as_ref(),
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+    )?;
+    let msgs = structured::with_tools(messages(&req)?, &spec);
     let bytes = msgs.iter().map(|m| m.role.len() + m.content.len()).sum();
     s.tokenizing
         .check_len("messages", "the conversation", bytes)?;
+    let constraint = constraint(&s, &spec).await?;
     let state = s.clone();
     let ids = s.tokenizing.run(move || chat_prompt(&state, &msgs)).await?;
     let params = gen.fit(ids.len(), ctx)?;
     let cost = (ids.len() + params.max_tokens).saturating_mul(gen.n);
     let ticket = admit(&s, "max_tokens", gen.n, cost)?;
-    let rx = submit(&s, vec![(ids, params)], &gen)?;
+    let rx = submit(&s, vec![(ids, params)], &gen, constraint.as_ref())?;
+    let tools = spec.calls_tools();
     if gen.stream {
-        return Ok(
-            sse(Kind::Chat, &s, rx, ticket, gen.n, gen.n, gen.include_usage).into_response(),
+        let stream = sse(
+            Kind::Chat,
+            &s,
+            rx,
+            ticket,
+            (gen.n, gen.n),
+            gen.include_usage,
+            tools,
         );
+        return Ok(stream.into_response());
     }
     let (choices, usage) = collect(&s, rx, gen.n, gen.n).await?;
     drop(ticket);
     let choices = choices
         .into_iter()
         .enumerate()
-        .map(|(index, c)| ChatChoice {
-            index,
-            message: AssistantMessage {
-                role: Role::Assistant,
-                content: c.text,
-            },
-            logprobs: NoLogprobs::default(),
-            finish_reason: c.finish_reason.map(Finish::from),
-        })
+        .map(|(index, c)| chat_choice(index, c, tools))
         .collect();
     Ok(Json(ChatCompletion {
         id: request_id("chatcmpl"),
@@ -440,6 +281,34 @@ pub(super) async fn chat(
         usage,
     })
     .into_response())
+}
+
+/// A finished chat choice as OpenAI answers it: text, or (when the request has tools and the
+/// text is a call) a tool call with `content: null`.
+fn chat_choice(index: usize, c: Choice, tools: bool) -> ChatChoice {
+    let (content, call) = if tools {
+        split_output(&c.text)
+    } else {
+        (c.text, None)
+    };
+    let is_call = call.is_some();
+    let tool_calls = call.map(|(name, arguments)| {
+        vec![ToolCall {
+            id: call_id(),
+            kind: ToolCallKind::Function,
+            function: FunctionCall { name, arguments },
+        }]
+    });
+    ChatChoice {
+        index,
+        message: AssistantMessage {
+            role: Role::Assistant,
+            content: (!is_call || !content.is_empty()).then_some(content),
+            tool_calls,
+        },
+        logprobs: NoLogprobs::default(),
+        finish_reason: c.finish_reason.map(|r| finish(r, is_call)),
+    }
 }
 
 /// A text completion, whole or streamed as server-sent events.
@@ -458,6 +327,8 @@ pub(super) async fn completions(
     check_model(&s, req.model.as_deref())?;
     let (ctx, vocab) = context(&s)?;
     let gen = req.sampling.parse(vocab)?;
+    req.refused.check()?;
+    let spec = structured::completion_output(req.response_format.as_ref());
     if req.echo == Some(true) {
         return Err(ApiError::bad_request("echo", "`echo` is not supported"));
     }
@@ -520,19 +391,20 @@ pub(super) async fn completions(
         .iter()
         .map(|(ids, p)| (ids.len() + p.max_tokens).saturating_mul(gen.n))
         .fold(0usize, usize::saturating_add);
+    let constraint = constraint(&s, &spec).await?;
     let ticket = admit(&s, "max_tokens", choices, cost)?;
-    let rx = submit(&s, prompts, &gen)?;
+    let rx = submit(&s, prompts, &gen, constraint.as_ref())?;
     if gen.stream {
-        return Ok(sse(
+        let stream = sse(
             Kind::Completion,
             &s,
             rx,
             ticket,
-            choices,
-            gen.n,
+            (choices, gen.n),
             gen.include_usage,
-        )
-        .into_response());
+            false,
+        );
+        return Ok(stream.into_response());
     }
     let (out, usage) = collect(&s, rx, choices, gen.n).await?;
     drop(ticket);

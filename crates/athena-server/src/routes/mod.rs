@@ -10,6 +10,7 @@ mod memories;
 mod memory_ids;
 mod observe;
 mod ops;
+mod stream;
 
 use std::sync::Arc;
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::constraint::Constraint;
 use super::sampler::{Sampler, SamplingParams};
 use super::stream::{StopMatcher, TokenStream};
 use super::tokenizer::Tokenizer;
@@ -68,10 +69,12 @@ pub struct Generation {
 /// One sequence's generation as a state machine, driven by whoever runs the model: it takes
 /// each row of logits, samples, detokenizes, watches for eos, stop strings and the token
 /// budget, and says which token to feed next. [`generate`] drives one on a session; the server
-/// drives many on a [`crate::backend::SlotBatch`].
+/// drives many on a [`crate::backend::SlotBatch`]. With a [`Constraint`] every token is drawn
+/// from those the grammar allows, and the sequence ends when the grammar is complete.
 #[derive(Debug)]
 pub struct SequenceGenerator {
     sampler: Sampler,
+    constraint: Option<Constraint>,
     stream: TokenStream,
     stops: StopMatcher,
     history: Vec<u32>,
@@ -113,6 +116,7 @@ impl SequenceGenerator {
         }
         Ok(SequenceGenerator {
             sampler: Sampler::new(params.sampling.clone())?,
+            constraint: None,
             stream: TokenStream::new(params.skip_special_tokens),
             stops: StopMatcher::new(params.stop.iter().cloned()),
             history: prompt.to_vec(),
@@ -123,6 +127,14 @@ impl SequenceGenerator {
             skip_special_tokens: params.skip_special_tokens,
             finish_reason: (params.max_tokens == 0).then_some(FinishReason::Length),
         })
+    }
+
+    /// Keeps the output inside `constraint`'s grammar: each token is drawn from those it allows,
+    /// an end-of-sequence token only where the grammar accepts the text, and the sequence ends
+    /// ([`FinishReason::Stop`]) once the grammar admits nothing more.
+    pub fn with_constraint(mut self, constraint: Constraint) -> Self {
+        self.constraint = Some(constraint);
+        self
     }
 
     /// Why the sequence ended, once it has.
@@ -151,11 +163,22 @@ impl SequenceGenerator {
                 finished: None,
             });
         }
-        let id = self.sampler.sample(logits, &self.history)?;
+        let id = match &mut self.constraint {
+            None => self.sampler.sample(logits, &self.history)?,
+            Some(c) => self
+                .sampler
+                .sample_allowed(logits, &self.history, c.allowed()?)?,
+        };
         let mut finished = None;
         if tokenizer.is_eos(id) {
             finished = Some(FinishReason::Stop);
         } else {
+            if let Some(c) = &mut self.constraint {
+                c.commit(id)?;
+                if c.is_finished() {
+                    finished = Some(FinishReason::Stop);
+                }
+            }
             self.tokens.push(id);
             self.history.push(id);
             if let Some(piece) = self.stream.push(tokenizer, id)? {
@@ -237,10 +260,38 @@ pub fn generate(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
+    on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    let seq = SequenceGenerator::new(prompt, params, model.args().max_position_embeddings)?;
+    run(model, tokenizer, prompt, seq, on_text)
+}
+
+/// [`generate`] with the output kept inside `constraint`'s grammar (a JSON schema, a Lark
+/// grammar: see [`super::Grammars::compile`]). The output is complete under the grammar unless
+/// the generation ends by `max_tokens`, the context or a stop string
+/// ([`FinishReason::Length`], or [`FinishReason::Stop`] with a stop string in `params`).
+pub fn generate_constrained(
+    model: &dyn Backend,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    constraint: Constraint,
+    on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    let seq = SequenceGenerator::new(prompt, params, model.args().max_position_embeddings)?
+        .with_constraint(constraint);
+    run(model, tokenizer, prompt, seq, on_text)
+}
+
+/// Drives `seq` on a fresh session of `model`.
+fn run(
+    model: &dyn Backend,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    mut seq: SequenceGenerator,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let _span = tracing::info_span!("generate", prompt_tokens = prompt.len()).entered();
-    let mut seq = SequenceGenerator::new(prompt, params, model.args().max_position_embeddings)?;
     let start = Instant::now();
     let mut session = model.session();
     let mut logits = first_row(session.step(&[prompt.to_vec()])?)?;

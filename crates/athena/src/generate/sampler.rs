@@ -135,6 +135,49 @@ impl Sampler {
     /// and previous tokens outside the logits are [`Error::Invalid`].
     pub fn sample(&mut self, logits: &[f32], previous_tokens: &[u32]) -> Result<u32> {
         self.penalise(logits, previous_tokens)?;
+        self.draw()
+    }
+
+    /// Like [`Sampler::sample`], drawing only from the tokens set in `allowed`: a bitset over
+    /// the vocabulary (bit `i % 32` of word `i / 32` for token `i`, as
+    /// [`super::Constraint::allowed`] gives it). Every other logit is `-inf` before the
+    /// processors run, so top-k, top-p and min-p choose among the allowed tokens only. An
+    /// `allowed` that leaves no token with a finite logit is [`Error::Invalid`].
+    pub fn sample_allowed(
+        &mut self,
+        logits: &[f32],
+        previous_tokens: &[u32],
+        allowed: &[u32],
+    ) -> Result<u32> {
+        self.penalise(logits, previous_tokens)?;
+        self.restrict(allowed)?;
+        self.draw()
+    }
+
+    /// Sets the logits in `scratch` that `allowed` does not allow to `-inf`.
+    fn restrict(&mut self, allowed: &[u32]) -> Result<()> {
+        let mut any = false;
+        for (i, chunk) in self.scratch.chunks_mut(32).enumerate() {
+            let bits = allowed.get(i).copied().unwrap_or(0);
+            for (b, x) in chunk.iter_mut().enumerate() {
+                if bits >> b & 1 == 0 {
+                    *x = f32::NEG_INFINITY;
+                } else {
+                    any |= *x > f32::NEG_INFINITY;
+                }
+            }
+        }
+        if !any {
+            return Err(Error::invalid(
+                "logits",
+                "no token that the constraint allows has a finite logit",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Draws from `scratch` (the processed logits).
+    fn draw(&mut self) -> Result<u32> {
         if self.params.is_greedy() {
             return Ok(argmax(&self.scratch));
         }

@@ -7,6 +7,7 @@
 //! the [`LoadReport`], with the same words in the log and in errors.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,9 @@ use crate::backend::{Availability, Backend, BackendKind, BackendProvider, LoadSp
 use crate::checkpoint::hub;
 use crate::config::OlmoeConfig;
 use crate::error::{Error, Result};
-use crate::generate::Tokenizer;
+use crate::generate::{
+    generate_constrained, FinishReason, GenerateParams, Grammar, Grammars, Tokenizer,
+};
 
 /// What happened to one backend during `load()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +75,8 @@ struct Loaded {
     tokenizer: Tokenizer,
     head: Option<MemoryActionHead>,
     report: LoadReport,
+    /// The grammar compiler over the tokenizer, built on first use.
+    grammars: OnceLock<Arc<Grammars>>,
 }
 
 /// OLMoE as the agent sees it. Create with [`OlmoeModel::new`], then [`OlmoeModel::load`].
@@ -252,6 +257,7 @@ impl OlmoeModel {
             tokenizer,
             head,
             report,
+            grammars: OnceLock::new(),
         });
         &loaded.report
     }
@@ -336,6 +342,58 @@ impl OlmoeModel {
             }
         }
         Ok(out)
+    }
+
+    /// The grammar compiler over this model's tokenizer (constrained decoding), built on first
+    /// use and shared: compile a [`Grammar`] into a [`crate::generate::Constraint`] per sequence.
+    pub fn grammars(&self) -> Result<Arc<Grammars>> {
+        let loaded = self.loaded()?;
+        if let Some(g) = loaded.grammars.get() {
+            return Ok(g.clone());
+        }
+        let built = Arc::new(Grammars::new(
+            &loaded.tokenizer,
+            loaded.backend.args().vocab_size,
+        )?);
+        Ok(loaded.grammars.get_or_init(|| built).clone())
+    }
+
+    /// Generates JSON valid under `schema` after the prompt `prompt` (token ids) and parses it.
+    /// A schema llguidance refuses is [`Error::Grammar`]; an output cut off by `max_tokens` or
+    /// the context before the JSON is complete is [`Error::Invalid`] naming `max_tokens`.
+    pub fn generate_json(
+        &self,
+        prompt: &[u32],
+        schema: &serde_json::Value,
+        params: &GenerateParams,
+    ) -> Result<serde_json::Value> {
+        let loaded = self.loaded()?;
+        let constraint = self
+            .grammars()?
+            .compile(&Grammar::JsonSchema(schema.clone()))?;
+        let g = generate_constrained(
+            loaded.backend.as_ref(),
+            &loaded.tokenizer,
+            prompt,
+            params,
+            constraint,
+            |_| {},
+        )?;
+        if g.finish_reason == FinishReason::Length {
+            return Err(Error::invalid(
+                "max_tokens",
+                format!(
+                    "the JSON was cut off after {} tokens, before it was complete",
+                    g.tokens.len()
+                ),
+            ));
+        }
+        serde_json::from_str(&g.text).map_err(|e| {
+            Error::internal(
+                "constrained decoding",
+                format!("the output is not the JSON its schema allows: {e}"),
+            )
+        })
     }
 
     /// Decides what to do with `fact` given the agent's `memories` (candle path only).
