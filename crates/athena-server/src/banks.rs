@@ -13,6 +13,13 @@ use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 
+/// The instructions the model reads before the conversation when it extracts facts
+/// (`infer=true`), unless the server is given its own.
+pub const DEFAULT_EXTRACTION_PROMPT: &str = "You extract facts worth remembering about the user \
+from a conversation: preferences, plans, people, places, and anything they ask to be remembered. \
+Write each fact as one short sentence about the user. Answer with JSON: {\"facts\": [...]}; an \
+empty list when there is nothing worth remembering.";
+
 /// Where the bank is and how it is used.
 #[derive(Clone)]
 pub struct MemoryOptions {
@@ -22,6 +29,8 @@ pub struct MemoryOptions {
     pub bank: BankConfig,
     /// Connections held open (at least 1); as many requests use the bank at once.
     pub connections: usize,
+    /// The instructions for fact extraction (`infer=true`).
+    pub extraction_prompt: String,
 }
 
 impl std::fmt::Debug for MemoryOptions {
@@ -30,6 +39,7 @@ impl std::fmt::Debug for MemoryOptions {
             .field("location", &redacted(&self.location))
             .field("bank", &self.bank)
             .field("connections", &self.connections)
+            .field("extraction_prompt", &self.extraction_prompt)
             .finish()
     }
 }
@@ -122,6 +132,11 @@ impl MemoryBanks {
     /// The configuration each connection's bank has.
     pub fn config(&self) -> &BankConfig {
         &self.options.bank
+    }
+
+    /// The instructions the model reads to extract facts from a conversation.
+    pub fn extraction_prompt(&self) -> &str {
+        &self.options.extraction_prompt
     }
 
     /// The identity of the served model's embeddings.

@@ -52,7 +52,7 @@ use athena::models::olmoe::OlmoeModel;
 use tokio::net::TcpListener;
 
 pub use auth::{ApiKey, InvalidApiKey};
-pub use banks::{MemoryBanks, MemoryOptions};
+pub use banks::{MemoryBanks, MemoryOptions, DEFAULT_EXTRACTION_PROMPT};
 pub use config::{ServerConfig, DEFAULT_TOKEN_BUDGET};
 pub use engine::Engine;
 pub use error::ApiError;

@@ -356,15 +356,15 @@ const UNSUPPORTED_OPTIONS: [(&str, &str); 14] = [
     ("categories", "athena does not categorize memories"),
     (
         "custom_instructions",
-        "fact extraction (infer) is not supported yet",
+        "fact extraction's instructions are the server's (--memory-extraction-prompt)",
     ),
     (
         "agent_custom_instructions",
-        "fact extraction (infer) is not supported yet",
+        "fact extraction's instructions are the server's (--memory-extraction-prompt)",
     ),
     (
         "structured_data_schema",
-        "fact extraction (infer) is not supported yet",
+        "fact extraction answers {\"facts\": [string]} only",
     ),
     (
         "timestamp",

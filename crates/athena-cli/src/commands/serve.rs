@@ -88,6 +88,10 @@ struct MemoryFlags {
     #[arg(long, default_value_t = 4, requires = "memory_db",
           value_parser = clap::value_parser!(u32).range(1..=256))]
     memory_connections: u32,
+    /// A file whose text replaces the instructions the model reads to extract facts from a
+    /// conversation (`infer=true`); the answer is always JSON `{"facts": [...]}`.
+    #[arg(long, requires = "memory_db")]
+    memory_extraction_prompt: Option<std::path::PathBuf>,
     /// Longest fact, query or memory text, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_TEXT_BYTES, requires = "memory_db")]
     memory_max_text_bytes: usize,
@@ -120,10 +124,17 @@ impl MemoryFlags {
             index_mib: self.memory_index_mib,
         })
         .context("--memory-* flags")?;
+        let extraction_prompt = match &self.memory_extraction_prompt {
+            Some(path) => std::fs::read_to_string(path).with_context(|| {
+                format!("reading --memory-extraction-prompt {}", path.display())
+            })?,
+            None => athena_server::DEFAULT_EXTRACTION_PROMPT.to_string(),
+        };
         let options = MemoryOptions {
             location: location.clone(),
             bank,
             connections: self.memory_connections as usize,
+            extraction_prompt,
         };
         let shown = if athena::memory::is_postgres_url(location) {
             athena::memory::postgres::redact_url(location)

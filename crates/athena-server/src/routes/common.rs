@@ -115,12 +115,12 @@ pub(super) async fn tokenize(
         .await
 }
 
-/// Runs `work` on the model on the blocking pool, holding `ticket` until it returns. Dropping
-/// the returned future (a timeout, a client gone) raises the [`Cancel`] flag that `work` is
-/// given, so the work stops at its next check and gives its admission back.
-pub(super) async fn model_work<T: Send + 'static>(
+/// Runs `work` on the model on the blocking pool, holding `hold` (a [`Ticket`], say) until it
+/// returns. Dropping the returned future (a timeout, a client gone) raises the [`Cancel`] flag
+/// that `work` is given, so the work stops at its next check and lets go of what it holds.
+pub(super) async fn model_work<T: Send + 'static, H: Send + 'static>(
     state: &Shared,
-    ticket: Ticket,
+    hold: H,
     what: &'static str,
     work: impl FnOnce(&OlmoeModel, &Cancel) -> athena::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -129,7 +129,7 @@ pub(super) async fn model_work<T: Send + 'static>(
     let model = state.model.clone();
     let metrics = state.metrics.clone();
     tokio::task::spawn_blocking(move || {
-        let _ticket = ticket;
+        let _held = hold;
         let done = work(&model, &cancel);
         if matches!(done, Err(athena::Error::Cancelled { .. })) {
             metrics.cancelled_work();

@@ -11,7 +11,8 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::common::{admit, context, parse, tokenize};
+use super::common::{admit, context, model_work, parse, tokenize};
+use super::memory_extract;
 use crate::banks::MemoryBanks;
 use crate::error::{ApiError, ErrorBody};
 use crate::memory_api::{
@@ -78,10 +79,11 @@ pub(super) async fn encode(
     }
     let cost = batch.iter().map(Vec::len).sum();
     let ticket = admit(s, param, 1, cost)?;
-    let model = s.model.clone();
-    let vectors = tokio::task::spawn_blocking(move || model.encode_ids(&batch))
-        .await
-        .map_err(|_| ApiError::internal("the embedding task failed"))??;
+    // The caller holds the ticket on through the bank's work that follows.
+    let vectors = model_work(s, (), "embedding", move |model, cancel| {
+        model.encode_ids_until(&batch, cancel)
+    })
+    .await?;
     Ok((vectors, ticket))
 }
 
@@ -107,20 +109,16 @@ pub(super) async fn ping(
     .into_response())
 }
 
-/// The facts an add stores. Without inference, the text of each user message. With it (mem0's
-/// default), the language model's extraction under the JSON schema `{"facts": [string]}`
-/// belongs here; until the constrained decoding it needs is in the server, it is a 400 that
-/// says so.
-async fn extract_facts(_s: &Shared, input: &AddInput) -> Result<Vec<String>, ApiError> {
+/// The facts an add stores. Without inference, the text of each user message; with it (mem0's
+/// default), those the language model extracts from the whole conversation under a JSON schema
+/// (`memory_extract`).
+async fn facts_of(
+    s: &Shared,
+    banks: &MemoryBanks,
+    input: &AddInput,
+) -> Result<Vec<String>, ApiError> {
     if input.infer {
-        return Err(ApiError {
-            code: Some("infer_unsupported"),
-            ..ApiError::bad_request(
-                "infer",
-                "infer=true (fact extraction by the language model, mem0's default) is not \
-                 supported yet: pass infer=false to store each user message as a fact",
-            )
-        });
+        return memory_extract::extract_facts(s, banks.extraction_prompt(), &input.messages).await;
     }
     input.user_facts()
 }
@@ -143,7 +141,11 @@ pub(super) async fn add(
     let input = memory_api::parse_add(parse(&s, body)?)?;
     let scope = resolve_scope(q.scope()?.as_ref(), input.scope.as_ref())?;
     let use_head = banks.wants_head(&s.model, input.use_head)?;
-    let facts = extract_facts(&s, &input).await?;
+    let facts = facts_of(&s, &banks, &input).await?;
+    if facts.is_empty() {
+        // Extraction found nothing worth remembering: nothing happens, as in mem0.
+        return Ok(Json(MemoryAddResponse { results: vec![] }).into_response());
+    }
     let (vectors, ticket) = encode(&s, &banks, ("messages", "user message"), facts.clone()).await?;
     let model = s.model.clone();
     let shared = banks.clone();

@@ -7,6 +7,7 @@ mod encode;
 mod generation;
 mod guard;
 mod memories;
+mod memory_extract;
 mod memory_ids;
 mod observe;
 mod ops;
