@@ -90,12 +90,13 @@ fn the_walkthrough_prints_mem0_shapes() {
     let results = v["results"].as_array().expect("results");
     assert_eq!(results.len(), 2);
     for r in results {
-        let keys: Vec<&str> = r
+        let mut keys: Vec<&str> = r
             .as_object()
             .expect("object")
             .keys()
             .map(String::as_str)
             .collect();
+        keys.sort_unstable();
         assert_eq!(keys, ["event", "id", "memory", "previous_memory"]);
         assert_eq!(r["event"], "ADD");
     }
@@ -108,12 +109,13 @@ fn the_walkthrough_prints_mem0_shapes() {
     args.extend(["--query", "Where does Alice live? Paris", "--json"]);
     let v = ok_json(&args);
     let hit = &v["results"][0];
-    let keys: Vec<&str> = hit
+    let mut keys: Vec<&str> = hit
         .as_object()
         .expect("object")
         .keys()
         .map(String::as_str)
         .collect();
+    keys.sort_unstable();
     assert_eq!(keys, ["id", "memory", "metadata", "score"]);
     assert_eq!(hit["memory"], "Alice lives in Paris");
     assert_eq!(hit["metadata"]["source"], "chat");
@@ -137,12 +139,13 @@ fn the_walkthrough_prints_mem0_shapes() {
 
     let v = ok_json(&["memory", "history", "--db", &db, "--id", &id, "--json"]);
     let rows = v["results"].as_array().expect("results");
-    let keys: Vec<&str> = rows[0]
+    let mut keys: Vec<&str> = rows[0]
         .as_object()
         .expect("object")
         .keys()
         .map(String::as_str)
         .collect();
+    keys.sort_unstable();
     assert_eq!(
         keys,
         [
