@@ -143,3 +143,53 @@ fn the_context_bounds_generation_and_bad_prompts_are_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("temperature"), "{err}");
 }
+
+#[test]
+fn generate_json_answers_under_its_schema_or_says_why_not() {
+    use athena::config::OlmoeConfig;
+    use athena::models::olmoe::OlmoeModel;
+    let mut config = OlmoeConfig::for_model(fixture("base").to_str().unwrap());
+    config.use_mlx = false;
+    let mut model = OlmoeModel::new(config);
+    model.load().unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"facts": {"type": "array", "maxItems": 3,
+            "items": {"type": "string", "pattern": "^[a-z ]{1,12}$"}}},
+        "required": ["facts"],
+        "additionalProperties": false,
+    });
+    let prompt = model.tokenizer().unwrap().encode("Facts:", true).unwrap();
+    for seed in 0..8 {
+        let params = GenerateParams {
+            max_tokens: 200,
+            sampling: SamplingParams {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let v = model.generate_json(&prompt, &schema, &params).unwrap();
+        let facts = v["facts"].as_array().unwrap();
+        assert!(facts.len() <= 3, "{v}");
+        assert!(
+            facts
+                .iter()
+                .all(|f| f.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 12)),
+            "{v}"
+        );
+    }
+    // Cut off by max_tokens: an error naming it, not broken JSON.
+    let short = GenerateParams {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    let e = model.generate_json(&prompt, &schema, &short).unwrap_err();
+    assert!(e.to_string().contains("max_tokens"), "{e}");
+    let bad = serde_json::json!({"type": "nonsense"});
+    assert!(matches!(
+        model.generate_json(&prompt, &bad, &short),
+        Err(athena::Error::Grammar { .. })
+    ));
+}

@@ -359,8 +359,9 @@ impl OlmoeModel {
     }
 
     /// Generates JSON valid under `schema` after the prompt `prompt` (token ids) and parses it.
-    /// A schema llguidance refuses is [`Error::Grammar`]; an output cut off by `max_tokens` or
-    /// the context before the JSON is complete is [`Error::Invalid`] naming `max_tokens`.
+    /// A schema llguidance refuses is [`Error::Grammar`]; an output cut off before the JSON is
+    /// complete, by `max_tokens` or the context, or by one of `params.stop`, is
+    /// [`Error::Invalid`] naming `max_tokens` or `stop`.
     pub fn generate_json(
         &self,
         prompt: &[u32],
@@ -388,11 +389,15 @@ impl OlmoeModel {
                 ),
             ));
         }
-        serde_json::from_str(&g.text).map_err(|e| {
-            Error::internal(
+        serde_json::from_str(&g.text).map_err(|e| match params.stop.is_empty() {
+            false => Error::invalid(
+                "stop",
+                format!("a stop string cut the JSON before it was complete: {e}"),
+            ),
+            true => Error::internal(
                 "constrained decoding",
                 format!("the output is not the JSON its schema allows: {e}"),
-            )
+            ),
         })
     }
 
