@@ -238,6 +238,15 @@ mod tests {
     }
 
     #[test]
+    fn floats_round_trip_through_json_text() {
+        // Found by the memory_request fuzz target: serde_json's fast float parser was a unit in
+        // the last place off for this one (its `float_roundtrip` feature is on).
+        let v = parse("777777290533639539006029053363953219810").unwrap();
+        let again: Value = serde_json::from_str(&v.to_string()).unwrap();
+        assert_eq!(again, v);
+    }
+
+    #[test]
     fn refuses_anything_else_with_a_position() {
         for bad in [
             "",
