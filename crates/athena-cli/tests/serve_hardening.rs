@@ -381,26 +381,10 @@ fn health_answers_while_clients_send_megabyte_chats() {
     assert!(big.body().contains("bytes"), "{}", big.text);
 }
 
-/// A copy of the fixture model with a context of 4096 positions.
-fn long_context_model(dir: &std::path::Path) -> std::path::PathBuf {
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for entry in std::fs::read_dir(support::fixture()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
-    }
-    let path = model.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["max_position_embeddings"] = 4096.into();
-    std::fs::write(&path, config.to_string()).unwrap();
-    model
-}
-
 #[test]
 fn many_long_texts_stay_within_memory_and_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let model = long_context_model(dir.path());
+    let model = support::long_context_model(dir.path());
     // A token budget that admits two of the largest memory-actions requests at once.
     let mut server = start_with(
         &model,
@@ -500,7 +484,7 @@ fn many_long_texts_stay_within_memory_and_budget() {
 #[test]
 fn a_request_past_its_timeout_stops_its_encoding() {
     let dir = tempfile::tempdir().unwrap();
-    let model = long_context_model(dir.path());
+    let model = support::long_context_model(dir.path());
     let server = start_with(
         &model,
         &["--request-timeout", "1", "--token-budget", "1000000"],

@@ -7,27 +7,9 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::{call, python_with, root, start_with};
-
-/// The fixture model with a 4096-token context (the tools' instructions and the longer answers
-/// need more than the fixture's 256).
-fn long_context_model(dir: &Path) -> PathBuf {
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for entry in std::fs::read_dir(support::fixture()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
-    }
-    let path = model.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["max_position_embeddings"] = 4096.into();
-    std::fs::write(&path, config.to_string()).unwrap();
-    model
-}
 
 #[test]
 fn the_openai_client_gets_valid_json_and_tool_calls() {
@@ -38,7 +20,7 @@ fn the_openai_client_gets_valid_json_and_tool_calls() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let model = long_context_model(dir.path());
+    let model = support::long_context_model(dir.path());
     let server = start_with(&model, &[], &[], &[]);
     let out = Command::new(python)
         .arg(root().join("scripts/structured_outputs_test.py"))
@@ -64,7 +46,7 @@ fn metric(addr: &str, name: &str) -> f64 {
 #[test]
 fn constrained_and_free_sequences_share_decode_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_with(&long_context_model(dir.path()), &[], &[], &[]);
+    let server = start_with(&support::long_context_model(dir.path()), &[], &[], &[]);
     let addr = server.addr.clone();
     // A long free sequence that cannot end early (eos banned), streamed; once it runs, a
     // constrained request joins it.

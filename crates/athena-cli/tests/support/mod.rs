@@ -263,3 +263,20 @@ pub fn fresh_pg_database(test: &str) -> Option<String> {
     let (base, _) = server.rsplit_once('/').expect("a URL with a database");
     Some(format!("{base}/{name}"))
 }
+
+/// A copy of the fixture model in `dir/model` with a 4096-token context (the real OLMoE's),
+/// for requests longer than the fixture's 256 tokens.
+pub fn long_context_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixture()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let path = model.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = 4096.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    model
+}
