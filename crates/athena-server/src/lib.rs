@@ -177,30 +177,45 @@ pub async fn serve(
         what: "reading the bound address".into(),
         source,
     })?;
+    // The handlers are in place before anyone learns the address: a SIGTERM that follows the
+    // first answer always drains, never kills.
+    let shutdown = shutdown_signal();
     on_bound(bound);
-    serve_on(listener, model, config, shutdown_signal()).await
+    serve_on(listener, model, config, shutdown).await
 }
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the future is
+/// first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            let (mut term, mut int) = match (term, int) {
+                (Ok(term), Ok(int)) => (term, int),
+                (term, int) => {
+                    tracing::warn!(
+                        "no signal handlers ({:?}, {:?}): SIGTERM and Ctrl-C end the process at once",
+                        term.err(),
+                        int.err()
+                    );
+                    return std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    {
+        async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
