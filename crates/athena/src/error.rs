@@ -96,6 +96,19 @@ pub enum Error {
         /// The backend the model runs on.
         backend: crate::options::BackendKind,
     },
+    /// A training run would overwrite a trained head it was not told to replace.
+    #[error(
+        "{} already holds a trained head ({}); pass --overwrite to train a new one in its \
+         place, or --resume to continue its run",
+        out.display(),
+        file.display()
+    )]
+    HeadExists {
+        /// The run's output directory.
+        out: PathBuf,
+        /// The head's file found there.
+        file: PathBuf,
+    },
     /// The requester withdrew the request ([`crate::models::cancel::Cancel`]) before the
     /// work was done.
     #[error("{what} was cancelled")]

@@ -263,7 +263,21 @@ pub fn generate(
     on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let seq = SequenceGenerator::new(prompt, params, model.args().max_position_embeddings)?;
-    run(model, tokenizer, prompt, seq, on_text)
+    run(model, tokenizer, prompt, seq, || true, on_text)
+}
+
+/// [`generate`] that asks `keep_going` before each decoding step and stops with
+/// [`Error::Cancelled`] once it answers `false` (a reader of the text that went away).
+pub fn generate_while(
+    model: &dyn Backend,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    keep_going: impl FnMut() -> bool,
+    on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    let seq = SequenceGenerator::new(prompt, params, model.args().max_position_embeddings)?;
+    run(model, tokenizer, prompt, seq, keep_going, on_text)
 }
 
 /// [`generate`] with the output kept inside `constraint`'s grammar (a JSON schema, a Lark
@@ -280,15 +294,16 @@ pub fn generate_constrained(
 ) -> Result<Generation> {
     let seq = SequenceGenerator::new(prompt, params, model.args().max_position_embeddings)?
         .with_constraint(constraint);
-    run(model, tokenizer, prompt, seq, on_text)
+    run(model, tokenizer, prompt, seq, || true, on_text)
 }
 
-/// Drives `seq` on a fresh session of `model`.
+/// Drives `seq` on a fresh session of `model` while `keep_going` says so.
 fn run(
     model: &dyn Backend,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     mut seq: SequenceGenerator,
+    mut keep_going: impl FnMut() -> bool,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let _span = tracing::info_span!("generate", prompt_tokens = prompt.len()).entered();
@@ -303,6 +318,7 @@ fn run(
             on_text(&step.text);
         }
         match step.next {
+            Some(_) if !keep_going() => return Err(Error::Cancelled { what: "generate" }),
             Some(id) => logits = first_row(session.step(&[vec![id]])?)?,
             None => break,
         }

@@ -29,8 +29,8 @@ mod template_budget;
 pub use chat::{ChatMessage, ChatTemplate, SpecialTokens, DEFAULT_CHAT_TEMPLATE};
 pub use constraint::{Constraint, Grammar, Grammars, MAX_GRAMMAR_BYTES};
 pub use generation::{
-    generate, generate_constrained, Advance, FinishReason, GenerateParams, Generation,
-    SequenceGenerator,
+    generate, generate_constrained, generate_while, Advance, FinishReason, GenerateParams,
+    Generation, SequenceGenerator,
 };
 pub use sampler::{argmax, Sampler, SamplingParams};
 pub use stream::{StopMatcher, TokenStream};

@@ -38,6 +38,7 @@ mod error;
 pub mod eval;
 mod import;
 mod journal;
+pub mod mem0;
 pub mod postgres;
 pub mod retrieval;
 pub mod sqlite;

@@ -1,9 +1,8 @@
 //! `athena memory add`.
 
 use anyhow::{Context, Result};
-use athena::memory::{parse_metadata, Event, MemoryError, Metadata};
+use athena::memory::{mem0, parse_metadata, MemoryError, Metadata};
 use athena::models::olmoe::OlmoeModel;
-use serde_json::json;
 
 use super::flags::{print_json, DbFlags, ScopeFlags};
 use crate::agent::LoadFlags;
@@ -51,16 +50,6 @@ pub(super) fn metadata(flag: Option<&str>) -> Result<Metadata> {
     })
 }
 
-/// mem0's shape of one event.
-pub(super) fn event_json(e: &Event) -> serde_json::Value {
-    json!({
-        "id": e.id.map(|id| id.to_string()),
-        "event": e.event.as_str(),
-        "memory": e.memory,
-        "previous_memory": e.previous_memory,
-    })
-}
-
 /// Runs `athena memory add`.
 pub fn run(a: Args) -> Result<()> {
     let scope = a.scope.scope()?;
@@ -76,7 +65,7 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_model(&a.load, !a.no_infer)?;
     let events = bank.add(&model, &facts, &scope, &metadata, !a.no_infer)?;
     if a.json {
-        print_json(&json!({ "results": events.iter().map(event_json).collect::<Vec<_>>() }))?;
+        print_json(&mem0::add_results(&events))?;
     } else {
         for e in &events {
             let id = e.id.map_or_else(|| "-".to_string(), |id| id.to_string());

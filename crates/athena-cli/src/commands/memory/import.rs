@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use athena::memory::{parse_conversation_line, EventKind, Scope};
+use athena::memory::{mem0, parse_conversation_line, EventKind, Scope};
 use serde_json::json;
 
-use super::add::{event_json, load_model, metadata};
+use super::add::{load_model, metadata};
 use super::flags::{print_json, DbFlags};
 use crate::agent::LoadFlags;
 
@@ -98,7 +98,7 @@ pub fn run(a: Args) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     if a.json {
         print_json(&json!({
-            "results": events.iter().map(event_json).collect::<Vec<_>>(),
+            "results": events.iter().map(mem0::event).collect::<Vec<_>>(),
             "summary": { "facts": facts.len(), "events": counts, "seconds": secs },
         }))?;
     } else {

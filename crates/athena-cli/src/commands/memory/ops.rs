@@ -1,7 +1,7 @@
 //! `athena memory search|list|get|update|delete|history|reset|check`.
 
 use anyhow::{Context, Result};
-use athena::memory::{parse_id, parse_metadata, rfc3339, Record, SearchOptions};
+use athena::memory::{mem0, parse_id, parse_metadata, rfc3339, Record, SearchOptions};
 use serde_json::json;
 
 use super::flags::{print_json, DbFlags, ScopeFlags};
@@ -128,21 +128,6 @@ pub struct CheckArgs {
     json: bool,
 }
 
-/// mem0's shape of a stored memory.
-fn record_json(r: &Record) -> serde_json::Value {
-    json!({
-        "id": r.id.to_string(),
-        "memory": r.text,
-        "hash": r.hash,
-        "metadata": r.metadata,
-        "created_at": rfc3339(r.created_at),
-        "updated_at": rfc3339(r.updated_at),
-        "user_id": r.scope.user_id,
-        "agent_id": r.scope.agent_id,
-        "run_id": r.scope.run_id,
-    })
-}
-
 fn print_record(r: &Record) {
     println!("{} [{}] {}", r.id, r.scope, r.text);
 }
@@ -160,18 +145,7 @@ pub fn search(a: SearchArgs) -> Result<()> {
     let model = a.load.load()?;
     let hits = bank.search(&model, &a.query, &options)?;
     if a.json {
-        let results: Vec<_> = hits
-            .iter()
-            .map(|h| {
-                json!({
-                    "id": h.record.id.to_string(),
-                    "memory": h.record.text,
-                    "score": h.score,
-                    "metadata": h.record.metadata,
-                })
-            })
-            .collect();
-        print_json(&json!({ "results": results }))?;
+        print_json(&mem0::search_results(&hits))?;
     } else {
         for h in &hits {
             println!("{:.4} {} {}", h.score, h.record.id, h.record.text);
@@ -186,7 +160,7 @@ pub fn list(a: ListArgs) -> Result<()> {
     let mut bank = a.db.open_existing()?;
     let records = bank.get_all(&scope, a.offset, a.limit)?;
     if a.json {
-        print_json(&json!({ "results": records.iter().map(record_json).collect::<Vec<_>>() }))?;
+        print_json(&mem0::list_results(&records))?;
     } else {
         records.iter().for_each(print_record);
     }
@@ -199,7 +173,7 @@ pub fn get(a: IdArgs) -> Result<()> {
     let mut bank = a.db.open_existing()?;
     let record = bank.get(id, a.scope.optional().as_ref())?;
     if a.json {
-        print_json(&record_json(&record))?;
+        print_json(&mem0::record(&record))?;
     } else {
         print_record(&record);
     }
@@ -216,10 +190,7 @@ pub fn update(a: UpdateArgs) -> Result<()> {
     let model = a.load.load()?;
     let event = bank.update(&model, id, scope.as_ref(), &a.text)?;
     if a.json {
-        print_json(
-            &json!({ "message": "Memory updated successfully!", "id": id.to_string(),
-            "event": event.event.as_str() }),
-        )?;
+        print_json(&mem0::updated(id, event.event))?;
     } else {
         println!("{} {id} {}", event.event.as_str(), event.memory);
     }
@@ -233,7 +204,7 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
         let mut bank = a.db.open_existing()?;
         let n = bank.delete_all(&scope)?;
         if a.json {
-            print_json(&json!({ "message": "Memories deleted successfully!", "deleted": n }))?;
+            print_json(&mem0::deleted_all(n))?;
         } else {
             println!("deleted {n} memories of {scope}");
         }
@@ -243,7 +214,7 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
     let mut bank = a.db.open_existing()?;
     bank.delete(id, a.scope.optional().as_ref())?;
     if a.json {
-        print_json(&json!({ "message": "Memory deleted successfully!", "id": id.to_string() }))?;
+        print_json(&mem0::deleted(id))?;
     } else {
         println!("DELETE {id}");
     }
@@ -256,19 +227,7 @@ pub fn history(a: IdArgs) -> Result<()> {
     let mut bank = a.db.open_existing()?;
     let rows = bank.history(id, a.scope.optional().as_ref())?;
     if a.json {
-        let results: Vec<_> = rows
-            .iter()
-            .map(|h| {
-                json!({
-                    "memory_id": h.memory_id.to_string(),
-                    "event": h.event.as_str(),
-                    "old_memory": h.old_memory,
-                    "new_memory": h.new_memory,
-                    "created_at": rfc3339(h.created_at),
-                })
-            })
-            .collect();
-        print_json(&json!({ "results": results }))?;
+        print_json(&mem0::history_results(&rows))?;
     } else {
         for h in &rows {
             println!(
@@ -291,7 +250,7 @@ pub fn reset(a: ResetArgs) -> Result<()> {
     let mut bank = a.db.open_existing()?;
     bank.reset()?;
     if a.json {
-        print_json(&json!({ "message": "Memories reset successfully!" }))?;
+        print_json(&mem0::reset())?;
     } else {
         println!("reset {}", bank.location());
     }
