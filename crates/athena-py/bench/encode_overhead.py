@@ -1,5 +1,5 @@
 """Times OLMoEModel.encode of 1 and of 64 short texts from Python, the same calls
-crates/athena/examples/encode_timing.rs times from Rust (docs/BENCHMARKS.md).
+crates/athena-py/examples/encode_timing.rs times from Rust (docs/BENCHMARKS.md).
 
     python crates/athena-py/bench/encode_overhead.py fixtures/models/base 200
 """

@@ -2,8 +2,9 @@
 //! loaded as the agent loads it, encode, act, generate, the memory bank and the training of
 //! the memory action head, each a thin layer over the library.
 //!
-//! Imports go one way: `errors`, `convert` and `logging` are leaves; `config`, `head`;
-//! `model` with its `tokenizer` and `stream`; `memory` and `train` above the model.
+//! Imports go one way: `errors`, `convert`, `logging` and `shared` (the model behind its lock)
+//! are leaves; `config`, `head`, `tokenizer` and `stream` above them; `model`; `memory` and
+//! `train` on top.
 #![warn(missing_docs)]
 
 mod config;
@@ -13,6 +14,7 @@ mod head;
 mod logging;
 mod memory;
 mod model;
+mod shared;
 mod stream;
 mod tokenizer;
 mod train;

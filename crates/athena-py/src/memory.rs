@@ -14,7 +14,8 @@ use pyo3::prelude::*;
 
 use crate::convert::{from_python, to_python};
 use crate::errors::{memory_error, model_error, user_error};
-use crate::model::{read, PyOlmoeModel, SharedModel};
+use crate::model::PyOlmoeModel;
+use crate::shared::{read, SharedModel};
 
 /// An agent's memories in SQLite (a file, created if missing) or PostgreSQL (a
 /// `postgres://` URL), with the history of every change.

@@ -3,7 +3,7 @@
 //! the GIL, and the model is shared (behind a lock) with its tokenizer, its generation streams
 //! and the memory banks that use it.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 
 use athena::generate::{GenerateParams, SamplingParams};
 use athena::models::olmoe::{Memory, OlmoeModel};
@@ -14,24 +14,9 @@ use crate::config::PyOlmoeConfig;
 use crate::convert::{from_python, serialize_to_python};
 use crate::errors::{model_error, user_error};
 use crate::head::PyActionHead;
+use crate::shared::{loaded_parts, read, write, SharedModel};
 use crate::stream::PyGenerationStream;
 use crate::tokenizer::PyTokenizer;
-
-/// The model, shared by the Python objects that use it.
-pub type SharedModel = Arc<RwLock<OlmoeModel>>;
-
-/// Reads the shared model; a lock poisoned by a panic still holds a usable model.
-pub fn read(model: &SharedModel) -> RwLockReadGuard<'_, OlmoeModel> {
-    model
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write(model: &SharedModel) -> RwLockWriteGuard<'_, OlmoeModel> {
-    model
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// OLMoE as the agent sees it: create with a config, then `load()`.
 #[pyclass(name = "OLMoEModel", module = "athena", frozen)]
@@ -285,16 +270,6 @@ impl PyOlmoeModel {
             Some(b) => format!("OLMoEModel({name:?}, backend={b:?})"),
             None => format!("OLMoEModel({name:?}, not loaded)"),
         }
-    }
-}
-
-/// The loaded backend and tokenizer, or [`athena::Error::NotLoaded`].
-pub fn loaded_parts(
-    m: &OlmoeModel,
-) -> athena::Result<(&dyn athena::backend::Backend, &athena::generate::Tokenizer)> {
-    match (m.model(), m.tokenizer()) {
-        (Some(b), Some(t)) => Ok((b, t)),
-        _ => Err(athena::Error::NotLoaded),
     }
 }
 

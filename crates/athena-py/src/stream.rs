@@ -9,7 +9,7 @@ use athena::generate::{generate_while, GenerateParams};
 use pyo3::prelude::*;
 
 use crate::errors::{model_error, AthenaError};
-use crate::model::{loaded_parts, read, SharedModel};
+use crate::shared::{loaded_parts, read, SharedModel};
 
 /// What the generating thread sends.
 enum Piece {

@@ -3,7 +3,7 @@
 use pyo3::prelude::*;
 
 use crate::errors::model_error;
-use crate::model::{read, SharedModel};
+use crate::shared::{read, SharedModel};
 
 /// The tokenizer of a loaded `OLMoEModel`.
 #[pyclass(name = "Tokenizer", module = "athena", frozen)]

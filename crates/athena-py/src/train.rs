@@ -12,7 +12,8 @@ use pyo3::types::PyDict;
 
 use crate::convert::to_python;
 use crate::errors::{model_error, user_error};
-use crate::model::{read, PyOlmoeModel};
+use crate::model::PyOlmoeModel;
+use crate::shared::read;
 
 /// A keyword option's value, or the caller's error naming it.
 fn value<'py, T: FromPyObjectOwned<'py>>(key: &str, v: &Bound<'py, PyAny>) -> PyResult<T> {

@@ -2,7 +2,7 @@
 //! the Python binding's overhead (`crates/athena-py/bench/encode_overhead.py` times the same
 //! calls from Python; docs/BENCHMARKS.md has the figures).
 //!
-//!     cargo run --release -p athena --example encode_timing -- fixtures/models/base 200
+//!     cargo run --release -p athena-py --example encode_timing -- fixtures/models/base 200
 
 use std::time::Instant;
 
