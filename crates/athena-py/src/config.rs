@@ -176,6 +176,7 @@ impl PyOlmoeConfig {
         to_python(py, &self.json()?)
     }
 
+    /// The configuration as a constructor call with every field.
     fn __repr__(&self) -> PyResult<String> {
         let Value::Object(fields) = self.json()? else {
             return Ok("OLMoEConfig()".to_string());
@@ -187,6 +188,7 @@ impl PyOlmoeConfig {
         Ok(format!("OLMoEConfig({})", parts.join(", ")))
     }
 
+    /// Whether `other` is a configuration with the same fields.
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other
             .cast::<PyOlmoeConfig>()

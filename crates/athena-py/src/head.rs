@@ -47,6 +47,7 @@ impl PyActionHead {
         self.path.is_some()
     }
 
+    /// The head's operations, widths and directory.
     fn __repr__(&self) -> String {
         format!(
             "MemoryActionHead(operations={:?}, input_dim={}, proj_dim={}, path={:?})",

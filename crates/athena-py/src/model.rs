@@ -22,11 +22,9 @@ use crate::tokenizer::PyTokenizer;
 #[pyclass(name = "OLMoEModel", module = "athena", frozen)]
 pub struct PyOlmoeModel {
     pub(crate) model: SharedModel,
-    config: OlmoeConfigHandle,
+    /// The configuration the model was made with.
+    config: Py<PyOlmoeConfig>,
 }
-
-/// The configuration the model was made with.
-type OlmoeConfigHandle = Py<PyOlmoeConfig>;
 
 /// What `generate` and `stream_generate` were asked, as the library's parameters.
 #[allow(clippy::too_many_arguments)]
@@ -257,6 +255,7 @@ impl PyOlmoeModel {
         ))
     }
 
+    /// The model's name and the backend running it.
     fn __repr__(&self, py: Python<'_>) -> String {
         let model = self.model.clone();
         let (name, backend) = py.detach(move || {

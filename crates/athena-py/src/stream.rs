@@ -75,6 +75,7 @@ impl Drop for PyGenerationStream {
 
 #[pymethods]
 impl PyGenerationStream {
+    /// The stream itself.
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }
