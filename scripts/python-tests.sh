@@ -31,6 +31,11 @@ if [ -z "${ATHENA_BIN:-}" ]; then
   cargo build --locked -p athena-cli "${features[@]}"
   export ATHENA_BIN="$CARGO_TARGET_DIR/debug/athena"
 fi
-# maturin installs into the virtual environment VIRTUAL_ENV names.
-VIRTUAL_ENV="$VENV" "$VENV/bin/maturin" develop --locked -m crates/athena-py/Cargo.toml "${features[@]}"
+# maturin installs into the virtual environment VIRTUAL_ENV names. Features given on its command
+# line take the place of pyproject.toml's, so extension-module is named again with them.
+module_features=()
+if [ -n "${ATHENA_PY_FEATURES:-}" ]; then
+  module_features=(--features "extension-module,$ATHENA_PY_FEATURES")
+fi
+VIRTUAL_ENV="$VENV" "$VENV/bin/maturin" develop --locked -m crates/athena-py/Cargo.toml "${module_features[@]}"
 "$VENV/bin/python" -m pytest crates/athena-py/tests "$@"
