@@ -1,6 +1,8 @@
 """encode, act, generate and the tokenizer on the candle path, against the `athena` CLI."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -82,3 +84,24 @@ def test_tokenizer_round_trip(candle_model):
     assert all(isinstance(i, int) for i in ids) and len(ids) >= 2
     assert tok.decode(ids).strip() == "hello world"
     assert tok.encode("hello world", add_special_tokens=False) == ids[-len(tok.encode("hello world", add_special_tokens=False)):]
+
+
+def test_model_work_releases_the_gil(candle_model):
+    started = threading.Event()
+    texts = [f"fact {i} about the user" for i in range(3000)]
+
+    def work():
+        started.set()
+        candle_model.encode(texts)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    started.wait()
+    began = time.monotonic()
+    time.sleep(0.02)
+    # Had encode kept the GIL, this thread would wake only once the worker is done.
+    woke_while_working = worker.is_alive()
+    worker.join()
+    total = time.monotonic() - began
+    assert total > 0.2, f"encode took {total:.3f} s: too short to tell"
+    assert woke_while_working
