@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use athena::generate::{GenerateParams, SamplingParams};
 use athena::models::olmoe::{Memory, OlmoeModel};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyList};
+use pyo3::types::PyByteArray;
 
 use crate::config::PyOlmoeConfig;
 use crate::convert::{from_python, serialize_to_python};
@@ -110,16 +110,14 @@ impl PyOlmoeModel {
         py.detach(move || read(&model).is_loaded())
     }
 
-    /// Each backend tried or skipped by the last successful `load()`, in order:
-    /// `{"backend", "outcome", "reason"}` dicts (empty before a load succeeds).
+    /// Each backend the last `load()` tried or skipped, in order, with why:
+    /// `{"backend", "outcome", "reason"}` dicts ("skipped", "failed" or "loaded"); also after
+    /// a load that found no backend; empty before any load.
     #[getter]
     fn load_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let model = self.model.clone();
-        let attempts = py.detach(move || read(&model).report().map(|r| r.attempts.clone()));
-        match attempts {
-            Some(a) => serialize_to_python(py, &a),
-            None => Ok(PyList::empty(py).into_any()),
-        }
+        let attempts = py.detach(move || read(&model).attempts().to_vec());
+        serialize_to_python(py, &attempts)
     }
 
     /// The memory action head: present after a candle load; None on MLX or before loading.

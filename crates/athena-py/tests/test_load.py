@@ -13,6 +13,7 @@ MLX_REASON = athena.mlx_unavailable_reason()
 def test_use_mlx_false_loads_candle_with_the_head(base):
     model = athena.OLMoEModel(athena.OLMoEConfig(base, use_mlx=False))
     assert model.backend is None and not model.is_loaded and model.action_head is None
+    assert model.load_report == []
     assert model.load() is True
     assert model.is_loaded
     assert model.backend == "candle"
@@ -56,7 +57,10 @@ def test_nothing_loadable_is_false_with_the_reason_logged(tmp_path, caplog):
     model = athena.OLMoEModel(athena.OLMoEConfig(missing, use_mlx=False))
     assert model.load() is False
     assert not model.is_loaded and model.backend is None and model.action_head is None
-    assert model.load_report == []
+    report = model.load_report
+    assert report[0] == {"backend": "mlx", "outcome": "skipped", "reason": "disabled by use_mlx=false"}
+    assert report[1]["backend"] == "candle" and report[1]["outcome"] == "failed"
+    assert report[1]["reason"].startswith("failed: ") and "no-such-model" in report[1]["reason"]
     errors = [r for r in caplog.records if r.name == "athena" and r.levelno == logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in caplog.records]
     message = errors[0].getMessage()

@@ -229,6 +229,18 @@ fn f_both_failing_is_an_error_naming_each_reason() {
     assert!(msg.contains("candle: failed:"), "{msg}");
     assert!(!m.is_loaded());
     assert_eq!(m.backend(), None);
+    // The attempts stay readable after the failure, with the words of the error.
+    let attempts = m.attempts();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        (attempts[0].backend, attempts[0].outcome),
+        (BackendKind::Mlx, Outcome::Failed)
+    );
+    assert_eq!(
+        (attempts[1].backend, attempts[1].outcome),
+        (BackendKind::Candle, Outcome::Failed)
+    );
+    assert!(msg.contains(&attempts[1].reason), "{msg}");
     assert!(logs_contain("MLX load failed, falling back to candle"));
     assert!(logs_contain("No inference backend available"));
 }

@@ -163,7 +163,7 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(start_step as u64);
-    let summary = training.run(&model, |event| match event {
+    let result = training.run(&model, |event| match event {
         Event::Step(step) => {
             bar.set_position(step.step as u64);
             bar.set_message(format!(
@@ -189,8 +189,9 @@ pub fn run(a: Args) -> Result<()> {
         Event::Checkpoint { checkpoint, path } => {
             tracing::info!("checkpoint after step {checkpoint}: {}", path.display())
         }
-    })?;
+    });
     bar.finish_and_clear();
+    let summary = result?;
     if a.json {
         println!("{}", summary.to_json());
     } else {

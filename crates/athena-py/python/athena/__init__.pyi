@@ -132,7 +132,7 @@ class OLMoEModel:
         """Whether load() has succeeded."""
     @property
     def load_report(self) -> List[Dict[str, str]]:
-        """Each backend tried or skipped: {"backend", "outcome", "reason"}."""
+        """Each backend the last load() tried or skipped: {"backend", "outcome", "reason"}."""
     @property
     def action_head(self) -> Optional[MemoryActionHead]:
         """The memory action head (candle path); None on MLX or before load()."""

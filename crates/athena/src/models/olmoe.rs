@@ -85,6 +85,8 @@ pub struct OlmoeModel {
     mlx: Box<dyn BackendProvider>,
     candle: CandleProvider,
     loaded: Option<Loaded>,
+    /// The attempts of the last `load()` when it found no backend.
+    failed_attempts: Vec<Attempt>,
 }
 
 impl OlmoeModel {
@@ -101,6 +103,7 @@ impl OlmoeModel {
             mlx,
             candle: CandleProvider,
             loaded: None,
+            failed_attempts: Vec::new(),
         }
     }
 
@@ -114,6 +117,7 @@ impl OlmoeModel {
         let _span =
             tracing::info_span!("OlmoeModel::load", model = %self.config.model_name).entered();
         self.loaded = None;
+        self.failed_attempts.clear();
         self.config.validate()?;
         let mut attempts = Vec::new();
 
@@ -191,6 +195,7 @@ impl OlmoeModel {
                     .join("; ");
                 let err = Error::NoBackend { reasons };
                 tracing::error!("{err}");
+                self.failed_attempts = attempts;
                 Err(err)
             }
         }
@@ -275,6 +280,16 @@ impl OlmoeModel {
     /// The report of the last successful `load()`.
     pub fn report(&self) -> Option<&LoadReport> {
         self.loaded.as_ref().map(|l| &l.report)
+    }
+
+    /// Every backend the last `load()` tried or skipped, in order, whether it found one (the
+    /// attempts of [`Self::report`]) or not (each one's reason for failing); empty before any
+    /// load.
+    pub fn attempts(&self) -> &[Attempt] {
+        match &self.loaded {
+            Some(l) => &l.report.attempts,
+            None => &self.failed_attempts,
+        }
     }
 
     /// The memory action head: present after a candle load, `None` on MLX or before loading.
