@@ -47,11 +47,21 @@ impl PyActionHead {
         self.path.is_some()
     }
 
-    /// The head's operations, widths and directory.
+    /// The head's operations, widths and directory, as Python would write them.
     fn __repr__(&self) -> String {
+        let quoted = |items: &[String]| {
+            let items: Vec<String> = items.iter().map(|s| format!("'{s}'")).collect();
+            format!("[{}]", items.join(", "))
+        };
+        let path = self
+            .path
+            .as_ref()
+            .map_or_else(|| "None".to_string(), |p| format!("'{p}'"));
         format!(
-            "MemoryActionHead(operations={:?}, input_dim={}, proj_dim={}, path={:?})",
-            self.operations, self.input_dim, self.proj_dim, self.path
+            "MemoryActionHead(operations={}, input_dim={}, proj_dim={}, path={path})",
+            quoted(&self.operations),
+            self.input_dim,
+            self.proj_dim
         )
     }
 }

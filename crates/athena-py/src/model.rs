@@ -264,8 +264,8 @@ impl PyOlmoeModel {
             )
         });
         match backend {
-            Some(b) => format!("OLMoEModel({name:?}, backend={b:?})"),
-            None => format!("OLMoEModel({name:?}, not loaded)"),
+            Some(b) => format!("OLMoEModel('{name}', backend='{b}')"),
+            None => format!("OLMoEModel('{name}', not loaded)"),
         }
     }
 }
