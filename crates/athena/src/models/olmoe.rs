@@ -37,6 +37,20 @@ pub enum Outcome {
     Loaded,
 }
 
+/// What the caller needs of the loaded model: it decides which backends `load` may pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Need {
+    /// Any backend: MLX first when enabled and available, else candle.
+    #[default]
+    Inference,
+    /// The memory action head, which only the trainable candle path carries: MLX is skipped
+    /// with [`HEAD_NEEDS_CANDLE`] as its reason.
+    ActionHead,
+}
+
+/// The reason MLX is skipped for a caller that needs the action head.
+pub const HEAD_NEEDS_CANDLE: &str = "the memory action head needs the trainable candle path";
+
 /// One backend's entry in the [`LoadReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -114,6 +128,12 @@ impl OlmoeModel {
 
     /// Loads the model: MLX first when enabled and available, else (or on its failure) candle.
     pub fn load(&mut self) -> Result<&LoadReport> {
+        self.load_for(Need::Inference)
+    }
+
+    /// Loads the model for what the caller `need`s: [`Need::ActionHead`] skips MLX, with the
+    /// reason in the report, and loads candle with the head.
+    pub fn load_for(&mut self, need: Need) -> Result<&LoadReport> {
         let _span =
             tracing::info_span!("OlmoeModel::load", model = %self.config.model_name).entered();
         self.loaded = None;
@@ -124,6 +144,8 @@ impl OlmoeModel {
         // MLX: only when asked for and available.
         let mlx_skip = if !self.config.use_mlx {
             Some("disabled by use_mlx=false".to_string())
+        } else if need == Need::ActionHead {
+            Some(HEAD_NEEDS_CANDLE.to_string())
         } else {
             match self.mlx.availability() {
                 Availability::Available => None,
