@@ -210,6 +210,42 @@ fn d_a_caller_that_needs_the_head_gets_candle_with_mlx_available() {
 }
 
 #[test]
+fn a_named_backend_is_the_only_one_tried() {
+    // candle named: MLX skipped although available.
+    let mut m = OlmoeModel::with_mlx_provider(config("base"), mlx(Availability::Available, None));
+    let report = m
+        .load_for(Need::Backend(BackendKind::Candle))
+        .unwrap()
+        .clone();
+    assert_eq!(report.backend, BackendKind::Candle);
+    assert_eq!(report.attempts[0].outcome, Outcome::Skipped);
+    assert_eq!(report.attempts[0].reason, "not asked for (backend candle)");
+    // MLX named: loads it, and candle is never tried.
+    let report = m.load_for(Need::Backend(BackendKind::Mlx)).unwrap().clone();
+    assert_eq!(report.backend, BackendKind::Mlx);
+    assert_eq!(report.attempts.len(), 1);
+    // MLX named but failing: an error, not a fallback to candle.
+    let mut m = OlmoeModel::with_mlx_provider(
+        config("base"),
+        mlx(
+            Availability::Available,
+            Some("libmlx refused the checkpoint"),
+        ),
+    );
+    let err = m
+        .load_for(Need::Backend(BackendKind::Mlx))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("libmlx refused the checkpoint")
+            && err.contains("candle: not asked for (backend mlx)"),
+        "{err}"
+    );
+    assert_eq!(m.attempts()[1].outcome, Outcome::Skipped);
+    assert!(!m.is_loaded());
+}
+
+#[test]
 fn e_action_head_after_a_candle_load() {
     let mut m = OlmoeModel::new(candle_config("base"));
     assert!(m.action_head().is_none());

@@ -46,6 +46,9 @@ pub enum Need {
     /// The memory action head, which only the trainable candle path carries: MLX is skipped
     /// with [`HEAD_NEEDS_CANDLE`] as its reason.
     ActionHead,
+    /// This backend and no other (a caller that names one): the other is skipped, and a
+    /// failure of this one is an error rather than a fallback.
+    Backend(BackendKind),
 }
 
 /// The reason MLX is skipped for a caller that needs the action head.
@@ -82,6 +85,12 @@ pub struct Memory {
     pub id: String,
     /// The memory's text.
     pub text: String,
+}
+
+/// Why the candle path did not load: not tried for this need, or tried and failed.
+enum CandleMiss {
+    Skip(&'static str),
+    Failure(Error),
 }
 
 struct Loaded {
@@ -146,6 +155,8 @@ impl OlmoeModel {
             Some("disabled by use_mlx=false".to_string())
         } else if need == Need::ActionHead {
             Some(HEAD_NEEDS_CANDLE.to_string())
+        } else if need == Need::Backend(BackendKind::Candle) {
+            Some("not asked for (backend candle)".to_string())
         } else {
             match self.mlx.availability() {
                 Availability::Available => None,
@@ -188,13 +199,18 @@ impl OlmoeModel {
 
         // candle: the trainable path, with the action head.
         let path = self.config.model_name.clone();
-        tracing::info!("Loading OLMoE via candle: {path}");
-        let candle = self
-            .load_with(BackendKind::Candle, &path)
-            .and_then(|(backend, tokenizer)| {
-                let head = self.attach_head(backend.as_ref())?;
-                Ok((backend, tokenizer, head))
-            });
+        let candle = if need == Need::Backend(BackendKind::Mlx) {
+            tracing::info!("candle skipped: not asked for (backend mlx)");
+            Err(CandleMiss::Skip("not asked for (backend mlx)"))
+        } else {
+            tracing::info!("Loading OLMoE via candle: {path}");
+            self.load_with(BackendKind::Candle, &path)
+                .and_then(|(backend, tokenizer)| {
+                    let head = self.attach_head(backend.as_ref())?;
+                    Ok((backend, tokenizer, head))
+                })
+                .map_err(CandleMiss::Failure)
+        };
         match candle {
             Ok((backend, tokenizer, head)) => {
                 attempts.push(Attempt {
@@ -205,10 +221,17 @@ impl OlmoeModel {
                 Ok(self.finish(backend, tokenizer, Some(head), path, attempts))
             }
             Err(e) => {
-                attempts.push(Attempt {
-                    backend: BackendKind::Candle,
-                    outcome: Outcome::Failed,
-                    reason: format!("failed: {e}"),
+                attempts.push(match e {
+                    CandleMiss::Skip(reason) => Attempt {
+                        backend: BackendKind::Candle,
+                        outcome: Outcome::Skipped,
+                        reason: reason.to_string(),
+                    },
+                    CandleMiss::Failure(e) => Attempt {
+                        backend: BackendKind::Candle,
+                        outcome: Outcome::Failed,
+                        reason: format!("failed: {e}"),
+                    },
                 });
                 let reasons = attempts
                     .iter()
