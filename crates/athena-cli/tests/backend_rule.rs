@@ -221,6 +221,57 @@ fn commands_that_need_the_head_ask_for_candle_in_every_build() {
 }
 
 #[test]
+fn training_and_inferring_memories_ask_for_candle_in_every_build() {
+    const HEAD_LINE: &str =
+        "backend candle (mlx skipped: the memory action head needs the trainable candle path; candle loaded: ";
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    for (n, seed, file) in [("12", "1", "train.jsonl"), ("8", "2", "eval.jsonl")] {
+        let o = athena(&["synth-memory", "--n", n, "--seed", seed, "--out", &p(file)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let m = base();
+    let (o, line) = backend_line(&[
+        "train-head",
+        "--model",
+        &m,
+        "--train",
+        &p("train.jsonl"),
+        "--eval",
+        &p("eval.jsonl"),
+        "--out",
+        &p("head"),
+        "--mode",
+        "sft",
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    assert!(line.starts_with(HEAD_LINE), "{line}");
+    assert_eq!(json(&o)["steps"], 2);
+    // `memory add` infers with the head it just trained: candle again.
+    let db = p("m.db");
+    let head = p("head");
+    let (o, line) = backend_line(&[
+        "memory",
+        "add",
+        "--db",
+        &db,
+        "--model",
+        &m,
+        "--user",
+        "u",
+        "--head",
+        &head,
+        "--fact",
+        "Bob likes tea",
+        "--json",
+    ]);
+    assert!(line.starts_with(HEAD_LINE), "{line}");
+    assert_eq!(json(&o)["results"][0]["event"], "ADD");
+}
+
+#[test]
 fn a_config_file_is_accepted_by_every_command_that_loads_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("athena.toml");
