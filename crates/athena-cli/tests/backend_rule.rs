@@ -326,3 +326,38 @@ fn the_default_device_is_auto() {
         );
     }
 }
+
+/// A checkpoint without `tokenizer.json` (as converters and the benchmark anchors write them)
+/// runs on token ids: `bench` and `logits` work on it; what needs text names the missing file.
+#[test]
+fn a_checkpoint_without_a_tokenizer_runs_on_token_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("base").join(name), dir.path().join(name)).unwrap();
+    }
+    let model = dir.path().display().to_string();
+    let out = dir.path().join("logits.safetensors");
+    let (o, _) = backend_line(&[
+        "bench",
+        "--model",
+        &model,
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(json(&o)["decode_tok_s"].as_f64().unwrap() > 0.0);
+    let out_arg = out.display().to_string();
+    backend_line(&[
+        "logits", "--model", &model, "--ids", "1,2,3", "--output", &out_arg,
+    ]);
+    assert!(out.is_file());
+    let o = athena(&["encode", "--model", &model, "--text", "hello", "--json"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("tokenizer.json") && e.contains("token ids only"),
+        "{e}"
+    );
+}

@@ -84,10 +84,8 @@ pub fn run(a: Args) -> Result<()> {
     sampling.validate()?;
     let grammar = grammar(&a)?;
     let loaded = a.load.load()?;
-    let (model, tokenizer) = loaded
-        .model()
-        .zip(loaded.tokenizer())
-        .context("the model did not load")?;
+    let model = loaded.model().context("the model did not load")?;
+    let tokenizer = loaded.text_tokenizer()?;
     let constraint = match &grammar {
         None => None,
         Some(g) => {

@@ -95,7 +95,8 @@ enum CandleMiss {
 
 struct Loaded {
     backend: Box<dyn Backend>,
-    tokenizer: Tokenizer,
+    /// `None` for a model directory without `tokenizer.json`: it runs on token ids only.
+    tokenizer: Option<Tokenizer>,
     head: Option<MemoryActionHead>,
     report: LoadReport,
     /// The grammar compiler over the tokenizer, built on first use.
@@ -110,6 +111,17 @@ pub struct OlmoeModel {
     loaded: Option<Loaded>,
     /// The attempts of the last `load()` when it found no backend.
     failed_attempts: Vec<Attempt>,
+}
+
+impl Loaded {
+    fn text_tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::tokenizer(
+                Path::new(&self.report.model_path).join("tokenizer.json"),
+                "not found: this model runs on token ids only; text needs its tokenizer",
+            )
+        })
+    }
 }
 
 impl OlmoeModel {
@@ -246,13 +258,26 @@ impl OlmoeModel {
         }
     }
 
-    fn load_with(&self, kind: BackendKind, model: &str) -> Result<(Box<dyn Backend>, Tokenizer)> {
+    fn load_with(
+        &self,
+        kind: BackendKind,
+        model: &str,
+    ) -> Result<(Box<dyn Backend>, Option<Tokenizer>)> {
         let provider: &dyn BackendProvider = match kind {
             BackendKind::Mlx => self.mlx.as_ref(),
             BackendKind::Candle => &self.candle,
         };
         let backend = provider.load(&self.load_spec(model))?;
-        let tokenizer = Tokenizer::from_dir(&hub::resolve(model)?)?;
+        let dir = hub::resolve(model)?;
+        // A checkpoint without a tokenizer (as converters and benchmarks write them) still
+        // runs on token ids; what needs text says so ([`OlmoeModel::text_tokenizer`]).
+        let tokenizer = match dir.join("tokenizer.json").exists() {
+            true => Some(Tokenizer::from_dir(&dir)?),
+            false => {
+                tracing::info!("{}: no tokenizer.json; token ids only", dir.display());
+                None
+            }
+        };
         Ok((backend, tokenizer))
     }
 
@@ -291,7 +316,7 @@ impl OlmoeModel {
     fn finish(
         &mut self,
         backend: Box<dyn Backend>,
-        tokenizer: Tokenizer,
+        tokenizer: Option<Tokenizer>,
         head: Option<MemoryActionHead>,
         model_path: String,
         attempts: Vec<Attempt>,
@@ -347,9 +372,16 @@ impl OlmoeModel {
         self.loaded.as_ref().map(|l| l.backend.as_ref())
     }
 
-    /// The tokenizer.
+    /// The tokenizer: `None` before loading, and for a model directory without
+    /// `tokenizer.json`.
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.loaded.as_ref().map(|l| &l.tokenizer)
+        self.loaded.as_ref().and_then(|l| l.tokenizer.as_ref())
+    }
+
+    /// The tokenizer, for work on text: [`Error::NotLoaded`] before loading, and an
+    /// [`Error::Tokenizer`] naming the missing file for a model loaded without one.
+    pub fn text_tokenizer(&self) -> Result<&Tokenizer> {
+        self.loaded()?.text_tokenizer()
     }
 
     fn loaded(&self) -> Result<&Loaded> {
@@ -364,7 +396,7 @@ impl OlmoeModel {
         let loaded = self.loaded()?;
         let batch = texts
             .iter()
-            .map(|text| loaded.tokenizer.encode(text, true))
+            .map(|text| loaded.text_tokenizer()?.encode(text, true))
             .collect::<Result<Vec<_>>>()?;
         self.encode_ids(&batch)
     }
@@ -412,7 +444,7 @@ impl OlmoeModel {
             return Ok(g.clone());
         }
         let built = Arc::new(Grammars::new(
-            &loaded.tokenizer,
+            loaded.text_tokenizer()?,
             loaded.backend.args().vocab_size,
         )?);
         Ok(loaded.grammars.get_or_init(|| built).clone())
@@ -434,7 +466,7 @@ impl OlmoeModel {
             .compile(&Grammar::JsonSchema(schema.clone()))?;
         let g = generate_constrained(
             loaded.backend.as_ref(),
-            &loaded.tokenizer,
+            loaded.text_tokenizer()?,
             prompt,
             params,
             constraint,
@@ -464,10 +496,15 @@ impl OlmoeModel {
     /// Decides what to do with `fact` given the agent's `memories` (candle path only).
     pub fn act(&self, fact: &str, memories: &[Memory]) -> Result<Action> {
         let loaded = self.loaded()?;
-        let fact = loaded.tokenizer.encode(fact, true)?;
+        let fact = loaded.text_tokenizer()?.encode(fact, true)?;
         let memories = memories
             .iter()
-            .map(|m| Ok((m.id.clone(), loaded.tokenizer.encode(&m.text, true)?)))
+            .map(|m| {
+                Ok((
+                    m.id.clone(),
+                    loaded.text_tokenizer()?.encode(&m.text, true)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         self.act_ids(fact, memories)
     }
