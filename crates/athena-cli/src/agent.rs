@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use athena::config::OlmoeConfig;
-use athena::models::olmoe::OlmoeModel;
+use athena::models::olmoe::{LoadReport, Need, OlmoeModel};
 
-use crate::model::{DeviceArg, DtypeArg, QuantArg};
+use athena::backend::BackendKind;
+
+use crate::model::{BackendArg, DeviceArg, DtypeArg, QuantArg};
 
 /// How to load the model.
 #[derive(Debug, clap::Args)]
@@ -28,7 +30,8 @@ pub struct LoadFlags {
     /// Compute dtype on the candle path.
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
-    /// Device for the candle path.
+    /// Device for the candle path (default auto: CUDA if built in and present, else Metal if
+    /// built in and present, else the CPU).
     #[arg(long, value_enum)]
     pub device: Option<DeviceArg>,
     /// Quantize the weights at load time (candle path).
@@ -92,10 +95,46 @@ impl LoadFlags {
         Ok(c)
     }
 
-    /// Loads the model; the report says which backend runs it and why.
+    /// Loads the model on the backend `--backend` names, or by the rule when it names none.
+    pub fn load_on(&self, backend: Option<BackendArg>) -> Result<OlmoeModel> {
+        self.load_for(match backend {
+            None => Need::Inference,
+            Some(BackendArg::Candle) => Need::Backend(BackendKind::Candle),
+            Some(BackendArg::Mlx) => Need::Backend(BackendKind::Mlx),
+        })
+    }
+
+    /// Loads the model for inference (MLX first when enabled and available, else candle) and
+    /// says on stderr which backend runs it and why.
     pub fn load(&self) -> Result<OlmoeModel> {
+        self.load_for(Need::Inference)
+    }
+
+    /// Loads the model for what the command `need`s and says on stderr which backend runs it
+    /// and why; a command that needs the action head gets candle ([`Need::ActionHead`]).
+    pub fn load_for(&self, need: Need) -> Result<OlmoeModel> {
         let mut model = OlmoeModel::new(self.config()?);
-        model.load()?;
+        let report = model.load_for(need)?;
+        eprintln!("{}", backend_line(report));
         Ok(model)
     }
+}
+
+/// One line that says which backend runs the model and why each one was or was not picked,
+/// e.g. `backend candle (mlx skipped: disabled by use_mlx=false; candle loaded: loaded m)`.
+pub fn backend_line(report: &LoadReport) -> String {
+    let attempts: Vec<String> = report
+        .attempts
+        .iter()
+        .map(|a| {
+            let outcome = format!("{:?}", a.outcome).to_lowercase();
+            format!("{} {outcome}: {}", a.backend, a.reason)
+        })
+        .collect();
+    format!("backend {} ({})", report.backend, attempts.join("; "))
+}
+
+/// The backend a loaded model runs on, as the `"backend"` field of `--json` outputs.
+pub fn backend_name(model: &OlmoeModel) -> String {
+    model.backend().map(|b| b.to_string()).unwrap_or_default()
 }

@@ -24,10 +24,9 @@ pub fn write(model: &SharedModel) -> RwLockWriteGuard<'_, OlmoeModel> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The loaded backend and tokenizer, or [`athena::Error::NotLoaded`].
+/// The loaded backend and tokenizer: [`athena::Error::NotLoaded`] before loading, a tokenizer
+/// error for a model without one.
 pub fn loaded_parts(m: &OlmoeModel) -> athena::Result<(&dyn Backend, &Tokenizer)> {
-    match (m.model(), m.tokenizer()) {
-        (Some(b), Some(t)) => Ok((b, t)),
-        _ => Err(athena::Error::NotLoaded),
-    }
+    let backend = m.model().ok_or(athena::Error::NotLoaded)?;
+    Ok((backend, m.text_tokenizer()?))
 }

@@ -14,9 +14,7 @@ pub struct PyTokenizer {
 impl PyTokenizer {
     /// The tokenizer of `model`, which must be loaded.
     pub fn of(model: SharedModel) -> PyResult<Self> {
-        if read(&model).tokenizer().is_none() {
-            return Err(model_error(athena::Error::NotLoaded));
-        }
+        read(&model).text_tokenizer().map_err(model_error)?;
         Ok(PyTokenizer { model })
     }
 }
@@ -29,7 +27,7 @@ impl PyTokenizer {
         let model = self.model.clone();
         py.detach(move || {
             let m = read(&model);
-            let tokenizer = m.tokenizer().ok_or(athena::Error::NotLoaded)?;
+            let tokenizer = m.text_tokenizer()?;
             tokenizer.encode(&text, add_special_tokens)
         })
         .map_err(model_error)
@@ -41,7 +39,7 @@ impl PyTokenizer {
         let model = self.model.clone();
         py.detach(move || {
             let m = read(&model);
-            let tokenizer = m.tokenizer().ok_or(athena::Error::NotLoaded)?;
+            let tokenizer = m.text_tokenizer()?;
             tokenizer.decode(&ids, skip_special_tokens)
         })
         .map_err(model_error)

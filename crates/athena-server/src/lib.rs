@@ -68,6 +68,9 @@ pub enum ServerError {
     /// The model is not loaded.
     #[error("the model must be loaded before serving")]
     NotLoaded,
+    /// The model has no tokenizer: the API speaks text.
+    #[error("serving needs the model's tokenizer: {0}")]
+    NoTokenizer(athena::Error),
     /// The metrics could not be registered.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -93,10 +96,9 @@ pub async fn serve_on(
         return Err(ServerError::NotLoaded);
     }
     let model = Arc::new(model);
-    let tokenizing = match (model.tokenizer(), model.model()) {
-        (Some(t), Some(m)) => Tokenizing::new(t, m.args().max_position_embeddings),
-        _ => return Err(ServerError::NotLoaded),
-    };
+    let tokenizer = model.text_tokenizer().map_err(ServerError::NoTokenizer)?;
+    let backend = model.model().ok_or(ServerError::NotLoaded)?;
+    let tokenizing = Tokenizing::new(tokenizer, backend.args().max_position_embeddings);
     let metrics = Arc::new(Metrics::new()?);
     let engine = Engine::start(model.clone(), config.max_concurrency, metrics.clone()).map_err(
         |source| ServerError::Io {

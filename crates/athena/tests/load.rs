@@ -10,7 +10,7 @@ use athena::backend::{
 };
 use athena::checkpoint::OlmoeArgs;
 use athena::config::OlmoeConfig;
-use athena::models::olmoe::{Memory, OlmoeModel, Outcome};
+use athena::models::olmoe::{Memory, Need, OlmoeModel, Outcome, HEAD_NEEDS_CANDLE};
 use athena::{Error, Result};
 use candle_core::{DType, Device};
 use common::{fixture, max_abs_diff, Reference};
@@ -187,6 +187,62 @@ fn d_no_action_head_after_an_mlx_load() {
         err.contains("needs the candle path") && err.contains("mlx"),
         "{err}"
     );
+}
+
+#[test]
+fn d_a_caller_that_needs_the_head_gets_candle_with_mlx_available() {
+    let mut m = OlmoeModel::with_mlx_provider(config("base"), mlx(Availability::Available, None));
+    let report = m.load_for(Need::ActionHead).unwrap().clone();
+    assert_eq!(report.backend, BackendKind::Candle);
+    assert!(report.action_head);
+    assert_eq!(report.attempts[0].backend, BackendKind::Mlx);
+    assert_eq!(report.attempts[0].outcome, Outcome::Skipped);
+    assert_eq!(report.attempts[0].reason, HEAD_NEEDS_CANDLE);
+    assert_eq!(report.attempts[1].outcome, Outcome::Loaded);
+    let action = m.act("The user moved to Rome.", &memories()).unwrap();
+    assert!(["ADD", "UPDATE", "DELETE", "NOOP"].contains(&action.op.as_str()));
+    // use_mlx=false keeps its own reason: it is checked first.
+    let mut c = config("base");
+    c.use_mlx = false;
+    let mut m = OlmoeModel::with_mlx_provider(c, mlx(Availability::Available, None));
+    let report = m.load_for(Need::ActionHead).unwrap().clone();
+    assert_eq!(report.attempts[0].reason, "disabled by use_mlx=false");
+}
+
+#[test]
+fn a_named_backend_is_the_only_one_tried() {
+    // candle named: MLX skipped although available.
+    let mut m = OlmoeModel::with_mlx_provider(config("base"), mlx(Availability::Available, None));
+    let report = m
+        .load_for(Need::Backend(BackendKind::Candle))
+        .unwrap()
+        .clone();
+    assert_eq!(report.backend, BackendKind::Candle);
+    assert_eq!(report.attempts[0].outcome, Outcome::Skipped);
+    assert_eq!(report.attempts[0].reason, "not asked for (backend candle)");
+    // MLX named: loads it, and candle is never tried.
+    let report = m.load_for(Need::Backend(BackendKind::Mlx)).unwrap().clone();
+    assert_eq!(report.backend, BackendKind::Mlx);
+    assert_eq!(report.attempts.len(), 1);
+    // MLX named but failing: an error, not a fallback to candle.
+    let mut m = OlmoeModel::with_mlx_provider(
+        config("base"),
+        mlx(
+            Availability::Available,
+            Some("libmlx refused the checkpoint"),
+        ),
+    );
+    let err = m
+        .load_for(Need::Backend(BackendKind::Mlx))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("libmlx refused the checkpoint")
+            && err.contains("candle: not asked for (backend mlx)"),
+        "{err}"
+    );
+    assert_eq!(m.attempts()[1].outcome, Outcome::Skipped);
+    assert!(!m.is_loaded());
 }
 
 #[test]

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use athena::models::olmoe::read_memories;
 
-use crate::agent::LoadFlags;
+use athena::models::olmoe::Need;
+
+use crate::agent::{backend_name, LoadFlags};
 
 /// Flags of `athena act`.
 #[derive(Debug, clap::Args)]
@@ -18,7 +20,7 @@ pub struct Args {
     /// JSONL file of existing memories, one `{"id": "...", "text": "..."}` per line.
     #[arg(long)]
     memories: Option<PathBuf>,
-    /// Print the action as one JSON object.
+    /// Print the action as one JSON object (with the `"backend"` that ran the model).
     #[arg(long)]
     json: bool,
 }
@@ -29,10 +31,12 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => read_memories(p)?,
         None => vec![],
     };
-    let model = a.load.load()?;
+    let model = a.load.load_for(Need::ActionHead)?;
     let action = model.act(&a.fact, &memories)?;
     if a.json {
-        println!("{}", serde_json::to_string(&action)?);
+        let mut json = serde_json::to_value(&action)?;
+        json["backend"] = backend_name(&model).into();
+        println!("{json}");
     } else {
         match &action.target {
             Some(t) => println!("{} {t}", action.op),

@@ -3,17 +3,23 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-use athena::backend::Backend;
+use anyhow::{bail, Context, Result};
+use athena::backend::BackendKind;
+use athena::config::ComputeDtype;
 use athena::generate::argmax;
 
-use crate::model::ModelArgs;
+use crate::agent::LoadFlags;
+use crate::model::BackendArg;
 
 /// Flags of `athena bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArgs,
+    load: LoadFlags,
+    /// Run on this engine only, without falling back (default: the backend rule, MLX first
+    /// when enabled and available, else candle).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
     /// Prompt length (ids `(i·7919) mod vocab`, as the transformers anchor uses).
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -77,7 +83,14 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--batch must be between 1 and 4096, got {}", a.batch);
     }
     let t0 = Instant::now();
-    let (_, model) = a.model.load_any()?;
+    let loaded = a.load.load_on(a.backend)?;
+    let model = loaded.model().context("the model did not load")?;
+    let config = loaded.config();
+    // MLX computes in float32.
+    let dtype = match model.kind() {
+        BackendKind::Candle => config.dtype,
+        BackendKind::Mlx => ComputeDtype::F32,
+    };
     let load_s = t0.elapsed().as_secs_f64();
     let vocab = model.args().vocab_size;
     if a.prompt_tokens + a.gen_tokens > model.args().max_position_embeddings {
@@ -97,12 +110,12 @@ pub fn run(a: Args) -> Result<()> {
     // One-time costs (the first touch of the weights and of the step's buffers, the kernel
     // pool's start) out of the timed steps.
     if !a.no_warmup {
-        let mut warm = Backend::session(&model);
+        let mut warm = model.session();
         let logits = warm.step(&prompts)?;
         let next: Vec<Vec<u32>> = logits.iter().map(|l| vec![argmax(l)]).collect();
         warm.step(&next)?;
     }
-    let mut session = Backend::session(&model);
+    let mut session = model.session();
     let t0 = Instant::now();
     let logits = session.step(&prompts)?;
     let prefill_s = t0.elapsed().as_secs_f64();
@@ -120,12 +133,13 @@ pub fn run(a: Args) -> Result<()> {
     let gb_s = bytes.map(|b| round(decode_tok_s * b / 1e9, 1));
     let report = serde_json::json!({
         "engine": format!("athena {} ({})", env!("CARGO_PKG_VERSION"), model.kind()),
-        "dtype": format!("{:?}", model.dtype()).to_lowercase(),
-        "quantization": format!("{:?}", a.model.quantization).to_lowercase(),
-        "int8_activations": a.model.int8_activations,
+        "backend": model.kind().to_string(),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "quantization": format!("{:?}", config.quantization).to_lowercase(),
+        "int8_activations": config.int8_activations,
         "threads": threads(),
         "isa": athena::kernels::isa(),
-        "device": format!("{:?}", a.model.device).to_lowercase(),
+        "device": format!("{:?}", config.device).to_lowercase(),
         "batch": a.batch,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,

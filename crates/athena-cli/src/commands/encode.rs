@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::agent::LoadFlags;
+use crate::agent::{backend_name, LoadFlags};
 
 /// Flags of `athena encode`.
 #[derive(Debug, clap::Args)]
@@ -12,7 +12,7 @@ pub struct Args {
     /// A text to encode (repeatable).
     #[arg(long, required = true)]
     text: Vec<String>,
-    /// Print `{"embeddings": [[...], ...]}`.
+    /// Print `{"embeddings": [[...], ...], "backend": "candle"|"mlx"}`.
     #[arg(long)]
     json: bool,
 }
@@ -23,7 +23,10 @@ pub fn run(a: Args) -> Result<()> {
     let texts: Vec<&str> = a.text.iter().map(String::as_str).collect();
     let embeddings = model.encode(&texts)?;
     if a.json {
-        println!("{}", serde_json::json!({ "embeddings": embeddings }));
+        println!(
+            "{}",
+            serde_json::json!({ "embeddings": embeddings, "backend": backend_name(&model) })
+        );
     } else {
         for (t, e) in texts.iter().zip(&embeddings) {
             let head: Vec<String> = e.iter().take(4).map(|v| format!("{v:.4}")).collect();

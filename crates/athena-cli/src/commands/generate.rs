@@ -4,19 +4,18 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use athena::backend::Backend;
 use athena::generate::{
     generate, generate_constrained, ChatMessage, ChatTemplate, GenerateParams, Grammar, Grammars,
-    SamplingParams, Tokenizer,
+    SamplingParams,
 };
 
-use crate::model::ModelArgs;
+use crate::agent::LoadFlags;
 
 /// Flags of `athena generate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArgs,
+    load: LoadFlags,
     /// The prompt.
     #[arg(long)]
     prompt: String,
@@ -84,12 +83,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     sampling.validate()?;
     let grammar = grammar(&a)?;
-    let (dir, model) = a.model.load()?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let loaded = a.load.load()?;
+    let model = loaded.model().context("the model did not load")?;
+    let tokenizer = loaded.text_tokenizer()?;
     let constraint = match &grammar {
         None => None,
         Some(g) => {
-            let grammars = Grammars::new(&tokenizer, Backend::args(&model).vocab_size)?;
+            let grammars = Grammars::new(tokenizer, model.args().vocab_size)?;
             let source = a.json_schema.as_ref().or(a.grammar.as_ref());
             let name = source.map(|p| p.display().to_string()).unwrap_or_default();
             Some(grammars.compile(g).with_context(|| name)?)
@@ -127,8 +127,8 @@ pub fn run(a: Args) -> Result<()> {
         let _ = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
     };
     let g = match constraint {
-        None => generate(&model, &tokenizer, &ids, &params, on_text),
-        Some(c) => generate_constrained(&model, &tokenizer, &ids, &params, c, on_text),
+        None => generate(model, tokenizer, &ids, &params, on_text),
+        Some(c) => generate_constrained(model, tokenizer, &ids, &params, c, on_text),
     }
     .context("generation failed")?;
     let _ = writeln!(out);

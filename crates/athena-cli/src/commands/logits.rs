@@ -1,19 +1,24 @@
 //! `athena logits`: the parity hook. Writes the float32 logits of every position of a
-//! sequence of ids as an [n, vocab] `.npy` file, atomically, on the backend `--backend` names.
+//! sequence of ids as an [n, vocab] `.npy` file, atomically, on the backend the rule (or
+//! `--backend`) picks.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use athena::backend::Backend;
 use candle_core::{Device, Tensor};
 
-use crate::model::ModelArgs;
+use crate::agent::LoadFlags;
+use crate::model::BackendArg;
 
 /// Flags of `athena logits`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArgs,
+    load: LoadFlags,
+    /// Run on this engine only, without falling back (default: the backend rule, MLX first
+    /// when enabled and available, else candle).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
     /// Comma-separated token ids, e.g. `1,2,3`.
     #[arg(long, value_delimiter = ',', required = true)]
     ids: Vec<u32>,
@@ -27,7 +32,8 @@ pub fn run(a: Args) -> Result<()> {
     if a.ids.is_empty() {
         bail!("--ids: give at least one token id");
     }
-    let (_, model) = a.model.load_any()?;
+    let loaded = a.load.load_on(a.backend)?;
+    let model = loaded.model().context("the model did not load")?;
     let rows = model.logits(&a.ids)?;
     let (n, v) = (rows.len(), rows.first().map_or(0, Vec::len));
     let flat: Vec<f32> = rows.into_iter().flatten().collect();

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use athena::models::olmoe::Need;
 use athena::train::grpo::{GrpoConfig, LossType};
 use athena::train::run::HeadTraining;
 use athena::train::trainer::{Event, Mode, TrainConfig};
@@ -157,7 +158,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     // Before the model loads: a run that cannot start or resume says so at once.
     let start_step = training.check()?;
-    let model = a.load.load()?;
+    let model = a.load.load_for(Need::ActionHead)?;
     let bar = ProgressBar::new(training.config.steps as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

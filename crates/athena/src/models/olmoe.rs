@@ -37,6 +37,23 @@ pub enum Outcome {
     Loaded,
 }
 
+/// What the caller needs of the loaded model: it decides which backends `load` may pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Need {
+    /// Any backend: MLX first when enabled and available, else candle.
+    #[default]
+    Inference,
+    /// The memory action head, which only the trainable candle path carries: MLX is skipped
+    /// with [`HEAD_NEEDS_CANDLE`] as its reason.
+    ActionHead,
+    /// This backend and no other (a caller that names one): the other is skipped, and a
+    /// failure of this one is an error rather than a fallback.
+    Backend(BackendKind),
+}
+
+/// The reason MLX is skipped for a caller that needs the action head.
+pub const HEAD_NEEDS_CANDLE: &str = "the memory action head needs the trainable candle path";
+
 /// One backend's entry in the [`LoadReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -70,9 +87,16 @@ pub struct Memory {
     pub text: String,
 }
 
+/// Why the candle path did not load: not tried for this need, or tried and failed.
+enum CandleMiss {
+    Skip(&'static str),
+    Failure(Error),
+}
+
 struct Loaded {
     backend: Box<dyn Backend>,
-    tokenizer: Tokenizer,
+    /// `None` for a model directory without `tokenizer.json`: it runs on token ids only.
+    tokenizer: Option<Tokenizer>,
     head: Option<MemoryActionHead>,
     report: LoadReport,
     /// The grammar compiler over the tokenizer, built on first use.
@@ -87,6 +111,17 @@ pub struct OlmoeModel {
     loaded: Option<Loaded>,
     /// The attempts of the last `load()` when it found no backend.
     failed_attempts: Vec<Attempt>,
+}
+
+impl Loaded {
+    fn text_tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::tokenizer(
+                Path::new(&self.report.model_path).join("tokenizer.json"),
+                "not found: this model runs on token ids only; text needs its tokenizer",
+            )
+        })
+    }
 }
 
 impl OlmoeModel {
@@ -114,6 +149,12 @@ impl OlmoeModel {
 
     /// Loads the model: MLX first when enabled and available, else (or on its failure) candle.
     pub fn load(&mut self) -> Result<&LoadReport> {
+        self.load_for(Need::Inference)
+    }
+
+    /// Loads the model for what the caller `need`s: [`Need::ActionHead`] skips MLX, with the
+    /// reason in the report, and loads candle with the head.
+    pub fn load_for(&mut self, need: Need) -> Result<&LoadReport> {
         let _span =
             tracing::info_span!("OlmoeModel::load", model = %self.config.model_name).entered();
         self.loaded = None;
@@ -124,6 +165,10 @@ impl OlmoeModel {
         // MLX: only when asked for and available.
         let mlx_skip = if !self.config.use_mlx {
             Some("disabled by use_mlx=false".to_string())
+        } else if need == Need::ActionHead {
+            Some(HEAD_NEEDS_CANDLE.to_string())
+        } else if need == Need::Backend(BackendKind::Candle) {
+            Some("not asked for (backend candle)".to_string())
         } else {
             match self.mlx.availability() {
                 Availability::Available => None,
@@ -166,13 +211,18 @@ impl OlmoeModel {
 
         // candle: the trainable path, with the action head.
         let path = self.config.model_name.clone();
-        tracing::info!("Loading OLMoE via candle: {path}");
-        let candle = self
-            .load_with(BackendKind::Candle, &path)
-            .and_then(|(backend, tokenizer)| {
-                let head = self.attach_head(backend.as_ref())?;
-                Ok((backend, tokenizer, head))
-            });
+        let candle = if need == Need::Backend(BackendKind::Mlx) {
+            tracing::info!("candle skipped: not asked for (backend mlx)");
+            Err(CandleMiss::Skip("not asked for (backend mlx)"))
+        } else {
+            tracing::info!("Loading OLMoE via candle: {path}");
+            self.load_with(BackendKind::Candle, &path)
+                .and_then(|(backend, tokenizer)| {
+                    let head = self.attach_head(backend.as_ref())?;
+                    Ok((backend, tokenizer, head))
+                })
+                .map_err(CandleMiss::Failure)
+        };
         match candle {
             Ok((backend, tokenizer, head)) => {
                 attempts.push(Attempt {
@@ -183,10 +233,17 @@ impl OlmoeModel {
                 Ok(self.finish(backend, tokenizer, Some(head), path, attempts))
             }
             Err(e) => {
-                attempts.push(Attempt {
-                    backend: BackendKind::Candle,
-                    outcome: Outcome::Failed,
-                    reason: format!("failed: {e}"),
+                attempts.push(match e {
+                    CandleMiss::Skip(reason) => Attempt {
+                        backend: BackendKind::Candle,
+                        outcome: Outcome::Skipped,
+                        reason: reason.to_string(),
+                    },
+                    CandleMiss::Failure(e) => Attempt {
+                        backend: BackendKind::Candle,
+                        outcome: Outcome::Failed,
+                        reason: format!("failed: {e}"),
+                    },
                 });
                 let reasons = attempts
                     .iter()
@@ -201,13 +258,26 @@ impl OlmoeModel {
         }
     }
 
-    fn load_with(&self, kind: BackendKind, model: &str) -> Result<(Box<dyn Backend>, Tokenizer)> {
+    fn load_with(
+        &self,
+        kind: BackendKind,
+        model: &str,
+    ) -> Result<(Box<dyn Backend>, Option<Tokenizer>)> {
         let provider: &dyn BackendProvider = match kind {
             BackendKind::Mlx => self.mlx.as_ref(),
             BackendKind::Candle => &self.candle,
         };
         let backend = provider.load(&self.load_spec(model))?;
-        let tokenizer = Tokenizer::from_dir(&hub::resolve(model)?)?;
+        let dir = hub::resolve(model)?;
+        // A checkpoint without a tokenizer (as converters and benchmarks write them) still
+        // runs on token ids; what needs text says so ([`OlmoeModel::text_tokenizer`]).
+        let tokenizer = match dir.join("tokenizer.json").exists() {
+            true => Some(Tokenizer::from_dir(&dir)?),
+            false => {
+                tracing::info!("{}: no tokenizer.json; token ids only", dir.display());
+                None
+            }
+        };
         Ok((backend, tokenizer))
     }
 
@@ -246,7 +316,7 @@ impl OlmoeModel {
     fn finish(
         &mut self,
         backend: Box<dyn Backend>,
-        tokenizer: Tokenizer,
+        tokenizer: Option<Tokenizer>,
         head: Option<MemoryActionHead>,
         model_path: String,
         attempts: Vec<Attempt>,
@@ -302,9 +372,16 @@ impl OlmoeModel {
         self.loaded.as_ref().map(|l| l.backend.as_ref())
     }
 
-    /// The tokenizer.
+    /// The tokenizer: `None` before loading, and for a model directory without
+    /// `tokenizer.json`.
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.loaded.as_ref().map(|l| &l.tokenizer)
+        self.loaded.as_ref().and_then(|l| l.tokenizer.as_ref())
+    }
+
+    /// The tokenizer, for work on text: [`Error::NotLoaded`] before loading, and an
+    /// [`Error::Tokenizer`] naming the missing file for a model loaded without one.
+    pub fn text_tokenizer(&self) -> Result<&Tokenizer> {
+        self.loaded()?.text_tokenizer()
     }
 
     fn loaded(&self) -> Result<&Loaded> {
@@ -319,7 +396,7 @@ impl OlmoeModel {
         let loaded = self.loaded()?;
         let batch = texts
             .iter()
-            .map(|text| loaded.tokenizer.encode(text, true))
+            .map(|text| loaded.text_tokenizer()?.encode(text, true))
             .collect::<Result<Vec<_>>>()?;
         self.encode_ids(&batch)
     }
@@ -367,7 +444,7 @@ impl OlmoeModel {
             return Ok(g.clone());
         }
         let built = Arc::new(Grammars::new(
-            &loaded.tokenizer,
+            loaded.text_tokenizer()?,
             loaded.backend.args().vocab_size,
         )?);
         Ok(loaded.grammars.get_or_init(|| built).clone())
@@ -389,7 +466,7 @@ impl OlmoeModel {
             .compile(&Grammar::JsonSchema(schema.clone()))?;
         let g = generate_constrained(
             loaded.backend.as_ref(),
-            &loaded.tokenizer,
+            loaded.text_tokenizer()?,
             prompt,
             params,
             constraint,
@@ -419,10 +496,15 @@ impl OlmoeModel {
     /// Decides what to do with `fact` given the agent's `memories` (candle path only).
     pub fn act(&self, fact: &str, memories: &[Memory]) -> Result<Action> {
         let loaded = self.loaded()?;
-        let fact = loaded.tokenizer.encode(fact, true)?;
+        let fact = loaded.text_tokenizer()?.encode(fact, true)?;
         let memories = memories
             .iter()
-            .map(|m| Ok((m.id.clone(), loaded.tokenizer.encode(&m.text, true)?)))
+            .map(|m| {
+                Ok((
+                    m.id.clone(),
+                    loaded.text_tokenizer()?.encode(&m.text, true)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         self.act_ids(fact, memories)
     }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use athena::memory::{mem0, parse_metadata, MemoryError, Metadata};
-use athena::models::olmoe::OlmoeModel;
+use athena::models::olmoe::{Need, OlmoeModel};
 
 use super::flags::{print_json, DbFlags, ScopeFlags};
 use crate::agent::LoadFlags;
@@ -31,15 +31,15 @@ pub struct Args {
 }
 
 /// Loads the model for `add`/`import`: refuses inference without a trained head before
-/// anything is loaded.
+/// anything is loaded; inference asks for the head, hence candle ([`Need::ActionHead`]).
 pub(super) fn load_model(load: &LoadFlags, infer: bool) -> Result<OlmoeModel> {
-    let config = load.config()?;
-    if infer && config.action_head_path.is_none() {
+    if !infer {
+        return load.load();
+    }
+    if load.config()?.action_head_path.is_none() {
         return Err(MemoryError::UntrainedHead.into());
     }
-    let mut model = OlmoeModel::new(config);
-    model.load()?;
-    Ok(model)
+    load.load_for(Need::ActionHead)
 }
 
 /// The metadata flag, parsed.

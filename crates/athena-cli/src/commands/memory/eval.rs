@@ -14,7 +14,7 @@ use athena::memory::eval::stream::{read_stream, write_stream};
 use athena::memory::eval::synth::{synthetic_stream, StreamConfig};
 use athena::memory::{head_hash, BankConfig, Decider, MemoryBank};
 use athena::models::action_head::{ActionHeadConfig, MemoryActionHead};
-use athena::models::olmoe::OlmoeModel;
+use athena::models::olmoe::{Need, OlmoeModel};
 use athena::train::data::write_examples;
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -154,7 +154,7 @@ fn choose(a: &EvalArgs, model: &OlmoeModel) -> Result<Chosen> {
 /// Runs `athena memory eval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     let facts = read_stream(&a.stream)?;
-    let model = a.load.load()?;
+    let model = a.load.load_for(Need::ActionHead)?;
     let chosen = choose(&a, &model)?;
     let (strategy, name) = match &chosen {
         Chosen::AlwaysAdd => (Strategy::AlwaysAdd, "always-add".to_string()),
