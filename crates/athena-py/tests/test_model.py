@@ -40,6 +40,8 @@ def test_act_is_the_cli_act(candle_model, base, tmp_path):
     path.write_text("".join(json.dumps(m) + "\n" for m in memories))
     want = cli_json("act", "--model", base, "--use-mlx", "false", "--fact",
                     "The user moved to Rome.", "--memories", str(path), "--json")
+    # The command line also says which backend ran; the decision is the rest.
+    assert want.pop("backend") == candle_model.backend == "candle"
     assert set(got) == set(want) == {"op", "target", "probabilities", "target_probabilities"}
     assert got["op"] == want["op"] and got["target"] == want["target"]
     for key in ["probabilities", "target_probabilities"]:
