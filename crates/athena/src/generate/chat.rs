@@ -413,6 +413,8 @@ mod tests {
             "{{ '%5é' | format(1) }}",
             "{{ '{ключ}'.format(1) }}",
             "{{ '{0[ключ]}'.format([1]) }}",
+            // An index reads on to its `]`, past the field's `}`.
+            "{{ '{J[(%} x \u{fffd}'.format(1) }}",
             // Braces mean nothing to the printf-style filter.
             "{{ '{%(}\u{fffd}' | format(1) }}",
         ] {

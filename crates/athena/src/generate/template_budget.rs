@@ -272,8 +272,8 @@ fn printf_widths(spec: &str) -> Result<usize, Error> {
 
 /// The widths and precisions of every replacement field of a `str.format` string (`{:>80}`,
 /// `{0:.9f}`), summed. Any character inside a field that is not ASCII is refused: minijinja's
-/// parser panics on one inside an index (`{0[é]}`), and a multi-byte fill character would
-/// multiply the padding's bytes.
+/// parser panics on one inside an index (`{0[é]}`, and an index reads on to its `]` past the
+/// field's `}`), and a multi-byte fill character would multiply the padding's bytes.
 fn brace_widths(spec: &str) -> Result<usize, Error> {
     let b = spec.as_bytes();
     let mut total = 0usize;
@@ -289,7 +289,17 @@ fn brace_widths(spec: &str) -> Result<usize, Error> {
             continue;
         }
         while i < b.len() && b[i] != b'}' {
-            if b[i].is_ascii_digit() {
+            if b[i] == b'[' {
+                // An index runs to its `]`, past any `}`, as minijinja reads it (`{0[a}é]`).
+                i += 1;
+                while i < b.len() && b[i] != b']' {
+                    if !b[i].is_ascii() {
+                        return Err(not_ascii());
+                    }
+                    i += 1;
+                }
+                i += 1;
+            } else if b[i].is_ascii_digit() {
                 total = total.saturating_add(digits(spec, &mut i));
             } else if !b[i].is_ascii() {
                 return Err(not_ascii());
@@ -633,6 +643,11 @@ mod tests {
         assert!(printf_widths("%(ключ)s").is_err());
         assert!(brace_widths("{é}").is_err());
         assert!(brace_widths("{0[é]}").is_err());
+        // An index reads past the field's `}` to its `]` (found by the chat_template fuzz
+        // target: `{J[(%}…\u{fffd}`).
+        assert!(brace_widths("{J[(%} text é").is_err());
+        assert!(brace_widths("{0[a}é]").is_err());
+        assert_eq!(brace_widths("{0[a]:5} é")?, 5);
         assert_eq!(printf_widths("é %s ключ")?, 0);
         // Braces mean nothing to a printf-style string: the conversion inside them is scanned
         // (also found by the chat_template fuzz target).
