@@ -178,3 +178,41 @@ fn a_full_queue_answers_429_with_retry_after() {
     );
     assert!(busy.contains("rate_limit_error"), "{busy}");
 }
+
+/// The text of a non-streamed chat completion.
+fn completion_text(raw: &str) -> String {
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content in {raw}"))
+        .to_string()
+}
+
+#[test]
+fn concurrent_greedy_requests_equal_the_same_requests_one_at_a_time() {
+    // The scheduler decodes concurrent requests in one batch on whichever backend is built
+    // (MLX with `--features athena/mlx`): batched greedy text equals each request alone.
+    let server = start(&[]);
+    let body = |p: &str| {
+        format!(
+            r#"{{"messages":[{{"role":"user","content":"{p}"}}],"max_tokens":12,"temperature":0}}"#
+        )
+    };
+    let prompts = ["one", "a longer prompt than the two others", "three"];
+    let ask = |p: &str| {
+        completion_text(&response(
+            &server.url,
+            "POST",
+            "/v1/chat/completions",
+            &body(p),
+        ))
+    };
+    let alone: Vec<String> = prompts.iter().map(|p| ask(p)).collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let running: Vec<_> = prompts.iter().map(|p| s.spawn(move || ask(p))).collect();
+        running.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+}

@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use super::ffi::{self, Array};
+use super::batch::{rows, serialised, MlxSlots};
+use super::ffi;
 use super::model::{Cache, Olmoe};
-use crate::backend::{Backend, BackendKind, DecodeSession, LoadSpec, Pooling};
+use crate::backend::{Backend, BackendKind, DecodeSession, LoadSpec, Pooling, SlotBatch};
 use crate::checkpoint::{hub, OlmoeArgs};
 use crate::error::{Error, Result};
 use crate::options::{ComputeDtype, DeviceKind, Quantization};
@@ -131,22 +132,8 @@ impl MlxOlmoe {
     }
 
     fn locked(&self) -> MutexGuard<'_, ()> {
-        // A panic elsewhere while holding the lock leaves no MLX state half-changed that a
-        // later call could trip on: every call builds its own graph.
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+        serialised(&self.lock)
     }
-
-    /// Logits of the last position of `ids` after what `cache` holds.
-    fn last_logits(&self, ids: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
-        let h = self.model.hidden(ids, cache)?;
-        let (l, d) = (ids.len(), self.model.args.hidden_size);
-        let last = h.slice(&[0, l - 1, 0], &[1, l, d])?;
-        self.model.head(&last)?.to_f32()
-    }
-}
-
-fn rows(flat: Vec<f32>, width: usize) -> Vec<Vec<f32>> {
-    flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect()
 }
 
 impl Backend for MlxOlmoe {
@@ -165,6 +152,10 @@ impl Backend for MlxOlmoe {
         })
     }
 
+    fn slots(&self) -> Box<dyn SlotBatch + '_> {
+        Box::new(MlxSlots::new(&self.model, &self.lock))
+    }
+
     fn token_weight_bytes(&self) -> Option<usize> {
         Some(self.model.token_weight_bytes())
     }
@@ -179,24 +170,7 @@ impl Backend for MlxOlmoe {
 
     fn encode(&self, batch: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
         let _guard = self.locked();
-        let d = self.model.args.hidden_size;
-        batch
-            .iter()
-            .map(|ids| {
-                let mut cache = Cache::new(self.model.layers.len());
-                let h: Array = self.model.hidden(ids, &mut cache)?;
-                let hidden = rows(h.to_f32()?, d);
-                Ok(match pooling {
-                    Pooling::Mean => {
-                        let n = hidden.len() as f32;
-                        (0..d)
-                            .map(|j| hidden.iter().map(|r| r[j]).sum::<f32>() / n)
-                            .collect()
-                    }
-                    Pooling::Last => hidden.last().cloned().unwrap_or_default(),
-                })
-            })
-            .collect()
+        self.model.encode(batch, pooling)
     }
 }
 
@@ -232,11 +206,12 @@ impl DecodeSession for MlxSession<'_> {
                 ));
             }
         }
-        let _guard = self.model.locked();
-        tokens
+        let mut seqs: Vec<(&[u32], &mut Cache)> = tokens
             .iter()
+            .map(Vec::as_slice)
             .zip(self.caches.iter_mut())
-            .map(|(ids, cache)| self.model.last_logits(ids, cache))
-            .collect()
+            .collect();
+        let _guard = self.model.locked();
+        self.model.model.last_logits(&mut seqs)
     }
 }

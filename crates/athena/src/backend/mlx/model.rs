@@ -242,16 +242,19 @@ impl Cache {
 /// Below this many (token, expert) pairs the rows go to the experts unsorted, as in mlx-lm.
 const SORT_THRESHOLD: usize = 64;
 
+/// One sequence's share of a forward pass through one layer: its new rows (laid after those
+/// of the sequences before it), the position of the first, and the layer's cache.
+pub(super) struct SeqRows<'c> {
+    pub len: usize,
+    pub offset: usize,
+    pub cache: &'c mut LayerCache,
+}
+
 impl Attention {
-    fn forward(
-        &self,
-        x: &Array,
-        args: &OlmoeArgs,
-        cache: &mut LayerCache,
-        offset: usize,
-    ) -> Result<Array> {
-        let shape = x.shape();
-        let (b, l) = (shape[0], shape[1]);
+    /// `x` [1, N, hidden] holds the new rows of every sequence in `seqs`, end to end. The
+    /// projections and norms run over all N rows at once; RoPE, the cache and attention run
+    /// per sequence, each at its own offset over its own cache.
+    fn forward(&self, x: &Array, args: &OlmoeArgs, seqs: &mut [SeqRows<'_>]) -> Result<Array> {
         let (h, kvh, hd) = (
             args.num_attention_heads,
             args.num_key_value_heads,
@@ -268,26 +271,42 @@ impl Attention {
             k = k.clip(-c, c)?;
             v = v.clip(-c, c)?;
         }
-        let heads = |t: &Array, n: usize| t.reshape(&[b, l, n, hd])?.transpose(&[0, 2, 1, 3]);
-        let (q, k, v) = (heads(&q, h)?, heads(&k, kvh)?, heads(&v, kvh)?);
         let scale = match args.rope_scaling {
             RopeScaling::Default => 1.0,
             RopeScaling::Linear { factor } => (1.0 / factor) as f32,
         };
         let theta = args.rope_theta as f32;
-        let q = q.rope(hd, theta, scale, offset)?;
-        let k = k.rope(hd, theta, scale, offset)?;
-        let (k, v) = match cache.kv.take() {
-            Some((pk, pv)) => (
-                Array::concatenate(&[&pk, &k], 2)?,
-                Array::concatenate(&[&pv, &v], 2)?,
-            ),
-            None => (k, v),
+        let mut outs = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for seq in seqs.iter_mut() {
+            let l = seq.len;
+            let heads = |t: &Array, n: usize| {
+                t.slice(&[0, start, 0], &[1, start + l, n * hd])?
+                    .reshape(&[1, l, n, hd])?
+                    .transpose(&[0, 2, 1, 3])
+            };
+            let (q, k, v) = (heads(&q, h)?, heads(&k, kvh)?, heads(&v, kvh)?);
+            let q = q.rope(hd, theta, scale, seq.offset)?;
+            let k = k.rope(hd, theta, scale, seq.offset)?;
+            let (k, v) = match seq.cache.kv.take() {
+                Some((pk, pv)) => (
+                    Array::concatenate(&[&pk, &k], 2)?,
+                    Array::concatenate(&[&pv, &v], 2)?,
+                ),
+                None => (k, v),
+            };
+            let o = Array::sdpa(&q, &k, &v, (hd as f32).powf(-0.5), l > 1)?;
+            seq.cache.kv = Some((k, v));
+            outs.push(o.transpose(&[0, 2, 1, 3])?.reshape(&[1, l, h * hd])?);
+            start += l;
+        }
+        let o = match outs.as_slice() {
+            [one] => self.o_proj.forward(one)?,
+            _ => self
+                .o_proj
+                .forward(&Array::concatenate(&outs.iter().collect::<Vec<_>>(), 1)?)?,
         };
-        let o = Array::sdpa(&q, &k, &v, (hd as f32).powf(-0.5), l > 1)?;
-        cache.kv = Some((k, v));
-        let o = o.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, h * hd])?;
-        self.o_proj.forward(&o)
+        Ok(o)
     }
 
     /// q_norm / k_norm: RMSNorm over the whole projected width.
@@ -351,19 +370,12 @@ impl SparseMoeBlock {
 }
 
 impl DecoderLayer {
-    fn forward(
-        &self,
-        x: &Array,
-        args: &OlmoeArgs,
-        cache: &mut LayerCache,
-        offset: usize,
-    ) -> Result<Array> {
+    fn forward(&self, x: &Array, args: &OlmoeArgs, seqs: &mut [SeqRows<'_>]) -> Result<Array> {
         let eps = args.rms_norm_eps as f32;
         let h = x.add(&self.self_attn.forward(
             &x.rms_norm(Some(&self.input_layernorm), eps)?,
             args,
-            cache,
-            offset,
+            seqs,
         )?)?;
         h.add(&self.mlp.forward(
             &h.rms_norm(Some(&self.post_attention_layernorm), eps)?,
@@ -428,16 +440,57 @@ impl Olmoe {
         Ok(())
     }
 
+    /// Hidden states [1, N, hidden] before the final norm of the new tokens of every
+    /// sequence in `seqs`, end to end, each following what its cache holds (which then holds
+    /// them too). Embedding, projections, norms and the MoE block run over all N rows at once,
+    /// so each weight is read once for them all; attention runs per sequence.
+    pub(super) fn forward(&self, seqs: &mut [(&[u32], &mut Cache)]) -> Result<Array> {
+        if seqs.is_empty() {
+            return Err(Error::invalid(
+                "tokens",
+                "a step needs at least one sequence",
+            ));
+        }
+        for (ids, cache) in seqs.iter() {
+            self.check(ids, cache)?;
+        }
+        let ids: Vec<u32> = seqs
+            .iter()
+            .flat_map(|(ids, _)| ids.iter().copied())
+            .collect();
+        let mut h = self
+            .embed_tokens
+            .lookup(&Array::from_slice(&ids, &[1, ids.len()])?)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut rows = seqs
+                .iter_mut()
+                .map(|(ids, cache)| {
+                    let offset = cache.offset;
+                    let cache = cache.layers.get_mut(l).ok_or_else(|| {
+                        Error::internal("cache", "the cache has fewer layers than the model")
+                    })?;
+                    Ok(SeqRows {
+                        len: ids.len(),
+                        offset,
+                        cache,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            h = layer.forward(&h, &self.args, &mut rows)?;
+        }
+        for (ids, cache) in seqs.iter_mut() {
+            cache.offset += ids.len();
+        }
+        Ok(h)
+    }
+
     /// Final-norm hidden states [1, L, hidden] of `ids` following what `cache` holds.
     pub(super) fn hidden(&self, ids: &[u32], cache: &mut Cache) -> Result<Array> {
-        self.check(ids, cache)?;
-        let tokens = Array::from_slice(ids, &[1, ids.len()])?;
-        let mut h = self.embed_tokens.lookup(&tokens)?;
-        let offset = cache.offset;
-        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            h = layer.forward(&h, &self.args, c, offset)?;
-        }
-        cache.offset += ids.len();
+        self.final_norm(&self.forward(&mut [(ids, cache)])?)
+    }
+
+    /// The final norm (`model.norm`).
+    pub(super) fn final_norm(&self, h: &Array) -> Result<Array> {
         h.rms_norm(Some(&self.norm), self.args.rms_norm_eps as f32)
     }
 
