@@ -5,7 +5,7 @@
 mod common;
 
 use athena::backend::mlx::load_mlx;
-use athena::backend::{Backend, Pooling, Slot};
+use athena::backend::{Backend, Pooling, Slot, SlotBatch};
 use common::fixture;
 
 /// How far a batched float32 row may be from the same row run alone.
@@ -51,8 +51,18 @@ impl Decoded {
     }
 }
 
+/// A prompt inserted alone into `batch`.
+fn start(batch: &mut dyn SlotBatch, prompt: Vec<u32>) -> Decoded {
+    let (slot, row) = batch.insert(&prompt).unwrap();
+    Decoded {
+        prompt,
+        slot,
+        rows: vec![row],
+    }
+}
+
 /// One step of the listed sequences, in the order given.
-fn step(batch: &mut dyn athena::backend::SlotBatch, seqs: &mut [&mut Decoded]) {
+fn step(batch: &mut dyn SlotBatch, seqs: &mut [&mut Decoded]) {
     let steps: Vec<(Slot, u32)> = seqs.iter().map(|s| (s.slot, s.next())).collect();
     let rows = batch.step(&steps).unwrap();
     assert_eq!(rows.len(), seqs.len());
@@ -83,14 +93,6 @@ fn slots_joining_at_different_times_equal_each_sequence_alone() {
         let model = load_mlx(&fixture(name)).unwrap();
         let model: &dyn Backend = &model;
         let mut batch = model.slots();
-        let start = |batch: &mut dyn athena::backend::SlotBatch, p: Vec<u32>| {
-            let (slot, row) = batch.insert(&p).unwrap();
-            Decoded {
-                prompt: p,
-                slot,
-                rows: vec![row],
-            }
-        };
         let mut a = start(batch.as_mut(), prompt(model, 1, 6));
         step(batch.as_mut(), &mut [&mut a]);
         // Two prompts of different lengths prefilled together beside a running sequence.

@@ -38,9 +38,10 @@ impl Olmoe {
     pub(super) fn last_logits(&self, seqs: &mut [(&[u32], &mut Cache)]) -> Result<Vec<Vec<f32>>> {
         let h = self.forward(seqs)?;
         let last = last_rows(seqs.iter().map(|(ids, _)| ids.len()));
-        let h = match h.shape().get(1) == Some(&last.len()) {
-            true => h,
-            false => h.take(&Array::from_slice(&last, &[last.len()])?, 1)?,
+        let h = if h.shape().get(1) == Some(&last.len()) {
+            h
+        } else {
+            h.take(&Array::from_slice(&last, &[last.len()])?, 1)?
         };
         let logits = self.head(&self.final_norm(&h)?)?.to_f32()?;
         Ok(rows(logits, self.args.vocab_size))
