@@ -7,7 +7,7 @@ mod common;
 use athena::backend::{Backend, BackendKind, DecodeSession, Pooling, Slot};
 use athena::checkpoint::OlmoeArgs;
 use candle_core::DType;
-use common::load;
+use common::{load, max_diff};
 
 /// A backend that forwards to the candle model but keeps the default `slots()`.
 struct Plain<'a>(&'a dyn Backend);
@@ -38,14 +38,6 @@ fn alone(model: &dyn Backend, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
         out.push(s.step(&[vec![t]]).unwrap().remove(0));
     }
     out
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Three sequences joining at different steps, one leaving early; every row is compared

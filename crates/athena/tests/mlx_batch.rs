@@ -6,18 +6,10 @@ mod common;
 
 use athena::backend::mlx::load_mlx;
 use athena::backend::{Backend, Pooling, Slot, SlotBatch};
-use common::fixture;
+use common::{fixture, max_diff};
 
 /// How far a batched float32 row may be from the same row run alone.
 const TOL: f32 = 1e-5;
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 fn argmax(row: &[f32]) -> u32 {
     row.iter()

@@ -59,6 +59,15 @@ pub fn load(name: &str, dtype: DType) -> Olmoe {
     load_olmoe(&fixture(name), &Device::Cpu, dtype, |_, _| {}).unwrap()
 }
 
+/// max |a - b| of two rows of the same length.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// max |a - b| over all elements, in f32.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
