@@ -197,7 +197,7 @@ fn concurrent_greedy_requests_equal_the_same_requests_one_at_a_time() {
     let server = start(&[]);
     let body = |p: &str| {
         format!(
-            r#"{{"messages":[{{"role":"user","content":"{p}"}}],"max_tokens":12,"temperature":0}}"#
+            r#"{{"messages":[{{"role":"user","content":"{p}"}}],"max_tokens":12,"temperature":0,"logit_bias":{{"0":-100}}}}"#
         )
     };
     let prompts = ["one", "a longer prompt than the two others", "three"];
@@ -210,6 +210,7 @@ fn concurrent_greedy_requests_equal_the_same_requests_one_at_a_time() {
         ))
     };
     let alone: Vec<String> = prompts.iter().map(|p| ask(p)).collect();
+    assert!(alone.iter().all(|t| !t.is_empty()), "{alone:?}");
     let together: Vec<String> = std::thread::scope(|s| {
         let running: Vec<_> = prompts.iter().map(|p| s.spawn(move || ask(p))).collect();
         running.into_iter().map(|h| h.join().unwrap()).collect()
