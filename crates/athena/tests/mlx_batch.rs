@@ -67,7 +67,10 @@ fn step(batch: &mut dyn SlotBatch, seqs: &mut [&mut Decoded]) {
 /// largest difference of any row, after checking that the greedy tokens agree.
 fn against_alone(model: &dyn Backend, seq: &Decoded, name: &str) -> f32 {
     let mut session = model.session();
-    let mut row = session.step(&[seq.prompt.clone()]).unwrap().remove(0);
+    let mut row = session
+        .step(std::slice::from_ref(&seq.prompt))
+        .unwrap()
+        .remove(0);
     let mut worst = 0f32;
     for (i, got) in seq.rows.iter().enumerate() {
         worst = worst.max(max_diff(got, &row));
@@ -160,7 +163,7 @@ fn a_session_of_several_sequences_equals_each_alone() {
     let mut want: Vec<Vec<f32>> = alone
         .iter_mut()
         .zip(&prompts)
-        .map(|(s, p)| s.step(&[p.clone()]).unwrap().remove(0))
+        .map(|(s, p)| s.step(std::slice::from_ref(p)).unwrap().remove(0))
         .collect();
     let mut worst = 0f32;
     for _ in 0..4 {
@@ -173,7 +176,7 @@ fn a_session_of_several_sequences_equals_each_alone() {
         want = alone
             .iter_mut()
             .zip(&next)
-            .map(|(s, t)| s.step(&[t.clone()]).unwrap().remove(0))
+            .map(|(s, t)| s.step(std::slice::from_ref(t)).unwrap().remove(0))
             .collect();
     }
     eprintln!("session of three vs alone, max |Δ| = {worst:e}");
