@@ -300,13 +300,12 @@ impl Attention {
             outs.push(o.transpose(&[0, 2, 1, 3])?.reshape(&[1, l, h * hd])?);
             start += l;
         }
-        let o = match outs.as_slice() {
-            [one] => self.o_proj.forward(one)?,
+        match outs.as_slice() {
+            [one] => self.o_proj.forward(one),
             _ => self
                 .o_proj
-                .forward(&Array::concatenate(&outs.iter().collect::<Vec<_>>(), 1)?)?,
-        };
-        Ok(o)
+                .forward(&Array::concatenate(&outs.iter().collect::<Vec<_>>(), 1)?),
+        }
     }
 
     /// q_norm / k_norm: RMSNorm over the whole projected width.
