@@ -139,7 +139,7 @@ pub fn run(a: Args) -> Result<()> {
         "int8_activations": config.int8_activations,
         "threads": threads(),
         "isa": athena::kernels::isa(),
-        "device": format!("{:?}", config.device).to_lowercase(),
+        "device": model.device(),
         "batch": a.batch,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,

@@ -158,6 +158,13 @@ impl Backend for MlxOlmoe {
         &self.model.args
     }
 
+    fn device(&self) -> &'static str {
+        match self.device {
+            MlxDevice::Cpu => "cpu",
+            MlxDevice::Gpu => "gpu",
+        }
+    }
+
     fn session(&self) -> Box<dyn DecodeSession + '_> {
         Box::new(MlxSession {
             model: self,
