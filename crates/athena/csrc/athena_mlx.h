@@ -79,6 +79,9 @@ athena_mlx_array* athena_mlx_quantized_matmul(
 athena_mlx_array* athena_mlx_dequantize(
     const athena_mlx_array* w, const athena_mlx_array* scales, const athena_mlx_array* biases,
     int group_size, int bits);
+/* a @ b[rhs_indices]. On the GPU in a's dtype. On the CPU, whose gather_mm computes float32
+ * only, a bf16 or f16 product widens a and b to float32 and rounds the result back to a's
+ * dtype: Metal's bf16 gather_mm accumulates in float32 and rounds its output the same way. */
 athena_mlx_array* athena_mlx_gather_mm(
     const athena_mlx_array* a, const athena_mlx_array* b, const athena_mlx_array* rhs_indices,
     int sorted_indices);
