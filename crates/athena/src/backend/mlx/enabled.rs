@@ -75,8 +75,7 @@ pub fn load_mlx_as(dir: &Path, dtype: ComputeDtype) -> Result<MlxOlmoe> {
 }
 
 fn load_on(dir: &Path, device: MlxDevice, dtype: ComputeDtype) -> Result<MlxOlmoe> {
-    let _span =
-        tracing::info_span!("load_mlx", dir = %dir.display(), ?device, ?dtype).entered();
+    let _span = tracing::info_span!("load_mlx", dir = %dir.display(), ?device, ?dtype).entered();
     let model = super::load::load(dir, dtype.into(), |_, _| {})?;
     tracing::info!(
         ?dtype,

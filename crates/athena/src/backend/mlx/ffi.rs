@@ -544,7 +544,9 @@ impl Array {
     /// Converted to `dtype` (rounded to nearest even when narrowing).
     pub(super) fn astype(&self, dtype: Dtype) -> Result<Array> {
         // SAFETY: live handle; the shim checks the dtype code.
-        wrap("astype", unsafe { athena_mlx_astype(self.raw(), dtype as c_int) })
+        wrap("astype", unsafe {
+            athena_mlx_astype(self.raw(), dtype as c_int)
+        })
     }
 
     /// Runs the computation now, so that the arrays it reads can be freed.
