@@ -138,9 +138,10 @@ fn encode_in_bf16_stays_near_float32() {
     let ids = MlxLm::load("gqa_normtopk", "bf16").ints("ids");
     let f32_model = load_mlx(&fixture("gqa_normtopk")).unwrap();
     let bf16_model = load_mlx_as(&fixture("gqa_normtopk"), ComputeDtype::Bf16).unwrap();
+    let batch = [ids];
     for pooling in [Pooling::Mean, Pooling::Last] {
-        let want = f32_model.encode(&[ids.clone()], pooling).unwrap();
-        let got = bf16_model.encode(&[ids.clone()], pooling).unwrap();
+        let want = f32_model.encode(&batch, pooling).unwrap();
+        let got = bf16_model.encode(&batch, pooling).unwrap();
         assert_eq!(got[0].len(), want[0].len());
         let d = got[0]
             .iter()
