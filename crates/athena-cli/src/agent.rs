@@ -28,7 +28,7 @@ pub struct LoadFlags {
     /// Checkpoint for the MLX path (default: --model).
     #[arg(long)]
     pub mlx_model_path: Option<String>,
-    /// Compute dtype on the candle path.
+    /// Compute dtype (candle and MLX).
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
     /// Device for the candle path (default auto: CUDA if built in and present, else Metal if

@@ -76,7 +76,7 @@ impl From<DeviceArg> for DeviceKind {
 pub enum BackendArg {
     /// candle (CPU, CUDA, Metal): every flag applies.
     Candle,
-    /// MLX through libmlx (build with `--features athena/mlx`); float32 on the CPU, no
+    /// MLX through libmlx (build with `--features athena/mlx`); any `--dtype`, no
     /// load-time quantization or LoRA (mlx-lm quantized checkpoints load as they are).
     Mlx,
 }

@@ -299,8 +299,17 @@ athena_mlx_array* athena_mlx_gather_mm(
     const athena_mlx_array* a, const athena_mlx_array* b, const athena_mlx_array* rhs_indices,
     int sorted_indices) {
   return make("gather_mm", [&] {
-    return mx::gather_mm(
-        get(a), get(b), std::nullopt, opt(rhs_indices), sorted_indices != 0);
+    const auto& x = get(a);
+    const auto& w = get(b);
+    auto rhs = opt(rhs_indices);
+    bool sorted = sorted_indices != 0;
+    if (x.dtype() == mx::float32 || mx::default_device().type != mx::Device::cpu) {
+      return mx::gather_mm(x, w, std::nullopt, rhs, sorted);
+    }
+    // MLX's CPU gather_mm computes float32 only: widen, multiply, round back to x's dtype.
+    auto y = mx::gather_mm(
+        mx::astype(x, mx::float32), mx::astype(w, mx::float32), std::nullopt, rhs, sorted);
+    return mx::astype(y, x.dtype());
   });
 }
 

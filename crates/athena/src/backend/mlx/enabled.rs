@@ -15,7 +15,8 @@ use crate::options::{ComputeDtype, DeviceKind, Quantization};
 /// Where MLX computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MlxDevice {
-    /// The CPU (`mlx-cpu` on Linux). Everything is float32 there.
+    /// The CPU (`mlx-cpu` on Linux). Its `gather_mm` computes float32 only, so bf16 and f16
+    /// expert products are widened to float32 and rounded back (see `csrc/athena_mlx.h`).
     Cpu,
     /// Metal on Apple silicon, or CUDA in MLX's CUDA builds.
     Gpu,
@@ -52,23 +53,32 @@ pub struct MlxOlmoe {
     lock: Mutex<()>,
 }
 
-/// Loads the checkpoint in `dir` on MLX's default device. mlx-lm checkpoints (experts stacked
-/// as `switch_mlp`, affine-quantized modules with per-module overrides) and HF checkpoints
-/// (experts stacked at load) are both read; errors name the file or tensor at fault.
+/// Loads the checkpoint in `dir` on MLX's default device, computing in float32. mlx-lm
+/// checkpoints (experts stacked as `switch_mlp`, affine-quantized modules with per-module
+/// overrides) and HF checkpoints (experts stacked at load) are both read; errors name the file
+/// or tensor at fault.
 pub fn load_mlx(dir: &Path) -> Result<MlxOlmoe> {
+    load_mlx_as(dir, ComputeDtype::F32)
+}
+
+/// [`load_mlx`] computing in `dtype`, as mlx-lm does after `model.set_dtype(dtype)`: every float
+/// parameter is cast to `dtype` at load (packed quantized codes stay as they are), activations
+/// flow in `dtype`, and logits are widened to float32 when read.
+pub fn load_mlx_as(dir: &Path, dtype: ComputeDtype) -> Result<MlxOlmoe> {
     let device = default_device().map_err(|why| {
         Error::invalid(
             "device",
             format!("MLX could not create its default device: {why}"),
         )
     })?;
-    load_on(dir, device)
+    load_on(dir, device, dtype)
 }
 
-fn load_on(dir: &Path, device: MlxDevice) -> Result<MlxOlmoe> {
-    let _span = tracing::info_span!("load_mlx", dir = %dir.display(), ?device).entered();
-    let model = super::load::load(dir, |_, _| {})?;
+fn load_on(dir: &Path, device: MlxDevice, dtype: ComputeDtype) -> Result<MlxOlmoe> {
+    let _span = tracing::info_span!("load_mlx", dir = %dir.display(), ?device, ?dtype).entered();
+    let model = super::load::load(dir, dtype.into(), |_, _| {})?;
     tracing::info!(
+        ?dtype,
         layers = model.args.num_hidden_layers,
         experts = model.args.num_experts,
         quantized = model.args.quantization.is_some(),
@@ -82,7 +92,7 @@ fn load_on(dir: &Path, device: MlxDevice) -> Result<MlxOlmoe> {
     })
 }
 
-/// What `OlmoeModel::load` asks of MLX: the checkpoint and device in `spec`.
+/// What `OlmoeModel::load` asks of MLX: the checkpoint, device and compute dtype in `spec`.
 pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
     if spec.quantization != Quantization::None {
         return Err(Error::invalid(
@@ -118,10 +128,7 @@ pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
             MlxDevice::Gpu
         }
     };
-    if spec.dtype != ComputeDtype::F32 {
-        tracing::info!(dtype = ?spec.dtype, "MLX computes in float32");
-    }
-    load_on(&hub::resolve(&spec.model)?, device)
+    load_on(&hub::resolve(&spec.model)?, device, spec.dtype)
 }
 
 impl MlxOlmoe {

@@ -18,6 +18,8 @@ struct RawArray {
 #[repr(C)]
 pub(super) enum Dtype {
     F32 = 0,
+    F16 = 1,
+    BF16 = 2,
     U32 = 3,
     I32 = 4,
 }
@@ -127,6 +129,8 @@ extern "C" {
         indices: *const RawArray,
         axis: c_int,
     ) -> *mut RawArray;
+    fn athena_mlx_eval(arrays: *const *mut RawArray, n: usize) -> c_int;
+    fn athena_mlx_astype(a: *const RawArray, dtype: c_int) -> *mut RawArray;
 }
 
 /// The shim's last error on this thread, as a typed error naming the operation.
@@ -291,7 +295,7 @@ impl Array {
         unsafe { athena_mlx_nbytes(self.raw()) }
     }
 
-    /// Runs the computation and copies the result to the host as float32, row-major.
+    /// Runs the computation and copies the result to the host, widened to float32, row-major.
     pub(super) fn to_f32(&self) -> Result<Vec<f32>> {
         let n: usize = self.shape().iter().product();
         let mut out = vec![0f32; n];
@@ -535,5 +539,30 @@ impl Array {
         wrap("take_along_axis", unsafe {
             athena_mlx_take_along_axis(self.raw(), indices.raw(), axis)
         })
+    }
+
+    /// Converted to `dtype` (rounded to nearest even when narrowing).
+    pub(super) fn astype(&self, dtype: Dtype) -> Result<Array> {
+        // SAFETY: live handle; the shim checks the dtype code.
+        wrap("astype", unsafe {
+            athena_mlx_astype(self.raw(), dtype as c_int)
+        })
+    }
+
+    /// Runs the computation now, so that the arrays it reads can be freed.
+    pub(super) fn eval(&self) -> Result<()> {
+        let raw = [self.0.as_ptr()];
+        // SAFETY: one live handle; the shim only reads the pointer array.
+        check("eval", unsafe { athena_mlx_eval(raw.as_ptr(), raw.len()) })
+    }
+}
+
+impl From<crate::options::ComputeDtype> for Dtype {
+    fn from(d: crate::options::ComputeDtype) -> Self {
+        match d {
+            crate::options::ComputeDtype::F32 => Dtype::F32,
+            crate::options::ComputeDtype::Bf16 => Dtype::BF16,
+            crate::options::ComputeDtype::F16 => Dtype::F16,
+        }
     }
 }

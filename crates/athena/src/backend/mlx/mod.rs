@@ -48,7 +48,7 @@ impl BackendProvider for MlxProvider {
 #[cfg(feature = "mlx")]
 mod enabled;
 #[cfg(feature = "mlx")]
-pub use enabled::{load_mlx, MlxDevice, MlxOlmoe};
+pub use enabled::{load_mlx, load_mlx_as, MlxDevice, MlxOlmoe};
 
 #[cfg(feature = "mlx")]
 impl BackendProvider for MlxProvider {
