@@ -7,10 +7,12 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::ffi::{self, Array};
 use super::model::{Cache, Olmoe};
+use super::quantize;
 use crate::backend::{Backend, BackendKind, DecodeSession, LoadSpec, Pooling};
 use crate::checkpoint::{hub, OlmoeArgs};
 use crate::error::{Error, Result};
-use crate::options::{ComputeDtype, DeviceKind, Quantization};
+use crate::lora::LoraAdapter;
+use crate::options::{ComputeDtype, DeviceKind};
 
 /// Where MLX computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +64,17 @@ pub fn load_mlx(dir: &Path) -> Result<MlxOlmoe> {
             format!("MLX could not create its default device: {why}"),
         )
     })?;
-    load_on(dir, device)
+    load_on(dir, device, |_| Ok(()))
 }
 
-fn load_on(dir: &Path, device: MlxDevice) -> Result<MlxOlmoe> {
+fn load_on(
+    dir: &Path,
+    device: MlxDevice,
+    prepare: impl FnOnce(&mut Olmoe) -> Result<()>,
+) -> Result<MlxOlmoe> {
     let _span = tracing::info_span!("load_mlx", dir = %dir.display(), ?device).entered();
-    let model = super::load::load(dir, |_, _| {})?;
+    let mut model = super::load::load(dir, |_, _| {})?;
+    prepare(&mut model)?;
     tracing::info!(
         layers = model.args.num_hidden_layers,
         experts = model.args.num_experts,
@@ -82,20 +89,10 @@ fn load_on(dir: &Path, device: MlxDevice) -> Result<MlxOlmoe> {
     })
 }
 
-/// What `OlmoeModel::load` asks of MLX: the checkpoint and device in `spec`.
+/// What `OlmoeModel::load` asks of MLX: the checkpoint and device in `spec`, quantized at load
+/// as `mlx_lm.convert -q` does (group size 64) when `spec.quantization` asks, with the LoRA
+/// adapter of `spec.lora_path` applied unmerged or merged.
 pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
-    if spec.quantization != Quantization::None {
-        return Err(Error::invalid(
-            "quantization",
-            "load-time quantization runs on the candle path; MLX reads checkpoints already quantized (`athena quantize`, `mlx_lm.convert -q`)",
-        ));
-    }
-    if spec.lora_path.is_some() {
-        return Err(Error::invalid(
-            "lora_path",
-            "LoRA adapters run on the candle path only",
-        ));
-    }
     let device = match spec.device {
         DeviceKind::Auto => {
             default_device().map_err(|why| Error::invalid("device", format!("MLX: {why}")))?
@@ -121,7 +118,35 @@ pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
     if spec.dtype != ComputeDtype::F32 {
         tracing::info!(dtype = ?spec.dtype, "MLX computes in float32");
     }
-    load_on(&hub::resolve(&spec.model)?, device)
+    load_on(&hub::resolve(&spec.model)?, device, |model| prepare(model, spec))
+}
+
+/// The LoRA adapter and load-time quantization of `spec`, in the order mlx-lm would apply
+/// them to a float checkpoint: a merged adapter goes into the float weights, then the weights
+/// are quantized, then an unmerged adapter wraps the (possibly quantized) layers.
+fn prepare(model: &mut Olmoe, spec: &LoadSpec) -> Result<()> {
+    let adapter = match &spec.lora_path {
+        Some(dir) => Some(LoraAdapter::load(dir, &model.args, &candle_core::Device::Cpu)?),
+        None => None,
+    };
+    if let Some(a) = adapter.as_ref().filter(|_| spec.merge_lora) {
+        super::lora::merge(model, a)?;
+    }
+    if let Some(bits) = quantize::bits(spec.quantization) {
+        quantize::quantize(model, bits)?;
+    }
+    if let Some(a) = adapter.as_ref().filter(|_| !spec.merge_lora) {
+        super::lora::apply(model, a)?;
+    }
+    if let Some(a) = &adapter {
+        tracing::info!(
+            modules = a.len(),
+            merged = spec.merge_lora,
+            source = %a.source.display(),
+            "LoRA adapter applied on MLX"
+        );
+    }
+    Ok(())
 }
 
 impl MlxOlmoe {

@@ -10,7 +10,11 @@ mod ffi;
 #[cfg(feature = "mlx")]
 mod load;
 #[cfg(feature = "mlx")]
+mod lora;
+#[cfg(feature = "mlx")]
 mod model;
+#[cfg(feature = "mlx")]
+mod quantize;
 
 use super::contract::Backend;
 use super::registry::{Availability, BackendProvider};

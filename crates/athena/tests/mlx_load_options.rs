@@ -1,0 +1,210 @@
+//! The MLX backend's load options against mlx-lm and PEFT: load-time quantization
+//! (`--quantization 4bit|8bit` = `mlx_lm.convert -q` at its default group size 64; references
+//! from `scripts/make_mlx_quant_fixtures.py --load-time`) and LoRA adapters, unmerged and
+//! merged (references in fixtures/lora/*/reference.safetensors, from
+//! `scripts/make_lora_fixtures.py`).
+#![cfg(feature = "mlx")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use athena::backend::mlx::MlxProvider;
+use athena::backend::{Backend, BackendProvider, LoadSpec};
+use athena::options::Quantization;
+use athena::Error;
+use candle_core::{DType, Device, Tensor};
+use common::{fixture, logits_tensor, max_abs_diff};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// A safetensors file of reference outputs.
+struct Outputs(HashMap<String, Tensor>);
+
+impl Outputs {
+    fn load(path: PathBuf) -> Outputs {
+        Outputs(candle_core::safetensors::load(&path, &Device::Cpu).unwrap())
+    }
+    fn ints(&self, key: &str) -> Vec<u32> {
+        self.0[key]
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u32)
+            .collect()
+    }
+    fn get(&self, key: &str) -> &Tensor {
+        &self.0[key]
+    }
+}
+
+fn mlx_lm(name: &str) -> Outputs {
+    Outputs::load(root().join("mlx_parity").join(format!("{name}.safetensors")))
+}
+
+fn spec(model: &str) -> LoadSpec {
+    LoadSpec::for_model(fixture(model).to_string_lossy().into_owned())
+}
+
+fn load(spec: &LoadSpec) -> athena::Result<Box<dyn Backend>> {
+    MlxProvider.load(spec)
+}
+
+fn adapter(name: &str) -> PathBuf {
+    root().join("lora").join(name)
+}
+
+/// Greedy continuation through the backend's session (KV cache).
+fn greedy(model: &dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut s = model.session();
+    let mut logits = s.step(&[prompt.to_vec()]).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let row = &logits[0];
+        let next = row
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0 as u32;
+        out.push(next);
+        logits = s.step(&[vec![next]]).unwrap();
+    }
+    out
+}
+
+#[test]
+fn load_time_quantization_is_mlx_lm_convert_q() {
+    for (q, name) in [(Quantization::Int4, "load_q4"), (Quantization::Int8, "load_q8")] {
+        let want = mlx_lm(name);
+        let model = load(&LoadSpec {
+            quantization: q,
+            ..spec("base")
+        })
+        .unwrap();
+        let ids = want.ints("ids");
+        let got = logits_tensor(model.as_ref(), &ids);
+        let d = max_abs_diff(&got, want.get("logits"));
+        println!("{name}: athena-MLX vs mlx-lm max |Δlogit| {d:.2e}");
+        assert!(d <= 1e-5, "{name}: athena-MLX vs mlx-lm differ by {d}");
+        assert_eq!(greedy(model.as_ref(), &ids, 8), want.ints("greedy"), "{name}");
+        if q == Quantization::Int8 {
+            // The committed `mlx_lm.convert -q --q-bits 8 --q-group-size 64` checkpoint.
+            let d = max_abs_diff(&got, mlx_lm("mlx_q8_g64").get("logits"));
+            println!("8bit vs the mlx_q8_g64 checkpoint: max |Δlogit| {d:.2e}");
+            assert!(d <= 1e-5, "8bit at load vs mlx_q8_g64: {d}");
+        }
+    }
+}
+
+#[test]
+fn quantizing_a_quantized_checkpoint_is_refused() {
+    let err = load(&LoadSpec {
+        quantization: Quantization::Int8,
+        ..spec("mlx_q4")
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    assert!(err.to_string().contains("already quantized"), "{err}");
+}
+
+/// `ids_a`, `logits_unmerged` and `logits_merged` of an adapter fixture.
+fn lora_reference(name: &str) -> (Vec<u32>, Tensor, Tensor) {
+    let r = Outputs::load(adapter(name).join("reference.safetensors"));
+    (
+        r.ints("ids_a"),
+        r.get("logits_unmerged").clone(),
+        r.get("logits_merged").clone(),
+    )
+}
+
+fn with_adapter(name: &str, merge: bool) -> LoadSpec {
+    LoadSpec {
+        lora_path: Some(adapter(name)),
+        merge_lora: merge,
+        ..spec("base")
+    }
+}
+
+#[test]
+fn adapters_match_their_libraries_unmerged_and_merged() {
+    // mlx-lm's adapters against mlx-lm's adapted model (`LoRALinear`, `LoRASwitchLinear`, and
+    // `fuse` when merged); PEFT's against PEFT's.
+    for name in ["mlx_all", "mlx_attn", "peft_attn", "peft_all", "peft_v4_experts"] {
+        let (ids, unmerged, merged) = lora_reference(name);
+        for (merge, want) in [(false, &unmerged), (true, &merged)] {
+            let model = load(&with_adapter(name, merge)).unwrap();
+            let d = max_abs_diff(&logits_tensor(model.as_ref(), &ids), want);
+            println!("{name} merge={merge}: max |Δlogit| {d:.2e}");
+            assert!(d <= 1e-4, "{name} merge={merge}: max |Δlogit| {d} > 1e-4");
+        }
+    }
+}
+
+#[test]
+fn an_adapter_on_a_quantized_base_is_applied_apart_and_merging_is_refused() {
+    let (ids, unmerged, _) = lora_reference("mlx_all");
+    // mlx-lm's QLoRA: the adapter's update is computed apart from the quantized layers.
+    let base_q = logits_tensor(
+        load(&LoadSpec {
+            quantization: Quantization::Int8,
+            ..spec("base")
+        })
+        .unwrap()
+        .as_ref(),
+        &ids,
+    );
+    let q = load(&LoadSpec {
+        quantization: Quantization::Int8,
+        ..with_adapter("mlx_all", false)
+    })
+    .unwrap();
+    let got = logits_tensor(q.as_ref(), &ids);
+    let base = logits_tensor(load(&spec("base")).unwrap().as_ref(), &ids);
+    let base_err = max_abs_diff(&base_q, &base);
+    let d = max_abs_diff(&got, &unmerged);
+    println!("8-bit base + adapter vs f32 adapter: {d:.2e} (8-bit base alone: {base_err:.2e})");
+    assert!(d <= 2.0 * base_err.max(1e-3), "{d} vs {base_err}");
+    // The adapter's own contribution survives quantization of the base.
+    let delta_q = (&got - &base_q).unwrap();
+    let delta = (&unmerged - &base).unwrap();
+    assert!(max_abs_diff(&delta_q, &delta) < 0.1 * max_abs_diff(&delta, &delta.zeros_like().unwrap()));
+
+    // Merging into a checkpoint stored quantized is refused, naming the module; merging before
+    // load-time quantization is what mlx-lm's `fuse` then `convert -q` does, and is allowed.
+    let err = load(&LoadSpec {
+        lora_path: Some(adapter("mlx_all")),
+        merge_lora: true,
+        ..spec("mlx_q4")
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    assert!(err.to_string().contains("stored quantized"), "{err}");
+    let merged_q = load(&LoadSpec {
+        quantization: Quantization::Int4,
+        ..with_adapter("mlx_all", true)
+    })
+    .unwrap();
+    assert_eq!(merged_q.logits(&ids).unwrap().len(), ids.len());
+}
+
+#[test]
+fn a_bad_adapter_directory_is_a_typed_error() {
+    let err = load(&LoadSpec {
+        lora_path: Some(root().join("lora/no_such_adapter")),
+        ..spec("base")
+    })
+    .err()
+    .unwrap();
+    assert!(err.is_user_error(), "{err:?}");
+    assert!(err.to_string().contains("no_such_adapter"), "{err}");
+}
