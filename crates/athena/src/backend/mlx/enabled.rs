@@ -130,13 +130,13 @@ fn prepare(model: &mut Olmoe, spec: &LoadSpec) -> Result<()> {
         None => None,
     };
     if let Some(a) = adapter.as_ref().filter(|_| spec.merge_lora) {
-        super::lora::merge(model, a)?;
+        super::adapter::merge(model, a)?;
     }
     if let Some(bits) = quantize::bits(spec.quantization) {
         quantize::quantize(model, bits)?;
     }
     if let Some(a) = adapter.as_ref().filter(|_| !spec.merge_lora) {
-        super::lora::apply(model, a)?;
+        super::adapter::apply(model, a)?;
     }
     if let Some(a) = &adapter {
         tracing::info!(

@@ -6,6 +6,8 @@
 //! and able to create its default device (the GPU where MLX has one, else the CPU).
 
 #[cfg(feature = "mlx")]
+mod adapter;
+#[cfg(feature = "mlx")]
 mod ffi;
 #[cfg(feature = "mlx")]
 mod load;
