@@ -12,7 +12,7 @@ use crate::backend::{Backend, BackendKind, DecodeSession, LoadSpec, Pooling};
 use crate::checkpoint::{hub, OlmoeArgs};
 use crate::error::{Error, Result};
 use crate::lora::LoraAdapter;
-use crate::options::{ComputeDtype, DeviceKind};
+use crate::options::{ComputeDtype, DeviceKind, Quantization};
 
 /// Where MLX computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +118,12 @@ pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
     if spec.dtype != ComputeDtype::F32 {
         tracing::info!(dtype = ?spec.dtype, "MLX computes in float32");
     }
-    load_on(&hub::resolve(&spec.model)?, device, |model| prepare(model, spec))
+    let dir = hub::resolve(&spec.model)?;
+    if spec.quantization != Quantization::None {
+        // Before the weights are read: a quantized checkpoint is refused at once.
+        quantize::check_float(&OlmoeArgs::from_file(&dir.join("config.json"))?)?;
+    }
+    load_on(&dir, device, |model| prepare(model, spec))
 }
 
 /// The LoRA adapter and load-time quantization of `spec`, in the order mlx-lm would apply

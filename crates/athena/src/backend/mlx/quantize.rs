@@ -11,6 +11,7 @@
 
 use super::ffi::Array;
 use super::model::{Embedding, Experts, Linear, Olmoe};
+use crate::checkpoint::OlmoeArgs;
 use crate::error::{Error, Result};
 use crate::options::Quantization;
 
@@ -26,7 +27,8 @@ pub(super) fn bits(q: Quantization) -> Option<u8> {
     }
 }
 
-/// Whether mlx-lm quantizes a weight whose last axis is `width` wide.
+/// Whether mlx-lm quantizes `weight`: its last axis (the input width) is a multiple of the
+/// group size.
 fn fits(weight: &Array) -> bool {
     weight
         .shape()
@@ -97,16 +99,22 @@ fn embedding(e: &mut Embedding, bits: u8) -> Result<()> {
     Ok(())
 }
 
-/// Quantizes `model` in place as `mlx_lm.convert -q --q-bits <bits>` does. A checkpoint that
-/// is already quantized is refused, as mlx-lm refuses it.
-pub(super) fn quantize(model: &mut Olmoe, bits: u8) -> Result<()> {
-    if model.args.quantization.is_some() {
+/// Refuses to quantize a checkpoint that is already quantized, as `mlx_lm.convert -q` does.
+pub(super) fn check_float(args: &OlmoeArgs) -> Result<()> {
+    if args.quantization.is_some() {
         return Err(Error::invalid(
             "quantization",
             "the checkpoint is already quantized (its config.json has a `quantization` block); \
              load it without --quantization, or quantize the float checkpoint",
         ));
     }
+    Ok(())
+}
+
+/// Quantizes `model` in place as `mlx_lm.convert -q --q-bits <bits>` does. A checkpoint that
+/// is already quantized is refused, as mlx-lm refuses it.
+pub(super) fn quantize(model: &mut Olmoe, bits: u8) -> Result<()> {
+    check_float(&model.args)?;
     let _span = tracing::info_span!("mlx_quantize", bits, group_size = GROUP_SIZE).entered();
     embedding(&mut model.embed_tokens, bits)?;
     for layer in &mut model.layers {
