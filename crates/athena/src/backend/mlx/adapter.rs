@@ -29,10 +29,7 @@ fn group(adapter: &LoraAdapter) -> Grouped<'_> {
                 expert,
                 proj,
             } => {
-                g.switch
-                    .entry((layer, proj))
-                    .or_default()
-                    .insert(expert, d);
+                g.switch.entry((layer, proj)).or_default().insert(expert, d);
             }
             _ => g.linear.push((t.clone(), d)),
         }
@@ -41,10 +38,12 @@ fn group(adapter: &LoraAdapter) -> Grouped<'_> {
 }
 
 fn linear_mut<'m>(model: &'m mut Olmoe, t: &LoraTarget) -> Result<&'m mut Linear> {
-    let layer = model
-        .layers
-        .get_mut(t.layer())
-        .ok_or_else(|| Error::internal("mlx lora", format!("LoRA target `{}` past the layers", t.hf_name())))?;
+    let layer = model.layers.get_mut(t.layer()).ok_or_else(|| {
+        Error::internal(
+            "mlx lora",
+            format!("LoRA target `{}` past the layers", t.hf_name()),
+        )
+    })?;
     Ok(match t {
         LoraTarget::Attn { proj, .. } => {
             let a = &mut layer.self_attn;
@@ -57,16 +56,21 @@ fn linear_mut<'m>(model: &'m mut Olmoe, t: &LoraTarget) -> Result<&'m mut Linear
         }
         LoraTarget::Router { .. } => &mut layer.mlp.gate,
         LoraTarget::Expert { .. } => {
-            return Err(Error::internal("mlx lora", "an expert is not a linear layer on MLX"))
+            return Err(Error::internal(
+                "mlx lora",
+                "an expert is not a linear layer on MLX",
+            ))
         }
     })
 }
 
 fn experts_mut(model: &mut Olmoe, layer: usize, proj: ExpertProjKind) -> Result<&mut Experts> {
-    let l = model
-        .layers
-        .get_mut(layer)
-        .ok_or_else(|| Error::internal("mlx lora", format!("LoRA target layer {layer} past the layers")))?;
+    let l = model.layers.get_mut(layer).ok_or_else(|| {
+        Error::internal(
+            "mlx lora",
+            format!("LoRA target layer {layer} past the layers"),
+        )
+    })?;
     Ok(match proj {
         ExpertProjKind::Gate => &mut l.mlp.gate_proj,
         ExpertProjKind::Up => &mut l.mlp.up_proj,

@@ -131,7 +131,11 @@ pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
 /// are quantized, then an unmerged adapter wraps the (possibly quantized) layers.
 fn prepare(model: &mut Olmoe, spec: &LoadSpec) -> Result<()> {
     let adapter = match &spec.lora_path {
-        Some(dir) => Some(LoraAdapter::load(dir, &model.args, &candle_core::Device::Cpu)?),
+        Some(dir) => Some(LoraAdapter::load(
+            dir,
+            &model.args,
+            &candle_core::Device::Cpu,
+        )?),
         None => None,
     };
     if let Some(a) = adapter.as_ref().filter(|_| spec.merge_lora) {

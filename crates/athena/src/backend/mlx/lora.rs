@@ -98,10 +98,9 @@ pub(super) fn stack_experts(
     deltas: &BTreeMap<usize, &LoraDelta>,
     num_experts: usize,
 ) -> Result<LoraSwitch> {
-    let first = deltas
-        .values()
-        .next()
-        .ok_or_else(|| Error::internal("mlx lora", "an expert projection's LoRA without any expert"))?;
+    let first = deltas.values().next().ok_or_else(|| {
+        Error::internal("mlx lora", "an expert projection's LoRA without any expert")
+    })?;
     let (inp, out) = (first.a.dims()[1], first.b.dims()[0]);
     let rank = deltas.values().map(|d| d.rank()).max().unwrap_or(0);
     let one_scale = deltas.values().all(|d| d.scale == first.scale);

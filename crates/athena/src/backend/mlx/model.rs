@@ -157,7 +157,10 @@ pub(super) enum Experts {
         bits: u8,
     },
     /// `base` plus a LoRA update per expert (mlx-lm's `LoRASwitchLinear`).
-    Lora { base: Box<Experts>, lora: LoraSwitch },
+    Lora {
+        base: Box<Experts>,
+        lora: LoraSwitch,
+    },
 }
 
 impl Experts {
