@@ -15,7 +15,9 @@ the references of athena's load-time quantization on MLX (`--quantization 4bit|8
 mlx-lm's `convert(base, quantize=True, q_bits=4|8, dtype="float32")` at its default group size
 (64), run in float32 on the base fixture's ids_a. Each holds `ids` int64 [n], `logits` float32
 [n, V] and `greedy` int64 [8] (argmax through mlx-lm's KV cache), as
-scripts/make_mlx_parity_fixtures.py writes them; the quantized checkpoints are not kept.
+scripts/make_mlx_parity_fixtures.py writes them, and `logits_lora_mlx_all` float32 [n, V]: the
+same quantized model with the fixtures/lora/mlx_all adapter (mlx-lm's `load_adapters`, LoRA
+over the quantized layers). The quantized checkpoints are not kept.
 """
 import json, os, shutil, sys, tempfile
 
@@ -61,6 +63,7 @@ GREEDY = 8
 
 def load_time():
     from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.tuner.utils import load_adapters
 
     ids = json.load(open(os.path.join(BASE, "reference.json")))["ids_a"]
     out_dir = os.path.join(ROOT, "fixtures", "mlx_parity")
@@ -81,8 +84,13 @@ def load_time():
             greedy.append(int(tok.item()))
             out = model(tok[:, None], cache=cache)
             tok = mx.argmax(out[:, -1, :], axis=-1)
+        load_adapters(model, os.path.join(ROOT, "fixtures", "lora", "mlx_all"))
+        model.set_dtype(mx.float32)
+        lora_logits = model(mx.array([ids]))[0].astype(mx.float32)
+        mx.eval(lora_logits)
         tensors = {"ids": np.array(ids, dtype=np.int64), "logits": np.array(logits),
-                   "greedy": np.array(greedy, dtype=np.int64)}
+                   "greedy": np.array(greedy, dtype=np.int64),
+                   "logits_lora_mlx_all": np.array(lora_logits)}
         save_file(tensors, os.path.join(out_dir, f"{name}.safetensors"),
                   metadata={"mlx": mx.__version__, "mlx_lm": __import__("mlx_lm").__version__})
         print(name, json.dumps(q), greedy)
