@@ -219,3 +219,25 @@ fn a_bad_adapter_directory_is_a_typed_error() {
     assert!(err.is_user_error(), "{err:?}");
     assert!(err.to_string().contains("no_such_adapter"), "{err}");
 }
+
+#[test]
+fn the_agent_loads_mlx_with_quantization_and_an_adapter() {
+    // What `athena logits --backend mlx --quantization 4bit --lora DIR` asks for.
+    let config = athena::config::OlmoeConfig {
+        model_name: fixture("base").to_string_lossy().into_owned(),
+        quantization: Quantization::Int4,
+        lora_path: Some(adapter("mlx_all")),
+        ..Default::default()
+    };
+    let mut agent = athena::models::olmoe::OlmoeModel::new(config);
+    agent
+        .load_for(athena::models::olmoe::Need::Backend(
+            athena::backend::BackendKind::Mlx,
+        ))
+        .unwrap();
+    assert_eq!(agent.backend(), Some(athena::backend::BackendKind::Mlx));
+    let want = mlx_lm("load_q4");
+    let got = logits_tensor(agent.model().unwrap(), &want.ints("ids"));
+    let d = max_abs_diff(&got, want.get("logits_lora_mlx_all"));
+    assert!(d <= 1e-6, "4bit + mlx_all through OlmoeModel: {d}");
+}
