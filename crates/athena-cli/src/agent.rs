@@ -35,10 +35,10 @@ pub struct LoadFlags {
     /// built in and present, else the CPU).
     #[arg(long, value_enum)]
     pub device: Option<DeviceArg>,
-    /// Quantize the weights at load time (candle path).
+    /// Quantize the weights at load time (on MLX as `mlx_lm.convert -q` does).
     #[arg(long, value_enum)]
     pub quantization: Option<QuantArg>,
-    /// A LoRA adapter directory (PEFT or mlx-lm), candle path.
+    /// A LoRA adapter directory (PEFT or mlx-lm).
     #[arg(long)]
     pub lora: Option<PathBuf>,
     /// Merge the adapter into the weights.

@@ -369,4 +369,22 @@ athena_mlx_array* athena_mlx_take_along_axis(
   });
 }
 
+int athena_mlx_quantize(
+    const athena_mlx_array* w, int group_size, int bits, athena_mlx_array** out) {
+  for (int i = 0; i < 3; ++i) {
+    out[i] = nullptr;
+  }
+  return status("quantize", [&] {
+    auto parts = mx::quantize(get(w), group_size, bits, "affine");
+    if (parts.size() != 3) {
+      throw std::runtime_error(
+          "affine quantization returned " + std::to_string(parts.size()) +
+          " arrays, expected 3");
+    }
+    for (int i = 0; i < 3; ++i) {
+      out[i] = new athena_mlx_array{parts[i]};
+    }
+  });
+}
+
 } // extern "C"

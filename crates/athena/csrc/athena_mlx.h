@@ -108,6 +108,11 @@ athena_mlx_array* athena_mlx_take(
 athena_mlx_array* athena_mlx_take_along_axis(
     const athena_mlx_array* a, const athena_mlx_array* indices, int axis);
 
+/* mx::quantize, affine: `w` quantized along its last axis into packed codes, scales and biases
+ * (three new arrays written to `out`, NULL on failure). */
+int athena_mlx_quantize(
+    const athena_mlx_array* w, int group_size, int bits, athena_mlx_array** out);
+
 #ifdef __cplusplus
 }
 #endif

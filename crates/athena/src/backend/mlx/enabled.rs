@@ -7,9 +7,11 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::ffi::{self, Array};
 use super::model::{Cache, Olmoe};
+use super::quantize;
 use crate::backend::{Backend, BackendKind, DecodeSession, LoadSpec, Pooling};
 use crate::checkpoint::{hub, OlmoeArgs};
 use crate::error::{Error, Result};
+use crate::lora::LoraAdapter;
 use crate::options::{ComputeDtype, DeviceKind, Quantization};
 
 /// Where MLX computes.
@@ -71,12 +73,19 @@ pub fn load_mlx_as(dir: &Path, dtype: ComputeDtype) -> Result<MlxOlmoe> {
             format!("MLX could not create its default device: {why}"),
         )
     })?;
-    load_on(dir, device, dtype)
+    load_on(dir, device, dtype, |_| Ok(()), &mut |_, _| {})
 }
 
-fn load_on(dir: &Path, device: MlxDevice, dtype: ComputeDtype) -> Result<MlxOlmoe> {
+fn load_on(
+    dir: &Path,
+    device: MlxDevice,
+    dtype: ComputeDtype,
+    prepare: impl FnOnce(&mut Olmoe) -> Result<()>,
+    on_layer: &mut dyn FnMut(usize, usize),
+) -> Result<MlxOlmoe> {
     let _span = tracing::info_span!("load_mlx", dir = %dir.display(), ?device, ?dtype).entered();
-    let model = super::load::load(dir, dtype.into(), |_, _| {})?;
+    let mut model = super::load::load(dir, dtype.into(), on_layer)?;
+    prepare(&mut model)?;
     tracing::info!(
         ?dtype,
         layers = model.args.num_hidden_layers,
@@ -92,20 +101,14 @@ fn load_on(dir: &Path, device: MlxDevice, dtype: ComputeDtype) -> Result<MlxOlmo
     })
 }
 
-/// What `OlmoeModel::load` asks of MLX: the checkpoint, device and compute dtype in `spec`.
-pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
-    if spec.quantization != Quantization::None {
-        return Err(Error::invalid(
-            "quantization",
-            "load-time quantization runs on the candle path; MLX reads checkpoints already quantized (`athena quantize`, `mlx_lm.convert -q`)",
-        ));
-    }
-    if spec.lora_path.is_some() {
-        return Err(Error::invalid(
-            "lora_path",
-            "LoRA adapters run on the candle path only",
-        ));
-    }
+/// What `OlmoeModel::load` asks of MLX: the checkpoint, device and compute dtype in `spec`,
+/// quantized at load as `mlx_lm.convert -q` does (group size 64) when `spec.quantization`
+/// asks, with the LoRA adapter of `spec.lora_path` applied unmerged or merged.
+/// `on_layer(done, total)` reports the decoder layers read.
+pub(super) fn load_for(
+    spec: &LoadSpec,
+    on_layer: &mut dyn FnMut(usize, usize),
+) -> Result<MlxOlmoe> {
     let device = match spec.device {
         DeviceKind::Auto => {
             default_device().map_err(|why| Error::invalid("device", format!("MLX: {why}")))?
@@ -128,7 +131,44 @@ pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
             MlxDevice::Gpu
         }
     };
-    load_on(&hub::resolve(&spec.model)?, device, spec.dtype)
+    let dir = hub::resolve(&spec.model)?;
+    if spec.quantization != Quantization::None {
+        // Before the weights are read: a quantized checkpoint is refused at once.
+        quantize::check_float(&OlmoeArgs::from_file(&dir.join("config.json"))?)?;
+    }
+    load_on(&dir, device, spec.dtype, |model| prepare(model, spec), on_layer)
+}
+
+/// The LoRA adapter and load-time quantization of `spec`, in the order mlx-lm would apply
+/// them to a float checkpoint: a merged adapter goes into the float weights, then the weights
+/// are quantized, then an unmerged adapter wraps the (possibly quantized) layers.
+fn prepare(model: &mut Olmoe, spec: &LoadSpec) -> Result<()> {
+    let adapter = match &spec.lora_path {
+        Some(dir) => Some(LoraAdapter::load(
+            dir,
+            &model.args,
+            &candle_core::Device::Cpu,
+        )?),
+        None => None,
+    };
+    if let Some(a) = adapter.as_ref().filter(|_| spec.merge_lora) {
+        super::adapter::merge(model, a)?;
+    }
+    if let Some(bits) = quantize::bits(spec.quantization) {
+        quantize::quantize(model, bits)?;
+    }
+    if let Some(a) = adapter.as_ref().filter(|_| !spec.merge_lora) {
+        super::adapter::apply(model, a)?;
+    }
+    if let Some(a) = &adapter {
+        tracing::info!(
+            modules = a.len(),
+            merged = spec.merge_lora,
+            source = %a.source.display(),
+            "LoRA adapter applied on MLX"
+        );
+    }
+    Ok(())
 }
 
 impl MlxOlmoe {

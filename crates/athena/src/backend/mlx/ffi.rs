@@ -129,8 +129,14 @@ extern "C" {
         indices: *const RawArray,
         axis: c_int,
     ) -> *mut RawArray;
-    fn athena_mlx_eval(arrays: *const *mut RawArray, n: usize) -> c_int;
+    fn athena_mlx_eval(arrays: *const *const RawArray, n: usize) -> c_int;
     fn athena_mlx_astype(a: *const RawArray, dtype: c_int) -> *mut RawArray;
+    fn athena_mlx_quantize(
+        w: *const RawArray,
+        group_size: c_int,
+        bits: c_int,
+        out: *mut *mut RawArray,
+    ) -> c_int;
 }
 
 /// The shim's last error on this thread, as a typed error naming the operation.
@@ -549,11 +555,35 @@ impl Array {
         })
     }
 
-    /// Runs the computation now, so that the arrays it reads can be freed.
-    pub(super) fn eval(&self) -> Result<()> {
-        let raw = [self.0.as_ptr()];
-        // SAFETY: one live handle; the shim only reads the pointer array.
+    /// Runs the computations of `arrays` now, so that what they were computed from can be
+    /// freed.
+    pub(super) fn eval(arrays: &[&Array]) -> Result<()> {
+        let raw: Vec<*const RawArray> = arrays.iter().map(|a| a.raw()).collect();
+        // SAFETY: `raw` holds `raw.len()` live handles; the shim only reads them.
         check("eval", unsafe { athena_mlx_eval(raw.as_ptr(), raw.len()) })
+    }
+
+    /// `mx.quantize(self, group_size, bits)` (affine) along the last axis: the packed codes,
+    /// the scales and the biases.
+    pub(super) fn quantize(&self, group_size: usize, bits: u8) -> Result<(Array, Array, Array)> {
+        let mut out = [std::ptr::null_mut::<RawArray>(); 3];
+        // SAFETY: live handle; `out` holds the three slots the shim writes.
+        let status = unsafe {
+            athena_mlx_quantize(
+                self.raw(),
+                group_size as c_int,
+                bits as c_int,
+                out.as_mut_ptr(),
+            )
+        };
+        // Each handle the shim made is owned here, even when a later one failed.
+        let [w, s, b] = out.map(NonNull::new);
+        let (w, s, b) = (w.map(Array), s.map(Array), b.map(Array));
+        check("quantize", status)?;
+        match (w, s, b) {
+            (Some(w), Some(s), Some(b)) => Ok((w, s, b)),
+            _ => Err(last_error("quantize")),
+        }
     }
 }
 

@@ -32,7 +32,7 @@ fn array(name: &str, t: &Tensor, dtype: Dtype) -> Result<Array> {
                 return Ok(a);
             }
             let cast = a.astype(dtype).map_err(at)?;
-            cast.eval().map_err(at)?;
+            Array::eval(&[&cast]).map_err(at)?;
             Ok(cast)
         }
     }

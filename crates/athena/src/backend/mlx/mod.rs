@@ -6,11 +6,17 @@
 //! and able to create its default device (the GPU where MLX has one, else the CPU).
 
 #[cfg(feature = "mlx")]
+mod adapter;
+#[cfg(feature = "mlx")]
 mod ffi;
 #[cfg(feature = "mlx")]
 mod load;
 #[cfg(feature = "mlx")]
+mod lora;
+#[cfg(feature = "mlx")]
 mod model;
+#[cfg(feature = "mlx")]
+mod quantize;
 
 use super::contract::Backend;
 use super::registry::{Availability, BackendProvider};
@@ -66,6 +72,14 @@ impl BackendProvider for MlxProvider {
     }
 
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
-        Ok(Box::new(enabled::load_for(spec)?))
+        self.load_reporting(spec, &mut |_, _| {})
+    }
+
+    fn load_reporting(
+        &self,
+        spec: &LoadSpec,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Box<dyn Backend>> {
+        Ok(Box::new(enabled::load_for(spec, on_layer)?))
     }
 }
