@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use athena::config::OlmoeConfig;
 use athena::models::olmoe::{LoadReport, Need, OlmoeModel};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use athena::backend::BackendKind;
 
@@ -27,17 +28,17 @@ pub struct LoadFlags {
     /// Checkpoint for the MLX path (default: --model).
     #[arg(long)]
     pub mlx_model_path: Option<String>,
-    /// Compute dtype on the candle path.
+    /// Compute dtype (candle and MLX).
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
     /// Device for the candle path (default auto: CUDA if built in and present, else Metal if
     /// built in and present, else the CPU).
     #[arg(long, value_enum)]
     pub device: Option<DeviceArg>,
-    /// Quantize the weights at load time (candle path).
+    /// Quantize the weights at load time (on MLX as `mlx_lm.convert -q` does).
     #[arg(long, value_enum)]
     pub quantization: Option<QuantArg>,
-    /// A LoRA adapter directory (PEFT or mlx-lm), candle path.
+    /// A LoRA adapter directory (PEFT or mlx-lm).
     #[arg(long)]
     pub lora: Option<PathBuf>,
     /// Merge the adapter into the weights.
@@ -113,9 +114,19 @@ impl LoadFlags {
     /// Loads the model for what the command `need`s and says on stderr which backend runs it
     /// and why; a command that needs the action head gets candle ([`Need::ActionHead`]).
     pub fn load_for(&self, need: Need) -> Result<OlmoeModel> {
-        let mut model = OlmoeModel::new(self.config()?);
-        let report = model.load_for(need)?;
-        eprintln!("{}", backend_line(report));
+        let config = self.config()?;
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(config.model_name.clone());
+        let mut model = OlmoeModel::new(config);
+        let loaded = model.load_reporting(need, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        });
+        bar.finish_and_clear();
+        eprintln!("{}", backend_line(loaded?));
         Ok(model)
     }
 }

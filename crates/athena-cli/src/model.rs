@@ -42,10 +42,12 @@ pub enum DeviceArg {
 pub enum QuantArg {
     /// Weights as stored.
     None,
-    /// Group-wise 8-bit (MLX affine: groups of 32, experts 64; attention's v/o stay dense).
+    /// Group-wise 8-bit (MLX affine: groups of 32, experts 64; attention's v/o stay dense; on
+    /// the MLX backend `mlx_lm.convert -q --q-bits 8`: every module in groups of 64).
     #[value(name = "8bit")]
     Int8,
-    /// Group-wise 4-bit (MLX affine, group 64).
+    /// Group-wise 4-bit (MLX affine, group 64; on the MLX backend `mlx_lm.convert -q`, the
+    /// router included).
     #[value(name = "4bit")]
     Int4,
 }
@@ -76,7 +78,7 @@ impl From<DeviceArg> for DeviceKind {
 pub enum BackendArg {
     /// candle (CPU, CUDA, Metal): every flag applies.
     Candle,
-    /// MLX through libmlx (build with `--features athena/mlx`); float32 on the CPU, no
-    /// load-time quantization or LoRA (mlx-lm quantized checkpoints load as they are).
+    /// MLX through libmlx (build with `--features athena/mlx`); any `--dtype`;
+    /// `--quantization` as `mlx_lm.convert -q`, LoRA adapters as mlx-lm computes them.
     Mlx,
 }

@@ -6,28 +6,14 @@
 //! has MLX not compiled in; a build with it (and libmlx present) loads MLX. Each test asks
 //! `athena load --json` which one this binary is, as `cli.rs` does.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/models")
-        .join(name)
-}
+mod support;
+use support::{athena, model_dir, stderr};
 
 fn base() -> String {
-    fixture("base").display().to_string()
-}
-
-fn athena(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_athena"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    model_dir("base").display().to_string()
 }
 
 /// Runs `args`, which must succeed, and returns stderr's backend line.
@@ -333,7 +319,7 @@ fn the_default_device_is_auto() {
 fn a_checkpoint_without_a_tokenizer_runs_on_token_ids() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("base").join(name), dir.path().join(name)).unwrap();
+        std::fs::copy(model_dir("base").join(name), dir.path().join(name)).unwrap();
     }
     let model = dir.path().display().to_string();
     let out = dir.path().join("logits.safetensors");

@@ -1,32 +1,17 @@
 //! The `athena` binary end to end on the committed fixtures.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/models")
-        .join(name)
-}
-
-fn athena(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_athena"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod support;
+use support::{athena, model_dir, stderr};
 
 #[test]
 fn logits_writes_the_reference_logits_as_npy() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.npy");
-    let model = fixture("gqa_normtopk");
+    let model = model_dir("gqa_normtopk");
     let reference =
         candle_core::safetensors::load(model.join("reference.safetensors"), &Device::Cpu).unwrap();
     let ids: Vec<i64> = reference["ids_a"].to_vec1().unwrap();
@@ -66,7 +51,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
     let child = Command::new(env!("CARGO_BIN_EXE_athena"))
-        .args(["info", "--model", fixture("base").to_str().unwrap()])
+        .args(["info", "--model", model_dir("base").to_str().unwrap()])
         .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
@@ -83,7 +68,7 @@ fn info_reports_architecture_parameters_and_bytes() {
     let o = athena(&[
         "info",
         "--model",
-        fixture("sharded_f16").to_str().unwrap(),
+        model_dir("sharded_f16").to_str().unwrap(),
         "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -101,7 +86,7 @@ fn info_reports_architecture_parameters_and_bytes() {
 
 #[test]
 fn bench_prints_one_json_line_with_the_figures() {
-    let base = fixture("base");
+    let base = model_dir("base");
     let bench = |extra: &[&str]| {
         let mut args = vec![
             "bench",
@@ -136,7 +121,7 @@ fn generate_streams_text_and_stops_at_max_tokens() {
     let o = athena(&[
         "generate",
         "--model",
-        fixture("base").to_str().unwrap(),
+        model_dir("base").to_str().unwrap(),
         "--prompt",
         "The agent",
         "--max-tokens",
@@ -147,7 +132,7 @@ fn generate_streams_text_and_stops_at_max_tokens() {
     let chat = athena(&[
         "generate",
         "--model",
-        fixture("base").to_str().unwrap(),
+        model_dir("base").to_str().unwrap(),
         "--prompt",
         "Hi",
         "--chat",
@@ -172,7 +157,7 @@ fn generate_keeps_to_a_json_schema_or_a_lark_grammar() {
             "required": ["ok", "n"], "additionalProperties": false}"#,
     )
     .unwrap();
-    let base = fixture("base");
+    let base = model_dir("base");
     for seed in ["1", "2", "3"] {
         let o = athena(&[
             "generate",
@@ -226,7 +211,7 @@ fn generate_keeps_to_a_json_schema_or_a_lark_grammar() {
 /// A copy of fixture `name` in a temporary directory, `chat_template` replaced by `template`.
 fn fixture_with_chat_template(name: &str, template: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+    for entry in std::fs::read_dir(model_dir(name)).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
     }
@@ -268,7 +253,7 @@ fn a_chat_template_whose_values_double_fails_at_the_template_limit() {
 
 #[test]
 fn bad_input_fails_with_a_message_naming_what_is_wrong() {
-    let base = fixture("base");
+    let base = model_dir("base");
     let base = base.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.npy");
@@ -356,7 +341,7 @@ fn bad_input_fails_with_a_message_naming_what_is_wrong() {
 
 #[test]
 fn load_reports_the_backend_and_every_attempt_as_json() {
-    let base = fixture("base");
+    let base = model_dir("base");
     let o = athena(&["load", "--model", base.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -428,7 +413,7 @@ fn encode_prints_one_embedding_per_text() {
     let o = athena(&[
         "encode",
         "--model",
-        fixture("base").to_str().unwrap(),
+        model_dir("base").to_str().unwrap(),
         "--text",
         "hello",
         "--text",
@@ -447,7 +432,7 @@ fn act_decides_with_the_head_and_refuses_bad_memories() {
     let dir = tempfile::tempdir().unwrap();
     let mem = dir.path().join("memories.jsonl");
     std::fs::write(&mem, "{\"id\": \"m1\", \"text\": \"The user lives in Paris.\"}\n\n{\"id\": \"m2\", \"text\": \"The user likes tea.\"}\n").unwrap();
-    let base = fixture("base");
+    let base = model_dir("base");
     let args = [
         "act",
         "--model",
@@ -488,7 +473,7 @@ fn train_head_trains_saves_and_act_uses_the_head() {
         let o = athena(&["synth-memory", "--n", n, "--seed", seed, "--out", &p(file)]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let base = fixture("base");
+    let base = model_dir("base");
     let base = base.to_str().unwrap();
     let args = [
         "train-head",
@@ -574,7 +559,7 @@ fn train_head_keeps_a_finished_head_unless_told_and_resumes_only_from_a_checkpoi
         let o = athena(&["synth-memory", "--n", n, "--seed", seed, "--out", &p(file)]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let base = fixture("base");
+    let base = model_dir("base");
     let (train, eval, out) = (p("train.jsonl"), p("eval.jsonl"), p("head"));
     let run = |extra: &[&str]| {
         let mut args = vec![

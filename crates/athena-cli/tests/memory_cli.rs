@@ -3,26 +3,16 @@
 //! adding to one scope.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use athena::models::action_head::{ActionHeadConfig, MemoryActionHead};
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/models")
-        .join(name)
-}
+mod support;
+use support::{athena, model_dir};
 
 fn model() -> String {
-    fixture("base").display().to_string()
-}
-
-fn athena(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_athena"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    model_dir("base").display().to_string()
 }
 
 fn ok_json(args: &[&str]) -> Value {
@@ -272,7 +262,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         add(&db, &["--user", "u", "--fact", "f", "--metadata", "{oops"]),
         "not JSON",
     );
-    let other = fixture("gqa_normtopk").display().to_string();
+    let other = model_dir("gqa_normtopk").display().to_string();
     run(
         vec![
             "memory",

@@ -1,27 +1,14 @@
 //! `athena memory eval`, `synth-stream` and `stream-examples` end to end on the fixture model.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use serde_json::Value;
 
+mod support;
+use support::{athena, stderr};
+
 fn fixture() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/models/base")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-fn athena(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_athena"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    support::fixture().display().to_string()
 }
 
 fn eval_json(stream: &Path, extra: &[&str]) -> Value {

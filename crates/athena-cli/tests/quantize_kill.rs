@@ -5,22 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod support;
+use support::model_dir;
+
 /// Attempts at killing a run while its partial output exists (the window is short).
 const ATTEMPTS: usize = 200;
 
 /// The file that marks a partial output as quantize's.
 const MARKER: &str = ".athena-quantize-partial";
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/models")
-        .join(name)
-}
-
 fn quantize(out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_athena"));
     cmd.args(["quantize", "--model"])
-        .arg(fixture("base"))
+        .arg(model_dir("base"))
         .arg("--out")
         .arg(out)
         .args(["--bits", "4", "--group-size", "32"])

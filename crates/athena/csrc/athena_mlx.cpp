@@ -299,8 +299,17 @@ athena_mlx_array* athena_mlx_gather_mm(
     const athena_mlx_array* a, const athena_mlx_array* b, const athena_mlx_array* rhs_indices,
     int sorted_indices) {
   return make("gather_mm", [&] {
-    return mx::gather_mm(
-        get(a), get(b), std::nullopt, opt(rhs_indices), sorted_indices != 0);
+    const auto& x = get(a);
+    const auto& w = get(b);
+    auto rhs = opt(rhs_indices);
+    bool sorted = sorted_indices != 0;
+    if (x.dtype() == mx::float32 || mx::default_device().type != mx::Device::cpu) {
+      return mx::gather_mm(x, w, std::nullopt, rhs, sorted);
+    }
+    // MLX's CPU gather_mm computes float32 only: widen, multiply, round back to x's dtype.
+    auto y = mx::gather_mm(
+        mx::astype(x, mx::float32), mx::astype(w, mx::float32), std::nullopt, rhs, sorted);
+    return mx::astype(y, x.dtype());
   });
 }
 
@@ -357,6 +366,24 @@ athena_mlx_array* athena_mlx_take_along_axis(
     const athena_mlx_array* a, const athena_mlx_array* indices, int axis) {
   return make("take_along_axis", [&] {
     return mx::take_along_axis(get(a), get(indices), axis);
+  });
+}
+
+int athena_mlx_quantize(
+    const athena_mlx_array* w, int group_size, int bits, athena_mlx_array** out) {
+  for (int i = 0; i < 3; ++i) {
+    out[i] = nullptr;
+  }
+  return status("quantize", [&] {
+    auto parts = mx::quantize(get(w), group_size, bits, "affine");
+    if (parts.size() != 3) {
+      throw std::runtime_error(
+          "affine quantization returned " + std::to_string(parts.size()) +
+          " arrays, expected 3");
+    }
+    for (int i = 0; i < 3; ++i) {
+      out[i] = new athena_mlx_array{parts[i]};
+    }
   });
 }
 

@@ -79,6 +79,11 @@ athena_mlx_array* athena_mlx_quantized_matmul(
 athena_mlx_array* athena_mlx_dequantize(
     const athena_mlx_array* w, const athena_mlx_array* scales, const athena_mlx_array* biases,
     int group_size, int bits);
+/* a @ b[rhs_indices]. On the GPU in a's dtype. On the CPU, whose gather_mm computes float32
+ * only, a bf16 or f16 product widens a and b to float32 and rounds the result back to a's
+ * dtype: Metal's bf16 gather_mm accumulates in float32 and rounds its output the same way.
+ * The widening reads the whole stack b on every call, so float experts run slower in bf16 or
+ * f16 than in float32 on the CPU. */
 athena_mlx_array* athena_mlx_gather_mm(
     const athena_mlx_array* a, const athena_mlx_array* b, const athena_mlx_array* rhs_indices,
     int sorted_indices);
@@ -102,6 +107,11 @@ athena_mlx_array* athena_mlx_take(
     const athena_mlx_array* a, const athena_mlx_array* indices, int axis);
 athena_mlx_array* athena_mlx_take_along_axis(
     const athena_mlx_array* a, const athena_mlx_array* indices, int axis);
+
+/* mx::quantize, affine: `w` quantized along its last axis into packed codes, scales and biases
+ * (three new arrays written to `out`, NULL on failure). */
+int athena_mlx_quantize(
+    const athena_mlx_array* w, int group_size, int bits, athena_mlx_array** out);
 
 #ifdef __cplusplus
 }

@@ -19,6 +19,9 @@ impl Backend for Plain<'_> {
     fn args(&self) -> &OlmoeArgs {
         self.0.args()
     }
+    fn device(&self) -> &'static str {
+        self.0.device()
+    }
     fn session(&self) -> Box<dyn DecodeSession + '_> {
         self.0.session()
     }

@@ -26,6 +26,9 @@ impl Backend for AsMlx {
     fn args(&self) -> &OlmoeArgs {
         self.0.args()
     }
+    fn device(&self) -> &'static str {
+        Backend::device(&self.0)
+    }
     fn session(&self) -> Box<dyn DecodeSession + '_> {
         Backend::session(&self.0)
     }
@@ -243,6 +246,18 @@ fn a_named_backend_is_the_only_one_tried() {
     );
     assert_eq!(m.attempts()[1].outcome, Outcome::Skipped);
     assert!(!m.is_loaded());
+}
+
+#[test]
+fn loading_reports_each_layer_of_the_chosen_backend() {
+    let mut m = OlmoeModel::new(candle_config("base"));
+    let mut seen = Vec::new();
+    let report = m
+        .load_reporting(Need::Inference, &mut |done, total| seen.push((done, total)))
+        .unwrap();
+    assert_eq!(report.backend, BackendKind::Candle);
+    assert_eq!(seen, vec![(1, 2), (2, 2)]);
+    assert_eq!(m.model().unwrap().device(), "cpu");
 }
 
 #[test]

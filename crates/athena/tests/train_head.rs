@@ -363,6 +363,9 @@ impl Backend for AsMlx {
     fn args(&self) -> &OlmoeArgs {
         self.0.args()
     }
+    fn device(&self) -> &'static str {
+        Backend::device(&self.0)
+    }
     fn session(&self) -> Box<dyn DecodeSession + '_> {
         Backend::session(&self.0)
     }

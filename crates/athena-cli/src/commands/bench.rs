@@ -4,8 +4,6 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use athena::backend::BackendKind;
-use athena::config::ComputeDtype;
 use athena::generate::argmax;
 
 use crate::agent::LoadFlags;
@@ -86,11 +84,7 @@ pub fn run(a: Args) -> Result<()> {
     let loaded = a.load.load_on(a.backend)?;
     let model = loaded.model().context("the model did not load")?;
     let config = loaded.config();
-    // MLX computes in float32.
-    let dtype = match model.kind() {
-        BackendKind::Candle => config.dtype,
-        BackendKind::Mlx => ComputeDtype::F32,
-    };
+    let dtype = config.dtype;
     let load_s = t0.elapsed().as_secs_f64();
     let vocab = model.args().vocab_size;
     if a.prompt_tokens + a.gen_tokens > model.args().max_position_embeddings {
@@ -139,7 +133,7 @@ pub fn run(a: Args) -> Result<()> {
         "int8_activations": config.int8_activations,
         "threads": threads(),
         "isa": athena::kernels::isa(),
-        "device": format!("{:?}", config.device).to_lowercase(),
+        "device": model.device(),
         "batch": a.batch,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub fn root() -> PathBuf {
@@ -14,7 +14,25 @@ pub fn root() -> PathBuf {
 }
 
 pub fn fixture() -> PathBuf {
-    root().join("fixtures/models/base")
+    model_dir("base")
+}
+
+/// The fixture model `fixtures/models/NAME`.
+pub fn model_dir(name: &str) -> PathBuf {
+    root().join("fixtures/models").join(name)
+}
+
+/// Runs the `athena` binary with `args` to its end.
+pub fn athena(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_athena"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// A finished command's stderr, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A running server; killed on drop if still alive.

@@ -11,6 +11,9 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// The model's arguments.
     fn args(&self) -> &OlmoeArgs;
+    /// Where the model computes, as reports name it: `cpu`, `cuda` or `metal` (candle), `cpu`
+    /// or `gpu` (MLX's GPU: Metal on Apple silicon).
+    fn device(&self) -> &'static str;
     /// A fresh decoding session with an empty KV cache.
     fn session(&self) -> Box<dyn DecodeSession + '_>;
     /// Float32 logits [n][vocab] of every position of one sequence.

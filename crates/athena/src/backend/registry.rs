@@ -25,4 +25,14 @@ pub trait BackendProvider: Send + Sync {
     fn availability(&self) -> Availability;
     /// Loads what `spec` asks for.
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>>;
+    /// Like [`Self::load`], calling `on_layer(done, total)` as the decoder layers load. A
+    /// provider that cannot report progress loads without calling it.
+    fn load_reporting(
+        &self,
+        spec: &LoadSpec,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Box<dyn Backend>> {
+        let _ = on_layer;
+        self.load(spec)
+    }
 }

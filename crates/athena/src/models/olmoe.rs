@@ -155,6 +155,16 @@ impl OlmoeModel {
     /// Loads the model for what the caller `need`s: [`Need::ActionHead`] skips MLX, with the
     /// reason in the report, and loads candle with the head.
     pub fn load_for(&mut self, need: Need) -> Result<&LoadReport> {
+        self.load_reporting(need, &mut |_, _| {})
+    }
+
+    /// Like [`Self::load_for`], calling `on_layer(done, total)` as the chosen backend's decoder
+    /// layers load (a backend that fails and the one after it each count from the start).
+    pub fn load_reporting(
+        &mut self,
+        need: Need,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<&LoadReport> {
         let _span =
             tracing::info_span!("OlmoeModel::load", model = %self.config.model_name).entered();
         self.loaded = None;
@@ -187,7 +197,7 @@ impl OlmoeModel {
             None => {
                 let path = self.config.mlx_path().to_string();
                 tracing::info!("Loading OLMoE via MLX: {path}");
-                match self.load_with(BackendKind::Mlx, &path) {
+                match self.load_with(BackendKind::Mlx, &path, on_layer) {
                     Ok((backend, tokenizer)) => {
                         attempts.push(Attempt {
                             backend: BackendKind::Mlx,
@@ -216,7 +226,7 @@ impl OlmoeModel {
             Err(CandleMiss::Skip("not asked for (backend mlx)"))
         } else {
             tracing::info!("Loading OLMoE via candle: {path}");
-            self.load_with(BackendKind::Candle, &path)
+            self.load_with(BackendKind::Candle, &path, on_layer)
                 .and_then(|(backend, tokenizer)| {
                     let head = self.attach_head(backend.as_ref())?;
                     Ok((backend, tokenizer, head))
@@ -262,12 +272,13 @@ impl OlmoeModel {
         &self,
         kind: BackendKind,
         model: &str,
+        on_layer: &mut dyn FnMut(usize, usize),
     ) -> Result<(Box<dyn Backend>, Option<Tokenizer>)> {
         let provider: &dyn BackendProvider = match kind {
             BackendKind::Mlx => self.mlx.as_ref(),
             BackendKind::Candle => &self.candle,
         };
-        let backend = provider.load(&self.load_spec(model))?;
+        let backend = provider.load_reporting(&self.load_spec(model), on_layer)?;
         let dir = hub::resolve(model)?;
         // A checkpoint without a tokenizer (as converters and benchmarks write them) still
         // runs on token ids; what needs text says so ([`OlmoeModel::text_tokenizer`]).

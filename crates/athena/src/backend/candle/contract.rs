@@ -16,6 +16,14 @@ impl crate::backend::Backend for Olmoe {
         Olmoe::args(self)
     }
 
+    fn device(&self) -> &'static str {
+        match Olmoe::device(self) {
+            candle_core::Device::Cpu => "cpu",
+            candle_core::Device::Cuda(_) => "cuda",
+            candle_core::Device::Metal(_) => "metal",
+        }
+    }
+
     fn session(&self) -> Box<dyn crate::backend::DecodeSession + '_> {
         Box::new(CandleSession {
             model: self,

@@ -45,6 +45,14 @@ impl BackendProvider for CandleProvider {
     }
 
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
+        self.load_reporting(spec, &mut |_, _| {})
+    }
+
+    fn load_reporting(
+        &self,
+        spec: &LoadSpec,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Box<dyn Backend>> {
         let dir = crate::checkpoint::hub::resolve(&spec.model)?;
         let device = Self::device(spec.device)?;
         let opts = LoadOptions {
@@ -53,7 +61,7 @@ impl BackendProvider for CandleProvider {
             merge_lora: spec.merge_lora,
             int8_activations: spec.int8_activations,
         };
-        let model = load_olmoe_with(&dir, &device, spec.dtype.into(), &opts, |_, _| {})?;
+        let model = load_olmoe_with(&dir, &device, spec.dtype.into(), &opts, on_layer)?;
         Ok(Box::new(model))
     }
 }

@@ -8,15 +8,18 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use super::batch::{rows, serialised, MlxSlots};
 use super::ffi;
 use super::model::{Cache, Olmoe};
+use super::quantize;
 use crate::backend::{Backend, BackendKind, DecodeSession, LoadSpec, Pooling, SlotBatch};
 use crate::checkpoint::{hub, OlmoeArgs};
 use crate::error::{Error, Result};
+use crate::lora::LoraAdapter;
 use crate::options::{ComputeDtype, DeviceKind, Quantization};
 
 /// Where MLX computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MlxDevice {
-    /// The CPU (`mlx-cpu` on Linux). Everything is float32 there.
+    /// The CPU (`mlx-cpu` on Linux). Its `gather_mm` computes float32 only, so bf16 and f16
+    /// expert products are widened to float32 and rounded back (see `csrc/athena_mlx.h`).
     Cpu,
     /// Metal on Apple silicon, or CUDA in MLX's CUDA builds.
     Gpu,
@@ -53,23 +56,39 @@ pub struct MlxOlmoe {
     lock: Mutex<()>,
 }
 
-/// Loads the checkpoint in `dir` on MLX's default device. mlx-lm checkpoints (experts stacked
-/// as `switch_mlp`, affine-quantized modules with per-module overrides) and HF checkpoints
-/// (experts stacked at load) are both read; errors name the file or tensor at fault.
+/// Loads the checkpoint in `dir` on MLX's default device, computing in float32. mlx-lm
+/// checkpoints (experts stacked as `switch_mlp`, affine-quantized modules with per-module
+/// overrides) and HF checkpoints (experts stacked at load) are both read; errors name the file
+/// or tensor at fault.
 pub fn load_mlx(dir: &Path) -> Result<MlxOlmoe> {
+    load_mlx_as(dir, ComputeDtype::F32)
+}
+
+/// [`load_mlx`] computing in `dtype`, as mlx-lm does after `model.set_dtype(dtype)`: every float
+/// parameter is cast to `dtype` at load (packed quantized codes stay as they are), activations
+/// flow in `dtype`, and logits are widened to float32 when read.
+pub fn load_mlx_as(dir: &Path, dtype: ComputeDtype) -> Result<MlxOlmoe> {
     let device = default_device().map_err(|why| {
         Error::invalid(
             "device",
             format!("MLX could not create its default device: {why}"),
         )
     })?;
-    load_on(dir, device)
+    load_on(dir, device, dtype, |_| Ok(()), &mut |_, _| {})
 }
 
-fn load_on(dir: &Path, device: MlxDevice) -> Result<MlxOlmoe> {
-    let _span = tracing::info_span!("load_mlx", dir = %dir.display(), ?device).entered();
-    let model = super::load::load(dir, |_, _| {})?;
+fn load_on(
+    dir: &Path,
+    device: MlxDevice,
+    dtype: ComputeDtype,
+    prepare: impl FnOnce(&mut Olmoe) -> Result<()>,
+    on_layer: &mut dyn FnMut(usize, usize),
+) -> Result<MlxOlmoe> {
+    let _span = tracing::info_span!("load_mlx", dir = %dir.display(), ?device, ?dtype).entered();
+    let mut model = super::load::load(dir, dtype.into(), on_layer)?;
+    prepare(&mut model)?;
     tracing::info!(
+        ?dtype,
         layers = model.args.num_hidden_layers,
         experts = model.args.num_experts,
         quantized = model.args.quantization.is_some(),
@@ -83,20 +102,14 @@ fn load_on(dir: &Path, device: MlxDevice) -> Result<MlxOlmoe> {
     })
 }
 
-/// What `OlmoeModel::load` asks of MLX: the checkpoint and device in `spec`.
-pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
-    if spec.quantization != Quantization::None {
-        return Err(Error::invalid(
-            "quantization",
-            "load-time quantization runs on the candle path; MLX reads checkpoints already quantized (`athena quantize`, `mlx_lm.convert -q`)",
-        ));
-    }
-    if spec.lora_path.is_some() {
-        return Err(Error::invalid(
-            "lora_path",
-            "LoRA adapters run on the candle path only",
-        ));
-    }
+/// What `OlmoeModel::load` asks of MLX: the checkpoint, device and compute dtype in `spec`,
+/// quantized at load as `mlx_lm.convert -q` does (group size 64) when `spec.quantization`
+/// asks, with the LoRA adapter of `spec.lora_path` applied unmerged or merged.
+/// `on_layer(done, total)` reports the decoder layers read.
+pub(super) fn load_for(
+    spec: &LoadSpec,
+    on_layer: &mut dyn FnMut(usize, usize),
+) -> Result<MlxOlmoe> {
     let device = match spec.device {
         DeviceKind::Auto => {
             default_device().map_err(|why| Error::invalid("device", format!("MLX: {why}")))?
@@ -119,10 +132,50 @@ pub(super) fn load_for(spec: &LoadSpec) -> Result<MlxOlmoe> {
             MlxDevice::Gpu
         }
     };
-    if spec.dtype != ComputeDtype::F32 {
-        tracing::info!(dtype = ?spec.dtype, "MLX computes in float32");
+    let dir = hub::resolve(&spec.model)?;
+    if spec.quantization != Quantization::None {
+        // Before the weights are read: a quantized checkpoint is refused at once.
+        quantize::check_float(&OlmoeArgs::from_file(&dir.join("config.json"))?)?;
     }
-    load_on(&hub::resolve(&spec.model)?, device)
+    load_on(
+        &dir,
+        device,
+        spec.dtype,
+        |model| prepare(model, spec),
+        on_layer,
+    )
+}
+
+/// The LoRA adapter and load-time quantization of `spec`, in the order mlx-lm would apply
+/// them to a float checkpoint: a merged adapter goes into the float weights, then the weights
+/// are quantized, then an unmerged adapter wraps the (possibly quantized) layers.
+fn prepare(model: &mut Olmoe, spec: &LoadSpec) -> Result<()> {
+    let adapter = match &spec.lora_path {
+        Some(dir) => Some(LoraAdapter::load(
+            dir,
+            &model.args,
+            &candle_core::Device::Cpu,
+        )?),
+        None => None,
+    };
+    if let Some(a) = adapter.as_ref().filter(|_| spec.merge_lora) {
+        super::adapter::merge(model, a)?;
+    }
+    if let Some(bits) = quantize::bits(spec.quantization) {
+        quantize::quantize(model, bits)?;
+    }
+    if let Some(a) = adapter.as_ref().filter(|_| !spec.merge_lora) {
+        super::adapter::apply(model, a)?;
+    }
+    if let Some(a) = &adapter {
+        tracing::info!(
+            modules = a.len(),
+            merged = spec.merge_lora,
+            source = %a.source.display(),
+            "LoRA adapter applied on MLX"
+        );
+    }
+    Ok(())
 }
 
 impl MlxOlmoe {
@@ -143,6 +196,13 @@ impl Backend for MlxOlmoe {
 
     fn args(&self) -> &OlmoeArgs {
         &self.model.args
+    }
+
+    fn device(&self) -> &'static str {
+        match self.device {
+            MlxDevice::Cpu => "cpu",
+            MlxDevice::Gpu => "gpu",
+        }
     }
 
     fn session(&self) -> Box<dyn DecodeSession + '_> {

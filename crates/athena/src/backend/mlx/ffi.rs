@@ -18,6 +18,8 @@ struct RawArray {
 #[repr(C)]
 pub(super) enum Dtype {
     F32 = 0,
+    F16 = 1,
+    BF16 = 2,
     U32 = 3,
     I32 = 4,
 }
@@ -127,6 +129,14 @@ extern "C" {
         indices: *const RawArray,
         axis: c_int,
     ) -> *mut RawArray;
+    fn athena_mlx_eval(arrays: *const *const RawArray, n: usize) -> c_int;
+    fn athena_mlx_astype(a: *const RawArray, dtype: c_int) -> *mut RawArray;
+    fn athena_mlx_quantize(
+        w: *const RawArray,
+        group_size: c_int,
+        bits: c_int,
+        out: *mut *mut RawArray,
+    ) -> c_int;
 }
 
 /// The shim's last error on this thread, as a typed error naming the operation.
@@ -291,7 +301,7 @@ impl Array {
         unsafe { athena_mlx_nbytes(self.raw()) }
     }
 
-    /// Runs the computation and copies the result to the host as float32, row-major.
+    /// Runs the computation and copies the result to the host, widened to float32, row-major.
     pub(super) fn to_f32(&self) -> Result<Vec<f32>> {
         let n: usize = self.shape().iter().product();
         let mut out = vec![0f32; n];
@@ -535,5 +545,54 @@ impl Array {
         wrap("take_along_axis", unsafe {
             athena_mlx_take_along_axis(self.raw(), indices.raw(), axis)
         })
+    }
+
+    /// Converted to `dtype` (rounded to nearest even when narrowing).
+    pub(super) fn astype(&self, dtype: Dtype) -> Result<Array> {
+        // SAFETY: live handle; the shim checks the dtype code.
+        wrap("astype", unsafe {
+            athena_mlx_astype(self.raw(), dtype as c_int)
+        })
+    }
+
+    /// Runs the computations of `arrays` now, so that what they were computed from can be
+    /// freed.
+    pub(super) fn eval(arrays: &[&Array]) -> Result<()> {
+        let raw: Vec<*const RawArray> = arrays.iter().map(|a| a.raw()).collect();
+        // SAFETY: `raw` holds `raw.len()` live handles; the shim only reads them.
+        check("eval", unsafe { athena_mlx_eval(raw.as_ptr(), raw.len()) })
+    }
+
+    /// `mx.quantize(self, group_size, bits)` (affine) along the last axis: the packed codes,
+    /// the scales and the biases.
+    pub(super) fn quantize(&self, group_size: usize, bits: u8) -> Result<(Array, Array, Array)> {
+        let mut out = [std::ptr::null_mut::<RawArray>(); 3];
+        // SAFETY: live handle; `out` holds the three slots the shim writes.
+        let status = unsafe {
+            athena_mlx_quantize(
+                self.raw(),
+                group_size as c_int,
+                bits as c_int,
+                out.as_mut_ptr(),
+            )
+        };
+        // Each handle the shim made is owned here, even when a later one failed.
+        let [w, s, b] = out.map(NonNull::new);
+        let (w, s, b) = (w.map(Array), s.map(Array), b.map(Array));
+        check("quantize", status)?;
+        match (w, s, b) {
+            (Some(w), Some(s), Some(b)) => Ok((w, s, b)),
+            _ => Err(last_error("quantize")),
+        }
+    }
+}
+
+impl From<crate::options::ComputeDtype> for Dtype {
+    fn from(d: crate::options::ComputeDtype) -> Self {
+        match d {
+            crate::options::ComputeDtype::F32 => Dtype::F32,
+            crate::options::ComputeDtype::Bf16 => Dtype::BF16,
+            crate::options::ComputeDtype::F16 => Dtype::F16,
+        }
     }
 }

@@ -1,20 +1,23 @@
 //! An OLMoE checkpoint → MLX arrays. Tensors are read and validated by the shared checkpoint
 //! reader (shapes, layouts, unexpected tensors; HF per-expert and transformers-v5 experts are
 //! stacked into [E, out, in] as mlx-lm's `sanitize` does), then copied into MLX. Modules with
-//! `.scales` are affine-quantized and stay packed; MLX's CPU kernels need float32, so every
-//! float tensor is converted to float32 on the way.
+//! `.scales` are affine-quantized and stay packed. Every float tensor (norm weights, dense
+//! weights, quantized modules' scales and biases) is cast to the compute dtype, as mlx-lm's
+//! `model.set_dtype` casts every floating parameter: activations then flow in that dtype.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::ffi::Array;
+use super::ffi::{Array, Dtype};
 use super::model::{Attention, DecoderLayer, Embedding, Experts, Linear, Olmoe, SparseMoeBlock};
 use crate::checkpoint::{CheckpointReader, ExpertProj, OlmoeArgs, WeightFiles};
 use crate::error::{Error, Result};
 
-/// Copies a host tensor into an MLX array: u32 as stored, floats as float32.
-fn array(name: &str, t: &Tensor) -> Result<Array> {
+/// Copies a host tensor into an MLX array: u32 as stored, floats in `dtype`. A float tensor is
+/// copied as float32 and cast by MLX (round to nearest even, as mlx-lm's `astype`), then
+/// evaluated so that the float32 copy is freed at once.
+fn array(name: &str, t: &Tensor, dtype: Dtype) -> Result<Array> {
     let shape = t.dims().to_vec();
     let at = |e: Error| match e {
         Error::Tensor { msg, .. } => Error::tensor(name, msg),
@@ -22,22 +25,28 @@ fn array(name: &str, t: &Tensor) -> Result<Array> {
     };
     match t.dtype() {
         DType::U32 => Array::from_slice(&t.flatten_all()?.to_vec1::<u32>()?, &shape).map_err(at),
-        _ => Array::from_slice(
-            &t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-            &shape,
-        )
-        .map_err(at),
+        _ => {
+            let f32s = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let a = Array::from_slice(&f32s, &shape).map_err(at)?;
+            if dtype == Dtype::F32 {
+                return Ok(a);
+            }
+            let cast = a.astype(dtype).map_err(at)?;
+            Array::eval(&[&cast]).map_err(at)?;
+            Ok(cast)
+        }
     }
 }
 
 struct Loader<'a> {
     r: CheckpointReader<'a>,
     args: &'a OlmoeArgs,
+    dtype: Dtype,
 }
 
 impl Loader<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Array> {
-        array(name, &self.r.tensor(name, shape)?)
+        array(name, &self.r.tensor(name, shape)?, self.dtype)
     }
 
     /// The packed weight, scales and biases of a quantized module.
@@ -50,9 +59,9 @@ impl Loader<'_> {
     ) -> Result<(Array, Array, Array, usize, u8)> {
         let (w, s, b, spec) = self.r.quantized(module, lead, out, inp)?;
         Ok((
-            array(&format!("{module}.weight"), &w)?,
-            array(&format!("{module}.scales"), &s)?,
-            array(&format!("{module}.biases"), &b)?,
+            array(&format!("{module}.weight"), &w, self.dtype)?,
+            array(&format!("{module}.scales"), &s, self.dtype)?,
+            array(&format!("{module}.biases"), &b, self.dtype)?,
             spec.group_size,
             spec.bits,
         ))
@@ -98,6 +107,7 @@ impl Loader<'_> {
         Ok(Experts::Dense(array(
             &format!("{module}.weight"),
             &self.r.experts(layer, proj)?,
+            self.dtype,
         )?))
     }
 
@@ -153,12 +163,20 @@ impl Loader<'_> {
 }
 
 /// Loads the checkpoint in `dir` (config.json + safetensors, any layout athena reads) into MLX
-/// arrays. `on_layer(done, total)` reports progress.
-pub(super) fn load(dir: &Path, mut on_layer: impl FnMut(usize, usize)) -> Result<Olmoe> {
+/// arrays whose floats are in `dtype`. `on_layer(done, total)` reports progress.
+pub(super) fn load(
+    dir: &Path,
+    dtype: Dtype,
+    mut on_layer: impl FnMut(usize, usize),
+) -> Result<Olmoe> {
     let args = OlmoeArgs::from_file(&dir.join("config.json"))?;
     let files = WeightFiles::open(dir)?;
     let r = CheckpointReader::new(&files, &args, &Device::Cpu, DType::F32)?;
-    let loader = Loader { r, args: &args };
+    let loader = Loader {
+        r,
+        args: &args,
+        dtype,
+    };
     let embed_tokens = loader.embedding()?;
     let total = args.num_hidden_layers;
     let mut layers = Vec::with_capacity(total);

@@ -6,13 +6,19 @@
 //! and able to create its default device (the GPU where MLX has one, else the CPU).
 
 #[cfg(feature = "mlx")]
+mod adapter;
+#[cfg(feature = "mlx")]
 mod batch;
 #[cfg(feature = "mlx")]
 mod ffi;
 #[cfg(feature = "mlx")]
 mod load;
 #[cfg(feature = "mlx")]
+mod lora;
+#[cfg(feature = "mlx")]
 mod model;
+#[cfg(feature = "mlx")]
+mod quantize;
 
 use super::contract::Backend;
 use super::registry::{Availability, BackendProvider};
@@ -50,7 +56,7 @@ impl BackendProvider for MlxProvider {
 #[cfg(feature = "mlx")]
 mod enabled;
 #[cfg(feature = "mlx")]
-pub use enabled::{load_mlx, MlxDevice, MlxOlmoe};
+pub use enabled::{load_mlx, load_mlx_as, MlxDevice, MlxOlmoe};
 
 #[cfg(feature = "mlx")]
 impl BackendProvider for MlxProvider {
@@ -68,6 +74,14 @@ impl BackendProvider for MlxProvider {
     }
 
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
-        Ok(Box::new(enabled::load_for(spec)?))
+        self.load_reporting(spec, &mut |_, _| {})
+    }
+
+    fn load_reporting(
+        &self,
+        spec: &LoadSpec,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Box<dyn Backend>> {
+        Ok(Box::new(enabled::load_for(spec, on_layer)?))
     }
 }

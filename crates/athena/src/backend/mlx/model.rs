@@ -7,10 +7,12 @@
 //! linear scaling come from `rope_parameters` as well as `rope_theta` / `rope_scaling`.
 
 use super::ffi::Array;
+use super::lora::{LoraLinear, LoraSwitch};
 use crate::checkpoint::{OlmoeArgs, RopeScaling};
 use crate::error::{Error, Result};
 
-/// A linear layer: dense or affine-quantized, with an optional bias.
+/// A linear layer: dense or affine-quantized, with an optional bias, or either of them with a
+/// LoRA update computed apart.
 pub(super) enum Linear {
     /// `weight` [out, in].
     Dense { weight: Array, bias: Option<Array> },
@@ -23,6 +25,8 @@ pub(super) enum Linear {
         bits: u8,
         bias: Option<Array>,
     },
+    /// `base` plus a LoRA update (mlx-lm's `LoRALinear`).
+    Lora { base: Box<Linear>, lora: LoraLinear },
 }
 
 impl Linear {
@@ -45,6 +49,7 @@ impl Linear {
                     + biases.nbytes()
                     + bias.as_ref().map_or(0, Array::nbytes)
             }
+            Linear::Lora { base, lora } => base.weight_bytes() + lora.bytes(),
         }
     }
 
@@ -72,6 +77,7 @@ impl Linear {
                     None => Ok(y),
                 }
             }
+            Linear::Lora { base, lora } => lora.forward(x, &base.forward(x)?),
         }
     }
 }
@@ -150,6 +156,11 @@ pub(super) enum Experts {
         group_size: usize,
         bits: u8,
     },
+    /// `base` plus a LoRA update per expert (mlx-lm's `LoRASwitchLinear`).
+    Lora {
+        base: Box<Experts>,
+        lora: LoraSwitch,
+    },
 }
 
 impl Experts {
@@ -163,6 +174,7 @@ impl Experts {
                 biases,
                 ..
             } => weight.nbytes() + scales.nbytes() + biases.nbytes(),
+            Experts::Lora { base, lora } => base.bytes() + lora.bytes(),
         }
     }
 
@@ -177,6 +189,9 @@ impl Experts {
                 group_size,
                 bits,
             } => x.gather_qmm(weight, scales, biases, indices, *group_size, *bits, sorted),
+            Experts::Lora { base, lora } => {
+                lora.forward(x, indices, sorted, &base.forward(x, indices, sorted)?)
+            }
         }
     }
 }
