@@ -388,3 +388,31 @@ int athena_mlx_quantize(
 }
 
 } // extern "C"
+
+athena_mlx_array* athena_mlx_gather_mm_t(
+    const athena_mlx_array* x, const athena_mlx_array* w, const athena_mlx_array* rhs_indices,
+    int sorted_indices) {
+  return make("gather_mm", [&] {
+    const auto& a = get(x);
+    const auto& weights = get(w);
+    const auto& rhs = get(rhs_indices);
+    bool sorted = sorted_indices != 0;
+    if (a.dtype() == mx::float32 || mx::default_device().type != mx::Device::cpu) {
+      return mx::gather_mm(a, mx::swapaxes(weights, -1, -2), std::nullopt, rhs, sorted);
+    }
+    // MLX's CPU gather_mm computes float32 only: widen, multiply, round back to a's dtype. A
+    // decode step routes a few rows to a few experts: widen only those (the indices become
+    // positions in the widened pick, still in the same order).
+    auto a32 = mx::astype(a, mx::float32);
+    if (static_cast<int64_t>(rhs.size()) < static_cast<int64_t>(weights.shape(0))) {
+      auto flat = mx::flatten(rhs);
+      auto picked = mx::astype(mx::take(weights, flat, 0), mx::float32);
+      auto local = mx::reshape(mx::arange(0, static_cast<int>(flat.size()), rhs.dtype()), rhs.shape());
+      auto y = mx::gather_mm(a32, mx::swapaxes(picked, -1, -2), std::nullopt, local, sorted);
+      return mx::astype(y, a.dtype());
+    }
+    auto y = mx::gather_mm(
+        a32, mx::astype(mx::swapaxes(weights, -1, -2), mx::float32), std::nullopt, rhs, sorted);
+    return mx::astype(y, a.dtype());
+  });
+}

@@ -113,6 +113,14 @@ athena_mlx_array* athena_mlx_take_along_axis(
 int athena_mlx_quantize(
     const athena_mlx_array* w, int group_size, int bits, athena_mlx_array** out);
 
+/* x @ w[rhs_indices]^T for a stack of experts `w` [E, out, in] (as stored): the same product as
+ * athena_mlx_gather_mm on `w` with its last two axes swapped. On the CPU, outside float32, only
+ * the experts the indices select are widened to float32 when they are fewer than E (each
+ * product then reads the same float32 values, so the result is the same, bit for bit). */
+athena_mlx_array* athena_mlx_gather_mm_t(
+    const athena_mlx_array* x, const athena_mlx_array* w, const athena_mlx_array* rhs_indices,
+    int sorted_indices);
+
 #ifdef __cplusplus
 }
 #endif

@@ -152,3 +152,24 @@ fn encode_in_bf16_stays_near_float32() {
         assert!(d.is_finite() && d <= 0.05 * scale, "{pooling:?}: {d}");
     }
 }
+
+#[test]
+fn a_few_rows_routed_widen_only_their_experts_with_the_same_logits() {
+    // With fewer routed (row, expert) pairs than experts (a one- or two-token prompt on these
+    // 8-expert fixtures: 2 to 6 pairs), the CPU widens only the experts picked; each product
+    // reads the same float32 values, so mlx-lm's rows come out bit for bit. mlx-lm's logits of
+    // the first positions of its prompt are those of the prompt cut there (causal attention,
+    // row-wise products).
+    for (dtype, suffix, _) in DTYPES {
+        for name in ["base", "tied_bf16", "gqa_normtopk"] {
+            let want = MlxLm::load(name, suffix);
+            let model = load_mlx_as(&fixture(name), dtype).unwrap();
+            let ids = want.ints("ids");
+            for n in [1, 2] {
+                let got = logits_tensor(&model, &ids[..n]);
+                let rows = want.logits().narrow(0, 0, n).unwrap();
+                assert_eq!(max_abs_diff(&got, &rows), 0.0, "{name} {suffix}, {n} rows");
+            }
+        }
+    }
+}

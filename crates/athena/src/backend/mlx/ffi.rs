@@ -137,6 +137,12 @@ extern "C" {
         bits: c_int,
         out: *mut *mut RawArray,
     ) -> c_int;
+    fn athena_mlx_gather_mm_t(
+        x: *const RawArray,
+        w: *const RawArray,
+        rhs_indices: *const RawArray,
+        sorted: c_int,
+    ) -> *mut RawArray;
 }
 
 /// The shim's last error on this thread, as a typed error naming the operation.
@@ -454,6 +460,16 @@ impl Array {
         // SAFETY: live handles.
         wrap("gather_mm", unsafe {
             athena_mlx_gather_mm(self.raw(), b.raw(), rhs.raw(), sorted as c_int)
+        })
+    }
+
+    /// `self @ w[rhs_indices].T` for a stack `w` [E, out, in] as stored: [`Self::gather_mm`]
+    /// on `w` with its last two axes swapped, the same values bit for bit. On the CPU outside
+    /// float32 only the experts picked are widened when they are fewer than E.
+    pub(super) fn gather_mm_t(&self, w: &Array, rhs: &Array, sorted: bool) -> Result<Array> {
+        // SAFETY: live handles.
+        wrap("gather_mm", unsafe {
+            athena_mlx_gather_mm_t(self.raw(), w.raw(), rhs.raw(), sorted as c_int)
         })
     }
 

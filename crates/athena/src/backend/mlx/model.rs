@@ -181,7 +181,7 @@ impl Experts {
     /// x [.., 1, in] times the expert of each index: [.., k, 1, out].
     fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array> {
         match self {
-            Experts::Dense(w) => x.gather_mm(&w.swapaxes(-1, -2)?, indices, sorted),
+            Experts::Dense(w) => x.gather_mm_t(w, indices, sorted),
             Experts::Quantized {
                 weight,
                 scales,
