@@ -134,6 +134,7 @@ pub fn run(a: Args) -> Result<()> {
         "threads": threads(),
         "isa": athena::kernels::isa(),
         "device": model.device(),
+        "device_requested": format!("{:?}", config.device).to_lowercase(),
         "batch": a.batch,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
