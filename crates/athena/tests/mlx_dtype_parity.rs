@@ -15,15 +15,10 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
 use athena::backend::mlx::{load_mlx, load_mlx_as, MlxProvider};
 use athena::backend::{Backend, BackendProvider, LoadSpec, Pooling};
-use athena::generate::argmax;
 use athena::options::ComputeDtype;
-use candle_core::{DType, Device, Tensor};
-use common::{fixture, logits_tensor, max_abs_diff};
+use common::{fixture, greedy, logits_tensor, max_abs_diff, Outputs};
 
 /// Every variant on which athena-MLX and mlx-lm compute the same model (gqa_normtopk and
 /// sharded_f16 with mlx-lm given the RoPE fields it ignores).
@@ -45,32 +40,13 @@ const DTYPES: [(ComputeDtype, &str, i32); 2] = [
 ];
 
 /// mlx-lm's outputs for one variant in one dtype.
-struct MlxLm(HashMap<String, Tensor>);
+fn mlx_lm(name: &str, suffix: &str) -> Outputs {
+    Outputs::mlx_lm(&format!("{name}_{suffix}"))
+}
 
-impl MlxLm {
-    fn load(name: &str, suffix: &str) -> MlxLm {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/mlx_parity")
-            .join(format!("{name}_{suffix}.safetensors"));
-        MlxLm(candle_core::safetensors::load(&path, &Device::Cpu).unwrap())
-    }
-    fn ints(&self, key: &str) -> Vec<u32> {
-        self.0[key]
-            .to_dtype(DType::I64)
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as u32)
-            .collect()
-    }
-    fn logits(&self) -> &Tensor {
-        &self.0["logits"]
-    }
-    /// mlx-lm's own max |logits in this dtype − logits in float32|.
-    fn gap_f32(&self) -> f32 {
-        self.0["gap_f32"].to_vec1::<f32>().unwrap()[0]
-    }
+/// mlx-lm's own max |logits in this dtype − logits in float32|.
+fn gap_f32(o: &Outputs) -> f32 {
+    o.get("gap_f32").to_vec1::<f32>().unwrap()[0]
 }
 
 /// One ulp of a float with `mantissa` explicit bits at the magnitude of `x`.
@@ -78,35 +54,22 @@ fn ulp(x: f32, mantissa: i32) -> f32 {
     2f32.powi(x.abs().log2().floor() as i32 - mantissa)
 }
 
-/// Greedy continuation through the backend's session (KV cache).
-fn greedy(model: &dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut s = model.session();
-    let mut logits = s.step(&[prompt.to_vec()]).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let next = argmax(&logits[0]);
-        out.push(next);
-        logits = s.step(&[vec![next]]).unwrap();
-    }
-    out
-}
-
 #[test]
 fn bf16_and_f16_match_mlx_lm_in_the_same_dtype() {
     for (dtype, suffix, mantissa) in DTYPES {
         for name in VARIANTS {
-            let want = MlxLm::load(name, suffix);
+            let want = mlx_lm(name, suffix);
             let model = load_mlx_as(&fixture(name), dtype).unwrap();
             let ids = want.ints("ids");
-            let largest = want.logits().abs().unwrap().max_all().unwrap();
+            let largest = want.get("logits").abs().unwrap().max_all().unwrap();
             let largest = largest.to_scalar::<f32>().unwrap();
-            let tol = ulp(largest, mantissa).min(want.gap_f32() / 10.0);
-            let d = max_abs_diff(&logits_tensor(&model, &ids), want.logits());
+            let tol = ulp(largest, mantissa).min(gap_f32(&want) / 10.0);
+            let d = max_abs_diff(&logits_tensor(&model, &ids), want.get("logits"));
             assert!(
                 d <= tol,
                 "{name} {suffix}: athena-MLX vs mlx-lm differ by {d} (tolerance {tol}; \
                  mlx-lm's own gap to float32 is {})",
-                want.gap_f32()
+                gap_f32(&want)
             );
             assert_eq!(
                 greedy(&model, &ids, 8),
@@ -120,13 +83,13 @@ fn bf16_and_f16_match_mlx_lm_in_the_same_dtype() {
 #[test]
 fn the_load_spec_dtype_reaches_mlx() {
     // What `athena logits --backend mlx --dtype bf16` and `OlmoeModel::load` go through.
-    let want = MlxLm::load("mlx_q4", "bf16");
+    let want = mlx_lm("mlx_q4", "bf16");
     let mut spec = LoadSpec::for_model(fixture("mlx_q4").to_string_lossy());
     spec.dtype = ComputeDtype::Bf16;
     let model = MlxProvider.load(&spec).unwrap();
     let ids = want.ints("ids");
     assert_eq!(
-        max_abs_diff(&logits_tensor(model.as_ref(), &ids), want.logits()),
+        max_abs_diff(&logits_tensor(model.as_ref(), &ids), want.get("logits")),
         0.0
     );
 }
@@ -135,7 +98,7 @@ fn the_load_spec_dtype_reaches_mlx() {
 fn encode_in_bf16_stays_near_float32() {
     // Measured: the pooled final-norm hidden states differ from float32's by 0.034 (mean) and
     // 0.054 (last) at a largest component of 2.3 and 2.9, under 2% of it; 5% is allowed.
-    let ids = MlxLm::load("gqa_normtopk", "bf16").ints("ids");
+    let ids = mlx_lm("gqa_normtopk", "bf16").ints("ids");
     let f32_model = load_mlx(&fixture("gqa_normtopk")).unwrap();
     let bf16_model = load_mlx_as(&fixture("gqa_normtopk"), ComputeDtype::Bf16).unwrap();
     let batch = [ids];
@@ -162,12 +125,12 @@ fn a_few_rows_routed_widen_only_their_experts_with_the_same_logits() {
     // row-wise products).
     for (dtype, suffix, _) in DTYPES {
         for name in ["base", "tied_bf16", "gqa_normtopk"] {
-            let want = MlxLm::load(name, suffix);
+            let want = mlx_lm(name, suffix);
             let model = load_mlx_as(&fixture(name), dtype).unwrap();
             let ids = want.ints("ids");
             for n in [1, 2] {
                 let got = logits_tensor(&model, &ids[..n]);
-                let rows = want.logits().narrow(0, 0, n).unwrap();
+                let rows = want.get("logits").narrow(0, 0, n).unwrap();
                 assert_eq!(max_abs_diff(&got, &rows), 0.0, "{name} {suffix}, {n} rows");
             }
         }

@@ -7,48 +7,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use athena::backend::mlx::MlxProvider;
 use athena::backend::{Backend, BackendProvider, LoadSpec};
 use athena::options::Quantization;
 use athena::Error;
-use candle_core::{DType, Device, Tensor};
-use common::{fixture, logits_tensor, max_abs_diff};
+use candle_core::Tensor;
+use common::{fixture, greedy, logits_tensor, max_abs_diff, Outputs};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-/// A safetensors file of reference outputs.
-struct Outputs(HashMap<String, Tensor>);
-
-impl Outputs {
-    fn load(path: PathBuf) -> Outputs {
-        Outputs(candle_core::safetensors::load(&path, &Device::Cpu).unwrap())
-    }
-    fn ints(&self, key: &str) -> Vec<u32> {
-        self.0[key]
-            .to_dtype(DType::I64)
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as u32)
-            .collect()
-    }
-    fn get(&self, key: &str) -> &Tensor {
-        &self.0[key]
-    }
-}
-
-fn mlx_lm(name: &str) -> Outputs {
-    Outputs::load(
-        root()
-            .join("mlx_parity")
-            .join(format!("{name}.safetensors")),
-    )
 }
 
 fn spec(model: &str) -> LoadSpec {
@@ -63,34 +32,13 @@ fn adapter(name: &str) -> PathBuf {
     root().join("lora").join(name)
 }
 
-/// Greedy continuation through the backend's session (KV cache).
-fn greedy(model: &dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut s = model.session();
-    let mut logits = s.step(&[prompt.to_vec()]).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let row = &logits[0];
-        let next = row
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0 as u32;
-        out.push(next);
-        logits = s.step(&[vec![next]]).unwrap();
-    }
-    out
-}
-
 #[test]
 fn load_time_quantization_is_mlx_lm_convert_q() {
     for (q, name) in [
         (Quantization::Int4, "load_q4"),
         (Quantization::Int8, "load_q8"),
     ] {
-        let want = mlx_lm(name);
+        let want = Outputs::mlx_lm(name);
         let model = load(&LoadSpec {
             quantization: q,
             ..spec("base")
@@ -109,7 +57,7 @@ fn load_time_quantization_is_mlx_lm_convert_q() {
         );
         if q == Quantization::Int8 {
             // The committed `mlx_lm.convert -q --q-bits 8 --q-group-size 64` checkpoint.
-            let d = max_abs_diff(&got, mlx_lm("mlx_q8_g64").get("logits"));
+            let d = max_abs_diff(&got, Outputs::mlx_lm("mlx_q8_g64").get("logits"));
             println!("8bit vs the mlx_q8_g64 checkpoint: max |Δlogit| {d:.2e}");
             assert!(d <= 1e-6, "8bit at load vs mlx_q8_g64: {d}");
         }
@@ -130,7 +78,7 @@ fn quantizing_a_quantized_checkpoint_is_refused() {
 
 /// `ids_a`, `logits_unmerged` and `logits_merged` of an adapter fixture.
 fn lora_reference(name: &str) -> (Vec<u32>, Tensor, Tensor) {
-    let r = Outputs::load(adapter(name).join("reference.safetensors"));
+    let r = Outputs::load(&adapter(name).join("reference.safetensors"));
     (
         r.ints("ids_a"),
         r.get("logits_unmerged").clone(),
@@ -176,7 +124,7 @@ fn an_adapter_on_a_quantized_base_is_applied_apart_and_merging_is_refused() {
         (Quantization::Int4, "load_q4"),
         (Quantization::Int8, "load_q8"),
     ] {
-        let want = mlx_lm(name);
+        let want = Outputs::mlx_lm(name);
         let model = load(&LoadSpec {
             quantization: q,
             ..with_adapter("mlx_all", false)
@@ -204,7 +152,7 @@ fn an_adapter_on_a_quantized_base_is_applied_apart_and_merging_is_refused() {
         ..with_adapter("mlx_all", true)
     })
     .unwrap();
-    let ids = mlx_lm("load_q4").ints("ids");
+    let ids = Outputs::mlx_lm("load_q4").ints("ids");
     assert_eq!(merged_q.logits(&ids).unwrap().len(), ids.len());
 }
 
@@ -236,7 +184,7 @@ fn the_agent_loads_mlx_with_quantization_and_an_adapter() {
         ))
         .unwrap();
     assert_eq!(agent.backend(), Some(athena::backend::BackendKind::Mlx));
-    let want = mlx_lm("load_q4");
+    let want = Outputs::mlx_lm("load_q4");
     let got = logits_tensor(agent.model().unwrap(), &want.ints("ids"));
     let d = max_abs_diff(&got, want.get("logits_lora_mlx_all"));
     assert!(d <= 1e-6, "4bit + mlx_all through OlmoeModel: {d}");

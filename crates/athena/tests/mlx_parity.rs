@@ -10,62 +10,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
 use athena::backend::mlx::load_mlx;
 use athena::backend::{Backend, BackendKind, Pooling};
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, logits_tensor, max_abs_diff, Reference};
-
-/// mlx-lm's outputs for one variant.
-struct MlxLm(HashMap<String, Tensor>);
-
-impl MlxLm {
-    fn load(name: &str) -> MlxLm {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/mlx_parity")
-            .join(format!("{name}.safetensors"));
-        MlxLm(candle_core::safetensors::load(&path, &Device::Cpu).unwrap())
-    }
-    fn ints(&self, key: &str) -> Vec<u32> {
-        self.0[key]
-            .to_dtype(DType::I64)
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as u32)
-            .collect()
-    }
-    fn get(&self, key: &str) -> &Tensor {
-        &self.0[key]
-    }
-}
+use common::{fixture, greedy, logits_tensor, max_abs_diff, Outputs, Reference};
 
 fn mlx(name: &str) -> athena::backend::mlx::MlxOlmoe {
     load_mlx(&fixture(name)).unwrap()
-}
-
-/// Greedy continuation through the backend's session (KV cache).
-fn greedy(model: &dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut s = model.session();
-    let mut logits = s.step(&[prompt.to_vec()]).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let row = &logits[0];
-        let next = row
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0 as u32;
-        out.push(next);
-        logits = s.step(&[vec![next]]).unwrap();
-    }
-    out
 }
 
 #[test]
@@ -73,7 +24,7 @@ fn float32_checkpoints_match_mlx_lm_within_1e_4() {
     // HF per-expert layout (stacked at load as mlx-lm's sanitize does), mlx-lm switch_mlp
     // layout, and tied bf16 weights computed in float32.
     for name in ["base", "mlx_switch", "tied_bf16"] {
-        let want = MlxLm::load(name);
+        let want = Outputs::mlx_lm(name);
         let model = mlx(name);
         assert_eq!(model.kind(), BackendKind::Mlx);
         let ids = want.ints("ids");
@@ -96,7 +47,7 @@ fn quantized_checkpoints_match_mlx_lm() {
         ("mlx_q8_g64", 1e-3),
         ("mlx_mixed_3_6", 1e-3),
     ] {
-        let want = MlxLm::load(name);
+        let want = Outputs::mlx_lm(name);
         let model = mlx(name);
         let ids = want.ints("ids");
         let d = max_abs_diff(&logits_tensor(&model, &ids), want.get("logits"));
@@ -110,7 +61,7 @@ fn where_mlx_lm_departs_from_transformers_athena_follows_transformers() {
     // clip_bias: clip_qkv = 1.25 (mlx-lm has no clamp); gqa_normtopk: θ = 500000 only in
     // rope_parameters; sharded_f16: linear RoPE scaling only in rope_parameters (f16 weights).
     for name in ["clip_bias", "gqa_normtopk", "sharded_f16"] {
-        let want = MlxLm::load(name);
+        let want = Outputs::mlx_lm(name);
         let hf = Reference::load(name);
         let model = mlx(name);
         let ids = want.ints("ids");

@@ -96,3 +96,50 @@ pub fn logits_tensor(model: &dyn athena::backend::Backend, ids: &[u32]) -> Tenso
     )
     .unwrap()
 }
+
+/// A safetensors file of reference outputs, as the pinned fixture scripts write them.
+pub struct Outputs(pub HashMap<String, Tensor>);
+
+impl Outputs {
+    pub fn load(path: &std::path::Path) -> Outputs {
+        Outputs(candle_core::safetensors::load(path, &Device::Cpu).unwrap())
+    }
+
+    /// mlx-lm's outputs `fixtures/mlx_parity/NAME.safetensors`.
+    pub fn mlx_lm(name: &str) -> Outputs {
+        Outputs::load(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/mlx_parity")
+                .join(format!("{name}.safetensors")),
+        )
+    }
+
+    /// An integer tensor as token ids.
+    pub fn ints(&self, key: &str) -> Vec<u32> {
+        self.0[key]
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u32)
+            .collect()
+    }
+
+    pub fn get(&self, key: &str) -> &Tensor {
+        &self.0[key]
+    }
+}
+
+/// Greedy continuation of `prompt` for `n` tokens through the backend's session (KV cache).
+pub fn greedy(model: &dyn athena::backend::Backend, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut s = model.session();
+    let mut logits = s.step(&[prompt.to_vec()]).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let next = athena::generate::argmax(&logits[0]);
+        out.push(next);
+        logits = s.step(&[vec![next]]).unwrap();
+    }
+    out
+}
