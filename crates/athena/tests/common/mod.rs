@@ -41,14 +41,7 @@ impl Reference {
         Reference { tensors, json }
     }
     pub fn ids(&self, key: &str) -> Vec<u32> {
-        let t = &self.tensors[key];
-        t.to_dtype(DType::I64)
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as u32)
-            .collect()
+        token_ids(&self.tensors[key])
     }
     pub fn get(&self, key: &str) -> &Tensor {
         &self.tensors[key]
@@ -116,14 +109,7 @@ impl Outputs {
 
     /// An integer tensor as token ids.
     pub fn ints(&self, key: &str) -> Vec<u32> {
-        self.0[key]
-            .to_dtype(DType::I64)
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as u32)
-            .collect()
+        token_ids(&self.0[key])
     }
 
     pub fn get(&self, key: &str) -> &Tensor {
@@ -142,4 +128,15 @@ pub fn greedy(model: &dyn athena::backend::Backend, prompt: &[u32], n: usize) ->
         logits = s.step(&[vec![next]]).unwrap();
     }
     out
+}
+
+/// A 1-D integer tensor (as the fixture scripts store ids: int64) as token ids.
+pub fn token_ids(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
 }
