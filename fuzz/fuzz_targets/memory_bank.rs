@@ -1,7 +1,10 @@
 //! The memory bank's inputs, on a SQLite bank in a scratch directory: scopes, metadata and
 //! metadata filters as JSON text, fact and query texts, search options, ids, pages. Every call
-//! succeeds or fails with an error; afterwards the bank passes its own integrity check.
+//! succeeds or fails with an error; afterwards the bank passes its own integrity check. Each
+//! input starts from a copy of one empty bank's file.
 #![no_main]
+
+use std::sync::LazyLock;
 
 use arbitrary::Arbitrary;
 use athena::memory::{
@@ -71,6 +74,16 @@ fn vector(v: &[i8; DIM]) -> Vec<f32> {
     v.iter().map(|&x| f32::from(x) / 16.0).collect()
 }
 
+/// A new, empty bank's file: each input starts from a copy of it, which opens without
+/// creating the schema again.
+static EMPTY_BANK: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let path = scratch("bank-template").join("bank.db");
+    let bank = MemoryBank::open(path.to_str().expect("utf-8 path"), BankConfig::default())
+        .expect("a new bank opens");
+    drop(bank);
+    std::fs::read(&path).expect("the new bank's file")
+});
+
 fuzz_target!(|ops: Vec<Op>| {
     let dir = scratch("bank");
     let config = BankConfig {
@@ -78,11 +91,12 @@ fuzz_target!(|ops: Vec<Op>| {
         ..BankConfig::default()
     };
     let location = dir.join("bank.db");
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", location.display()));
     }
+    std::fs::write(&location, &*EMPTY_BANK).expect("copy the empty bank");
     let mut bank =
-        MemoryBank::open(location.to_str().expect("utf-8 path"), config).expect("a new bank opens");
+        MemoryBank::open(location.to_str().expect("utf-8 path"), config).expect("the bank opens");
     let identity = EmbeddingIdentity {
         model: "fuzz".into(),
         hidden_size: DIM,

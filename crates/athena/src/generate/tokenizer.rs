@@ -128,7 +128,13 @@ impl Tokenizer {
             source,
         })?;
         let inner = parse_tokenizer_json(&bytes, &path)?;
+        Self::from_parsed(inner, dir)
+    }
 
+    /// [`Tokenizer::from_dir`] over a `tokenizer.json` already parsed: the special tokens,
+    /// chat template and eos ids come from the other files of `dir` by the same rules.
+    pub fn from_parsed(inner: tokenizers::Tokenizer, dir: &Path) -> Result<Tokenizer> {
+        let path = dir.join("tokenizer.json");
         let config_path = dir.join("tokenizer_config.json");
         let config: TokenizerConfig = parse_optional(&config_path, tokenizer_error)?;
         let special = SpecialTokens {
