@@ -53,7 +53,11 @@ impl BackendProvider for SimulatedMlx {
     fn availability(&self) -> Availability {
         self.availability.clone()
     }
-    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
+    fn load_reporting(
+        &self,
+        spec: &LoadSpec,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Box<dyn Backend>> {
         if let Some(why) = self.fails_with {
             return Err(Error::invalid("mlx", why));
         }
@@ -61,7 +65,7 @@ impl BackendProvider for SimulatedMlx {
             std::path::Path::new(&spec.model),
             &Device::Cpu,
             DType::F32,
-            |_, _| {},
+            on_layer,
         )?)))
     }
 }

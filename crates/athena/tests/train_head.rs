@@ -387,12 +387,16 @@ impl BackendProvider for SimulatedMlx {
     fn availability(&self) -> Availability {
         Availability::Available
     }
-    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
+    fn load_reporting(
+        &self,
+        spec: &LoadSpec,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Box<dyn Backend>> {
         Ok(Box::new(AsMlx(load_olmoe(
             std::path::Path::new(&spec.model),
             &Device::Cpu,
             DType::F32,
-            |_, _| {},
+            on_layer,
         )?)))
     }
 }

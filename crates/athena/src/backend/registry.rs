@@ -23,16 +23,15 @@ pub trait BackendProvider: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// Whether it can run here.
     fn availability(&self) -> Availability;
-    /// Loads what `spec` asks for.
-    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>>;
-    /// Like [`Self::load`], calling `on_layer(done, total)` as the decoder layers load. A
-    /// provider that cannot report progress loads without calling it.
+    /// Loads what `spec` asks for, calling `on_layer(done, total)` as the decoder layers
+    /// load. A provider that cannot report progress loads without calling it.
     fn load_reporting(
         &self,
         spec: &LoadSpec,
         on_layer: &mut dyn FnMut(usize, usize),
-    ) -> Result<Box<dyn Backend>> {
-        let _ = on_layer;
-        self.load(spec)
+    ) -> Result<Box<dyn Backend>>;
+    /// [`Self::load_reporting`] without progress.
+    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
+        self.load_reporting(spec, &mut |_, _| {})
     }
 }

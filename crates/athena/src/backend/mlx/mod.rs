@@ -45,7 +45,11 @@ impl BackendProvider for MlxProvider {
         Availability::NotCompiled(NOT_COMPILED.to_string())
     }
 
-    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
+    fn load_reporting(
+        &self,
+        spec: &LoadSpec,
+        _on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Box<dyn Backend>> {
         Err(Error::Resolve {
             model: spec.model.clone(),
             msg: format!("MLX backend {NOT_COMPILED}"),
@@ -71,10 +75,6 @@ impl BackendProvider for MlxProvider {
                 "no device: MLX could not create its default device: {why}"
             )),
         }
-    }
-
-    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Backend>> {
-        self.load_reporting(spec, &mut |_, _| {})
     }
 
     fn load_reporting(
