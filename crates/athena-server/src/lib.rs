@@ -53,7 +53,10 @@ use tokio::net::TcpListener;
 
 pub use auth::{ApiKey, InvalidApiKey};
 pub use banks::{MemoryBanks, MemoryOptions, DEFAULT_EXTRACTION_PROMPT};
-pub use config::{ServerConfig, DEFAULT_TOKEN_BUDGET};
+pub use config::{
+    default_max_concurrency, ServerConfig, DEFAULT_MAX_CONCURRENCY, DEFAULT_TOKEN_BUDGET,
+    MAX_DEVICE_CONCURRENCY,
+};
 pub use engine::Engine;
 pub use error::ApiError;
 pub use limits::Limits;

@@ -23,9 +23,11 @@ pub struct Args {
     /// Port to listen on (0 picks a free one; the address is printed on stdout).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Sequences decoded together at most (one batched step).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    max_concurrency: u32,
+    /// Sequences decoded together at most (one batched step). Default: 16 on the CPU; on a
+    /// GPU, as many as fit when each holds a KV cache of the whole context, in nine tenths of
+    /// the memory free after loading (at most 256).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_concurrency: Option<u32>,
     /// Requests that may wait beyond those; past them the server answers 429.
     #[arg(long, default_value_t = 64)]
     queue: u32,
@@ -212,10 +214,14 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
+    let max_concurrency = match a.max_concurrency {
+        Some(n) => n as usize,
+        None => default_max_concurrency(&model),
+    };
     let server = ServerConfig {
         model_id,
         aliases,
-        max_concurrency: a.max_concurrency as usize,
+        max_concurrency,
         queue: a.queue as usize,
         token_budget: usize::try_from(a.token_budget).unwrap_or(usize::MAX),
         max_body_bytes: a.max_body_bytes,
@@ -256,4 +262,28 @@ fn few_malloc_arenas() {
             tracing::debug!("the malloc arena limit was not taken");
         }
     }
+}
+
+/// `--max-concurrency`'s default for the loaded model (`athena_server::default_max_concurrency`),
+/// said on stderr where it comes from the accelerator's memory.
+fn default_max_concurrency(model: &OlmoeModel) -> usize {
+    let Some(backend) = model.model() else {
+        return athena_server::DEFAULT_MAX_CONCURRENCY;
+    };
+    let memory = backend.device_memory();
+    let context = backend.args().max_position_embeddings as u64;
+    let per_sequence = backend
+        .kv_bytes_per_token()
+        .map(|b| (b as u64).saturating_mul(context));
+    let n = athena_server::default_max_concurrency(memory.map(|m| m.free), per_sequence);
+    if let (Some(memory), Some(per_sequence)) = (memory, per_sequence) {
+        eprintln!(
+            "max concurrency {n}: KV caches of {context} tokens ({:.0} MiB each) in 9/10 of the \
+             {:.1} GiB free on the {} (--max-concurrency sets it)",
+            per_sequence as f64 / (1u64 << 20) as f64,
+            memory.free as f64 / (1u64 << 30) as f64,
+            backend.device(),
+        );
+    }
+    n
 }

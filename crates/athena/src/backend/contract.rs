@@ -25,6 +25,16 @@ pub trait Backend: Send + Sync {
     fn token_weight_bytes(&self) -> Option<usize> {
         None
     }
+    /// Bytes one cached token takes in a sequence's KV cache (keys and values of every
+    /// layer, in the dtype the cache holds); `None` when the backend cannot say.
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        None
+    }
+    /// The free and total memory of the accelerator the model runs on, as its driver reports
+    /// them now; `None` on the CPU, and where the backend cannot ask.
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
     /// An empty slot batch for continuous batching. The default keeps one [`DecodeSession`]
     /// per slot and steps them one after another; a backend that can run the slots' tokens
     /// through one forward pass overrides it.
@@ -34,6 +44,15 @@ pub trait Backend: Send + Sync {
             sessions: Vec::new(),
         })
     }
+}
+
+/// An accelerator's memory in bytes, as its driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Not allocated by any process.
+    pub free: u64,
+    /// The device's whole memory.
+    pub total: u64,
 }
 
 /// The state of a batch of sequences being decoded.

@@ -12,6 +12,6 @@ mod spec;
 
 pub use crate::options::{BackendKind, Pooling};
 pub(crate) use contract::{check_step, take_slot};
-pub use contract::{Backend, DecodeSession, Slot, SlotBatch};
+pub use contract::{Backend, DecodeSession, DeviceMemory, Slot, SlotBatch};
 pub use registry::{Availability, BackendProvider};
 pub use spec::LoadSpec;

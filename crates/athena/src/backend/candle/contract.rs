@@ -42,6 +42,30 @@ impl crate::backend::Backend for Olmoe {
         Some(Olmoe::token_weight_bytes(self))
     }
 
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        let a = Olmoe::args(self);
+        Some(
+            2 * a.num_hidden_layers
+                * a.num_key_value_heads
+                * a.head_dim
+                * self.dtype().size_in_bytes(),
+        )
+    }
+
+    fn device_memory(&self) -> Option<crate::backend::DeviceMemory> {
+        match Olmoe::device(self) {
+            #[cfg(feature = "cuda")]
+            candle_core::Device::Cuda(dev) => {
+                let (free, total) = dev.cuda_stream().context().mem_get_info().ok()?;
+                Some(crate::backend::DeviceMemory {
+                    free: free as u64,
+                    total: total as u64,
+                })
+            }
+            _ => None,
+        }
+    }
+
     fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let mut s = Olmoe::session(self);
         let logits = self.forward(&[ids.to_vec()], &mut s)?.squeeze(0)?;

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use super::olmoe::Olmoe;
 use super::weights::{self, BuildOptions};
 use crate::checkpoint::{CheckpointReader, OlmoeArgs, WeightFiles};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::options::Quantization;
 
 /// How to load a checkpoint on candle.
@@ -48,6 +48,25 @@ pub fn load_olmoe(
     load_olmoe_with(dir, device, dtype, &LoadOptions::default(), on_layer)
 }
 
+/// Quantized weights compute on the CPU only: asking for them on another device is refused
+/// from config.json alone, before any weight is read.
+fn refuse_quantized_off_cpu(on_cpu: bool, opts: &LoadOptions, args: &OlmoeArgs) -> Result<()> {
+    if on_cpu {
+        return Ok(());
+    }
+    let what = if args.quantization.is_some() {
+        "this checkpoint stores quantized weights, which"
+    } else if opts.quantization != Quantization::None {
+        "`--quantization` makes quantized weights, which"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid(
+        "device",
+        format!("{what} run on the CPU only in this version: load it with `--device cpu`"),
+    ))
+}
+
 /// [`load_olmoe`] with quantization and LoRA options.
 pub fn load_olmoe_with(
     dir: &Path,
@@ -58,6 +77,7 @@ pub fn load_olmoe_with(
 ) -> Result<Olmoe> {
     let _span = tracing::info_span!("load_olmoe", dir = %dir.display(), ?dtype).entered();
     let args = OlmoeArgs::from_file(&dir.join("config.json"))?;
+    refuse_quantized_off_cpu(device.is_cpu(), opts, &args)?;
     let files = WeightFiles::open(dir)?;
     let reader = CheckpointReader::new(&files, &args, device, dtype)?;
     let adapter = match &opts.lora_path {
@@ -89,4 +109,47 @@ pub fn load_olmoe_with(
         "model loaded"
     );
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base_args() -> OlmoeArgs {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/base");
+        OlmoeArgs::from_file(&dir.join("config.json")).expect("the base fixture's config")
+    }
+
+    #[test]
+    fn quantization_off_the_cpu_is_refused_from_the_config_alone() {
+        let args = base_args();
+        let plain = LoadOptions::default();
+        let int4 = LoadOptions {
+            quantization: Quantization::Int4,
+            ..LoadOptions::default()
+        };
+        refuse_quantized_off_cpu(true, &int4, &args).expect("the CPU computes quantized weights");
+        refuse_quantized_off_cpu(false, &plain, &args).expect("dense weights run anywhere");
+        let err = refuse_quantized_off_cpu(false, &int4, &args).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Invalid {
+                    field: "device",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("--device cpu"), "{err}");
+
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/mlx_q8_g64");
+        let stored = OlmoeArgs::from_file(&dir.join("config.json")).expect("a quantized fixture");
+        assert!(stored.quantization.is_some());
+        let err = refuse_quantized_off_cpu(false, &plain, &stored).unwrap_err();
+        assert!(
+            err.to_string().contains("stores quantized weights"),
+            "{err}"
+        );
+    }
 }
