@@ -2,15 +2,17 @@
 """Load test for `athena serve`: aggregate decode throughput at several concurrencies.
 
     python3 scripts/loadtest.py --url http://127.0.0.1:8080 [--concurrency 1,4,16,64]
-                                [--max-tokens 32] [--requests-per-level 2x] [--time-limit 300]
+                                [--max-tokens 32] [--time-limit 300] [--ban-ids 0,50279]
 
 Standard library only; loopback only (any other host is refused). For each concurrency c it
 opens c streams of /v1/completions at once (greedy, eos banned through logit_bias so every
-stream produces exactly --max-tokens tokens; prompt: a short fixed text) and measures, per
-stream, the time of its first and last token. Aggregate decode tok/s = the tokens produced
+stream produces exactly --max-tokens tokens; --ban-ids names the banned ids; prompt: a short
+fixed text) and measures, per stream, the time of its first and last token. Aggregate decode tok/s = the tokens produced
 after each stream's first one, summed over streams, divided by the window from the earliest
 first token to the latest last token (prefills of streams that join inside the window count
-against it). It also prints end-to-end tokens/s (all tokens / wall time of the level).
+against it). It also prints end-to-end tokens/s (all tokens / wall time of the level), and the time to
+first token (from sending the request to its first streamed token) at the 50th and 99th
+percentiles over the level's streams (linear interpolation between ranks, numpy's default).
 
 Steady decode tok/s: the rate while every stream of the level is decoding, that is over the
 window from the latest first token to the earliest last token (no prefill falls inside it,
@@ -34,10 +36,10 @@ import urllib.parse
 PROMPT = "The history of the city begins with a small market by the river, where"
 
 
-def stream_once(host, port, max_tokens, out, idx, deadline):
+def stream_once(host, port, max_tokens, banned, out, idx, deadline):
     body = json.dumps({
         "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-        "logit_bias": {"0": -100, "50279": -100}, "stream_options": {"include_usage": True},
+        "logit_bias": {str(t): -100 for t in banned}, "stream_options": {"include_usage": True},
     })
     t0 = time.monotonic()
     first = last = None
@@ -77,6 +79,15 @@ def stream_once(host, port, max_tokens, out, idx, deadline):
     out[idx] = {"start": t0, "first": first, "last": last, "tokens": tokens, "chunks": chunks}
 
 
+def percentile(values, q):
+    """The q-th percentile (0..100) of values, interpolated linearly between ranks."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
 def steady_rate(ok):
     """Tokens per second over the window in which every stream is decoding, or None."""
     start = max(o["first"] for o in ok)
@@ -93,9 +104,10 @@ def steady_rate(ok):
     return round(tokens / (end - start), 2), round(end - start, 2)
 
 
-def level(host, port, c, max_tokens, deadline):
+def level(host, port, c, max_tokens, banned, deadline):
     out = [None] * c
-    threads = [threading.Thread(target=stream_once, args=(host, port, max_tokens, out, i, deadline))
+    threads = [threading.Thread(target=stream_once,
+                                args=(host, port, max_tokens, banned, out, i, deadline))
                for i in range(c)]
     t0 = time.monotonic()
     for t in threads:
@@ -111,6 +123,7 @@ def level(host, port, c, max_tokens, deadline):
     window = max(o["last"] for o in ok) - min(o["first"] for o in ok)
     decode_tokens = sum(o["tokens"] - 1 for o in ok)
     steady, steady_window = steady_rate(ok)
+    ttft = [o["first"] - o["start"] for o in ok]
     return {
         "concurrency": c,
         "ok": len(ok),
@@ -124,6 +137,8 @@ def level(host, port, c, max_tokens, deadline):
         "per_stream_decode_tok_s": round(
             sum((o["tokens"] - 1) / (o["last"] - o["first"]) for o in ok if o["last"] > o["first"]) / len(ok), 2),
         "end_to_end_tok_s": round(sum(o["tokens"] for o in ok) / wall, 2),
+        "ttft_p50_s": round(percentile(ttft, 50), 4),
+        "ttft_p99_s": round(percentile(ttft, 99), 4),
         "wall_s": round(wall, 2),
     }
 
@@ -134,6 +149,8 @@ def main():
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--time-limit", type=float, default=600)
+    ap.add_argument("--ban-ids", default="0,50279",
+                    help="token ids never sampled (OLMoE's eos and pad by default)")
     a = ap.parse_args()
     u = urllib.parse.urlparse(a.url)
     if u.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -145,7 +162,9 @@ def main():
         if time.monotonic() > deadline:
             print(json.dumps({"concurrency": c, "skipped": "time limit"}))
             continue
-        print(json.dumps(level(u.hostname, u.port or 80, c, a.max_tokens, deadline)), flush=True)
+        banned = [int(x) for x in a.ban_ids.split(",") if x]
+        print(json.dumps(level(u.hostname, u.port or 80, c, a.max_tokens, banned, deadline)),
+              flush=True)
 
 
 if __name__ == "__main__":
